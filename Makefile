@@ -1,0 +1,87 @@
+# tchat — see README.md. `make run` and `make test` work on a fresh Debian/Ubuntu machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TCHAT := $(VENV)/bin/tchat
+PERF_PROFILE ?= ci
+export PERF_PROFILE
+
+.PHONY: help setup system venv run test test-unit test-integration lint perf-ci \
+        test-all test-chat test-load test-latency test-recording report \
+        services-up services-down services-status down clean
+
+help:
+	@echo "make run            set up, then serve tchat on embedded defaults (127.0.0.1:8080)"
+	@echo "make test           set up, start services, lint, unit + integration + CI perf profiles"
+	@echo "make test-all       every performance suite (PERF_PROFILE=full for the guide's sizes)"
+	@echo "make test-chat|test-load|test-latency|test-recording   one suite"
+	@echo "make report         render reports/latest/index.html"
+	@echo "make services-up|services-down|services-status   Cassandra, Redis, SeaweedFS"
+
+setup: system venv
+
+system:
+	@bash scripts/setup-system.sh
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip==25.3
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	@$(PY) -m tchat token --room demo --role publisher --identity studio > /dev/null
+	@echo "publisher token for room 'demo' (WHIP Bearer):"; $(TCHAT) token --room demo --role publisher --identity studio
+	@$(TCHAT) serve
+
+lint: venv
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
+
+services-up: setup
+	$(TCHAT) services up
+
+services-down down:
+	@if [ -x $(TCHAT) ]; then $(TCHAT) services down; fi
+
+services-status: venv
+	$(TCHAT) services status
+
+test-unit: venv
+	$(PY) -m pytest tests/unit -q
+
+test-integration: services-up
+	$(PY) -m pytest tests/integration -q
+
+test: setup lint services-up
+	$(PY) -m pytest tests/unit tests/integration -q
+	@$(MAKE) --no-print-directory perf-ci
+	@$(MAKE) --no-print-directory report
+
+# The named CI profile of every suite that has tests (PERF_PROFILE=ci).
+perf-ci:
+	@bash scripts/perf-suite.sh --ci-available
+
+test-all: services-up
+	@rc=0; for s in chat load latency recording; do bash scripts/perf-suite.sh $$s || rc=1; done; \
+	  $(MAKE) --no-print-directory report; exit $$rc
+
+test-chat: services-up
+	@bash scripts/perf-suite.sh chat
+
+test-load: venv
+	@bash scripts/perf-suite.sh load
+
+test-latency: venv
+	@bash scripts/perf-suite.sh latency
+
+test-recording: services-up
+	@bash scripts/perf-suite.sh recording
+
+report: venv
+	$(TCHAT) perf report
+
+clean:
+	rm -rf .tchat reports .pytest_cache .mypy_cache .ruff_cache

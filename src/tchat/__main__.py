@@ -1,0 +1,3 @@
+from tchat.cli import main
+
+main()

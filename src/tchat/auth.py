@@ -1,0 +1,88 @@
+"""Signed room tokens (JWT, HS256): who may publish, watch or chat in a room."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import jwt
+
+Role = Literal["publisher", "viewer", "chat"]
+ROLES: tuple[str, ...] = get_args(Role)
+
+# A publisher may also chat and watch its own room; a chat token may also watch.
+_GRANTS: dict[str, frozenset[str]] = {
+    "publisher": frozenset({"publisher", "viewer", "chat"}),
+    "chat": frozenset({"chat", "viewer"}),
+    "viewer": frozenset({"viewer"}),
+}
+
+
+class TokenError(Exception):
+    """Missing, malformed, expired or insufficient token; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    room: str
+    role: str
+    identity: str
+    expires_at: float
+
+    def allows(self, room: str, role: str) -> bool:
+        return self.room in (room, "*") and role in _GRANTS.get(self.role, frozenset())
+
+
+def issue_token(
+    secret: str,
+    room: str,
+    role: str,
+    identity: str = "",
+    ttl_s: float = 86400.0,
+    now: float | None = None,
+) -> str:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if not room:
+        raise ValueError("room must not be empty")
+    issued = time.time() if now is None else now
+    claims = {
+        "room": room,
+        "role": role,
+        "sub": identity or f"{role}-{int(issued * 1000) % 1_000_000}",
+        "iat": int(issued),
+        "exp": int(issued + ttl_s),
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def verify_token(secret: str, token: str | None, room: str, role: str) -> Grant:
+    """Return the grant or raise TokenError naming what is wrong."""
+    if not token:
+        raise TokenError("missing token")
+    try:
+        claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["exp"]})
+    except jwt.ExpiredSignatureError:
+        raise TokenError("token expired") from None
+    except jwt.InvalidTokenError as exc:
+        raise TokenError(f"invalid token: {exc}") from None
+    grant = Grant(
+        room=str(claims.get("room", "")),
+        role=str(claims.get("role", "")),
+        identity=str(claims.get("sub", "")),
+        expires_at=float(claims["exp"]),
+    )
+    if not grant.allows(room, role):
+        raise TokenError(
+            f"token for room {grant.room!r} as {grant.role!r} does not allow {role!r} in {room!r}"
+        )
+    return grant
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer …` header, or None."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None

@@ -1,0 +1,274 @@
+"""Every setting of tchat in one place.
+
+Each field has an environment name (the guide's names where it has one), a default
+and one line of doc. `tchat serve --help` and `docs/configuration.md` are generated
+from this class; a unit test keeps the doc file equal to the code.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """`5s`, `500ms`, `2m`, `30d` or a bare number of seconds → seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a duration such as 5s, 500ms or 30d")
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration such as 5s, 500ms or 30d")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def parse_host_port(value: str, default_port: int) -> tuple[str, int]:
+    """`host`, `host:port` or `[v6]:port` → (host, port); raises ValueError otherwise."""
+    value = value.strip()
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\](?::(\d+))?|([A-Za-z0-9_.-]+)(?::(\d+))?", value)
+    if not match:
+        raise ValueError(f"{value!r} is not host or host:port")
+    host = match.group(1) or match.group(3)
+    port_s = match.group(2) or match.group(4)
+    port = int(port_s) if port_s else default_port
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} in {value!r} is out of range 1-65535")
+    return host, port
+
+
+def _check_hosts(value: str) -> str:
+    for part in value.split(","):
+        parse_host_port(part, 9042)
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+HostList = Annotated[str, BeforeValidator(_check_hosts)]
+
+
+class Settings(BaseSettings):
+    """tchat's settings; the env name of each is its alias (case-insensitive)."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", populate_by_name=True, validate_default=True
+    )
+
+    # --- server -------------------------------------------------------------------
+    host: str = Field("127.0.0.1", alias="TCHAT_HOST", description="Address the HTTP server binds.")
+    port: int = Field(8080, ge=1, le=65535, alias="TCHAT_PORT", description="HTTP port.")
+    public_url: str = Field(
+        "",
+        alias="TCHAT_PUBLIC_URL",
+        description="Base URL clients use (empty: http://HOST:PORT).",
+    )
+    data_dir: Path = Field(
+        Path(".tchat/data"),
+        alias="TCHAT_DATA_DIR",
+        description="Directory for the embedded defaults (SQLite file, recordings, secret).",
+    )
+    secret: str = Field(
+        "",
+        alias="TCHAT_SECRET",
+        description="HMAC secret signing tokens (empty: generated once into DATA_DIR/secret).",
+    )
+    token_ttl: Duration = Field(
+        86400.0, gt=0, alias="TCHAT_TOKEN_TTL", description="Lifetime of issued tokens."
+    )
+    log_level: str = Field(
+        "info", alias="LOG_LEVEL", description="Log verbosity: debug, info, warn, error."
+    )
+
+    # --- chat (T070) -----------------------------------------------------------------
+    chat_store: Literal["sqlite", "cql"] = Field(
+        "sqlite", alias="CHAT_STORE", description="Chat store: sqlite (embedded) or cql."
+    )
+    scylladb_host: HostList = Field(
+        "localhost:9042",
+        alias="SCYLLADB_HOST",
+        description="ScyllaDB/Cassandra contact points, host:port[,host:port].",
+    )
+    scylladb_keyspace: str = Field(
+        "tchat",
+        alias="SCYLLADB_KEYSPACE",
+        pattern=r"^[A-Za-z][A-Za-z0-9_]{0,47}$",
+        description="Keyspace of the chat tables (created if missing).",
+    )
+    redis_url: str = Field(
+        "",
+        alias="REDIS_URL",
+        description="Redis for fan-out between instances (empty: in-process).",
+    )
+    chat_max_chars: int = Field(
+        500, ge=1, le=10000, alias="CHAT_MAX_CHARS", description="Longest chat message."
+    )
+    chat_rate_per_s: float = Field(
+        5.0, gt=0, alias="CHAT_RATE_PER_S", description="Messages per second one author may post."
+    )
+    chat_burst: int = Field(
+        10, ge=1, alias="CHAT_BURST", description="Messages an author may post at once."
+    )
+    chat_ttl: Duration = Field(
+        30 * 86400.0, gt=0, alias="CHAT_TTL", description="How long messages are kept."
+    )
+    chat_buckets: int = Field(
+        8,
+        ge=1,
+        le=256,
+        alias="CHAT_BUCKETS",
+        description="Partitions one room's messages spread over per time window.",
+    )
+    chat_window: Duration = Field(
+        86400.0,
+        gt=0,
+        alias="CHAT_WINDOW",
+        description="Time window of one chat partition (bounds partition size).",
+    )
+    cql_max_in_flight: int = Field(
+        512, ge=1, alias="CQL_MAX_IN_FLIGHT", description="Concurrent CQL requests per process."
+    )
+
+    # --- storage and recording (T071) ------------------------------------------------
+    storage: Literal["local", "s3"] = Field(
+        "local", alias="STORAGE", description="Object store: local directory or s3."
+    )
+    s3_endpoint: str = Field(
+        "http://127.0.0.1:8333", alias="S3_ENDPOINT", description="S3-compatible endpoint URL."
+    )
+    s3_bucket: str = Field("tchat", alias="S3_BUCKET", description="Bucket for recordings.")
+    s3_region: str = Field("us-east-1", alias="S3_REGION", description="S3 region.")
+    s3_access_key: str = Field("tchat", alias="S3_ACCESS_KEY", description="S3 access key id.")
+    s3_secret_key: str = Field(
+        "tchat-secret", alias="S3_SECRET_KEY", description="S3 secret access key."
+    )
+    recording_segment_seconds: float = Field(
+        6.0, gt=0, alias="RECORDING_SEGMENT_SECONDS", description="HLS segment duration."
+    )
+    recording_retention: Duration = Field(
+        30 * 86400.0,
+        gt=0,
+        alias="RECORDING_RETENTION",
+        description="How long recordings are kept after they end.",
+    )
+    ffmpeg: str = Field("ffmpeg", alias="FFMPEG", description="FFmpeg executable.")
+
+    # --- SFU and load (T068) ---------------------------------------------------------
+    num_sfu_instances: int = Field(
+        1, ge=1, le=64, alias="NUM_SFU_INSTANCES", description="SFU worker processes."
+    )
+    viewers_per_instance: int = Field(
+        5000,
+        ge=1,
+        alias="VIEWERS_PER_INSTANCE",
+        description="Load test: viewers per SFU instance.",
+    )
+    max_connection_time: Duration = Field(
+        5.0,
+        gt=0,
+        alias="MAX_CONNECTION_TIME",
+        description="Load test: max average viewer connection time.",
+    )
+
+    # --- performance suite (T070 and all) ----------------------------------------------
+    num_writers: int = Field(
+        100, ge=1, alias="NUM_WRITERS", description="Chat test: concurrent writers."
+    )
+    messages_per_sec: int = Field(
+        1000,
+        ge=1,
+        alias="MESSAGES_PER_SEC",
+        description="Chat test: messages per writer per second.",
+    )
+    test_duration_seconds: float = Field(
+        60.0, gt=0, alias="TEST_DURATION_SECONDS", description="Performance test duration."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: object) -> str:
+        level = str(value).strip().lower()
+        if level == "warning":
+            level = "warn"
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+    def cql_contact_points(self) -> list[tuple[str, int]]:
+        return [parse_host_port(p, 9042) for p in self.scylladb_host.split(",")]
+
+    def token_secret(self) -> str:
+        """The signing secret; generated and kept under data_dir when not set."""
+        if self.secret:
+            return self.secret
+        path = self.data_dir / "secret"
+        if not path.exists():
+            import secrets
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message is one line naming the variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(describe_error(exc)) from None
+
+
+def describe_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else "?"
+        field = Settings.model_fields.get(name)
+        env = field.alias if field and field.alias else name.upper()
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"invalid setting {env}={err.get('input')!r}: {msg}")
+    return "; ".join(parts)
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(env name, default, doc) of every setting, in declaration order."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        env = field.alias or name.upper()
+        default = field.default
+        if isinstance(default, Path):
+            default = str(default)
+        rows.append((env, "" if default is None else str(default), field.description or ""))
+    return rows
+
+
+def configuration_markdown() -> str:
+    lines = [
+        "# Configuration",
+        "",
+        "Every setting is an environment variable (names are case-insensitive). A bad value",
+        "stops start-up with one line naming the variable. Durations accept `500ms`, `5s`,",
+        "`2m`, `1h`, `30d` or plain seconds. Generated by `tchat config --markdown`;",
+        "a unit test keeps this file equal to the code.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    for env, default, doc in settings_table():
+        lines.append(f"| `{env}` | `{default}` | {doc} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Performance suite support: results contract, report, progress, load generators."""

@@ -1,0 +1,98 @@
+"""Integration tests talk to the real services `tchat services up` started.
+
+A missing service is a failure with a clear message, never a skip: `make test`
+starts them, and a skipped integration test would hide that it did not.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tchat.devservices import all_services
+
+
+@pytest.fixture(scope="session")
+def services_answering() -> dict[str, str]:
+    answers = {}
+    for service in all_services():
+        answer = service.answering()
+        if answer is None:
+            pytest.fail(f"{service.name} is not answering: run `make services-up` first")
+        answers[service.name] = answer
+    return answers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A real `tchat serve` process on a free port."""
+
+    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "TCHAT_PORT": str(self.port),
+            "TCHAT_DATA_DIR": str(tmp / "data"),
+            "TCHAT_SECRET": "integration-secret-0123456789abcdef",
+            **env,
+        }
+        self.log = tmp / f"server-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 20.0) -> Server:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tchat", "serve"], env=self.env, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tchat serve exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"tchat serve did not answer: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[type[Server] | object]:
+    started: list[Server] = []
+
+    def make(**env: str) -> Server:
+        server = Server(tmp_path, env).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()

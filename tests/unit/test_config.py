@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import pytest
+
+from tchat.config import (
+    Settings,
+    SettingsError,
+    configuration_markdown,
+    load_settings,
+    parse_duration,
+    parse_host_port,
+)
+
+
+def test_defaults_are_embedded() -> None:
+    s = load_settings()
+    assert s.chat_store == "sqlite"
+    assert s.storage == "local"
+    assert s.port == 8080 and s.host == "127.0.0.1"
+    assert s.scylladb_keyspace == "tchat"
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "needle"),
+    [
+        ("LOG_LEVEL", "loud", "LOG_LEVEL='loud'"),
+        ("NUM_WRITERS", "-3", "NUM_WRITERS='-3'"),
+        ("SCYLLADB_HOST", "localhost:notaport", "SCYLLADB_HOST"),
+        ("SCYLLADB_HOST", "localhost:99999", "out of range"),
+        ("MAX_CONNECTION_TIME", "soon", "MAX_CONNECTION_TIME"),
+        ("TCHAT_PORT", "0", "TCHAT_PORT"),
+        ("CHAT_STORE", "mongo", "CHAT_STORE"),
+    ],
+)
+def test_bad_value_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, needle: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    message = str(err.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_guide_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCYLLADB_HOST", "db1:9043,db2")
+    monkeypatch.setenv("MAX_CONNECTION_TIME", "5s")
+    monkeypatch.setenv("log_level", "WARNING")
+    s = load_settings()
+    assert s.cql_contact_points() == [("db1", 9043), ("db2", 9042)]
+    assert s.max_connection_time == 5.0
+    assert s.log_level == "warn"
+
+
+def test_durations() -> None:
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("30d") == 30 * 86400
+    assert parse_duration(7) == 7.0
+    with pytest.raises(ValueError):
+        parse_duration("5 parsecs")
+
+
+def test_host_port() -> None:
+    assert parse_host_port("[::1]:9042", 1) == ("::1", 9042)
+    assert parse_host_port("h", 9042) == ("h", 9042)
+    with pytest.raises(ValueError):
+        parse_host_port("a b", 9042)
+
+
+def test_secret_is_generated_once(tmp_path: Path) -> None:
+    s = Settings(TCHAT_DATA_DIR=tmp_path)  # type: ignore[call-arg]
+    first = s.token_secret()
+    assert len(first) > 30
+    assert s.token_secret() == first
+    assert (tmp_path / "secret").stat().st_mode & 0o077 == 0
+
+
+def test_configuration_doc_matches_code() -> None:
+    doc = Path(__file__).parents[2] / "docs" / "configuration.md"
+    assert doc.read_text() == configuration_markdown(), (
+        "docs/configuration.md is stale: run `tchat config --markdown > docs/configuration.md`"
+    )
