@@ -49,11 +49,16 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+# Each capability's `api` module has `mount(app, settings)`: it adds its routes and
+# appends its lifespan component (a callable app -> async context manager) to
+# `app.state.components`. A capability whose package is absent is simply not served.
+CAPABILITIES = ("tchat.chat.api", "tchat.recording.api", "tchat.sfu.api")
+
+
 def _mount_capabilities(app: FastAPI, settings: Settings) -> None:
-    """Each capability registers its routes and a lifespan component."""
     import importlib
 
-    for module in ("tchat.chat.api", "tchat.recording.api"):
+    for module in CAPABILITIES:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

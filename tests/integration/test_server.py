@@ -45,7 +45,7 @@ def test_help_lists_settings() -> None:
 
 
 def test_token_cli() -> None:
-    env = {**os.environ, "TCHAT_SECRET": "cli-secret-0123456789abcdef0123"}
+    env = {**os.environ, "TCHAT_SECRET": "cli-secret-0123456789abcdef0123456789"}
     out = subprocess.run(
         [sys.executable, "-m", "tchat", "token", "--room", "r", "--role", "chat"],
         env=env,
