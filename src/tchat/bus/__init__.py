@@ -1,0 +1,38 @@
+"""Fan-out between instances: the Bus protocol; backends `memory` and `redis`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+Handler = Callable[[str, str], None]  # (channel, payload)
+
+
+class BusUnavailable(Exception):
+    """The bus cannot deliver to other instances now."""
+
+
+class Bus(Protocol):
+    name: str
+
+    async def start(self, handler: Handler) -> None:
+        """Deliver every message of a subscribed channel to `handler` (on the event loop)."""
+
+    async def close(self) -> None: ...
+
+    async def publish(self, channel: str, payload: str) -> None:
+        """Deliver to every subscriber of `channel`, this instance included."""
+
+    async def subscribe(self, channel: str) -> None: ...
+
+    async def unsubscribe(self, channel: str) -> None: ...
+
+
+def make_bus(redis_url: str) -> Bus:
+    if redis_url:
+        from tchat.bus.redis import RedisBus
+
+        return RedisBus(redis_url)
+    from tchat.bus.memory import MemoryBus
+
+    return MemoryBus()

@@ -1,0 +1,1 @@
+"""Live chat: WebSocket protocol, validation, rate limits, stores, history API, fan-out."""

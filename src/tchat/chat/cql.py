@@ -1,0 +1,333 @@
+"""CQL chat store: ScyllaDB in production, Cassandra 5.0 on our machines (scylla-driver).
+
+Data model (after Discord's messages-on-ScyllaDB design):
+
+    messages ((room, win, bucket), id DESC) — win: time window of CHAT_WINDOW seconds
+                                               bucket: hash(id) % CHAT_BUCKETS
+    room_windows (room, win DESC)            — which windows of a room hold messages
+
+One hot room spreads over CHAT_BUCKETS partitions per window, and a partition
+never outlives its window, so partitions stay bounded in size and time. The
+recent-N query reads the room's newest window index (one partition) and then the
+buckets of the newest windows in parallel (single-partition reads), merging by id.
+TTL: table default_time_to_live and an explicit `USING TTL` on every insert;
+TimeWindowCompactionStrategy with 1-day windows drops whole expired SSTables.
+
+The driver routes token-aware (shard-aware on ScyllaDB), statements are prepared,
+requests are async with a bounded number in flight per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tchat.chat.ids import id_time_ms
+from tchat.chat.models import Message
+from tchat.chat.store import StoreUnavailable
+from tchat.config import Settings
+
+log = logging.getLogger("tchat.chat.cql")
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+def bucket_of(message_id: int, buckets: int) -> int:
+    """Spread ids evenly over buckets (Fibonacci hashing: low id bits are a sequence)."""
+    return (((message_id * _GOLDEN) & _MASK64) >> 32) % buckets
+
+
+def schema_statements(keyspace: str, ttl_s: int, replication_factor: int) -> list[str]:
+    return [
+        f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = "
+        f"{{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}}",
+        f"""CREATE TABLE IF NOT EXISTS {keyspace}.messages (
+              room text, win int, bucket int, id bigint,
+              author text, text text, created_at timestamp,
+              PRIMARY KEY ((room, win, bucket), id)
+            ) WITH CLUSTERING ORDER BY (id DESC)
+              AND default_time_to_live = {ttl_s}
+              AND compaction = {{'class': 'TimeWindowCompactionStrategy',
+                                 'compaction_window_unit': 'DAYS',
+                                 'compaction_window_size': 1}}""",
+        f"""CREATE TABLE IF NOT EXISTS {keyspace}.room_windows (
+              room text, win int, PRIMARY KEY (room, win)
+            ) WITH CLUSTERING ORDER BY (win DESC)
+              AND default_time_to_live = {ttl_s + 86400}""",
+    ]
+
+
+class CqlChatStore:
+    name = "cql"
+
+    def __init__(
+        self,
+        contact_points: Sequence[tuple[str, int]],
+        keyspace: str,
+        ttl_s: float,
+        buckets: int = 8,
+        window_s: float = 86400.0,
+        max_in_flight: int = 512,
+        replication_factor: int = 1,
+        connect_retry_s: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.contact_points = list(contact_points)
+        self.keyspace = keyspace
+        self.ttl_s = max(1, int(ttl_s))
+        self.buckets = buckets
+        self.window_s = window_s
+        self.replication_factor = replication_factor
+        self.connect_retry_s = connect_retry_s
+        self._clock = clock
+        self._limit = asyncio.Semaphore(max_in_flight)
+        self._cluster: Any = None
+        self._session: Any = None
+        self._insert: Any = None
+        self._insert_window: Any = None
+        self._select: Any = None
+        self._select_before: Any = None
+        self._select_windows: Any = None
+        self._select_windows_before: Any = None
+        self._known_windows: set[tuple[str, int]] = set()
+        self._connector: asyncio.Task[None] | None = None
+        self._last_error = "not connected yet"
+        self._connected = asyncio.Event()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CqlChatStore:
+        return cls(
+            settings.cql_contact_points(),
+            settings.scylladb_keyspace,
+            settings.chat_ttl,
+            buckets=settings.chat_buckets,
+            window_s=settings.chat_window,
+            max_in_flight=settings.cql_max_in_flight,
+        )
+
+    # --- connection -----------------------------------------------------------------
+    async def start(self) -> None:
+        self._connector = asyncio.create_task(self._connect_loop(), name="chat-cql-connect")
+        # Give a reachable cluster a moment so a healthy start is ready at once.
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout=15.0)
+        except TimeoutError:
+            log.warning("cql store not reachable yet; retrying in background: %s", self._last_error)
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout=timeout_s)
+
+    async def _connect_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._session is None:
+            try:
+                await loop.run_in_executor(None, self._connect)
+                self._connected.set()
+                log.info(
+                    "cql store connected to %s keyspace=%s", self.contact_points, self.keyspace
+                )
+                return
+            except Exception as exc:
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(self.connect_retry_s)
+
+    def _connect(self) -> None:
+        from cassandra import ConsistencyLevel
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+        from cassandra.policies import (
+            DCAwareRoundRobinPolicy,
+            ExponentialReconnectionPolicy,
+            TokenAwarePolicy,
+        )
+
+        profile = ExecutionProfile(
+            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+            consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+            request_timeout=5.0,
+        )
+        ports = {port for _, port in self.contact_points}
+        cluster = Cluster(
+            [host for host, _ in self.contact_points],
+            port=ports.pop() if len(ports) == 1 else 9042,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            connect_timeout=3,
+            control_connection_timeout=3,
+            protocol_version=4,
+            reconnection_policy=ExponentialReconnectionPolicy(0.5, 5.0),
+        )
+        try:
+            session = cluster.connect()
+            for statement in schema_statements(self.keyspace, self.ttl_s, self.replication_factor):
+                session.execute(statement, timeout=30)
+            ks = self.keyspace
+            self._insert = session.prepare(
+                f"INSERT INTO {ks}.messages (room, win, bucket, id, author, text, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+            )
+            self._insert_window = session.prepare(
+                f"INSERT INTO {ks}.room_windows (room, win) VALUES (?, ?)"
+            )
+            cols = "id, author, text, created_at"
+            where = f"FROM {ks}.messages WHERE room = ? AND win = ? AND bucket = ?"
+            self._select = session.prepare(f"SELECT {cols} {where} LIMIT ?")
+            self._select_before = session.prepare(f"SELECT {cols} {where} AND id < ? LIMIT ?")
+            self._select_windows = session.prepare(
+                f"SELECT win FROM {ks}.room_windows WHERE room = ? LIMIT ?"
+            )
+            self._select_windows_before = session.prepare(
+                f"SELECT win FROM {ks}.room_windows WHERE room = ? AND win <= ? LIMIT ?"
+            )
+        except Exception:
+            cluster.shutdown()
+            raise
+        self._cluster, self._session = cluster, session
+
+    async def close(self) -> None:
+        if self._connector:
+            self._connector.cancel()
+            try:
+                await self._connector
+            except asyncio.CancelledError:
+                pass
+        if self._cluster is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._cluster.shutdown)
+            self._cluster = self._session = None
+
+    async def healthy(self) -> bool:
+        if self._session is None:
+            return False
+        try:
+            await self._run("SELECT release_version FROM system.local", ())
+            return True
+        except StoreUnavailable:
+            return False
+
+    # --- requests -------------------------------------------------------------------
+    async def _run(self, statement: Any, params: Sequence[Any]) -> list[Any]:
+        """Execute asynchronously on the driver; bounded in flight; errors → StoreUnavailable."""
+        if self._session is None:
+            raise StoreUnavailable(f"chat store (CQL) unreachable: {self._last_error}")
+        async with self._limit:
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[list[Any]] = loop.create_future()
+
+            def ok(rows: Any) -> None:
+                loop.call_soon_threadsafe(_resolve, done, rows)
+
+            def failed(exc: BaseException) -> None:
+                loop.call_soon_threadsafe(_reject, done, exc)
+
+            try:
+                self._session.execute_async(statement, params).add_callbacks(ok, failed)
+            except Exception as exc:  # e.g. NoHostAvailable raised synchronously
+                raise StoreUnavailable(
+                    f"chat store (CQL) error: {type(exc).__name__}: {exc}"
+                ) from None
+            try:
+                return await done
+            except Exception as exc:
+                raise StoreUnavailable(
+                    f"chat store (CQL) error: {type(exc).__name__}: {exc}"
+                ) from None
+
+    def window_of(self, unix_s: float) -> int:
+        return int(unix_s // self.window_s)
+
+    async def append(self, message: Message) -> None:
+        win = self.window_of(message.created_at)
+        bucket = bucket_of(message.id, self.buckets)
+        insert = self._run(
+            self._insert,
+            (
+                message.room,
+                win,
+                bucket,
+                message.id,
+                message.author,
+                message.text,
+                int(message.created_at * 1000),
+                self.ttl_s,
+            ),
+        )
+        key = (message.room, win)
+        if key in self._known_windows:
+            await insert
+            return
+        await asyncio.gather(insert, self._run(self._insert_window, key))
+        if len(self._known_windows) > 200_000:
+            self._known_windows.clear()
+        self._known_windows.add(key)
+
+    async def history(self, room: str, limit: int, before: int | None = None) -> list[Message]:
+        if before is None:
+            windows = await self._run(self._select_windows, (room, 64))
+        else:
+            before_win = self.window_of(id_time_ms(before) / 1000.0)
+            windows = await self._run(self._select_windows_before, (room, before_win, 64))
+        found: list[Message] = []
+        horizon = self._clock() - self.ttl_s
+        for row in windows:
+            if (row.win + 1) * self.window_s < horizon:
+                break  # everything older has expired
+            page = await self._read_window(room, row.win, limit - len(found), before)
+            found.extend(page)
+            if len(found) >= limit:
+                break
+        return found[:limit]
+
+    async def _read_window(
+        self, room: str, win: int, limit: int, before: int | None
+    ) -> list[Message]:
+        if before is None:
+            reads = [self._run(self._select, (room, win, b, limit)) for b in range(self.buckets)]
+        else:
+            reads = [
+                self._run(self._select_before, (room, win, b, before, limit))
+                for b in range(self.buckets)
+            ]
+        pages = await asyncio.gather(*reads)
+        # Each bucket is sorted by id DESC: merge, keep the newest `limit`.
+        merged = heapq.merge(*pages, key=lambda r: -r.id)
+        out = []
+        for row in merged:
+            # created_at is the id's own time (ms), the exact value the writer stored
+            out.append(Message(row.id, room, row.author, row.text, id_time_ms(row.id) / 1000.0))
+            if len(out) >= limit:
+                break
+        return out
+
+    async def count_partition(self, room: str, win: int, bucket: int) -> int:
+        rows = await self._run(
+            f"SELECT COUNT(*) AS n FROM {self.keyspace}.messages "
+            "WHERE room = %s AND win = %s AND bucket = %s",
+            (room, win, bucket),
+        )
+        return int(rows[0].n)
+
+    async def ttl_of(self, message: Message) -> int | None:
+        rows = await self._run(
+            f"SELECT TTL(text) AS ttl FROM {self.keyspace}.messages "
+            "WHERE room = %s AND win = %s AND bucket = %s AND id = %s",
+            (
+                message.room,
+                self.window_of(message.created_at),
+                bucket_of(message.id, self.buckets),
+                message.id,
+            ),
+        )
+        return int(rows[0].ttl) if rows and rows[0].ttl is not None else None
+
+
+def _resolve(fut: asyncio.Future[list[Any]], rows: Any) -> None:
+    if not fut.done():
+        fut.set_result(list(rows) if rows is not None else [])
+
+
+def _reject(fut: asyncio.Future[list[Any]], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

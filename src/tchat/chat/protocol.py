@@ -1,0 +1,136 @@
+"""The chat WebSocket protocol, sans-I/O: frames in, decisions and frames out.
+
+Client → server frames (JSON text): `{"type": "auth", "token": …}`,
+`{"type": "post", "text": …, "nonce": …}`, `{"type": "ping"}`.
+Server → client: `hello`, `message`, `ack` (after the store has the message),
+`error` (`code`, `detail`, echoing `nonce`), `pong`. Errors never close the
+connection except where the WebSocket protocol itself does (1007, 1009).
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+MAX_FRAME_BYTES = 16 * 1024
+MAX_NONCE_CHARS = 64
+
+
+class ProtocolError(Exception):
+    """The client sent something we cannot accept; `code` is machine-readable."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Post:
+    text: str
+    nonce: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+Frame = Auth | Post | Ping
+
+
+def decode_frame(data: str | bytes, max_chars: int) -> Frame:
+    """Parse and validate one client frame, or raise ProtocolError saying what is wrong."""
+    if isinstance(data, bytes):
+        if len(data) > MAX_FRAME_BYTES:
+            raise ProtocolError("frame_too_large", f"frame exceeds {MAX_FRAME_BYTES} bytes")
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("invalid_utf8", f"frame is not valid UTF-8: {exc.reason}") from None
+    if len(data) > MAX_FRAME_BYTES:
+        raise ProtocolError("frame_too_large", f"frame exceeds {MAX_FRAME_BYTES} bytes")
+    try:
+        obj = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(
+            "malformed_json", f"frame is not JSON: {exc.msg} at {exc.pos}"
+        ) from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("malformed_frame", "frame must be a JSON object")
+    kind = obj.get("type")
+    if kind == "post":
+        nonce = obj.get("nonce")
+        if nonce is not None and (not isinstance(nonce, str) or len(nonce) > MAX_NONCE_CHARS):
+            raise ProtocolError("bad_nonce", f"nonce must be a string of ≤ {MAX_NONCE_CHARS} chars")
+        return Post(validate_text(obj.get("text"), max_chars), nonce)
+    if kind == "auth":
+        token = obj.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("bad_token", "auth frame needs a token string")
+        return Auth(token)
+    if kind == "ping":
+        return Ping()
+    raise ProtocolError("unknown_type", f"unknown frame type {kind!r}; expected post, auth, ping")
+
+
+def validate_text(text: object, max_chars: int) -> str:
+    if not isinstance(text, str):
+        raise ProtocolError("bad_text", "text must be a string")
+    text = unicodedata.normalize("NFC", text).strip()
+    if not text:
+        raise ProtocolError("empty_text", "text is empty")
+    if len(text) > max_chars:
+        raise ProtocolError("text_too_long", f"text has {len(text)} characters; max {max_chars}")
+    for ch in text:
+        if ch in "\n\t":
+            continue
+        category = unicodedata.category(ch)
+        if category in ("Cc", "Cs") or ch in "\u2028\u2029":
+            raise ProtocolError(
+                "control_character", f"text contains control character U+{ord(ch):04X}"
+            )
+    return text
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+def error_frame(code: str, detail: str, nonce: str | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code, "detail": detail}
+    if nonce is not None:
+        frame["nonce"] = nonce
+    return frame
+
+
+class RateLimiter:
+    """Token bucket per key: `rate` per second, `burst` at once; the clock is injected."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key → (tokens, last time)
+
+    def allow(self, key: str) -> bool:
+        now = self.clock()
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._buckets) > 100_000:  # forget idle authors (full buckets carry no state)
+            self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.burst}
+        return allowed
+
+    def retry_after(self, key: str) -> float:
+        tokens, _ = self._buckets.get(key, (self.burst, 0.0))
+        return max(0.0, (1.0 - tokens) / self.rate)

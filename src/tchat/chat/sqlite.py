@@ -1,0 +1,172 @@
+"""SQLite chat store: the embedded default (WAL, one writer thread, batched commits).
+
+Writers enqueue; one writer task drains the queue into a single transaction per
+batch on a dedicated thread and resolves every waiter only after COMMIT, so an
+acknowledged message is on disk (WAL, synchronous=NORMAL: survives a process
+crash). Reads use their own connection on another thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tchat.chat.models import Message
+from tchat.chat.store import StoreUnavailable
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+  room TEXT NOT NULL, id INTEGER NOT NULL, author TEXT NOT NULL, text TEXT NOT NULL,
+  created_at REAL NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (room, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_expiry ON messages (expires_at);
+"""
+MAX_BATCH = 512
+
+
+class SqliteChatStore:
+    name = "sqlite"
+
+    def __init__(self, path: Path, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._queue: asyncio.Queue[tuple[Message, asyncio.Future[None]]] = asyncio.Queue()
+        self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="chat-sqlite-w")
+        self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="chat-sqlite-r")
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._purger: asyncio.Task[None] | None = None
+
+    def _now(self) -> float:
+        return self._clock()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+
+        def open_writer() -> sqlite3.Connection:
+            conn = self._open()
+            conn.executescript(_SCHEMA)
+            return conn
+
+        self._wconn = await loop.run_in_executor(self._writer_thread, open_writer)
+        self._rconn = await loop.run_in_executor(self._reader_thread, self._open)
+        self._writer = asyncio.create_task(self._write_loop(), name="chat-sqlite-writer")
+        self._purger = asyncio.create_task(self._purge_loop(), name="chat-sqlite-purge")
+
+    async def close(self) -> None:
+        for task in (self._writer, self._purger):
+            if task:
+                task.cancel()
+        for task in (self._writer, self._purger):
+            if task:
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        loop = asyncio.get_running_loop()
+        if self._wconn:
+            await loop.run_in_executor(self._writer_thread, self._wconn.close)
+        if self._rconn:
+            await loop.run_in_executor(self._reader_thread, self._rconn.close)
+        self._writer_thread.shutdown(wait=True)
+        self._reader_thread.shutdown(wait=True)
+
+    async def append(self, message: Message) -> None:
+        if self._writer is None or self._writer.done():
+            raise StoreUnavailable("sqlite store is not running")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((message, done))
+        await done
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            rows = [
+                (m.room, m.id, m.author, m.text, m.created_at, m.created_at + self.ttl_s)
+                for m, _ in batch
+            ]
+            try:
+                await loop.run_in_executor(self._writer_thread, self._insert, rows)
+            except sqlite3.Error as exc:
+                error = StoreUnavailable(f"sqlite write failed: {exc}")
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(error)
+                continue
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _insert(self, rows: list[tuple[str, int, str, str, float, float]]) -> None:
+        assert self._wconn is not None
+        self._wconn.execute("BEGIN")
+        try:
+            self._wconn.executemany("INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?)", rows)
+            self._wconn.execute("COMMIT")
+        except BaseException:
+            self._wconn.execute("ROLLBACK")
+            raise
+
+    async def history(self, room: str, limit: int, before: int | None = None) -> list[Message]:
+        if self._rconn is None:
+            raise StoreUnavailable("sqlite store is not running")
+        now = self._now()
+
+        def query() -> list[tuple[int, str, str, str, float]]:
+            assert self._rconn is not None
+            sql = (
+                "SELECT id, room, author, text, created_at FROM messages WHERE room = ? "
+                "AND expires_at > ?"
+            )
+            args: list[object] = [room, now]
+            if before is not None:
+                sql += " AND id < ?"
+                args.append(before)
+            sql += " ORDER BY id DESC LIMIT ?"
+            args.append(limit)
+            return self._rconn.execute(sql, args).fetchall()
+
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(self._reader_thread, query)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite read failed: {exc}") from None
+        return [Message(*row) for row in rows]
+
+    async def purge_expired(self) -> int:
+        now = self._now()
+
+        def purge() -> int:
+            assert self._wconn is not None
+            return self._wconn.execute(
+                "DELETE FROM messages WHERE expires_at <= ?", (now,)
+            ).rowcount
+
+        return await asyncio.get_running_loop().run_in_executor(self._writer_thread, purge)
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(3600)
+            try:
+                await self.purge_expired()
+            except sqlite3.Error:
+                pass  # retried next hour; reads filter expired rows anyway
+
+    async def healthy(self) -> bool:
+        return self._writer is not None and not self._writer.done()
