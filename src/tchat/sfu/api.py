@@ -1,0 +1,158 @@
+"""WHIP (RFC 9725) and WHEP signalling routes, and the SFU worker's lifespan.
+
+POST an SDP offer with a Bearer token → 201, the SDP answer and a Location whose
+DELETE ends the session. Errors are JSON: 400 bad SDP, 401 missing token, 403
+wrong token, 404 unknown room/session, 409 room already published, 503 full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from tchat.auth import TokenError, bearer, verify_token
+from tchat.config import Settings
+from tchat.sfu.sdp import MAX_SDP_BYTES, SdpError
+from tchat.sfu.settings import SfuSettings
+from tchat.sfu.worker import SessionError, SfuWorker
+
+LAYERS = {"low": 0, "mid": 1, "high": 2}
+
+
+class LayerRequest(BaseModel):
+    max_layer: int = Field(ge=0, le=2, description="Highest simulcast layer: 0 low … 2 high.")
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+def _auth(request: Request, room: str, role: Literal["publisher", "viewer"]) -> JSONResponse | None:
+    token = bearer(request.headers.get("authorization"))
+    try:
+        verify_token(request.app.state.secret, token, room, role)
+    except TokenError as exc:
+        status = 401 if token is None else 403
+        return _error(status, "unauthorized" if status == 401 else "forbidden", str(exc))
+    return None
+
+
+async def _offer(request: Request) -> str | JSONResponse:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/sdp":
+        return _error(415, "unsupported_media_type", "send the offer as application/sdp")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_SDP_BYTES:
+            return _error(400, "bad_sdp", f"SDP offer larger than {MAX_SDP_BYTES} bytes")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return _error(400, "bad_sdp", "SDP offer is not UTF-8")
+
+
+def _created(answer: str, location: str) -> Response:
+    return Response(
+        answer,
+        status_code=201,
+        media_type="application/sdp",
+        headers={"Location": location, "Access-Control-Expose-Headers": "Location"},
+    )
+
+
+def mount(app: FastAPI, settings: Settings) -> None:
+    sfu_settings = SfuSettings.from_env()
+
+    @asynccontextmanager
+    async def component(app: FastAPI) -> AsyncIterator[None]:
+        worker = SfuWorker(sfu_settings)
+        await worker.start()
+        app.state.sfu = worker
+        try:
+            yield
+        finally:
+            await worker.stop()
+
+    app.state.components.append(component)
+
+    def worker_of(request: Request) -> SfuWorker:
+        worker: SfuWorker = request.app.state.sfu
+        return worker
+
+    @app.post("/whip/{room}", tags=["sfu"], status_code=201)
+    async def whip(room: str, request: Request) -> Response:
+        """Publish: SDP offer in (Opus, H.264/VP8, ≤ 3 simulcast rids), answer out."""
+        if denied := _auth(request, room, "publisher"):
+            return denied
+        offer = await _offer(request)
+        if isinstance(offer, Response):
+            return offer
+        try:
+            peer, answer = worker_of(request).add_publisher(room, offer)
+        except SdpError as exc:
+            return _error(400, "bad_sdp", str(exc))
+        except SessionError as exc:
+            return _error(exc.status, "conflict" if exc.status == 409 else "unavailable", str(exc))
+        return _created(answer, f"/whip/{room}/{peer.id}")
+
+    @app.post("/whep/{room}", tags=["sfu"], status_code=201)
+    async def whep(room: str, request: Request, layer: str = "high") -> Response:
+        """Watch: SDP offer in (recvonly), answer out; `?layer=low|mid|high` caps quality."""
+        if denied := _auth(request, room, "viewer"):
+            return denied
+        if layer not in LAYERS:
+            return _error(400, "bad_request", "layer must be low, mid or high")
+        offer = await _offer(request)
+        if isinstance(offer, Response):
+            return offer
+        try:
+            peer, answer = worker_of(request).add_viewer(room, offer, LAYERS[layer])
+        except SdpError as exc:
+            return _error(400, "bad_sdp", str(exc))
+        except SessionError as exc:
+            code = {404: "not_found", 503: "unavailable"}.get(exc.status, "conflict")
+            return _error(exc.status, code, str(exc))
+        return _created(answer, f"/whep/{room}/{peer.id}")
+
+    async def _delete(room: str, session: str, request: Request, role: str) -> Response:
+        if denied := _auth(request, room, "publisher" if role == "publisher" else "viewer"):
+            return denied
+        worker = worker_of(request)
+        peer = worker.peers.get(session)
+        if peer is None or peer.room.name != room or peer.role != role:
+            return _error(404, "not_found", f"no {role} session {session!r} in room {room!r}")
+        worker.close_peer(peer, "DELETE")
+        return Response(status_code=200)
+
+    @app.delete("/whip/{room}/{session}", tags=["sfu"])
+    async def whip_delete(room: str, session: str, request: Request) -> Response:
+        """End a publish session (its viewers end with it)."""
+        return await _delete(room, session, request, "publisher")
+
+    @app.delete("/whep/{room}/{session}", tags=["sfu"])
+    async def whep_delete(room: str, session: str, request: Request) -> Response:
+        """End a viewer session."""
+        return await _delete(room, session, request, "viewer")
+
+    @app.put("/whep/{room}/{session}/layer", tags=["sfu"])
+    async def whep_layer(room: str, session: str, body: LayerRequest, request: Request) -> Response:
+        """Cap a viewer's simulcast layer; the switch happens on the next keyframe."""
+        if denied := _auth(request, room, "viewer"):
+            return denied
+        worker = worker_of(request)
+        peer = worker.peers.get(session)
+        if peer is None or peer.room.name != room or peer.role != "viewer":
+            return _error(404, "not_found", f"no viewer session {session!r} in room {room!r}")
+        worker.set_max_layer(peer, body.max_layer)
+        return JSONResponse({"max_layer": body.max_layer})
+
+    @app.get("/sfu/stats", tags=["sfu"])
+    async def sfu_stats(request: Request) -> dict[str, object]:
+        """Counters of this worker: peers, delivered packets, dropped datagrams by reason."""
+        return worker_of(request).stats()

@@ -1,0 +1,297 @@
+"""The hot path: one published packet in, one rewritten packet out per viewer.
+
+Per packet (`Track.forward`): find the layer by SSRC, cache the payload for NACKs,
+and for each `DownTrack` either drop it (other layer, or waiting for a keyframe on
+the target layer) or rewrite SSRC/PT/sequence/timestamp, protect and send. The
+rewrite keeps each viewer's sequence and timestamp continuous across layer
+switches: on a switch the offsets are re-based so the first packet of the new
+layer follows the last one sent.
+
+Per second (`Track.tick`) only sets targets: which layer each viewer should get
+and which keyframes to ask the publisher for (rate-limited). Nothing here does I/O
+or reads a clock: `protect`/`send`/`request_keyframe` are injected and `now` is
+passed in, so unit tests drive it with plain lists and numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from struct import Struct
+
+from tchat.sfu.rtp import HEADER, header_extension, keyframe_detector, payload_bounds
+
+_PACK = Struct("!BBHII").pack
+CACHE_SIZE = 1024  # packets per layer kept for NACKs (~2-3 s of 720p)
+PLI_INTERVAL_S = 0.5  # at most one keyframe request per layer this often
+LAYER_STALE_S = 1.5  # a layer silent this long is not offered to viewers
+NACK_MAX = 64  # retransmissions per NACK message
+LOW, HIGH = 0, 2
+
+Protect = Callable[[bytes], bytes]
+Send = Callable[[bytes], None]
+
+
+class PacketCache:
+    """The last CACHE_SIZE packets of one layer by sequence number."""
+
+    __slots__ = ("_slots",)
+
+    def __init__(self) -> None:
+        self._slots: list[tuple[int, int, int, bytes] | None] = [None] * CACHE_SIZE
+
+    def put(self, seq: int, ts: int, marker: int, payload: bytes) -> None:
+        self._slots[seq & (CACHE_SIZE - 1)] = (seq, ts, marker, payload)
+
+    def get(self, seq: int) -> tuple[int, int, int, bytes] | None:
+        entry = self._slots[seq & (CACHE_SIZE - 1)]
+        return entry if entry is not None and entry[0] == seq else None
+
+
+class Layer:
+    __slots__ = ("cache", "index", "last_seen", "packets", "ssrc")
+
+    def __init__(self, index: int, ssrc: int) -> None:
+        self.index = index
+        self.ssrc = ssrc
+        self.cache = PacketCache()
+        self.last_seen = -1e9
+        self.packets = 0
+
+
+class DownTrack:
+    """One viewer's outbound stream of one track, and its rewrite state."""
+
+    __slots__ = (
+        "clock_rate",
+        "current",
+        "fraction_lost",
+        "jitter",
+        "last_seq",
+        "last_time",
+        "last_ts",
+        "max_layer",
+        "octets",
+        "packets",
+        "protect",
+        "pt",
+        "rr_lost",
+        "send",
+        "seq_offset",
+        "ssrc",
+        "switch_seq",
+        "switches",
+        "target",
+        "ts_offset",
+    )
+
+    def __init__(
+        self,
+        ssrc: int,
+        pt: int,
+        clock_rate: int,
+        protect: Protect,
+        send: Send,
+        max_layer: int = HIGH,
+        first_seq: int = 0,
+        first_ts: int = 0,
+    ) -> None:
+        self.ssrc = ssrc
+        self.pt = pt
+        self.clock_rate = clock_rate
+        self.protect = protect
+        self.send = send
+        self.max_layer = max_layer
+        self.current = -1  # layer being forwarded; -1 until the first keyframe
+        self.target = -1
+        self.seq_offset = 0
+        self.ts_offset = 0
+        self.last_seq = (first_seq - 1) & 0xFFFF  # highest sequence number sent
+        self.last_ts = first_ts
+        self.last_time = -1.0
+        self.switch_seq = first_seq  # first sequence number sent from `current`
+        self.switches = 0
+        self.packets = 0
+        self.octets = 0
+        self.fraction_lost = 0
+        self.rr_lost = 0
+        self.jitter = 0
+
+    def switch_to(self, layer: int, seq: int, ts: int, now: float) -> None:
+        """Re-base offsets so this packet follows the last one sent."""
+        out_seq = (self.last_seq + 1) & 0xFFFF
+        if self.last_time < 0:
+            out_ts = self.last_ts
+        else:
+            # the new layer's clock is unrelated: advance by the wall time elapsed
+            out_ts = self.last_ts + max(1, int((now - self.last_time) * self.clock_rate))
+        self.seq_offset = (out_seq - seq) & 0xFFFF
+        self.ts_offset = (out_ts - ts) & 0xFFFFFFFF
+        self.switch_seq = out_seq
+        self.current = layer
+        self.switches += 1
+
+
+class Track:
+    """One published media (audio, or video with up to three simulcast layers)."""
+
+    def __init__(
+        self,
+        kind: str,
+        mime: str,
+        clock_rate: int,
+        rids: list[str] | None = None,
+        rid_ext: int = 0,
+        request_keyframe: Callable[[int], None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.mime = mime
+        self.clock_rate = clock_rate
+        self.rids = list(rids or [])
+        self.rid_ext = rid_ext
+        self.is_keyframe_start = keyframe_detector(mime)
+        self.layers: list[Layer | None] = [None] * max(1, len(self.rids))
+        self.by_ssrc: dict[int, Layer] = {}
+        self.downtracks: list[DownTrack] = []
+        self.request_keyframe = request_keyframe or (lambda ssrc: None)
+        self._pli_at: dict[int, float] = {}
+        self.dropped = 0  # packets of unknown layers, malformed, or padding-only
+        self.delivered = 0
+
+    # -- per packet ------------------------------------------------------------
+    def forward(self, data: bytes, now: float) -> int:
+        """Forward one unprotected RTP packet to every viewer; returns packets sent."""
+        ssrc = HEADER.unpack_from(data)[4]
+        layer = self.by_ssrc.get(ssrc)
+        if layer is None:
+            layer = self._bind(data, ssrc, now)
+            if layer is None:
+                self.dropped += 1
+                return 0
+        start, end = payload_bounds(data)
+        if start >= end:  # padding-only bandwidth probe: nothing to forward
+            return 0
+        payload = data[start:end]
+        seq = (data[2] << 8) | data[3]
+        ts = (data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7]
+        marker = data[1] & 0x80
+        layer.cache.put(seq, ts, marker, payload)
+        layer.last_seen = now
+        layer.packets += 1
+        index = layer.index
+        keyframe = -1
+        sent = 0
+        for dt in self.downtracks:
+            if dt.current != index:
+                if dt.target != index:
+                    continue
+                if keyframe < 0:
+                    keyframe = 1 if self.is_keyframe_start(payload) else 0
+                if not keyframe:
+                    continue
+                dt.switch_to(index, seq, ts, now)
+            out_seq = (seq + dt.seq_offset) & 0xFFFF
+            out_ts = (ts + dt.ts_offset) & 0xFFFFFFFF
+            dt.send(dt.protect(_PACK(0x80, marker | dt.pt, out_seq, out_ts, dt.ssrc) + payload))
+            if (out_seq - dt.last_seq) & 0xFFFF < 0x8000:
+                dt.last_seq = out_seq
+                dt.last_ts = out_ts
+                dt.last_time = now
+            dt.packets += 1
+            dt.octets += end - start
+            sent += 1
+        self.delivered += sent
+        return sent
+
+    def _bind(self, data: bytes, ssrc: int, now: float) -> Layer | None:
+        """Map a new SSRC to its layer: by rid when simulcast, else it replaces layer 0."""
+        if self.rids:
+            rid = header_extension(data, self.rid_ext)
+            if rid is None:
+                return None
+            try:
+                index = self.rids.index(rid.decode("ascii", "replace"))
+            except ValueError:
+                return None
+        else:
+            index = 0
+        old = self.layers[index]
+        if old is not None:
+            self.by_ssrc.pop(old.ssrc, None)
+        layer = Layer(index, ssrc)
+        self.layers[index] = layer
+        self.by_ssrc[ssrc] = layer
+        layer.last_seen = now
+        self.tick(now)  # let waiting viewers target the new layer at once
+        return layer
+
+    # -- per viewer feedback ---------------------------------------------------------
+    def nack(self, dt: DownTrack, lost: list[int]) -> int:
+        """Resend what a viewer reports lost from the current layer's cache."""
+        if dt.current < 0:
+            return 0
+        layer = self.layers[dt.current]
+        if layer is None:
+            return 0
+        sent = 0
+        for out_seq in lost[:NACK_MAX]:
+            out_seq &= 0xFFFF
+            # sent before the last switch: another layer's numbering, not cached here
+            if (out_seq - dt.switch_seq) & 0xFFFF >= 0x8000:
+                continue
+            if (dt.last_seq - out_seq) & 0xFFFF >= 0x8000:
+                continue  # not sent yet
+            entry = layer.cache.get((out_seq - dt.seq_offset) & 0xFFFF)
+            if entry is None:
+                continue
+            _, ts, marker, payload = entry
+            out_ts = (ts + dt.ts_offset) & 0xFFFFFFFF
+            dt.send(dt.protect(_PACK(0x80, marker | dt.pt, out_seq, out_ts, dt.ssrc) + payload))
+            sent += 1
+        return sent
+
+    def keyframe_wanted(self, dt: DownTrack, now: float) -> None:
+        """A viewer asked for a keyframe (PLI/FIR): ask the publisher, rate-limited."""
+        index = dt.current if dt.current >= 0 else dt.target
+        if index >= 0:
+            self._pli(index, now)
+
+    # -- per second / membership ---------------------------------------------------
+    def add(self, dt: DownTrack, now: float) -> None:
+        self.downtracks.append(dt)
+        self._retarget(dt, now)
+
+    def remove(self, dt: DownTrack) -> None:
+        if dt in self.downtracks:
+            self.downtracks.remove(dt)
+
+    def set_max_layer(self, dt: DownTrack, max_layer: int, now: float) -> None:
+        dt.max_layer = max_layer
+        self._retarget(dt, now)
+
+    def tick(self, now: float) -> None:
+        for dt in self.downtracks:
+            self._retarget(dt, now)
+
+    def available(self, now: float) -> list[int]:
+        return [
+            layer.index
+            for layer in self.layers
+            if layer is not None and now - layer.last_seen <= LAYER_STALE_S
+        ]
+
+    def _retarget(self, dt: DownTrack, now: float) -> None:
+        live = self.available(now)
+        if not live:
+            return
+        under = [i for i in live if i <= dt.max_layer]
+        dt.target = max(under) if under else min(live)
+        if dt.current != dt.target:
+            self._pli(dt.target, now)
+
+    def _pli(self, index: int, now: float) -> None:
+        layer = self.layers[index]
+        if layer is None or self.kind != "video":
+            return
+        if now - self._pli_at.get(index, -1e9) >= PLI_INTERVAL_S:
+            self._pli_at[index] = now
+            self.request_keyframe(layer.ssrc)

@@ -1,0 +1,465 @@
+"""The SFU worker: one UDP port for every peer, rooms, sessions, timers.
+
+`SfuWorker` is the asyncio shell around the sans-I/O cores. Datagrams are
+demultiplexed by their first byte (RFC 7983): STUN goes to the session whose ICE
+ufrag is in USERNAME, DTLS and SRTP/SRTCP to the session that owns the source
+address (learnt from an authenticated STUN check). Anything else is dropped and
+counted in `drops`; nothing a peer sends can raise out of `datagram_received`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pylibsrtp
+from aiortc.rtcdtlstransport import RTCCertificate
+
+from tchat.sfu import rtcp, sdp
+from tchat.sfu.dtls import DtlsEndpoint, DtlsState, SrtpSessions, fingerprint, make_context
+from tchat.sfu.forwarder import HIGH, DownTrack, Track
+from tchat.sfu.ice import Addr, IceLite, StunError, new_credentials, parse_request
+from tchat.sfu.rtp import DTLS_MAX, DTLS_MIN, RTP_MAX, RTP_MIN, STUN_MAX, is_rtcp
+from tchat.sfu.settings import SfuSettings
+
+log = logging.getLogger("tchat.sfu")
+Role = Literal["publisher", "viewer"]
+TICK_S = 0.1
+SFU_SSRC = 0x7C4A7000  # sender SSRC of our own RTCP (PLI towards publishers)
+
+
+class SessionError(Exception):
+    """A WHIP/WHEP request that cannot be served; `status` is the HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(eq=False)
+class Peer:
+    id: str
+    room: Room
+    role: Role
+    ice: IceLite
+    dtls: DtlsEndpoint
+    media: list[sdp.Media]
+    created_at: float
+    max_layer: int = HIGH
+    addr: Addr | None = None
+    srtp: SrtpSessions | None = None
+    send: Callable[[bytes], None] = lambda data: None
+    connected_at: float | None = None
+    closed: bool = False
+    track_by_pt: dict[int, Track] = field(default_factory=dict)  # publisher
+    downtracks: dict[int, tuple[Track, DownTrack]] = field(default_factory=dict)  # viewer
+    rtp_in: int = 0
+    rtcp_in: int = 0
+
+
+@dataclass(eq=False)
+class Room:
+    name: str
+    publisher: Peer | None = None
+    tracks: dict[str, Track] = field(default_factory=dict)
+    viewers: dict[str, Peer] = field(default_factory=dict)
+
+
+class SfuWorker(asyncio.DatagramProtocol):
+    def __init__(self, settings: SfuSettings, clock: Callable[[], float] | None = None) -> None:
+        self.settings = settings
+        self.cert = RTCCertificate.generateCertificate()
+        self.fingerprint = fingerprint(self.cert)
+        self.ctx = make_context(self.cert)
+        self.rooms: dict[str, Room] = {}
+        self.peers: dict[str, Peer] = {}
+        self.by_ufrag: dict[str, Peer] = {}
+        self.by_addr: dict[Addr, Peer] = {}
+        self.handshaking: set[Peer] = set()
+        self.drops: Counter[str] = Counter()
+        self.connect_times: list[float] = []
+        self.delivered = 0  # RTP packets sent to viewers (not counting NACK answers)
+        self.port = 0
+        self.transport: asyncio.DatagramTransport | None = None
+        self._clock = clock
+        self._timer: asyncio.Task[None] | None = None
+        self._last_second = 0.0
+        self._last_sr = 0.0
+
+    # -- lifetime ------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._clock is None:
+            self._clock = loop.time
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=(self.settings.udp_host, self.settings.udp_port)
+        )
+        self.transport = transport
+        self.port = transport.get_extra_info("sockname")[1]
+        self._timer = asyncio.create_task(self._run_timers(), name="sfu-timers")
+        log.info("sfu listening udp=%s:%d", self.settings.udp_host, self.port)
+
+    async def stop(self) -> None:
+        for peer in list(self.peers.values()):
+            self.close_peer(peer, "shutdown")
+        if self._timer:
+            self._timer.cancel()
+            try:
+                await self._timer
+            except asyncio.CancelledError:
+                pass
+        if self.transport:
+            self.transport.close()
+
+    def now(self) -> float:
+        assert self._clock is not None
+        return self._clock()
+
+    # -- signalling -------------------------------------------------------------------
+    def _local(self, ufrag: str, pwd: str) -> sdp.LocalParams:
+        return sdp.LocalParams(ufrag, pwd, self.fingerprint, self.settings.candidate_ip, self.port)
+
+    def _new_peer(self, room: Room, role: Role, neg: sdp.Negotiated, ufrag: str, pwd: str) -> Peer:
+        now = self.now()
+        peer = Peer(
+            id=secrets.token_urlsafe(12),
+            room=room,
+            role=role,
+            ice=IceLite(ufrag, pwd, neg.remote_ufrag, created_at=now),
+            dtls=DtlsEndpoint(self.ctx, server=True, remote_fingerprints=neg.remote_fingerprints),
+            media=neg.media,
+            created_at=now,
+        )
+        self.peers[peer.id] = peer
+        self.by_ufrag[ufrag] = peer
+        self.handshaking.add(peer)
+        return peer
+
+    def _check_capacity(self) -> None:
+        if len(self.peers) >= self.settings.max_peers:
+            raise SessionError(503, f"SFU is full ({self.settings.max_peers} sessions)")
+
+    def add_publisher(self, room_name: str, offer: str) -> tuple[Peer, str]:
+        self._check_capacity()
+        room = self.rooms.get(room_name)
+        if room is not None and room.publisher is not None and not room.publisher.closed:
+            raise SessionError(409, f"room {room_name!r} already has a publisher")
+        ufrag, pwd = new_credentials()
+        neg = sdp.negotiate_whip(offer, self._local(ufrag, pwd))
+        room = room or Room(room_name)
+        self.rooms[room_name] = room
+        peer = self._new_peer(room, "publisher", neg, ufrag, pwd)
+        room.publisher = peer
+        room.tracks = {}
+        for m in neg.media:
+            assert m.codec is not None
+            track = Track(
+                m.kind,
+                m.codec.mime,
+                m.codec.clock_rate,
+                rids=m.rids,
+                rid_ext=m.rid_ext,
+                request_keyframe=self._pli_sender(peer),
+            )
+            room.tracks[m.kind] = track
+            peer.track_by_pt[m.codec.payload_type] = track
+        log.info("whip room=%s peer=%s media=%s", room_name, peer.id, _describe(neg.media))
+        return peer, neg.answer
+
+    def add_viewer(self, room_name: str, offer: str, max_layer: int = HIGH) -> tuple[Peer, str]:
+        self._check_capacity()
+        room = self.rooms.get(room_name)
+        if room is None or room.publisher is None or room.publisher.closed:
+            raise SessionError(404, f"room {room_name!r} has no publisher")
+        sources = {}
+        for m in room.publisher.media:
+            if m.codec is not None:
+                sources[m.kind] = m.codec
+        ssrcs = {kind: secrets.randbits(31) | 1 for kind in sources}
+        ufrag, pwd = new_credentials()
+        neg = sdp.negotiate_whep(offer, self._local(ufrag, pwd), sources, ssrcs)
+        peer = self._new_peer(room, "viewer", neg, ufrag, pwd)
+        peer.max_layer = max_layer
+        room.viewers[peer.id] = peer
+        return peer, neg.answer
+
+    def set_max_layer(self, peer: Peer, max_layer: int) -> None:
+        peer.max_layer = max_layer
+        now = self.now()
+        for track, dt in peer.downtracks.values():
+            track.set_max_layer(dt, max_layer, now)
+
+    def close_peer(self, peer: Peer, reason: str) -> None:
+        if peer.closed:
+            return
+        peer.closed = True
+        if peer.dtls.state == DtlsState.CONNECTED and peer.addr is not None:
+            peer.dtls.close()
+            for data in peer.dtls.datagrams_to_send():
+                self._sendto(data, peer.addr)
+        self.peers.pop(peer.id, None)
+        self.by_ufrag.pop(peer.ice.local_ufrag, None)
+        for addr in peer.ice.candidates:
+            if self.by_addr.get(addr) is peer:
+                del self.by_addr[addr]
+        self.handshaking.discard(peer)
+        for track, dt in peer.downtracks.values():
+            track.remove(dt)
+        peer.downtracks.clear()
+        room = peer.room
+        if peer.role == "viewer":
+            room.viewers.pop(peer.id, None)
+        elif room.publisher is peer:
+            # the stream ended: its viewers have nothing left to watch
+            for viewer in list(room.viewers.values()):
+                self.close_peer(viewer, "publisher left")
+            room.publisher = None
+            room.tracks = {}
+        if room.publisher is None and not room.viewers:
+            self.rooms.pop(room.name, None)
+        log.info(
+            "sfu close room=%s peer=%s role=%s reason=%s", room.name, peer.id, peer.role, reason
+        )
+
+    # -- datagrams --------------------------------------------------------------------
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        try:
+            first = data[0]
+            if RTP_MIN <= first <= RTP_MAX:
+                peer = self.by_addr.get(addr)
+                if peer is None or peer.srtp is None:
+                    self.drops["rtp_unknown_peer"] += 1
+                elif is_rtcp(data):
+                    self._rtcp(peer, data)
+                else:
+                    self._rtp(peer, data)
+            elif first <= STUN_MAX:
+                self._stun(data, addr)
+            elif DTLS_MIN <= first <= DTLS_MAX:
+                self._dtls(data, addr)
+            else:
+                self.drops["unknown_first_byte"] += 1
+        except Exception:  # a peer's bytes must never stop the worker
+            self.drops["error"] += 1
+            log.debug("sfu datagram from %s raised", addr, exc_info=True)
+
+    def _rtp(self, peer: Peer, data: bytes) -> None:
+        if peer.role != "publisher":
+            self.drops["rtp_from_viewer"] += 1
+            return
+        assert peer.srtp is not None
+        try:
+            plain = peer.srtp.rx.unprotect(data)
+        except pylibsrtp.Error:
+            self.drops["srtp_unprotect"] += 1
+            return
+        track = peer.track_by_pt.get(plain[1] & 0x7F)
+        if track is None:
+            self.drops["rtp_unknown_pt"] += 1
+            return
+        peer.rtp_in += 1
+        try:
+            self.delivered += track.forward(plain, self.now())
+        except ValueError:
+            self.drops["rtp_malformed"] += 1
+
+    def _rtcp(self, peer: Peer, data: bytes) -> None:
+        assert peer.srtp is not None
+        try:
+            plain = peer.srtp.rx.unprotect_rtcp(data)
+        except pylibsrtp.Error:
+            self.drops["srtcp_unprotect"] += 1
+            return
+        try:
+            packets = rtcp.parse(plain)
+        except ValueError:
+            self.drops["rtcp_malformed"] += 1
+            return
+        peer.rtcp_in += 1
+        if peer.role == "publisher":
+            return  # sender reports and SDES: nothing to act on yet
+        now = self.now()
+        for pkt in packets:
+            if isinstance(pkt, rtcp.RtcpRrPacket | rtcp.RtcpSrPacket):
+                for report in pkt.reports:
+                    pair = peer.downtracks.get(report.ssrc)
+                    if pair is not None:
+                        dt = pair[1]
+                        dt.fraction_lost = report.fraction_lost
+                        dt.rr_lost = report.packets_lost
+                        dt.jitter = report.jitter
+            elif isinstance(pkt, rtcp.RtcpRtpfbPacket) and pkt.fmt == rtcp.RTPFB_NACK:
+                pair = peer.downtracks.get(pkt.media_ssrc)
+                if pair is not None:
+                    pair[0].nack(pair[1], pkt.lost)
+            elif isinstance(pkt, rtcp.RtcpPsfbPacket) and pkt.fmt in (rtcp.PSFB_PLI, rtcp.PSFB_FIR):
+                pair = peer.downtracks.get(pkt.media_ssrc)
+                if pair is None and pkt.fmt == rtcp.PSFB_FIR and len(pkt.fci) >= 4:
+                    pair = peer.downtracks.get(int.from_bytes(pkt.fci[:4], "big"))
+                if pair is not None:
+                    pair[0].keyframe_wanted(pair[1], now)
+
+    def _stun(self, data: bytes, addr: Addr) -> None:
+        try:
+            msg, ufrag = parse_request(data)
+            peer = self.by_ufrag.get(ufrag)
+            if peer is None:
+                raise StunError("unknown ufrag")
+            response = peer.ice.handle(msg, addr, self.now())
+        except StunError as exc:
+            self.drops["stun_" + str(exc).split(":")[0].replace(" ", "_")[:32]] += 1
+            return
+        owner = self.by_addr.get(addr)
+        if owner is not None and owner is not peer:
+            self.drops["stun_addr_taken"] += 1
+            return
+        self.by_addr[addr] = peer
+        if peer.ice.nominated == addr and peer.addr != addr:
+            self._select(peer, addr)
+        self._sendto(response, addr)
+
+    def _select(self, peer: Peer, addr: Addr) -> None:
+        peer.addr = addr
+        sendto = self._sendto
+        peer.send = lambda data: sendto(data, addr)
+        for _, dt in peer.downtracks.values():
+            dt.send = peer.send
+
+    def _dtls(self, data: bytes, addr: Addr) -> None:
+        peer = self.by_addr.get(addr)
+        if peer is None:
+            self.drops["dtls_unknown_peer"] += 1
+            return
+        if peer.addr is None:
+            self._select(peer, addr)  # DTLS may overtake the nominating check
+        was = peer.dtls.state
+        peer.dtls.receive(data)
+        for out in peer.dtls.datagrams_to_send():
+            self._sendto(out, addr)
+        state = peer.dtls.state
+        if state == DtlsState.CONNECTED and was == DtlsState.HANDSHAKE:
+            self._connected(peer)
+        elif state == DtlsState.FAILED:
+            self.drops["dtls_failed"] += 1
+            self.close_peer(peer, peer.dtls.error)
+        elif state == DtlsState.CLOSED:
+            self.close_peer(peer, "peer closed DTLS")
+
+    def _connected(self, peer: Peer) -> None:
+        now = self.now()
+        self.handshaking.discard(peer)
+        peer.srtp = peer.dtls.srtp
+        peer.connected_at = now
+        self.connect_times.append(now - peer.created_at)
+        if len(self.connect_times) > 100_000:
+            del self.connect_times[:50_000]
+        if peer.role == "viewer":
+            assert peer.srtp is not None
+            protect = peer.srtp.tx.protect
+            for m in peer.media:
+                track = peer.room.tracks.get(m.kind)
+                if m.codec is None or track is None:
+                    continue
+                dt = DownTrack(
+                    ssrc=m.ssrc,
+                    pt=m.codec.payload_type,
+                    clock_rate=m.codec.clock_rate,
+                    protect=protect,
+                    send=peer.send,
+                    max_layer=peer.max_layer,
+                    first_seq=secrets.randbits(16),
+                    first_ts=secrets.randbits(32),
+                )
+                peer.downtracks[m.ssrc] = (track, dt)
+                track.add(dt, now)
+        log.debug(
+            "sfu connected peer=%s role=%s in %.3fs", peer.id, peer.role, now - peer.created_at
+        )
+
+    def _pli_sender(self, peer: Peer) -> Callable[[int], None]:
+        def send_pli(media_ssrc: int) -> None:
+            self._send_rtcp(peer, rtcp.pli(SFU_SSRC, media_ssrc))
+
+        return send_pli
+
+    def _sendto(self, data: bytes, addr: Addr) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
+
+    def _send_rtcp(self, peer: Peer, packet: bytes) -> None:
+        if peer.srtp is None or peer.addr is None or peer.closed:
+            return
+        peer.send(peer.srtp.tx.protect_rtcp(packet))
+
+    def error_received(self, exc: Exception) -> None:
+        self.drops["socket_error"] += 1  # e.g. ICMP port unreachable from a gone viewer
+
+    # -- timers --------------------------------------------------------------------
+    async def _run_timers(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self.tick(self.now())
+            except Exception:
+                log.exception("sfu timer failed")
+
+    def tick(self, now: float) -> None:
+        for peer in list(self.handshaking):
+            if now - peer.created_at > self.settings.connect_timeout_s:
+                self.close_peer(peer, "ICE/DTLS did not complete in time")
+                continue
+            timeout = peer.dtls.get_timeout()
+            if timeout is not None and timeout <= 0 and peer.addr is not None:
+                peer.dtls.handle_timeout()
+                for out in peer.dtls.datagrams_to_send():
+                    self._sendto(out, peer.addr)
+        if now - self._last_second >= 1.0:
+            self._last_second = now
+            for peer in list(self.peers.values()):
+                if peer.ice.consent_expired(now, self.settings.consent_timeout_s):
+                    self.close_peer(peer, "ICE consent expired")
+            for room in self.rooms.values():
+                for track in room.tracks.values():
+                    track.tick(now)
+        if now - self._last_sr >= self.settings.sr_interval_s:
+            self._last_sr = now
+            self._sender_reports(now)
+
+    def _sender_reports(self, now: float) -> None:
+        wall = time.time()
+        for peer in self.peers.values():
+            if peer.role != "viewer" or peer.srtp is None:
+                continue
+            for _, dt in peer.downtracks.values():
+                if dt.packets == 0 or dt.last_time < 0:
+                    continue
+                rtp_ts = dt.last_ts + int((now - dt.last_time) * dt.clock_rate)
+                self._send_rtcp(
+                    peer, rtcp.sender_report(dt.ssrc, wall, rtp_ts, dt.packets, dt.octets)
+                )
+
+    # -- figures -------------------------------------------------------------------
+    def stats(self) -> dict[str, object]:
+        return {
+            "udp_port": self.port,
+            "rooms": len(self.rooms),
+            "peers": len(self.peers),
+            "viewers_connected": sum(
+                1 for p in self.peers.values() if p.role == "viewer" and p.srtp is not None
+            ),
+            "delivered_packets": self.delivered,
+            "drops": dict(self.drops),
+        }
+
+
+def _describe(media: list[sdp.Media]) -> str:
+    return ",".join(
+        f"{m.kind}:{m.codec.mime if m.codec else '-'}{'/' + '|'.join(m.rids) if m.rids else ''}"
+        for m in media
+    )
