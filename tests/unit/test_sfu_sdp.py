@@ -68,6 +68,25 @@ def test_whip_answer_is_ice_lite_passive_with_h264_pm1_and_simulcast() -> None:
     assert [m.direction for m in parsed.media] == ["recvonly", "recvonly"]
 
 
+@pytest.mark.parametrize(
+    ("simulcast", "order"),
+    [
+        ("f;h;q", ["q", "h", "f"]),
+        ("h;m;l", ["l", "m", "h"]),
+        ("a;b", ["b", "a"]),
+        ("m;h", ["m", "h"]),
+    ],
+)
+def test_rid_layer_order(simulcast: str, order: list[str]) -> None:
+    rids = simulcast.split(";")
+    offer = WHIP_OFFER.replace("a=rid:f send\r\na=rid:h send\r\na=rid:q send\r\n", "")
+    offer = offer.replace(
+        "a=simulcast:send f;h;q",
+        "".join(f"a=rid:{r} send\r\n" for r in rids) + f"a=simulcast:send {simulcast}",
+    )
+    assert negotiate_whip(offer, LOCAL).media[1].rids == order
+
+
 def test_whip_prefers_vp8_when_h264_is_only_mode_0() -> None:
     offer = WHIP_OFFER.replace("packetization-mode=1", "packetization-mode=0")
     video = negotiate_whip(offer, LOCAL).media[1]

@@ -28,8 +28,9 @@ MAX_SDP_BYTES = 64 * 1024
 MAX_RIDS = 3
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
-# Layer order when rid names say it; otherwise the simulcast line lists highest first.
-_RID_RANK = {"q": 0, "l": 0, "low": 0, "h": 1, "m": 1, "mid": 1, "f": 2, "high": 2, "hi": 2}
+# Layer order when rid names follow a known scheme (q/h/f: quarter, half, full;
+# l/m/h: low, mid, high); otherwise the simulcast line lists the highest first.
+_RID_SCHEMES = [{"q": 0, "h": 1, "f": 2}, {"l": 0, "m": 1, "h": 2}, {"low": 0, "mid": 1, "high": 2}]
 
 
 class SdpError(ValueError):
@@ -122,8 +123,9 @@ def _rids(lines: list[str]) -> list[str]:
     for rid in rids:
         if not rid.isalnum() or len(rid) > 16:
             raise SdpError(f"bad rid {rid!r}")
-    if all(r.lower() in _RID_RANK for r in rids):
-        return sorted(rids, key=lambda r: _RID_RANK[r.lower()])
+    for scheme in _RID_SCHEMES:
+        if all(r.lower() in scheme for r in rids):
+            return sorted(rids, key=lambda r: scheme[r.lower()])
     return list(reversed(rids))  # simulcast lines list the highest layer first
 
 

@@ -1,0 +1,345 @@
+"""The T068 load generator: a synthetic simulcast publisher and swarms of real viewers.
+
+`SyntheticPublisher` publishes via WHIP the prepared H.264 layers (+ Opus) in real
+time, restarting a layer at its IDR when the SFU sends a PLI. `run_viewers` opens
+WHEP sessions with bounded concurrency; every viewer completes ICE and DTLS and
+receives SRTP, one in `sample_every` also decrypts and verifies. `python -m
+tchat.perf.sfu_load viewers …` runs a swarm in its own process and prints one JSON
+line, so a large run spreads the generator over several processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tchat.perf.results import percentile
+from tchat.perf.sfu_media import FPS, OPUS_FRAME_TS, PreparedMedia, prepare
+from tchat.perf.webrtc_peer import ClientPeer, Identity, PeerStats, rtp_header
+from tchat.sfu.rtp import h264_keyframe_start
+
+VIDEO_PT, AUDIO_PT = 102, 111
+PLI_MIN_INTERVAL_S = 0.3
+MEDIA_CACHE = Path(os.environ.get("TCHAT_PERF_MEDIA", ".tchat/perf-media"))
+
+
+class SyntheticPublisher:
+    def __init__(self, identity: Identity, media: PreparedMedia, rids: list[str]) -> None:
+        self.media = media
+        self.rids = rids  # lowest first
+        self.peer = ClientPeer(identity, on_pli=self._on_pli)
+        self.ssrcs = {rid: (0x10000 + i) * 7919 for i, rid in enumerate(rids)}
+        self.audio_ssrc = 0x5EED
+        self.cursor = dict.fromkeys(rids, 0)
+        self.restarts = dict.fromkeys(rids, 0)
+        self._pli_at = dict.fromkeys(rids, -1.0)
+        self.location = ""
+        self.sent = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def _on_pli(self, ssrc: int) -> None:
+        now = time.monotonic()
+        for rid, s in self.ssrcs.items():
+            if s == ssrc and now - self._pli_at[rid] >= PLI_MIN_INTERVAL_S:
+                self._pli_at[rid] = now
+                self.cursor[rid] = 0  # frame 0 is an IDR: the keyframe the SFU asked for
+                self.restarts[rid] += 1
+
+    async def start(self, client: httpx.AsyncClient, room: str, token: str) -> None:
+        await self.peer.open()
+        offer = self.peer.offer(rids=list(reversed(self.rids)), publish=True)
+        resp = await client.post(
+            f"/whip/{room}",
+            content=offer,
+            headers={"authorization": f"Bearer {token}", "content-type": "application/sdp"},
+        )
+        if resp.status_code != 201:
+            raise RuntimeError(f"WHIP failed: {resp.status_code} {resp.text}")
+        self.location = resp.headers["location"]
+        await self.peer.connect(resp.text)
+        self._task = asyncio.create_task(self._send_loop())
+
+    async def _send_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        seq = {rid: 0 for rid in self.rids}
+        aseq = 0
+        frame_n = 0
+        audio_n = 0
+        audio = self.media.audio
+        while not self.peer.closed:
+            next_video = t0 + frame_n / FPS
+            next_audio = t0 + audio_n * 0.02
+            due = min(next_video, next_audio)
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = loop.time()
+            while t0 + audio_n * 0.02 <= now:
+                pkt = audio[audio_n % len(audio)]
+                hdr = rtp_header(
+                    AUDIO_PT, aseq & 0xFFFF, audio_n * OPUS_FRAME_TS, self.audio_ssrc, True
+                )
+                self.peer.send_rtp(hdr + pkt)
+                aseq += 1
+                audio_n += 1
+                self.sent += 1
+            while t0 + frame_n / FPS <= now:
+                ts = (frame_n * 90000 // FPS) & 0xFFFFFFFF
+                for rid in self.rids:
+                    frames = self.media.video[rid]
+                    frame = frames[self.cursor[rid] % len(frames)]
+                    self.cursor[rid] += 1
+                    last = len(frame.payloads) - 1
+                    for i, payload in enumerate(frame.payloads):
+                        s = seq[rid]
+                        hdr = rtp_header(VIDEO_PT, s & 0xFFFF, ts, self.ssrcs[rid], i == last, rid)
+                        self.peer.send_rtp(hdr + payload)
+                        seq[rid] = s + 1
+                        self.sent += 1
+                frame_n += 1
+
+    async def stop(self, client: httpx.AsyncClient, token: str) -> None:
+        if self.location:
+            try:
+                await client.delete(self.location, headers={"authorization": f"Bearer {token}"})
+            except httpx.HTTPError:
+                pass
+        self.peer.close()
+        if self._task is not None:
+            self._task.cancel()
+
+
+@dataclass
+class ViewerResult:
+    ok: bool
+    error: str = ""
+    connect_s: float | None = None  # WHEP POST → first media packet
+    sampled: bool = False
+    stats: PeerStats = field(default_factory=PeerStats)
+
+
+async def open_viewer(
+    client: httpx.AsyncClient,
+    identity: Identity,
+    room: str,
+    token: str,
+    layer: str,
+    decrypt: bool,
+    known: set[int] | None,
+    first_media_timeout_s: float,
+) -> tuple[ClientPeer, ViewerResult]:
+    peer = ClientPeer(
+        identity, decrypt=decrypt, known_payloads=known, keyframe_test=h264_keyframe_start
+    )
+    result = ViewerResult(ok=False, sampled=decrypt, stats=peer.stats)
+    try:
+        await peer.open()
+        start = time.monotonic()
+        peer.stats.started = start
+        resp = await client.post(
+            f"/whep/{room}",
+            params={"layer": layer},
+            content=peer.offer(),
+            headers={"authorization": f"Bearer {token}", "content-type": "application/sdp"},
+        )
+        if resp.status_code != 201:
+            raise RuntimeError(f"WHEP {resp.status_code}: {resp.text[:200]}")
+        await peer.connect(resp.text, timeout_s=first_media_timeout_s)
+        remaining = start + first_media_timeout_s - time.monotonic()
+        try:
+            await asyncio.wait_for(peer.media_started.wait(), max(0.01, remaining))
+        except TimeoutError:
+            raise TimeoutError("no media within the timeout") from None
+        result.ok = True
+        result.connect_s = peer.stats.first_media - start
+    except Exception as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    return peer, result
+
+
+async def run_viewers(
+    base_url: str,
+    room: str,
+    token: str,
+    count: int,
+    hold_s: float,
+    sample_every: int = 20,
+    concurrency: int = 16,
+    layer: str = "mid",
+    first_media_timeout_s: float = 15.0,
+    on_connected: Any = None,
+) -> tuple[list[ViewerResult], dict[str, float]]:
+    """Open `count` viewers, hold them `hold_s` after the last joined, close them."""
+    identity = Identity.create()
+    media = prepare(MEDIA_CACHE)
+    known = media.known_payloads()
+    sem = asyncio.Semaphore(concurrency)
+    peers: list[ClientPeer] = []
+    results: list[ViewerResult] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30.0, limits=limits) as client:
+
+        async def one(i: int) -> None:
+            async with sem:
+                peer, res = await open_viewer(
+                    client, identity, room, token, layer, i % sample_every == 0, known,
+                    first_media_timeout_s,
+                )  # fmt: skip
+            peers.append(peer)
+            results.append(res)
+
+        t_start = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(count)))
+        t_joined = time.monotonic()
+        if on_connected is not None:
+            await on_connected()
+        await asyncio.sleep(hold_s)
+        marks = {"t_start": t_start, "t_joined": t_joined, "t_end": time.monotonic()}
+        for peer in peers:
+            peer.close()
+    return results, marks
+
+
+def summarize(results: list[ViewerResult], join_span_s: float, hold_s: float) -> dict[str, Any]:
+    """Viewer-side figures over one or more swarms."""
+    ok = [r for r in results if r.ok]
+    times = [r.connect_s * 1000 for r in ok if r.connect_s is not None]
+    expected = lost = received = octets = 0
+    gaps = reordered = bad = payloads = decrypt_errors = 0
+    not_keyframe_first = 0
+    for r in ok:
+        for s in r.stats.streams.values():
+            expected += s.expected()
+            lost += s.lost()
+            received += s.received
+            octets += s.octets
+            gaps += s.gaps
+            reordered += s.reordered
+            bad += s.bad_payloads
+            payloads += s.payloads
+            if s.keyframe_first is False:
+                not_keyframe_first += 1
+        decrypt_errors += r.stats.decrypt_errors
+    errors: dict[str, int] = {}
+    for r in results:
+        if not r.ok:
+            key = r.error.split(":")[0]
+            errors[key] = errors.get(key, 0) + 1
+    return {
+        "viewers_attempted": len(results),
+        "viewers_connected": len(ok),
+        "connected_pct": 100.0 * len(ok) / len(results) if results else 0.0,
+        "connection_time_avg_ms": sum(times) / len(times) if times else None,
+        "connection_time_p50_ms": percentile(times, 50),
+        "connection_time_p95_ms": percentile(times, 95),
+        "connection_time_p99_ms": percentile(times, 99),
+        "join_rate_per_s": len(ok) / join_span_s if join_span_s > 0 else None,
+        "viewer_loss_pct": 100.0 * lost / expected if expected else None,
+        "viewer_packets_received": received,
+        "viewer_bitrate_bps_avg": 8 * octets / len(ok) / hold_s if ok and hold_s > 0 else None,
+        "sampled_viewers": sum(1 for r in ok if r.sampled),
+        "sampled_payloads_checked": payloads,
+        "sampled_bad_payloads": bad,
+        "sampled_seq_gaps": gaps,
+        "sampled_reordered": reordered,
+        "sampled_decrypt_errors": decrypt_errors,
+        "sampled_video_not_starting_on_keyframe": not_keyframe_first,
+        "errors": errors,
+    }
+
+
+# -- the SFU under test as a real `tchat serve` process ---------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve_process(
+    data_dir: Path, secret: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "TCHAT_PORT": str(port),
+        "TCHAT_DATA_DIR": str(data_dir),
+        "TCHAT_SECRET": secret,
+        "LOG_LEVEL": "warn",
+        **(env or {}),
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = open(data_dir / f"serve-{port}.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tchat", "serve"], env=full_env, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"tchat serve exited with {proc.returncode}")
+            try:
+                if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("tchat serve did not answer in 30 s")
+            time.sleep(0.1)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+# -- one swarm per process -------------------------------------------------------------------
+def _main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tchat.perf.sfu_load")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("viewers", help="run a swarm of viewers and print one JSON line")
+    v.add_argument("--url", required=True)
+    v.add_argument("--room", required=True)
+    v.add_argument("--token", required=True)
+    v.add_argument("--count", type=int, required=True)
+    v.add_argument("--hold", type=float, required=True)
+    v.add_argument("--sample-every", type=int, default=20)
+    v.add_argument("--concurrency", type=int, default=16)
+    v.add_argument("--layer", default="mid")
+    args = parser.parse_args()
+    import uvloop
+
+    results, marks = uvloop.run(
+        run_viewers(
+            args.url, args.room, args.token, args.count, args.hold,
+            args.sample_every, args.concurrency, args.layer,
+        )
+    )  # fmt: skip
+    out = summarize(results, marks["t_joined"] - marks["t_start"], args.hold)
+    out["connect_ms"] = [r.connect_s * 1000 for r in results if r.ok and r.connect_s is not None]
+    out["marks"] = marks
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    _main()

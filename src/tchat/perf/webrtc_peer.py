@@ -1,0 +1,378 @@
+"""Lightweight real WebRTC endpoints for tests and the load generator.
+
+`ClientPeer` does what a browser does on the wire, minus codecs: it is the full,
+controlling ICE agent (binding requests with USE-CANDIDATE and consent checks),
+the DTLS client, and an SRTP endpoint that sends receiver reports. As a viewer it
+counts RTP packets from their clear-text headers (bulk) or also decrypts them and
+checks sequence continuity and payload integrity (sampled); as a publisher it
+protects and sends prepared RTP packets. One UDP socket per peer, as a browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+import pylibsrtp
+from aioice import stun
+from aiortc.rtcdtlstransport import RTCCertificate
+from aiortc.rtp import RtcpPacket, RtcpPsfbPacket, RtcpReceiverInfo, RtcpRrPacket
+from aiortc.sdp import SessionDescription
+from OpenSSL import SSL
+
+from tchat.sfu.dtls import DtlsEndpoint, DtlsState, fingerprint, make_context
+from tchat.sfu.rtp import is_rtcp
+
+MID_EXT, RID_EXT = 4, 10
+CONSENT_INTERVAL_S = 5.0
+RR_INTERVAL_S = 1.0
+
+
+@dataclass
+class Identity:
+    """Certificate and DTLS context shared by the peers of one process."""
+
+    cert: RTCCertificate
+    ctx: SSL.Context
+    fingerprint: str
+
+    @classmethod
+    def create(cls) -> Identity:
+        cert = RTCCertificate.generateCertificate()
+        return cls(cert, make_context(cert), fingerprint(cert))
+
+
+def viewer_offer(ufrag: str, pwd: str, fp: str) -> str:
+    """A recvonly audio+video offer as a browser makes it (Opus; H.264 pm=1, VP8)."""
+    return (
+        f"v=0\r\no=- {secrets.randbits(48)} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+        f"a=group:BUNDLE 0 1\r\na=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n"
+        f"a=fingerprint:sha-256 {fp}\r\na=setup:actpass\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\n"
+        "a=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 102 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=recvonly\r\n"
+        "a=rtcp-mux\r\na=rtpmap:102 H264/90000\r\n"
+        "a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n"
+        "a=rtcp-fb:102 nack\r\na=rtcp-fb:102 nack pli\r\na=rtpmap:96 VP8/90000\r\n"
+    )
+
+
+def publisher_offer(ufrag: str, pwd: str, fp: str, rids: list[str]) -> str:
+    """A sendonly Opus + H.264 offer with simulcast `rids` (highest first), like OBS/Chrome."""
+    sim = ""
+    if rids:
+        sim = "".join(f"a=rid:{r} send\r\n" for r in rids)
+        sim += "a=simulcast:send " + ";".join(rids) + "\r\n"
+    return (
+        f"v=0\r\no=- {secrets.randbits(48)} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+        f"a=group:BUNDLE 0 1\r\na=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n"
+        f"a=fingerprint:sha-256 {fp}\r\na=setup:actpass\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n"
+        "a=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 102\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\n"
+        f"a=rtcp-mux\r\na=extmap:{MID_EXT} urn:ietf:params:rtp-hdrext:sdes:mid\r\n"
+        f"a=extmap:{RID_EXT} urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n"
+        "a=rtpmap:102 H264/90000\r\n"
+        "a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n"
+        "a=rtcp-fb:102 nack\r\na=rtcp-fb:102 nack pli\r\n" + sim
+    )
+
+
+@dataclass
+class StreamStats:
+    """What a viewer saw of one SSRC."""
+
+    first_seq: int = -1
+    max_ext_seq: int = -1  # extended (with wrap count) highest sequence number
+    received: int = 0
+    octets: int = 0
+    gaps: int = 0  # sampled: jumps forward by more than one
+    reordered: int = 0
+    bad_payloads: int = 0  # sampled: payload not one the publisher sent
+    payloads: int = 0
+    keyframe_first: bool | None = None  # sampled: did the video start on a keyframe
+
+    def expected(self) -> int:
+        return 0 if self.first_seq < 0 else self.max_ext_seq - self.first_seq + 1
+
+    def lost(self) -> int:
+        return max(0, self.expected() - self.received)
+
+
+@dataclass
+class PeerStats:
+    started: float = 0.0  # WHEP/WHIP POST sent (monotonic)
+    connected: float = 0.0  # DTLS done
+    first_media: float = 0.0  # first RTP packet
+    streams: dict[int, StreamStats] = field(default_factory=dict)
+    plis: int = 0
+    rtcp_in: int = 0
+    decrypt_errors: int = 0
+
+
+class ClientPeer(asyncio.DatagramProtocol):
+    def __init__(
+        self,
+        identity: Identity,
+        decrypt: bool = False,
+        known_payloads: set[int] | None = None,
+        keyframe_test: Callable[[bytes], bool] | None = None,
+        on_pli: Callable[[int], None] | None = None,
+        keep_packets: bool = False,
+    ) -> None:
+        self.identity = identity
+        self.ufrag = secrets.token_hex(4)
+        self.pwd = secrets.token_hex(16)
+        self.decrypt = decrypt
+        self.known_payloads = known_payloads
+        self.keyframe_test = keyframe_test
+        self.on_pli = on_pli
+        # decrypted (ssrc, seq, payload) in arrival order, for tests that inspect the stream
+        self.packets: list[tuple[int, int, bytes]] | None = [] if keep_packets else None
+        self.stats = PeerStats()
+        self.transport: asyncio.DatagramTransport | None = None
+        self.remote: tuple[str, int] | None = None
+        self._remote_ufrag = ""
+        self._remote_pwd = ""
+        self._tiebreaker = secrets.randbits(63)
+        self._stun_ok: asyncio.Future[None] | None = None
+        self._dtls_ok: asyncio.Future[None] | None = None
+        self.dtls: DtlsEndpoint | None = None
+        self.tx: pylibsrtp.Session | None = None
+        self.rx: pylibsrtp.Session | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._ssrc = secrets.randbits(32) | 1
+        self.closed = False
+        self.media_started = asyncio.Event()
+
+    # -- setup ---------------------------------------------------------------------
+    async def open(self, host: str = "127.0.0.1") -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, local_addr=(host, 0))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is no subclass
+
+    def offer(self, rids: list[str] | None = None, publish: bool = False) -> str:
+        fp = self.identity.fingerprint
+        if publish:
+            return publisher_offer(self.ufrag, self.pwd, fp, rids or [])
+        return viewer_offer(self.ufrag, self.pwd, fp)
+
+    async def connect(self, answer: str, timeout_s: float = 10.0) -> None:
+        """ICE (one nominating check, retried) then the DTLS handshake, as the client."""
+        desc = SessionDescription.parse(answer)
+        media = desc.media[0]
+        assert media.ice is not None and media.dtls is not None
+        self._remote_ufrag = str(media.ice.usernameFragment)
+        self._remote_pwd = str(media.ice.password)
+        cand = next(c for c in media.ice_candidates if c.protocol.lower() == "udp")
+        self.remote = (cand.ip, cand.port)
+        fps = [(f.algorithm.lower(), f.value) for f in media.dtls.fingerprints]
+        loop = asyncio.get_running_loop()
+        self._stun_ok = loop.create_future()
+        self._dtls_ok = loop.create_future()
+        deadline = loop.time() + timeout_s
+        delay = 0.1
+        while not self._stun_ok.done():
+            self._send_check()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._stun_ok), delay)
+            except TimeoutError:
+                delay = min(delay * 2, 1.0)
+                if loop.time() > deadline:
+                    raise TimeoutError("ICE check got no answer") from None
+        self.dtls = DtlsEndpoint(self.identity.ctx, server=False, remote_fingerprints=fps)
+        self.dtls.start()
+        self._flush_dtls()
+        while not self._dtls_ok.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._dtls_ok), 0.2)
+            except TimeoutError:
+                if loop.time() > deadline:
+                    raise TimeoutError("DTLS handshake did not finish") from None
+                timeout = self.dtls.get_timeout()
+                if timeout is not None and timeout <= 0:
+                    self.dtls.handle_timeout()
+                    self._flush_dtls()
+        self._dtls_ok.result()
+        self.stats.connected = time.monotonic()
+        self._timer = asyncio.create_task(self._periodic())
+
+    def _send_check(self) -> None:
+        msg = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+        msg.attributes["USERNAME"] = f"{self._remote_ufrag}:{self.ufrag}"
+        msg.attributes["PRIORITY"] = 1853824767
+        msg.attributes["ICE-CONTROLLING"] = self._tiebreaker
+        msg.attributes["USE-CANDIDATE"] = None
+        msg.add_message_integrity(self._remote_pwd.encode())
+        self._send(bytes(msg))
+
+    def _send(self, data: bytes) -> None:
+        if self.transport is not None and self.remote is not None and not self.closed:
+            self.transport.sendto(data, self.remote)
+
+    def _flush_dtls(self) -> None:
+        assert self.dtls is not None
+        for d in self.dtls.datagrams_to_send():
+            self._send(d)
+
+    async def _periodic(self) -> None:
+        next_consent = time.monotonic() + CONSENT_INTERVAL_S
+        while not self.closed:
+            await asyncio.sleep(RR_INTERVAL_S)
+            self.send_receiver_report()
+            if time.monotonic() >= next_consent:
+                next_consent += CONSENT_INTERVAL_S
+                self._send_check()
+
+    # -- receive -------------------------------------------------------------------
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        first = data[0] if data else 255
+        if 128 <= first <= 191:
+            if is_rtcp(data):
+                self._rtcp(data)
+            else:
+                self._rtp(data)
+        elif first <= 3:
+            try:
+                msg = stun.parse_message(data)
+            except ValueError:
+                return
+            if (
+                msg.message_class == stun.Class.RESPONSE
+                and msg.check_message_integrity(self._remote_pwd.encode())
+                and self._stun_ok is not None
+                and not self._stun_ok.done()
+            ):
+                self._stun_ok.set_result(None)
+        elif 20 <= first <= 63 and self.dtls is not None:
+            self.dtls.receive(data)
+            self._flush_dtls()
+            if self._dtls_ok is not None and not self._dtls_ok.done():
+                if self.dtls.state == DtlsState.CONNECTED:
+                    assert self.dtls.srtp is not None
+                    self.tx, self.rx = self.dtls.srtp.tx, self.dtls.srtp.rx
+                    self._dtls_ok.set_result(None)
+                elif self.dtls.state == DtlsState.FAILED:
+                    self._dtls_ok.set_exception(ConnectionError(self.dtls.error))
+
+    def _rtp(self, data: bytes) -> None:
+        if len(data) < 12:
+            return
+        st = self.stats
+        if not st.first_media:
+            st.first_media = time.monotonic()
+            self.media_started.set()
+        ssrc = int.from_bytes(data[8:12], "big")
+        s = st.streams.get(ssrc)
+        if s is None:
+            s = st.streams[ssrc] = StreamStats()
+        seq = (data[2] << 8) | data[3]
+        if s.first_seq < 0:
+            s.first_seq = s.max_ext_seq = seq
+            ext = seq
+        else:
+            # extend against the highest seen: nearest in the 16-bit circle
+            base = s.max_ext_seq
+            delta = (seq - (base & 0xFFFF)) & 0xFFFF
+            ext = base + delta if delta < 0x8000 else base + delta - 0x10000
+        s.received += 1
+        s.octets += len(data)
+        if self.decrypt and self.rx is not None:
+            try:
+                plain = self.rx.unprotect(data)
+            except pylibsrtp.Error:
+                st.decrypt_errors += 1
+                return
+            payload = plain[12 + 4 * (plain[0] & 0x0F) :]
+            s.payloads += 1
+            if self.packets is not None:
+                self.packets.append((ssrc, seq, payload))
+            if self.known_payloads is not None and hash(payload) not in self.known_payloads:
+                s.bad_payloads += 1
+            if (
+                s.keyframe_first is None
+                and self.keyframe_test is not None
+                and plain[1] & 0x7F != 111
+            ):
+                s.keyframe_first = self.keyframe_test(payload)
+            if s.received > 1:
+                if ext > s.max_ext_seq + 1:
+                    s.gaps += 1
+                elif ext <= s.max_ext_seq:
+                    s.reordered += 1
+        if ext > s.max_ext_seq:
+            s.max_ext_seq = ext
+
+    def _rtcp(self, data: bytes) -> None:
+        self.stats.rtcp_in += 1
+        if self.rx is None or (not self.decrypt and self.on_pli is None):
+            return  # bulk viewers do not need the sender reports' content
+        try:
+            packets = RtcpPacket.parse(self.rx.unprotect_rtcp(data))
+        except (pylibsrtp.Error, ValueError):
+            return
+        for p in packets:
+            if isinstance(p, RtcpPsfbPacket) and p.fmt == 1:
+                self.stats.plis += 1
+                if self.on_pli is not None:
+                    self.on_pli(p.media_ssrc)
+
+    # -- send ------------------------------------------------------------------------
+    def send_rtp(self, packet: bytes) -> None:
+        if self.tx is not None:
+            self._send(self.tx.protect(packet))
+
+    def send_receiver_report(self) -> None:
+        if self.tx is None or not self.stats.streams:
+            return
+        reports = []
+        for ssrc, s in list(self.stats.streams.items())[:31]:
+            expected = s.expected()
+            reports.append(
+                RtcpReceiverInfo(
+                    ssrc=ssrc,
+                    fraction_lost=min(255, 256 * s.lost() // expected) if expected else 0,
+                    packets_lost=min(s.lost(), 0x7FFFFF),
+                    highest_sequence=s.max_ext_seq & 0xFFFFFFFF,
+                    jitter=0,
+                    lsr=0,
+                    dlsr=0,
+                )
+            )
+        self._send(self.tx.protect_rtcp(bytes(RtcpRrPacket(ssrc=self._ssrc, reports=reports))))
+
+    def send_rtcp(self, packet: bytes) -> None:
+        if self.tx is not None:
+            self._send(self.tx.protect_rtcp(packet))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        if self.dtls is not None and self.dtls.state == DtlsState.CONNECTED:
+            self.dtls.close()
+            self._flush_dtls()
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+
+def rtp_header(pt: int, seq: int, ts: int, ssrc: int, marker: bool, rid: str = "") -> bytes:
+    """An RTP header, with the mid/rid one-byte extensions when `rid` is given."""
+    b0 = 0x80
+    ext = b""
+    if rid:
+        body = bytes([(MID_EXT << 4) | 0]) + b"1" + bytes([(RID_EXT << 4) | (len(rid) - 1)])
+        body += rid.encode()
+        body += bytes(-len(body) % 4)
+        ext = struct.pack("!HH", 0xBEDE, len(body) // 4) + body
+        b0 |= 0x10
+    return struct.pack("!BBHII", b0, (0x80 if marker else 0) | pt, seq, ts, ssrc) + ext

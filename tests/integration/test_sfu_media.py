@@ -1,0 +1,257 @@
+"""Media through a real `tchat serve` SFU: aiortc and our generator peers on loopback UDP.
+
+Everything on the wire is real: ICE (aioice / our controlling checks against the
+SFU's ICE-lite), DTLS handshakes, SRTP both ways. Waits are bounded by generous
+deadlines; no timing is asserted here (that is tests/performance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+    VideoStreamTrack,
+)
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
+
+from tchat.auth import issue_token
+from tchat.perf.sfu_load import MEDIA_CACHE, SyntheticPublisher
+from tchat.perf.sfu_media import PreparedMedia, prepare
+from tchat.perf.webrtc_peer import ClientPeer, Identity
+from tchat.sfu.rtp import h264_keyframe_start
+
+SECRET = "integration-secret-0123456789abcdef"
+SDP = "application/sdp"
+
+
+def auth(room: str, role: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {issue_token(SECRET, room, role)}"}
+
+
+async def wait_for(cond: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met within the deadline")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def media() -> PreparedMedia:
+    return prepare(MEDIA_CACHE)
+
+
+async def _aiortc_publish(client: httpx.AsyncClient, room: str, codec: str) -> RTCPeerConnection:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    video = pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+    pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    prefs = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.name == codec]
+    video.setCodecPreferences(prefs)
+    await pc.setLocalDescription(await pc.createOffer())
+    resp = await client.post(
+        f"/whip/{room}",
+        content=pc.localDescription.sdp,
+        headers={**auth(room, "publisher"), "content-type": SDP},
+    )
+    assert resp.status_code == 201, resp.text
+    assert resp.headers["content-type"].startswith(SDP)
+    assert resp.headers["location"].startswith(f"/whip/{room}/")
+    await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
+    return pc
+
+
+@pytest.mark.parametrize("codec", ["H264", "VP8"])
+async def test_aiortc_publisher_to_aiortc_viewers_decodes_frames(
+    server_factory, codec: str
+) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory()
+    room = f"aiortc-{codec.lower()}"
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        pub = await _aiortc_publish(client, room, codec)
+        frames: dict[str, int] = {}
+        viewers = []
+        tasks = []
+
+        async def drain(track: MediaStreamTrack, key: str) -> None:
+            try:
+                while True:
+                    await track.recv()
+                    frames[key] = frames.get(key, 0) + 1
+            except MediaStreamError:
+                pass
+
+        for i in range(2):
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pc.addTransceiver("video", direction="recvonly")
+            pc.addTransceiver("audio", direction="recvonly")
+
+            @pc.on("track")
+            def on_track(track: MediaStreamTrack, i: int = i) -> None:
+                tasks.append(asyncio.ensure_future(drain(track, f"{i}-{track.kind}")))
+
+            await pc.setLocalDescription(await pc.createOffer())
+            resp = await client.post(
+                f"/whep/{room}",
+                content=pc.localDescription.sdp,
+                headers={**auth(room, "viewer"), "content-type": SDP},
+            )
+            assert resp.status_code == 201, resp.text
+            assert f"{codec}/90000" in resp.text
+            await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
+            viewers.append((pc, resp.headers["location"]))
+        want = ["0-video", "0-audio", "1-video", "1-audio"]
+        # decoded frames: the viewers' decoders accepted what the SFU forwarded
+        await wait_for(lambda: all(frames.get(k, 0) >= 20 for k in want), 30)
+        stats = (await client.get("/sfu/stats")).json()
+        assert stats["viewers_connected"] == 2 and stats["delivered_packets"] > 0
+        for pc, location in viewers:
+            assert (await client.delete(location, headers=auth(room, "viewer"))).status_code == 200
+            await pc.close()
+        assert (await client.delete(viewers[0][1], headers=auth(room, "viewer"))).status_code == 404
+        await pub.close()
+        for t in tasks:
+            t.cancel()
+
+
+async def test_synthetic_simulcast_sampled_viewers_verify_media(
+    server_factory,
+    media: PreparedMedia,  # type: ignore[no-untyped-def]
+) -> None:
+    server = server_factory()
+    room = "synthetic"
+    identity = Identity.create()
+    known = media.known_payloads()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        pub = SyntheticPublisher(identity, media, ["l", "m", "h"])
+        await pub.start(client, room, issue_token(SECRET, room, "publisher"))
+        viewers = []
+        for layer in ("low", "mid", "high"):
+            peer = ClientPeer(
+                identity, decrypt=True, known_payloads=known, keyframe_test=h264_keyframe_start
+            )
+            await peer.open()
+            resp = await client.post(
+                f"/whep/{room}",
+                params={"layer": layer},
+                content=peer.offer(),
+                headers={**auth(room, "viewer"), "content-type": SDP},
+            )
+            assert resp.status_code == 201, resp.text
+            await peer.connect(resp.text)
+            viewers.append(peer)
+        await wait_for(
+            lambda: all(sum(s.payloads for s in v.stats.streams.values()) >= 150 for v in viewers)
+        )
+        for v in viewers:
+            assert len(v.stats.streams) == 2  # one audio, one video SSRC
+            for s in v.stats.streams.values():
+                assert s.bad_payloads == 0 and s.gaps == 0 and s.reordered == 0
+            assert v.stats.decrypt_errors == 0
+            video = [s for s in v.stats.streams.values() if s.keyframe_first is not None]
+            assert [s.keyframe_first for s in video] == [True]
+        # each viewer got its own layer: octets per packet grow with the layer
+        sizes = []
+        for v in viewers:
+            s = next(s for s in v.stats.streams.values() if s.keyframe_first is not None)
+            sizes.append(s.octets / s.received)
+        assert sizes[0] < sizes[1] < sizes[2]
+        for v in viewers:
+            v.close()
+        await pub.stop(client, issue_token(SECRET, room, "publisher"))
+
+
+async def test_layer_switch_keeps_sequence_continuous_and_starts_on_keyframe(
+    server_factory,
+    media: PreparedMedia,  # type: ignore[no-untyped-def]
+) -> None:
+    server = server_factory()
+    room = "switch"
+    identity = Identity.create()
+    layer_of = {
+        hash(p): rid for rid, frames in media.video.items() for f in frames for p in f.payloads
+    }
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        pub = SyntheticPublisher(identity, media, ["l", "m", "h"])
+        await pub.start(client, room, issue_token(SECRET, room, "publisher"))
+        peer = ClientPeer(identity, decrypt=True, keep_packets=True)
+        await peer.open()
+        resp = await client.post(
+            f"/whep/{room}",
+            params={"layer": "low"},
+            content=peer.offer(),
+            headers={**auth(room, "viewer"), "content-type": SDP},
+        )
+        assert resp.status_code == 201
+        location = resp.headers["location"]
+        await peer.connect(resp.text)
+        assert peer.packets is not None
+        packets = peer.packets
+
+        def video() -> list[tuple[int, int, bytes]]:
+            return [p for p in packets if hash(p[2]) in layer_of]
+
+        await wait_for(lambda: len(video()) >= 40)
+        for target, rid in ((2, "h"), (1, "m")):
+            put = await client.put(
+                f"{location}/layer", json={"max_layer": target}, headers=auth(room, "viewer")
+            )
+            assert put.status_code == 200, put.text
+            await wait_for(lambda rid=rid: sum(layer_of[hash(p)] == rid for *_, p in video()) >= 40)
+        vids = video()
+        assert len({ssrc for ssrc, *_ in vids}) == 1  # one SSRC across layers
+        seqs = [seq for _, seq, _ in vids]
+        assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs)), "gap"
+        rids = [layer_of[hash(p)] for *_, p in vids]
+        switches = [i for i in range(1, len(rids)) if rids[i] != rids[i - 1]]
+        assert [rids[i] for i in switches] == ["h", "m"]
+        for i in switches:
+            assert h264_keyframe_start(vids[i][2]), "a switch must start on a keyframe"
+        assert pub.restarts["h"] >= 1 and pub.restarts["m"] >= 1  # PLIs reached the publisher
+        peer.close()
+        await pub.stop(client, issue_token(SECRET, room, "publisher"))
+
+
+async def test_whip_whep_auth_and_session_errors(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory()
+    identity = Identity.create()
+    peer = ClientPeer(identity)
+    offer = peer.offer()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        ctype = {"content-type": SDP}
+        r = await client.post("/whep/r", content=offer, headers=ctype)
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+        r = await client.post(
+            "/whep/r", content=offer, headers={**ctype, **auth("other", "viewer")}
+        )
+        assert r.status_code == 403 and "does not allow" in r.json()["detail"]
+        r = await client.post("/whip/r", content=offer, headers={**ctype, **auth("r", "viewer")})
+        assert r.status_code == 403
+        r = await client.post("/whep/r", content=offer, headers={**ctype, **auth("r", "viewer")})
+        assert r.status_code == 404 and "no publisher" in r.json()["detail"]
+        r = await client.post(
+            "/whep/r", content=offer, headers={"content-type": "text/plain", **auth("r", "viewer")}
+        )
+        assert r.status_code == 415
+        pub_offer = ClientPeer(identity).offer(rids=["h", "m", "l"], publish=True)
+        r = await client.post(
+            "/whip/r", content=pub_offer, headers={**ctype, **auth("r", "publisher")}
+        )
+        assert r.status_code == 201
+        r2 = await client.post(
+            "/whip/r", content=pub_offer, headers={**ctype, **auth("r", "publisher")}
+        )
+        assert r2.status_code == 409
+        r3 = await client.delete("/whip/r/nope", headers=auth("r", "publisher"))
+        assert r3.status_code == 404
+        r4 = await client.delete(r.headers["location"], headers=auth("r", "publisher"))
+        assert r4.status_code == 200
