@@ -229,6 +229,9 @@ class SfuWorker(asyncio.DatagramProtocol):
 
     # -- datagrams --------------------------------------------------------------------
     def datagram_received(self, data: bytes, addr: Addr) -> None:
+        if not data:
+            self.drops["empty"] += 1
+            return
         try:
             first = data[0]
             if RTP_MIN <= first <= RTP_MAX:

@@ -1,0 +1,103 @@
+"""Session bookkeeping of the worker with a fake clock and no socket: timeouts,
+teardown, demultiplexing of junk."""
+
+from __future__ import annotations
+
+import pytest
+from aioice import stun
+
+from tchat.perf.webrtc_peer import ClientPeer, Identity
+from tchat.sfu.settings import SfuSettings
+from tchat.sfu.worker import SessionError, SfuWorker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture(scope="module")
+def identity() -> Identity:
+    return Identity.create()
+
+
+def make(clock: Clock, **kw: float) -> SfuWorker:
+    return SfuWorker(SfuSettings(**kw), clock=clock)  # type: ignore[arg-type]
+
+
+def test_publisher_viewer_lifecycle_and_teardown(identity: Identity) -> None:
+    clock = Clock()
+    w = make(clock)
+    with pytest.raises(SessionError) as no_pub:
+        w.add_viewer("r", ClientPeer(identity).offer())
+    assert no_pub.value.status == 404
+    pub, answer = w.add_publisher(
+        "r", ClientPeer(identity).offer(rids=["h", "m", "l"], publish=True)
+    )
+    assert "a=ice-lite" in answer and set(w.rooms["r"].tracks) == {"audio", "video"}
+    with pytest.raises(SessionError) as dup:
+        w.add_publisher("r", ClientPeer(identity).offer(publish=True))
+    assert dup.value.status == 409
+    viewers = [w.add_viewer("r", ClientPeer(identity).offer())[0] for _ in range(3)]
+    assert len(w.peers) == 4
+    w.close_peer(viewers[0], "DELETE")
+    assert viewers[0].id not in w.peers and len(w.rooms["r"].viewers) == 2
+    w.close_peer(pub, "DELETE")  # the stream ends: its viewers end with it
+    assert w.peers == {} and w.rooms == {} and w.by_ufrag == {}
+
+
+def test_capacity_is_503(identity: Identity) -> None:
+    w = make(Clock(), max_peers=1)
+    w.add_publisher("r", ClientPeer(identity).offer(publish=True))
+    with pytest.raises(SessionError) as full:
+        w.add_viewer("r", ClientPeer(identity).offer())
+    assert full.value.status == 503
+
+
+def test_unfinished_handshake_and_lost_consent_close_sessions(identity: Identity) -> None:
+    clock = Clock()
+    w = make(clock, connect_timeout_s=15.0, consent_timeout_s=30.0)
+    pub, _ = w.add_publisher("r", ClientPeer(identity).offer(publish=True))
+    clock.t += 10
+    w.tick(clock.t)
+    assert pub.id in w.peers
+    clock.t += 6
+    w.tick(clock.t)
+    assert pub.id not in w.peers  # no ICE/DTLS within 15 s
+
+    pub, _ = w.add_publisher("r", ClientPeer(identity).offer(publish=True))
+    w.handshaking.discard(pub)  # as if DTLS had completed
+    pub.ice.last_check = clock.t
+    clock.t += 29
+    w.tick(clock.t)
+    assert pub.id in w.peers
+    clock.t += 2
+    w.tick(clock.t)
+    assert pub.id not in w.peers  # no consent check for 31 s
+
+
+def test_junk_datagrams_are_counted_not_raised(identity: Identity) -> None:
+    w = make(Clock())
+    w.add_publisher("r", ClientPeer(identity).offer(publish=True))
+    addr = ("127.0.0.1", 5555)
+    bad_creds = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    bad_creds.attributes["USERNAME"] = "nobody:x"
+    bad_creds.add_message_integrity(b"x" * 22)
+    for data in (
+        b"",
+        b"\x00",
+        b"\x16\xfe\xfd" + bytes(20),
+        b"\x80\x60" + bytes(20),
+        b"\xff",
+        bytes(bad_creds),
+    ):
+        w.datagram_received(data, addr)
+    assert w.drops["empty"] == 1 and w.drops["error"] == 0
+    assert w.drops["dtls_unknown_peer"] == 1
+    assert w.drops["rtp_unknown_peer"] == 1
+    assert w.drops["unknown_first_byte"] == 1
+    assert w.drops["stun_unknown_ufrag"] == 1
+    assert w.drops["stun_malformed_STUN"] == 1
