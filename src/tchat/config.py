@@ -121,7 +121,7 @@ class Settings(BaseSettings):
         30 * 86400.0, gt=0, alias="CHAT_TTL", description="How long messages are kept."
     )
     chat_buckets: int = Field(
-        8,
+        4,
         ge=1,
         le=256,
         alias="CHAT_BUCKETS",

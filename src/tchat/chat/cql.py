@@ -35,6 +35,7 @@ log = logging.getLogger("tchat.chat.cql")
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
+WINDOWS_CACHE_S = 5.0
 
 
 def bucket_of(message_id: int, buckets: int) -> int:
@@ -70,7 +71,7 @@ class CqlChatStore:
         contact_points: Sequence[tuple[str, int]],
         keyspace: str,
         ttl_s: float,
-        buckets: int = 8,
+        buckets: int = 4,
         window_s: float = 86400.0,
         max_in_flight: int = 512,
         replication_factor: int = 1,
@@ -95,6 +96,7 @@ class CqlChatStore:
         self._select_windows: Any = None
         self._select_windows_before: Any = None
         self._known_windows: set[tuple[str, int]] = set()
+        self._windows_cache: dict[str, tuple[float, list[int]]] = {}
         self._connector: asyncio.Task[None] | None = None
         self._last_error = "not connected yet"
         self._connected = asyncio.Event()
@@ -172,7 +174,7 @@ class CqlChatStore:
             self._insert_window = session.prepare(
                 f"INSERT INTO {ks}.room_windows (room, win) VALUES (?, ?)"
             )
-            cols = "id, author, text, created_at"
+            cols = "id, author, text"
             where = f"FROM {ks}.messages WHERE room = ? AND win = ? AND bucket = ?"
             self._select = session.prepare(f"SELECT {cols} {where} LIMIT ?")
             self._select_before = session.prepare(f"SELECT {cols} {where} AND id < ? LIMIT ?")
@@ -262,44 +264,71 @@ class CqlChatStore:
         if len(self._known_windows) > 200_000:
             self._known_windows.clear()
         self._known_windows.add(key)
+        cached = self._windows_cache.get(message.room)
+        if cached is not None and win not in cached[1]:
+            cached[1].insert(0, win)
+            cached[1].sort(reverse=True)
 
     async def history(self, room: str, limit: int, before: int | None = None) -> list[Message]:
-        if before is None:
-            windows = await self._run(self._select_windows, (room, 64))
-        else:
-            before_win = self.window_of(id_time_ms(before) / 1000.0)
-            windows = await self._run(self._select_windows_before, (room, before_win, 64))
         found: list[Message] = []
         horizon = self._clock() - self.ttl_s
-        for row in windows:
-            if (row.win + 1) * self.window_s < horizon:
+        for win in await self._windows(room, before):
+            if (win + 1) * self.window_s < horizon:
                 break  # everything older has expired
-            page = await self._read_window(room, row.win, limit - len(found), before)
-            found.extend(page)
+            found.extend(await self._read_window(room, win, limit - len(found), before))
             if len(found) >= limit:
                 break
         return found[:limit]
 
+    async def _windows(self, room: str, before: int | None) -> list[int]:
+        """The room's windows holding messages, newest first (cached briefly: they change
+        about once a window, and this process adds the ones it writes itself)."""
+        now = self._clock()
+        cached = self._windows_cache.get(room)
+        if cached is None or now - cached[0] > WINDOWS_CACHE_S:
+            rows = await self._run(self._select_windows, (room, 64))
+            cached = (now, sorted((r.win for r in rows), reverse=True))
+            if len(self._windows_cache) > 100_000:
+                self._windows_cache.clear()
+            if cached[1]:  # an empty room may get its first window from another process
+                self._windows_cache[room] = cached
+        if before is None:
+            return cached[1]
+        before_win = self.window_of(id_time_ms(before) / 1000.0)
+        return [w for w in cached[1] if w <= before_win]
+
     async def _read_window(
         self, room: str, win: int, limit: int, before: int | None
     ) -> list[Message]:
-        if before is None:
-            reads = [self._run(self._select, (room, win, b, limit)) for b in range(self.buckets)]
-        else:
-            reads = [
-                self._run(self._select_before, (room, win, b, before, limit))
-                for b in range(self.buckets)
+        """Newest `limit` rows of one window: a small read per bucket, then more only from
+        buckets that may still hold rows newer than the merged cut-off (rare)."""
+        per_bucket = min(limit, -(-2 * limit // self.buckets) + 2)
+
+        async def read(bucket: int, below: int | None, n: int) -> list[Any]:
+            if below is None:
+                return await self._run(self._select, (room, win, bucket, n))
+            return await self._run(self._select_before, (room, win, bucket, below, n))
+
+        pages = list(
+            await asyncio.gather(*(read(b, before, per_bucket) for b in range(self.buckets)))
+        )
+        asked = [per_bucket] * self.buckets
+        while True:
+            merged = heapq.nlargest(limit, (row for page in pages for row in page), key=_row_id)
+            cutoff = merged[-1].id if len(merged) >= limit else -1
+            short = [
+                b
+                for b, page in enumerate(pages)
+                if len(page) == asked[b] and page and page[-1].id > cutoff
             ]
-        pages = await asyncio.gather(*reads)
-        # Each bucket is sorted by id DESC: merge, keep the newest `limit`.
-        merged = heapq.merge(*pages, key=lambda r: -r.id)
-        out = []
-        for row in merged:
-            # created_at is the id's own time (ms), the exact value the writer stored
-            out.append(Message(row.id, room, row.author, row.text, id_time_ms(row.id) / 1000.0))
-            if len(out) >= limit:
+            if not short:
                 break
-        return out
+            more = await asyncio.gather(*(read(b, pages[b][-1].id, limit) for b in short))
+            for b, rows in zip(short, more, strict=True):
+                pages[b] = pages[b] + rows
+                asked[b] += limit
+        # created_at is the id's own time (ms), the exact value the writer stored
+        return [Message(r.id, room, r.author, r.text, id_time_ms(r.id) / 1000.0) for r in merged]
 
     async def count_partition(self, room: str, win: int, bucket: int) -> int:
         rows = await self._run(
@@ -321,6 +350,10 @@ class CqlChatStore:
             ),
         )
         return int(rows[0].ttl) if rows and rows[0].ttl is not None else None
+
+
+def _row_id(row: Any) -> int:
+    return int(row.id)
 
 
 def _resolve(fut: asyncio.Future[list[Any]], rows: Any) -> None:

@@ -57,6 +57,8 @@ def unmet_targets(
 
 @dataclass
 class TestResult:
+    __test__ = False  # not a pytest class, despite the name
+
     name: str
     metrics: dict[str, float | int | None] = field(default_factory=dict)
     targets: dict[str, str] = field(default_factory=dict)
