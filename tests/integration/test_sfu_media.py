@@ -114,6 +114,15 @@ async def test_aiortc_publisher_to_aiortc_viewers_decodes_frames(
         await wait_for(lambda: all(frames.get(k, 0) >= 20 for k in want), 30)
         stats = (await client.get("/sfu/stats")).json()
         assert stats["viewers_connected"] == 2 and stats["delivered_packets"] > 0
+        # the SFU's receiver reports reach the publisher (it derives RTT from them)
+        kinds: set[str] = set()
+        for _ in range(100):
+            report = await pub.getStats()
+            kinds = {s.kind for s in report.values() if s.type == "remote-inbound-rtp"}
+            if kinds == {"audio", "video"}:
+                break
+            await asyncio.sleep(0.1)
+        assert kinds == {"audio", "video"}
         for pc, location in viewers:
             assert (await client.delete(location, headers=auth(room, "viewer"))).status_code == 200
             await pc.close()

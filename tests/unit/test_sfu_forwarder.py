@@ -171,3 +171,19 @@ def test_sequence_wraps_around() -> None:
     for seq in (65535, 0, 1):
         track.forward(rtp(7, seq, 0, b"x", pt=111), now=0.0)
     assert [seq for _, seq, *_ in viewer.fields()] == [65535, 0, 1]
+
+
+def test_layer_report_counts_loss_and_wraps() -> None:
+    track = Track("audio", "audio/opus", 48000)
+    for seq in (65530, 65531, 65533, 65534, 65535, 0, 1):  # 65532 lost, wraps to 0
+        track.forward(rtp(7, seq, 0, b"x", pt=111), now=0.0)
+    layer = track.layers[0]
+    assert layer is not None
+    layer.sr_ntp_mid, layer.sr_arrival = 0x12345678, 0.5
+    fraction, lost, highest, lsr, dlsr = layer.report(now=1.0)
+    assert (lost, highest, lsr, dlsr) == (1, 65537, 0x12345678, 32768)
+    assert fraction == 256 // 8  # 8 expected (65530..1), 7 received
+    for seq in (2, 3, 4, 6):  # 5 lost
+        track.forward(rtp(7, seq, 0, b"x", pt=111), now=1.5)
+    fraction, lost, highest, *_ = layer.report(now=2.0)
+    assert (lost, highest, fraction) == (2, 65542, 256 // 5)

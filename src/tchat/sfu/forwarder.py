@@ -48,7 +48,20 @@ class PacketCache:
 
 
 class Layer:
-    __slots__ = ("cache", "index", "last_seen", "packets", "ssrc")
+    """One received stream (a simulcast layer or the only stream) and its receive stats."""
+
+    __slots__ = (
+        "_rr",
+        "cache",
+        "index",
+        "last_seen",
+        "lost",
+        "max_seq",
+        "packets",
+        "sr_arrival",
+        "sr_ntp_mid",
+        "ssrc",
+    )
 
     def __init__(self, index: int, ssrc: int) -> None:
         self.index = index
@@ -56,6 +69,30 @@ class Layer:
         self.cache = PacketCache()
         self.last_seen = -1e9
         self.packets = 0
+        self.max_seq = -1  # highest sequence number received (16 bits)
+        self.lost = 0  # cumulative, as reported
+        self.sr_ntp_mid = 0  # middle 32 bits of the publisher's last SR (for LSR)
+        self.sr_arrival = 0.0
+        self._rr = (-1, 0)  # (extended highest seq, packets) at the previous report
+
+    def first_packet(self, seq: int) -> None:
+        self.max_seq = seq
+        self._rr = (seq - 1, 0)
+
+    def report(self, now: float) -> tuple[int, int, int, int, int]:
+        """(fraction_lost, cumulative lost, extended highest seq, lsr, dlsr) since the last
+        call: what a receiver report block about this stream says (RFC 3550 §6.4.1)."""
+        prev_ext, prev_packets = self._rr
+        # < 32768 packets per layer between reports, so the nearest forward step is right
+        delta = (self.max_seq - prev_ext) & 0xFFFF
+        ext = prev_ext + delta
+        received = self.packets - prev_packets
+        lost = max(0, delta - received)
+        self.lost += lost
+        self._rr = (ext, self.packets)
+        fraction = min(255, (lost << 8) // delta) if delta else 0
+        dlsr = int((now - self.sr_arrival) * 65536) if self.sr_ntp_mid else 0
+        return fraction, self.lost, ext & 0xFFFFFFFF, self.sr_ntp_mid, dlsr
 
 
 class DownTrack:
@@ -177,6 +214,8 @@ class Track:
         layer.cache.put(seq, ts, marker, payload)
         layer.last_seen = now
         layer.packets += 1
+        if (seq - layer.max_seq) & 0xFFFF < 0x8000:
+            layer.max_seq = seq
         index = layer.index
         keyframe = -1
         sent = 0
@@ -218,6 +257,7 @@ class Track:
         if old is not None:
             self.by_ssrc.pop(old.ssrc, None)
         layer = Layer(index, ssrc)
+        layer.first_packet((data[2] << 8) | data[3])
         self.layers[index] = layer
         self.by_ssrc[ssrc] = layer
         layer.last_seen = now

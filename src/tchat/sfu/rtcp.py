@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiortc.rtp import (
     RtcpPacket,
     RtcpPsfbPacket,
+    RtcpReceiverInfo,
     RtcpRrPacket,
     RtcpRtpfbPacket,
     RtcpSenderInfo,
@@ -36,6 +37,10 @@ def sender_report(ssrc: int, unix_s: float, rtp_ts: int, packets: int, octets: i
     )
 
 
+def receiver_report(sender_ssrc: int, blocks: list[RtcpReceiverInfo]) -> bytes:
+    return bytes(RtcpRrPacket(ssrc=sender_ssrc, reports=blocks[:31]))
+
+
 def pli(sender_ssrc: int, media_ssrc: int) -> bytes:
     return bytes(RtcpPsfbPacket(fmt=PSFB_PLI, ssrc=sender_ssrc, media_ssrc=media_ssrc))
 
@@ -55,10 +60,12 @@ __all__ = [
     "PSFB_PLI",
     "RTPFB_NACK",
     "RtcpPsfbPacket",
+    "RtcpReceiverInfo",
     "RtcpRrPacket",
     "RtcpRtpfbPacket",
     "RtcpSrPacket",
     "parse",
     "pli",
+    "receiver_report",
     "sender_report",
 ]

@@ -285,9 +285,17 @@ class SfuWorker(asyncio.DatagramProtocol):
             self.drops["rtcp_malformed"] += 1
             return
         peer.rtcp_in += 1
-        if peer.role == "publisher":
-            return  # sender reports and SDES: nothing to act on yet
         now = self.now()
+        if peer.role == "publisher":
+            # keep each stream's last SR so our receiver reports let it measure RTT
+            for pkt in packets:
+                if isinstance(pkt, rtcp.RtcpSrPacket):
+                    for track in peer.room.tracks.values():
+                        layer = track.by_ssrc.get(pkt.ssrc)
+                        if layer is not None:
+                            layer.sr_ntp_mid = (pkt.sender_info.ntp_timestamp >> 16) & 0xFFFFFFFF
+                            layer.sr_arrival = now
+            return
         for pkt in packets:
             if isinstance(pkt, rtcp.RtcpRrPacket | rtcp.RtcpSrPacket):
                 for report in pkt.reports:
@@ -430,9 +438,35 @@ class SfuWorker(asyncio.DatagramProtocol):
             for room in self.rooms.values():
                 for track in room.tracks.values():
                     track.tick(now)
+                if room.publisher is not None:
+                    self._receiver_reports(room.publisher, now)
         if now - self._last_sr >= self.settings.sr_interval_s:
             self._last_sr = now
             self._sender_reports(now)
+
+    def _receiver_reports(self, peer: Peer, now: float) -> None:
+        """Once a second, tell the publisher what arrived: browsers adapt on RR loss."""
+        if peer.srtp is None:
+            return
+        blocks = []
+        for track in peer.room.tracks.values():
+            for layer in track.layers:
+                if layer is None or layer.max_seq < 0:
+                    continue
+                fraction, lost, highest, lsr, dlsr = layer.report(now)
+                blocks.append(
+                    rtcp.RtcpReceiverInfo(
+                        ssrc=layer.ssrc,
+                        fraction_lost=fraction,
+                        packets_lost=min(lost, 0x7FFFFF),
+                        highest_sequence=highest & 0xFFFFFFFF,
+                        jitter=0,
+                        lsr=lsr,
+                        dlsr=dlsr,
+                    )
+                )
+        if blocks:
+            self._send_rtcp(peer, rtcp.receiver_report(SFU_SSRC, blocks))
 
     def _sender_reports(self, now: float) -> None:
         wall = time.time()
