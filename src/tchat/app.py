@@ -62,7 +62,7 @@ def _mount_capabilities(app: FastAPI, settings: Settings) -> None:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            if exc.name is None or not module.startswith(exc.name):
                 raise
             continue
         mod.mount(app, settings)
