@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from tchat.sfu.settings import SfuSettings
 log = logging.getLogger("tchat.sfu")
 Role = Literal["publisher", "viewer"]
 TICK_S = 0.1
+SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 SFU_SSRC = 0x7C4A7000  # sender SSRC of our own RTCP (PLI towards publishers)
 
 
@@ -102,6 +104,15 @@ class SfuWorker(asyncio.DatagramProtocol):
         )
         self.transport = transport
         self.port = transport.get_extra_info("sockname")[1]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # a keyframe fanned out to thousands of viewers is one burst: let the kernel
+            # queue it rather than drop (capped by net.core.[rw]mem_max)
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
+                except OSError:
+                    pass
         self._timer = asyncio.create_task(self._run_timers(), name="sfu-timers")
         log.info("sfu listening udp=%s:%d", self.settings.udp_host, self.port)
 
