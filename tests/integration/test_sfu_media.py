@@ -264,3 +264,58 @@ async def test_whip_whep_auth_and_session_errors(server_factory, tmp_path: Path)
         assert r3.status_code == 404
         r4 = await client.delete(r.headers["location"], headers=auth("r", "publisher"))
         assert r4.status_code == 200
+
+
+async def test_viewer_feedback_nack_pli_and_sender_reports(
+    server_factory,  # type: ignore[no-untyped-def]
+    media: PreparedMedia,
+) -> None:
+    from aiortc.rtp import RtcpPsfbPacket, RtcpRtpfbPacket
+
+    server = server_factory(SFU_SR_INTERVAL="0.5")
+    room = "feedback"
+    identity = Identity.create()
+    layer_of = {hash(p) for f in media.video["l"] for p in f.payloads}
+    lost: list[tuple[int, int]] = []
+
+    def lose_one_video_packet(data: bytes) -> bool:
+        # after 100 packets, the "network" loses one video packet (PT 102)
+        if not lost and (data[1] & 0x7F) == 102 and len(seen) >= 100:
+            lost.append((int.from_bytes(data[8:12], "big"), int.from_bytes(data[2:4], "big")))
+            return True
+        seen.append(1)
+        return False
+
+    seen: list[int] = []
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        pub = SyntheticPublisher(identity, media, ["l", "m", "h"])
+        await pub.start(client, room, issue_token(SECRET, room, "publisher"))
+        peer = ClientPeer(identity, decrypt=True, keep_packets=True, lose=lose_one_video_packet)
+        await peer.open()
+        resp = await client.post(
+            f"/whep/{room}",
+            params={"layer": "low"},
+            content=peer.offer(),
+            headers={**auth(room, "viewer"), "content-type": SDP},
+        )
+        assert resp.status_code == 201
+        await peer.connect(resp.text)
+        packets = peer.packets
+        assert packets is not None
+        await wait_for(lambda: bool(lost) and len(packets) >= 120)
+        ssrc, seq = lost[0]
+        assert not any(p[:2] == (ssrc, seq) for p in packets)
+        # NACK: the SFU answers from its cache; the viewer decrypts the missing packet
+        peer.send_rtcp(bytes(RtcpRtpfbPacket(fmt=1, ssrc=1, media_ssrc=ssrc, lost=[seq])))
+        await wait_for(lambda: any(p[:2] == (ssrc, seq) for p in packets))
+        again = next(p for p in packets if p[:2] == (ssrc, seq))
+        assert hash(again[2]) in layer_of and peer.stats.decrypt_errors == 0
+        # PLI from the viewer reaches the publisher as a PLI on the low layer's SSRC
+        restarts = pub.restarts["l"]
+        await asyncio.sleep(0.6)  # past the SFU's per-layer PLI interval
+        peer.send_rtcp(bytes(RtcpPsfbPacket(fmt=1, ssrc=1, media_ssrc=ssrc)))
+        await wait_for(lambda: pub.restarts["l"] > restarts)
+        # sender reports arrive (the viewer counts SRTCP datagrams it gets)
+        await wait_for(lambda: peer.stats.rtcp_in >= 2)
+        peer.close()
+        await pub.stop(client, issue_token(SECRET, room, "publisher"))

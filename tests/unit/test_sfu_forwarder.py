@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from tchat.sfu.forwarder import PLI_INTERVAL_S, DownTrack, Track
+from tchat.sfu.rtp import RtpError
 
 RID_EXT = 3
 KEY = bytes([0x65, 0x88])  # H.264 IDR slice NAL
@@ -187,3 +190,9 @@ def test_layer_report_counts_loss_and_wraps() -> None:
         track.forward(rtp(7, seq, 0, b"x", pt=111), now=1.5)
     fraction, lost, highest, *_ = layer.report(now=2.0)
     assert (lost, highest, fraction) == (2, 65542, 256 // 5)
+
+
+def test_truncated_packet_raises_rtp_error() -> None:
+    track = Track("audio", "audio/opus", 48000)
+    with pytest.raises(RtpError):
+        track.forward(b"\x80\x6f\x00\x01", now=0.0)

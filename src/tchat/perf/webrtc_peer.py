@@ -124,6 +124,7 @@ class ClientPeer(asyncio.DatagramProtocol):
         keyframe_test: Callable[[bytes], bool] | None = None,
         on_pli: Callable[[int], None] | None = None,
         keep_packets: bool = False,
+        lose: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.identity = identity
         self.ufrag = secrets.token_hex(4)
@@ -134,6 +135,7 @@ class ClientPeer(asyncio.DatagramProtocol):
         self.on_pli = on_pli
         # decrypted (ssrc, seq, payload) in arrival order, for tests that inspect the stream
         self.packets: list[tuple[int, int, bytes]] | None = [] if keep_packets else None
+        self.lose = lose  # simulated network loss: True drops an RTP datagram on arrival
         self.stats = PeerStats()
         self.transport: asyncio.DatagramTransport | None = None
         self.remote: tuple[str, int] | None = None
@@ -263,7 +265,7 @@ class ClientPeer(asyncio.DatagramProtocol):
                     self._dtls_ok.set_exception(ConnectionError(self.dtls.error))
 
     def _rtp(self, data: bytes) -> None:
-        if len(data) < 12:
+        if len(data) < 12 or (self.lose is not None and self.lose(data)):
             return
         st = self.stats
         if not st.first_media:

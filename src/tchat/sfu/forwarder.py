@@ -197,6 +197,7 @@ class Track:
     # -- per packet ------------------------------------------------------------
     def forward(self, data: bytes, now: float) -> int:
         """Forward one unprotected RTP packet to every viewer; returns packets sent."""
+        start, end = payload_bounds(data)  # raises RtpError on a truncated packet
         ssrc = HEADER.unpack_from(data)[4]
         layer = self.by_ssrc.get(ssrc)
         if layer is None:
@@ -204,7 +205,6 @@ class Track:
             if layer is None:
                 self.dropped += 1
                 return 0
-        start, end = payload_bounds(data)
         if start >= end:  # padding-only bandwidth probe: nothing to forward
             return 0
         payload = data[start:end]
