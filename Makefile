@@ -57,8 +57,8 @@ test-integration: services-up
 
 test: setup lint services-up
 	$(PY) -m pytest tests/unit tests/integration -q
-	@$(MAKE) --no-print-directory perf-ci
-	@$(MAKE) --no-print-directory report
+	@rc=0; $(MAKE) --no-print-directory perf-ci || rc=$$?; \
+	  $(MAKE) --no-print-directory report; exit $$rc
 
 # The named CI profile of every suite that has tests (PERF_PROFILE=ci).
 perf-ci:

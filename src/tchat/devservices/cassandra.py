@@ -102,6 +102,7 @@ def _yaml(root: Path) -> str:
         concurrent_reads: 16
         concurrent_writes: 32
         native_transport_max_threads: 64
+        batch_size_warn_threshold: 64KiB
         authenticator: AllowAllAuthenticator
         authorizer: AllowAllAuthorizer
         """
@@ -167,9 +168,10 @@ class CassandraService(Service):
             "-Xmx1G",
             "-Xss512k",
             "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",  # short young pauses: they land in the CQL p99
+            "-XX:MaxGCPauseMillis=20",  # young pauses land in the CQL p99 (gc.log shows them)
             "-XX:+AlwaysPreTouch",
             "-XX:+ExitOnOutOfMemoryError",
+            f"-Xlog:gc:file={root}/logs/gc.log:time,uptime:filecount=2,filesize=10M",
             *_JAVA17_FLAGS,
             *([f"-javaagent:{jamm}"] if jamm.exists() else []),
             f"-Dcassandra.config=file://{root}/cassandra.yaml",
