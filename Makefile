@@ -32,8 +32,9 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 run: venv
-	@$(PY) -m tchat token --room demo --role publisher --identity studio > /dev/null
-	@echo "publisher token for room 'demo' (WHIP Bearer):"; $(TCHAT) token --room demo --role publisher --identity studio
+	@bash scripts/setup-system.sh run
+	@echo "publisher token for room 'demo' (WHIP: Authorization: Bearer <token>):"
+	@$(TCHAT) token --room demo --role publisher --identity studio
 	@$(TCHAT) serve
 
 lint: venv

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# System packages tchat's tests and services need (Debian/Ubuntu, as root or with sudo).
+# System packages tchat needs (Debian/Ubuntu, as root or with sudo).
+#   setup-system.sh run    what `tchat serve` on embedded defaults uses (FFmpeg)
+#   setup-system.sh        everything the tests and services use
 set -euo pipefail
-pkgs=(redis-server ffmpeg chromium maven openjdk-17-jre-headless python3-venv iproute2)
+if [ "${1:-all}" = run ]; then
+  pkgs=(ffmpeg)
+else
+  pkgs=(redis-server ffmpeg chromium maven openjdk-17-jre-headless python3-venv iproute2)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-command -v go >/dev/null || missing+=(golang-go)
+[ "${1:-all}" = run ] || command -v go >/dev/null || missing+=(golang-go)
 if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "[setup] installing ${missing[*]}"
