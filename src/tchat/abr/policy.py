@@ -138,7 +138,8 @@ class LayerPolicy:
 def oscillations(switches: list[tuple[float, int, str]], within_s: float) -> int:
     """Direction reversals (up then down, or down then up) closer than `within_s`."""
     count = 0
-    for (t0, l0, _), (t1, l1, _), (t2, l2, _) in zip(switches, switches[1:], switches[2:]):
+    triples = zip(switches, switches[1:], switches[2:], strict=False)
+    for (t0, l0, _), (_, l1, _), (t2, l2, _) in triples:
         if (l1 - l0) * (l2 - l1) < 0 and t2 - t0 < within_s:
             count += 1
     return count
