@@ -84,7 +84,9 @@ def test_rid_layer_order(simulcast: str, order: list[str]) -> None:
         "a=simulcast:send f;h;q",
         "".join(f"a=rid:{r} send\r\n" for r in rids) + f"a=simulcast:send {simulcast}",
     )
-    assert negotiate_whip(offer, LOCAL).media[1].rids == order
+    neg = negotiate_whip(offer, LOCAL)
+    assert neg.media[1].rids == order
+    assert f"a=simulcast:recv {simulcast}\r\n" in neg.answer  # the offer's order
 
 
 def test_whip_prefers_vp8_when_h264_is_only_mode_0() -> None:

@@ -61,6 +61,7 @@ class Media:
     kind: str  # audio | video
     codec: Codec | None  # None: rejected (inactive)
     rids: list[str] = field(default_factory=list)  # lowest layer first
+    rids_offered: list[str] = field(default_factory=list)  # as the offer lists them
     mid_ext: int = 0
     rid_ext: int = 0
     ssrc: int = 0  # WHEP: the SSRC we send with
@@ -104,8 +105,8 @@ def _remote_ice_dtls(session: SessionDescription) -> tuple[str, str, list[tuple[
     return first.ice.usernameFragment, first.ice.password, fps
 
 
-def _rids(lines: list[str]) -> list[str]:
-    """Send rids of a media section, lowest layer first (≤ MAX_RIDS)."""
+def _rids(lines: list[str]) -> tuple[list[str], list[str]]:
+    """Send rids of a media section: (lowest layer first, as offered); ≤ MAX_RIDS."""
     declared: list[str] = []
     order: list[str] = []
     for line in lines:
@@ -125,8 +126,8 @@ def _rids(lines: list[str]) -> list[str]:
             raise SdpError(f"bad rid {rid!r}")
     for scheme in _RID_SCHEMES:
         if all(r.lower() in scheme for r in rids):
-            return sorted(rids, key=lambda r: scheme[r.lower()])
-    return list(reversed(rids))  # simulcast lines list the highest layer first
+            return sorted(rids, key=lambda r: scheme[r.lower()]), rids
+    return list(reversed(rids)), rids  # simulcast lines list the highest layer first
 
 
 def _codec(params: RTCRtpCodecParameters) -> Codec:
@@ -244,7 +245,7 @@ def negotiate_whip(offer: str, local: LocalParams) -> Negotiated:
         if chosen is None:
             want = "Opus" if m.kind == "audio" else "H.264 (packetization-mode=1) or VP8"
             raise SdpError(f"WHIP {m.kind} section offers no {want}")
-        rids = _rids(lines) if m.kind == "video" else []
+        rids, offered = _rids(lines) if m.kind == "video" else ([], [])
         exts = {e.uri: e.id for e in m.rtp.headerExtensions}
         if rids and RID_URI not in exts:
             raise SdpError("simulcast offer lacks the rtp-stream-id header extension")
@@ -261,6 +262,7 @@ def negotiate_whip(offer: str, local: LocalParams) -> Negotiated:
                 kind=m.kind,
                 codec=_codec(chosen),
                 rids=rids,
+                rids_offered=offered,
                 mid_ext=exts.get(MID_URI, 0),
                 rid_ext=exts.get(RID_URI, 0) if rids else 0,
             )
@@ -270,8 +272,9 @@ def negotiate_whip(offer: str, local: LocalParams) -> Negotiated:
         if media.rids:
             # aiortc does not print rid/simulcast: add them to that section
             section = str(am_text)
-            extra = "".join(f"a=rid:{r} recv\r\n" for r in reversed(media.rids))
-            extra += "a=simulcast:recv " + ";".join(reversed(media.rids)) + "\r\n"
+            # same order as the offer: browsers read it as their encodings' order
+            extra = "".join(f"a=rid:{r} recv\r\n" for r in media.rids_offered)
+            extra += "a=simulcast:recv " + ";".join(media.rids_offered) + "\r\n"
             text = text.replace(section, section + extra, 1)
     return Negotiated(text, ufrag, pwd, fps, out)
 

@@ -1,0 +1,176 @@
+"""A real browser on both ends: headless Chromium publishes simulcast over WHIP and
+watches over WHEP through a real `tchat serve` SFU, driven over the DevTools protocol.
+
+Chromium is installed by `make setup` (scripts/setup-system.sh); its absence fails
+this test with a message, it is never skipped. The page is the server's own
+/healthz (a secure context on 127.0.0.1); the test does the WHIP/WHEP HTTP calls and
+hands SDP to and from the page, so no CORS or static page is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from tchat.auth import issue_token
+
+SECRET = "integration-secret-0123456789abcdef"
+SDP = "application/sdp"
+GATHERED = """await new Promise(r => { if (pc.iceGatheringState === 'complete') r();
+  pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r();
+  setTimeout(r, 3000); });"""
+PUBLISH = f"""(async () => {{
+  const stream = await navigator.mediaDevices.getUserMedia(
+    {{video: {{width: 640, height: 360}}, audio: true}});
+  const pc = new RTCPeerConnection(); window.pub = pc;
+  pc.addTransceiver(stream.getAudioTracks()[0], {{direction: 'sendonly'}});
+  pc.addTransceiver(stream.getVideoTracks()[0], {{direction: 'sendonly', sendEncodings: [
+    {{rid: 'q', scaleResolutionDownBy: 4}}, {{rid: 'h', scaleResolutionDownBy: 2}},
+    {{rid: 'f'}}]}});
+  await pc.setLocalDescription(await pc.createOffer());
+  {GATHERED}
+  return pc.localDescription.sdp; }})()"""
+WATCH = f"""(async () => {{
+  const pc = new RTCPeerConnection(); window.view = pc;
+  pc.addTransceiver('audio', {{direction: 'recvonly'}});
+  pc.addTransceiver('video', {{direction: 'recvonly'}});
+  await pc.setLocalDescription(await pc.createOffer());
+  {GATHERED}
+  return pc.localDescription.sdp; }})()"""
+VIEWER_STATS = """(async () => { const out = {state: view.connectionState};
+  (await view.getStats()).forEach(s => { if (s.type === 'inbound-rtp') out[s.kind] = {
+    packets: s.packetsReceived, lost: s.packetsLost, frames: s.framesDecoded || 0,
+    width: s.frameWidth || 0, keyframes: s.keyFramesDecoded || 0}; });
+  return out; })()"""
+
+
+class Page:
+    """Just enough of the DevTools protocol: evaluate an expression, await its promise."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    async def eval(self, expression: str, timeout_s: float = 20.0) -> Any:
+        i = next(self.ids)
+        params = {"expression": expression, "awaitPromise": True, "returnByValue": True}
+        await self.ws.send(json.dumps({"id": i, "method": "Runtime.evaluate", "params": params}))
+        while True:
+            msg = json.loads(await asyncio.wait_for(self.ws.recv(), timeout_s))
+            if msg.get("id") == i:
+                result = msg["result"]
+                if "exceptionDetails" in result:
+                    raise AssertionError(f"page error: {result['exceptionDetails']}")
+                return result["result"].get("value")
+
+
+@asynccontextmanager
+async def chromium(url: str, profile: Path) -> AsyncIterator[Page]:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("chromium is not installed: run `make setup` (scripts/setup-system.sh)")
+    proc = await asyncio.create_subprocess_exec(
+        exe, "--headless=new", "--no-sandbox", "--remote-debugging-port=0",
+        f"--user-data-dir={profile}", "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream", "--no-first-run", url,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        port_file = profile / "DevToolsActivePort"
+        for _ in range(200):
+            if port_file.exists() and port_file.read_text().strip():
+                break
+            await asyncio.sleep(0.05)
+        port = port_file.read_text().split()[0]
+        async with httpx.AsyncClient() as client:
+            targets = (await client.get(f"http://127.0.0.1:{port}/json/list")).json()
+        target = next(t for t in targets if t["type"] == "page")
+        async with websockets.connect(target["webSocketDebuggerUrl"], max_size=None) as ws:
+            page = Page(ws)
+            for _ in range(100):
+                if str(await page.eval("location.href")).startswith("http"):
+                    break
+                await asyncio.sleep(0.05)
+            yield page
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def poll(page: Page, cond: Any, timeout_s: float = 20.0) -> dict[str, Any]:
+    stats: dict[str, Any] = {}
+    for _ in range(int(timeout_s / 0.25)):
+        stats = await page.eval(VIEWER_STATS)
+        if cond(stats):
+            return stats
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"viewer did not get there: {stats}")
+
+
+async def test_chromium_simulcast_publisher_to_chromium_viewer(
+    server_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory()
+    room = "browser"
+    pub_auth = {"authorization": f"Bearer {issue_token(SECRET, room, 'publisher')}"}
+    view_auth = {"authorization": f"Bearer {issue_token(SECRET, room, 'viewer')}"}
+    async with (
+        chromium(server.url + "/healthz", tmp_path / "chromium") as page,
+        httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+    ):
+        offer = await page.eval(PUBLISH)
+        assert "a=simulcast:send q;h;f" in offer
+        r = await client.post(
+            f"/whip/{room}", content=offer, headers={**pub_auth, "content-type": SDP}
+        )
+        assert r.status_code == 201, r.text
+        assert "a=simulcast:recv q;h;f" in r.text
+        await page.eval(f"pub.setRemoteDescription({{type: 'answer', sdp: {json.dumps(r.text)}}})")
+
+        r = await client.post(
+            f"/whep/{room}",
+            params={"layer": "low"},
+            content=await page.eval(WATCH),
+            headers={**view_auth, "content-type": SDP},
+        )
+        assert r.status_code == 201, r.text
+        location = r.headers["location"]
+        await page.eval(f"view.setRemoteDescription({{type: 'answer', sdp: {json.dumps(r.text)}}})")
+
+        # the browser decodes the low layer (640/4 wide) and hears audio
+        low = await poll(
+            page,
+            lambda s: (
+                s.get("video", {}).get("frames", 0) >= 30
+                and s.get("audio", {}).get("packets", 0) >= 50
+            ),
+        )
+        assert low["state"] == "connected" and low["video"]["width"] == 160
+        # raising the cap switches to a bigger layer, starting on a keyframe
+        r = await client.put(f"{location}/layer", json={"max_layer": 2}, headers=view_auth)
+        assert r.status_code == 200
+        high = await poll(
+            page,
+            lambda s: (
+                s["video"]["width"] > 160 and s["video"]["frames"] >= low["video"]["frames"] + 30
+            ),
+        )
+        assert high["video"]["keyframes"] > low["video"]["keyframes"]
+        assert (await client.get("/sfu/stats")).json()["viewers_connected"] == 1
+        assert (await client.delete(location, headers=view_auth)).status_code == 200
