@@ -152,6 +152,7 @@ def _measure(record: perf_results.TestResult, instances: list[dict[str, Any]]) -
         "sampled_video_not_starting_on_keyframe": 0,
     }
     bitrates = []
+    viewer_pps = []
     errors: dict[str, int] = {}
     for i, inst in enumerate(instances):
         swarms, sampler = inst["swarms"], inst["sampler"]
@@ -170,6 +171,7 @@ def _measure(record: perf_results.TestResult, instances: list[dict[str, Any]]) -
                 lost_den += recv
             if s["viewer_bitrate_bps_avg"]:
                 bitrates.append(s["viewer_bitrate_bps_avg"])
+                viewer_pps.append(s["viewer_packets_per_s_avg"])
             for k, v in s["errors"].items():
                 errors[k] = errors.get(k, 0) + v
         join_rates.append(ok / max(1e-3, t_joined - inst["t_viewers"]))
@@ -214,6 +216,7 @@ def _measure(record: perf_results.TestResult, instances: list[dict[str, Any]]) -
     m["memory_bytes_per_viewer"] = max(mem_per_viewer) if mem_per_viewer else None
     m["viewer_loss_pct"] = 100.0 * lost_num / lost_den if lost_den else None
     m["viewer_bitrate_bps_avg"] = sum(bitrates) / len(bitrates) if bitrates else None
+    m["viewer_packets_per_s_avg"] = sum(viewer_pps) / len(viewer_pps) if viewer_pps else None
     m.update(checks)
     if errors:
         record.notes.append(f"viewer failures by cause: {errors}")

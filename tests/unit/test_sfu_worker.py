@@ -79,6 +79,26 @@ def test_unfinished_handshake_and_lost_consent_close_sessions(identity: Identity
     assert pub.id not in w.peers  # no consent check for 31 s
 
 
+def test_idle_publisher_is_closed(identity: Identity) -> None:
+    clock = Clock()
+    w = make(clock, idle_timeout_s=30.0, consent_timeout_s=1000.0)
+    pub, _ = w.add_publisher("r", ClientPeer(identity).offer(publish=True))
+    w.handshaking.discard(pub)
+    pub.connected_at = clock.t
+    for _ in range(40):  # media keeps flowing: never idle
+        clock.t += 1
+        pub.rtp_in += 10
+        w.tick(clock.t)
+    assert pub.id in w.peers
+    for _ in range(30):
+        clock.t += 1
+        w.tick(clock.t)
+    assert pub.id in w.peers
+    clock.t += 2
+    w.tick(clock.t)
+    assert pub.id not in w.peers
+
+
 def test_junk_datagrams_are_counted_not_raised(identity: Identity) -> None:
     w = make(Clock())
     w.add_publisher("r", ClientPeer(identity).offer(publish=True))

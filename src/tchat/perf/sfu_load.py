@@ -214,19 +214,26 @@ async def run_viewers(
     return results, marks
 
 
-def summarize(results: list[ViewerResult], join_span_s: float, hold_s: float) -> dict[str, Any]:
+def summarize(results: list[ViewerResult], join_span_s: float, t_end: float) -> dict[str, Any]:
     """Viewer-side figures over one or more swarms."""
     ok = [r for r in results if r.ok]
     times = [r.connect_s * 1000 for r in ok if r.connect_s is not None]
-    expected = lost = received = octets = 0
+    expected = lost = received = 0
     gaps = reordered = bad = payloads = decrypt_errors = 0
     not_keyframe_first = 0
+    rates_bps: list[float] = []
+    rates_pps: list[float] = []
     for r in ok:
+        active = t_end - r.stats.first_media  # first media packet until the swarm closed
+        v_octets = sum(s.octets for s in r.stats.streams.values())
+        v_packets = sum(s.received for s in r.stats.streams.values())
+        if active > 0:
+            rates_bps.append(8 * v_octets / active)
+            rates_pps.append(v_packets / active)
         for s in r.stats.streams.values():
             expected += s.expected()
             lost += s.lost()
             received += s.received
-            octets += s.octets
             gaps += s.gaps
             reordered += s.reordered
             bad += s.bad_payloads
@@ -250,7 +257,8 @@ def summarize(results: list[ViewerResult], join_span_s: float, hold_s: float) ->
         "join_rate_per_s": len(ok) / join_span_s if join_span_s > 0 else None,
         "viewer_loss_pct": 100.0 * lost / expected if expected else None,
         "viewer_packets_received": received,
-        "viewer_bitrate_bps_avg": 8 * octets / len(ok) / hold_s if ok and hold_s > 0 else None,
+        "viewer_bitrate_bps_avg": sum(rates_bps) / len(rates_bps) if rates_bps else None,
+        "viewer_packets_per_s_avg": sum(rates_pps) / len(rates_pps) if rates_pps else None,
         "sampled_viewers": sum(1 for r in ok if r.sampled),
         "sampled_payloads_checked": payloads,
         "sampled_bad_payloads": bad,
@@ -335,7 +343,7 @@ def _main() -> None:
             args.sample_every, args.concurrency, args.layer,
         )
     )  # fmt: skip
-    out = summarize(results, marks["t_joined"] - marks["t_start"], args.hold)
+    out = summarize(results, marks["t_joined"] - marks["t_start"], marks["t_end"])
     out["connect_ms"] = [r.connect_s * 1000 for r in results if r.ok and r.connect_s is not None]
     out["marks"] = marks
     print(json.dumps(out), flush=True)

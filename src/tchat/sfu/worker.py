@@ -62,6 +62,8 @@ class Peer:
     track_by_pt: dict[int, Track] = field(default_factory=dict)  # publisher
     downtracks: dict[int, tuple[Track, DownTrack]] = field(default_factory=dict)  # viewer
     rtp_in: int = 0
+    media_at: float = 0.0  # when rtp_in last grew, checked once a second (publishers)
+    rtp_seen: int = 0
     rtcp_in: int = 0
 
 
@@ -446,6 +448,11 @@ class SfuWorker(asyncio.DatagramProtocol):
             for peer in list(self.peers.values()):
                 if peer.ice.consent_expired(now, self.settings.consent_timeout_s):
                     self.close_peer(peer, "ICE consent expired")
+                elif peer.role == "publisher" and peer.connected_at is not None:
+                    if peer.rtp_in != peer.rtp_seen:
+                        peer.rtp_seen, peer.media_at = peer.rtp_in, now
+                    elif now - max(peer.media_at, peer.connected_at) > self.settings.idle_timeout_s:
+                        self.close_peer(peer, "publisher sent no media")
             for room in self.rooms.values():
                 for track in room.tracks.values():
                     track.tick(now)
