@@ -1,0 +1,111 @@
+"""HTTP surface of recording: the catalog API and a CDN-like path serving HLS from storage.
+
+`GET /recordings`, `GET /recordings/{id}` (with a playable URL) and
+`GET /cdn/recordings/...`: objects straight from the store with their content
+type and cache header (segments immutable, live playlists no-cache). In front
+of S3 a real CDN would take this path's place; the URLs keep the same shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from tchat.config import Settings
+from tchat.recording.catalog import STATES, Recording, UnknownRecording
+from tchat.recording.service import RECORDINGS_PREFIX, RecordingService
+from tchat.storage import NotFound, StoreError, validate_key
+from tchat.storage.local import LocalStore
+
+CDN_PATH = "/cdn/"
+
+
+def _error(status: int, error: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+
+
+def recording_json(rec: Recording, base_url: str) -> dict[str, Any]:
+    out = rec.to_json()
+    playable = rec.state in ("recording", "finalizing", "available") and (
+        rec.segment_count > 0 or rec.state != "available"
+    )
+    out["playlist_url"] = f"{base_url}{CDN_PATH}{rec.playlist_key}" if playable else None
+    return out
+
+
+def _service(request: Request) -> RecordingService:
+    service: RecordingService = request.app.state.recording
+    return service
+
+
+def mount(app: FastAPI, settings: Settings) -> None:
+    base_url = settings.base_url
+
+    @app.get("/recordings", tags=["recording"])
+    async def list_recordings(
+        request: Request,
+        room: str | None = None,
+        state: str | None = None,
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> Response:
+        if state is not None and state not in STATES:
+            return _error(400, "bad_request", f"state must be one of {', '.join(STATES)}")
+        recs = _service(request).catalog.list(room=room, state=state, limit=limit)
+        return JSONResponse({"recordings": [recording_json(r, base_url) for r in recs]})
+
+    @app.get("/recordings/{rec_id}", tags=["recording"])
+    async def get_recording(request: Request, rec_id: str) -> Response:
+        try:
+            rec = _service(request).get(rec_id)
+        except UnknownRecording:
+            return _error(404, "not_found", f"no recording {rec_id!r}")
+        return JSONResponse(recording_json(rec, base_url))
+
+    @app.api_route(CDN_PATH + "{key:path}", methods=["GET", "HEAD"], tags=["recording"])
+    async def cdn(request: Request, key: str) -> Response:
+        if not key.startswith(RECORDINGS_PREFIX):
+            return _error(404, "not_found", f"no object {key!r}")
+        try:
+            validate_key(key)
+        except ValueError as exc:
+            return _error(400, "bad_request", str(exc))
+        store = _service(request).store
+        try:
+            info = await store.head(key)
+            if info is None:
+                return _error(404, "not_found", f"no object {key!r}")
+            headers = {"Cache-Control": info.cache_control, "Access-Control-Allow-Origin": "*"}
+            if isinstance(store, LocalStore):
+                # sendfile, ranges and ETag from the file itself.
+                return FileResponse(
+                    store.path_of(key), media_type=info.content_type, headers=headers
+                )
+            body = b"" if request.method == "HEAD" else await store.get(key)
+        except NotFound:
+            return _error(404, "not_found", f"no object {key!r}")
+        except StoreError as exc:
+            return _error(502, "storage_unavailable", str(exc))
+        headers["Content-Length"] = str(info.size)
+        return Response(body, media_type=info.content_type, headers=headers)
+
+    app.state.components.append(_component(settings))
+
+
+def _component(
+    settings: Settings,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def recording(app: FastAPI) -> AsyncIterator[None]:
+        service = RecordingService(settings)
+        await service.open()
+        app.state.recording = service
+        try:
+            yield
+        finally:
+            await service.close()
+
+    return recording

@@ -1,0 +1,423 @@
+"""One recording: FFmpeg remuxes the source to HLS on disk; closed segments go to storage.
+
+FFmpeg (`-c copy`, so no transcode) writes `seg_NNNNN.ts` into a private working
+directory, each renamed into place only when complete (`temp_file`). The recorder
+reads FFmpeg's playlist every `poll_s`, hands each closed segment to the uploader,
+and publishes its own playlist listing only segments already stored. If FFmpeg
+dies it is restarted in a fresh directory (a DISCONTINUITY marks the seam); every
+completed segment is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from tchat.logs import kv
+from tchat.metrics import RECORDINGS_ACTIVE
+from tchat.recording.catalog import Catalog, Recording, State, ended, transition
+from tchat.recording.playlist import (
+    ClosedSegment,
+    Playlist,
+    Segment,
+    SegmentTracker,
+    render,
+    target_duration_for,
+)
+from tchat.recording.source import Source
+from tchat.recording.uploader import Uploader
+from tchat.recording.uploadqueue import UploadJob, UploadQueue
+from tchat.storage import ObjectStore
+
+log = logging.getLogger("tchat.recording.recorder")
+
+
+@dataclass(frozen=True)
+class RecorderOptions:
+    ffmpeg: str = "ffmpeg"
+    segment_s: float = 6.0
+    # First segments end after init_s so the first upload happens within seconds.
+    init_s: float = 2.0
+    retention_s: float = 30 * 86400.0
+    no_media_timeout_s: float = 10.0
+    max_restarts: int = 3
+    poll_s: float = 0.1
+    stop_grace_s: float = 10.0
+    finalize_timeout_s: float = 30.0
+    max_buffer_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass
+class SegmentUpload:
+    """Per-segment figures the performance suite reports."""
+
+    sequence: int
+    key: str
+    duration_s: float
+    size_bytes: int
+    closed_at: float
+    uploaded_at: float | None = None
+    attempts: int = 0
+
+    @property
+    def upload_s(self) -> float | None:
+        return None if self.uploaded_at is None else self.uploaded_at - self.closed_at
+
+
+def ffmpeg_hls_args(opts: RecorderOptions, source: Source) -> list[str]:
+    return [
+        opts.ffmpeg,
+        "-hide_banner",
+        "-loglevel",
+        "warning",
+        "-nostdin",
+        *source.input_args(),
+        "-map",
+        "0",
+        "-c",
+        "copy",  # remux only: segments cut on the source's keyframes
+        "-f",
+        "hls",
+        "-hls_time",
+        f"{opts.segment_s:g}",
+        "-hls_init_time",
+        f"{opts.init_s:g}",
+        # One entry: FFmpeg 5.1 applies hls_init_time until its list is full, and an
+        # EVENT playlist never is. We keep the full list ourselves (SegmentTracker).
+        "-hls_list_size",
+        "1",
+        "-hls_flags",
+        "temp_file+program_date_time+independent_segments",
+        "-hls_segment_filename",
+        "seg_%05d.ts",
+        "index.m3u8",
+    ]
+
+
+def describe_exit(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"signal {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"signal {-rc}"
+    return f"exit code {rc}"
+
+
+@dataclass
+class _Run:
+    index: int
+    directory: Path
+    tracker: SegmentTracker = field(default_factory=SegmentTracker)
+    cpu_s: float = 0.0
+    stderr: deque[str] = field(default_factory=lambda: deque(maxlen=8))
+
+
+class Recorder:
+    def __init__(
+        self,
+        *,
+        room: str,
+        source: Source,
+        store: ObjectStore,
+        catalog: Catalog,
+        workdir: Path,
+        options: RecorderOptions,
+        clock: Callable[[], float] = time.time,
+        rec_id: str | None = None,
+    ) -> None:
+        self.id = rec_id or uuid.uuid4().hex[:16]
+        self.room = room
+        self.source = source
+        self.store = store
+        self.catalog = catalog
+        self.workdir = workdir / self.id
+        self.opts = options
+        self.clock = clock
+        self.queue = UploadQueue(options.max_buffer_bytes)
+        self.uploader = Uploader(store, self.queue, self._uploaded, clock)
+        self.segments: list[SegmentUpload] = []
+        self.published: list[Segment] = []
+        self._pending: dict[str, Segment] = {}
+        self._discontinuity_next = False
+        self._final = False
+        self.events: list[str] = []
+        self.restarts = 0
+        self.pid: int | None = None
+        self.ffmpeg_cpu_s = 0.0
+        self.first_segment_uploaded_at: float | None = None
+        self.stop_requested_at: float | None = None
+        self.available_at: float | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[Recording] | None = None
+        self.recording = Recording(self.id, room, "recording", started_at=clock())
+
+    # --- public -----------------------------------------------------------------------
+    def start(self) -> Recorder:
+        self.catalog.put(self.recording)
+        self._task = asyncio.create_task(self._main(), name=f"recorder-{self.id}")
+        return self
+
+    def stop(self) -> None:
+        """The stream ended: finish the current segment, finalize, make it available."""
+        if self.stop_requested_at is None:
+            self.stop_requested_at = self.clock()
+        self._stop.set()
+
+    async def wait(self) -> Recording:
+        assert self._task is not None
+        return await self._task
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    # --- upload callbacks -------------------------------------------------------------
+    def _uploaded(self, job: UploadJob, at: float) -> None:
+        if job.kind != "segment":
+            return
+        seg = self._pending.pop(job.key)
+        self.published.append(seg)
+        for s in self.segments:
+            if s.key == job.key:
+                s.uploaded_at, s.attempts = at, job.attempts + 1
+        if self.first_segment_uploaded_at is None:
+            self.first_segment_uploaded_at = at
+        # Once finalizing, every republished playlist is the final one (ENDLIST).
+        self._publish_playlist(final=self._final)
+
+    def _playlist(self, final: bool) -> Playlist:
+        durations = [s.duration for s in self.published]
+        return Playlist(
+            version=6,
+            target_duration=target_duration_for(durations, self.opts.segment_s),
+            media_sequence=0,
+            playlist_type="EVENT",
+            independent_segments=True,
+            endlist=final,
+            segments=list(self.published),
+        )
+
+    def _publish_playlist(self, final: bool) -> None:
+        body = render(self._playlist(final)).encode()
+        self.uploader.submit(
+            UploadJob(self.recording.playlist_key, "playlist", len(body), self.clock(), data=body)
+        )
+
+    # --- segments ---------------------------------------------------------------------
+    def _scan(self, run: _Run) -> None:
+        try:
+            text = (run.directory / "index.m3u8").read_text()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return
+        for closed in run.tracker.update(text):
+            self._segment_closed(run, closed)
+
+    def _segment_closed(self, run: _Run, closed: ClosedSegment) -> None:
+        path = run.directory / closed.uri
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            self.events.append(f"segment {closed.uri} of run {run.index} missing on disk")
+            return
+        n = len(self.segments)
+        name = f"seg_{n:05d}.ts"
+        key = self.recording.prefix + name
+        duration = closed.duration if closed.duration > 0 else self.opts.segment_s
+        seg = Segment(name, duration, closed.program_date_time, self._discontinuity_next)
+        self._discontinuity_next = False
+        self.segments.append(SegmentUpload(n, key, duration, stat.st_size, stat.st_mtime))
+        job = UploadJob(key, "segment", stat.st_size, stat.st_mtime, path=path, sequence=n)
+        if self.uploader.submit(job):
+            self._pending[key] = seg
+        else:
+            # Refused by the bounded buffer: reported in the catalog, never silent.
+            path.unlink(missing_ok=True)
+            self._discontinuity_next = True
+            log.error("segment lost: upload buffer full", extra=kv(id=self.id, key=key))
+
+    # --- FFmpeg -----------------------------------------------------------------------
+    async def _read_stderr(self, proc: asyncio.subprocess.Process, run: _Run) -> None:
+        assert proc.stderr is not None
+        async for line in proc.stderr:
+            text = line.decode(errors="replace").strip()
+            if text:
+                run.stderr.append(text)
+
+    def _sample_cpu(self, pid: int, run: _Run) -> None:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(pid).cpu_times()
+            run.cpu_s = t.user + t.system
+
+    async def _run_ffmpeg(self, run: _Run) -> int:
+        run.directory.mkdir(parents=True, exist_ok=True)
+        proc = await asyncio.create_subprocess_exec(
+            *ffmpeg_hls_args(self.opts, self.source),
+            cwd=run.directory,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self.pid = proc.pid
+        reader = asyncio.create_task(self._read_stderr(proc, run))
+        waiter = asyncio.create_task(proc.wait())
+        signalled_at: float | None = None
+        try:
+            while not waiter.done():
+                await asyncio.wait({waiter}, timeout=self.opts.poll_s)
+                self._scan(run)
+                if waiter.done():
+                    break
+                self._sample_cpu(proc.pid, run)
+                now = self.clock()
+                if (
+                    not self.segments
+                    and now - self.recording.started_at > self.opts.no_media_timeout_s
+                ):
+                    raise _NoMedia()
+                if self._stop.is_set() and signalled_at is None:
+                    proc.send_signal(signal.SIGTERM)  # FFmpeg closes the segment, writes ENDLIST
+                    signalled_at = now
+                elif signalled_at is not None and now - signalled_at > self.opts.stop_grace_s:
+                    proc.kill()
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+            await reader
+            self._scan(run)
+            self.ffmpeg_cpu_s += run.cpu_s
+        return proc.returncode if proc.returncode is not None else -1
+
+    async def _record(self) -> str:
+        """Run FFmpeg until the stream ends; returns '' or why the recording failed."""
+        index = 0
+        while True:
+            run = _Run(index, self.workdir / f"run-{index}")
+            try:
+                rc = await self._run_ffmpeg(run)
+            except _NoMedia:
+                return f"no media received within {self.opts.no_media_timeout_s:g}s" + (
+                    f" (ffmpeg: {run.stderr[-1]})" if run.stderr else ""
+                )
+            if self._stop.is_set() or rc == 0:
+                return ""  # stopped, or the input ended on its own
+            tail = " | ".join(list(run.stderr)[-2:])
+            if not self.segments:
+                # Nothing arrived yet (FFmpeg gives up on a silent input): keep
+                # waiting until the no-media timeout says otherwise.
+                await asyncio.sleep(0.2)
+                index += 1
+                continue
+            self.restarts += 1
+            event = f"ffmpeg run {index} ended with {describe_exit(rc)}" + (
+                f" ({tail})" if tail else ""
+            )
+            self.events.append(event)
+            log.warning("ffmpeg died", extra=kv(id=self.id, rc=rc, restarts=self.restarts))
+            if self.restarts > self.opts.max_restarts:
+                return f"ffmpeg failed {self.restarts} times; last: {event}"
+            self._discontinuity_next = True
+            index += 1
+
+    async def _main(self) -> Recording:
+        RECORDINGS_ACTIVE.inc()
+        upload_task = asyncio.create_task(self.uploader.run())
+        try:
+            failure = await self._record()
+            end = self.stop_requested_at or self.clock()
+            if failure and not self.segments:
+                return self._finish(
+                    ended(self.recording, "failed", end, self.opts.retention_s, detail=failure)
+                )
+            self.recording = transition(self.recording, "finalizing", ended_at=end)
+            self.catalog.put(self.recording)
+            self._final = True
+            self._publish_playlist(final=True)
+            drained = await self.uploader.drain(self.opts.finalize_timeout_s)
+            detail = self._detail(failure, drained)
+            state: State = (
+                "available" if drained and not failure and not self.queue.lost else "failed"
+            )
+            if state == "available":
+                self.available_at = self.clock()
+            return self._finish(
+                ended(
+                    self.recording,
+                    state,
+                    end,
+                    self.opts.retention_s,
+                    detail=detail,
+                    duration_s=round(sum(s.duration for s in self.published), 3),
+                    segment_count=len(self.published),
+                    size_bytes=sum(s.size_bytes for s in self.segments if s.uploaded_at),
+                )
+            )
+        except BaseException as exc:
+            end = self.stop_requested_at or self.clock()
+            with contextlib.suppress(Exception):
+                self._finish(
+                    ended(
+                        self.recording,
+                        "failed",
+                        end,
+                        self.opts.retention_s,
+                        detail=f"recorder crashed: {exc!r}"[:500],
+                        segment_count=len(self.published),
+                    )
+                )
+            raise
+        finally:
+            upload_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upload_task
+            RECORDINGS_ACTIVE.dec()
+
+    def _detail(self, failure: str, drained: bool) -> str:
+        parts = [failure] if failure else []
+        parts += self.events
+        if self.queue.lost:
+            keys = ", ".join(s.key.rsplit("/", 1)[-1] for s in self.queue.lost)
+            parts.append(
+                f"{len(self.queue.lost)} segments lost ({keys}): {self.queue.lost[0].reason}"
+            )
+        if not drained:
+            waiting = self.queue.pending_segments()
+            err = self.queue.jobs[0].last_error if self.queue.jobs else ""
+            parts.append(
+                f"{len(waiting)} segments not stored after {self.opts.finalize_timeout_s:g}s "
+                f"(kept in {self.workdir}); storage: {err}"
+            )
+        return "; ".join(parts)
+
+    def _finish(self, rec: Recording) -> Recording:
+        self.recording = rec
+        self.catalog.put(rec)
+        if rec.state == "available" or (rec.state == "failed" and self.queue.empty):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        log.info(
+            "recording ended",
+            extra=kv(
+                id=rec.id,
+                room=rec.room,
+                state=rec.state,
+                segments=rec.segment_count,
+                detail=rec.detail,
+            ),
+        )
+        return rec
+
+
+class _NoMedia(Exception):
+    pass

@@ -1,0 +1,123 @@
+"""RecordingService: the store, the catalog, the live recorders and the sweeper of one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from tchat.config import Settings
+from tchat.logs import kv
+from tchat.recording.catalog import Catalog, Recording, ended
+from tchat.recording.recorder import Recorder, RecorderOptions
+from tchat.recording.retention import Sweeper, lifecycle_days
+from tchat.recording.source import Source
+from tchat.storage import LifecycleResult, ObjectStore, open_store
+
+log = logging.getLogger("tchat.recording")
+
+RECORDINGS_PREFIX = "recordings/"
+SWEEP_INTERVAL_S = 600.0
+
+
+def options_from(settings: Settings) -> RecorderOptions:
+    return RecorderOptions(
+        ffmpeg=settings.ffmpeg,
+        segment_s=settings.recording_segment_seconds,
+        init_s=min(2.0, settings.recording_segment_seconds),
+        retention_s=settings.recording_retention,
+    )
+
+
+class RecordingService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: ObjectStore | None = None,
+        options: RecorderOptions | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings)
+        self.options = options or options_from(settings)
+        self.clock = clock
+        self.catalog = Catalog(settings.data_dir / "recordings.sqlite3")
+        self.workdir = settings.data_dir / "recorder"
+        self.sweeper = Sweeper(self.catalog, self.store, clock)
+        self.recorders: dict[str, Recorder] = {}
+        self.lifecycle: LifecycleResult | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
+
+    async def open(self, *, sweep_interval_s: float | None = SWEEP_INTERVAL_S) -> None:
+        await self.store.open()
+        self.lifecycle = await self.store.apply_expiration(
+            RECORDINGS_PREFIX, lifecycle_days(self.options.retention_s)
+        )
+        log.info(
+            "storage ready",
+            extra=kv(
+                store=self.store.name,
+                lifecycle=self.lifecycle.verified,
+                detail=self.lifecycle.detail,
+            ),
+        )
+        self._fail_orphans()
+        if sweep_interval_s:
+            self._sweep_task = asyncio.create_task(self.sweeper.run(sweep_interval_s))
+
+    def _fail_orphans(self) -> None:
+        """Recordings a previous process left mid-way: say so, keep what was stored."""
+        for state in ("recording", "finalizing"):
+            for rec in self.catalog.list(state=state, limit=10_000):
+                if rec.id in self.recorders:
+                    continue
+                end = rec.ended_at or self.clock()
+                self.catalog.put(
+                    ended(
+                        rec,
+                        "failed",
+                        end,
+                        self.options.retention_s,
+                        detail="the server stopped during this recording; stored segments kept",
+                    )
+                )
+
+    def start(self, room: str, source: Source, *, rec_id: str | None = None) -> Recorder:
+        if not room:
+            raise ValueError("room must not be empty")
+        recorder = Recorder(
+            room=room,
+            source=source,
+            store=self.store,
+            catalog=self.catalog,
+            workdir=self.workdir,
+            options=self.options,
+            clock=self.clock,
+            rec_id=rec_id,
+        ).start()
+        self.recorders[recorder.id] = recorder
+        return recorder
+
+    def get(self, rec_id: str) -> Recording:
+        return self.catalog.get(rec_id)
+
+    async def close(self) -> None:
+        for recorder in list(self.recorders.values()):
+            recorder.stop()
+        for recorder in list(self.recorders.values()):
+            with contextlib.suppress(Exception):
+                await recorder.wait()
+        if self._sweep_task is not None:
+            self._sweep_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweep_task
+        await self.store.close()
+        self.catalog.close()
+
+
+def with_retention(options: RecorderOptions, retention_s: float) -> RecorderOptions:
+    return replace(options, retention_s=retention_s)

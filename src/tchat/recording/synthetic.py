@@ -1,0 +1,95 @@
+"""A synthetic live source: FFmpeg lavfi testsrc2 + sine, encoded in real time.
+
+Like the guide's mock generator, but a real H.264/AAC stream: libx264 ultrafast,
+a keyframe every second, wall-clock time and stream time burnt into the picture,
+sent as MPEG-TS over UDP to a recorder's `UdpMpegTsSource`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+def synthetic_args(
+    ffmpeg: str,
+    port: int,
+    duration_s: float,
+    *,
+    size: str = "320x180",
+    fps: int = 25,
+    keyframe_s: float = 1.0,
+) -> list[str]:
+    gop = str(max(1, round(fps * keyframe_s)))
+    text = "%{localtime\\:%T} t=%{pts\\:hms}"
+    return [
+        ffmpeg,
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostdin",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={size}:rate={fps}",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        f"{duration_s:.3f}",
+        "-vf",
+        f"drawtext=text='{text}':x=6:y=6:fontsize=14:fontcolor=white:box=1:boxcolor=black",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-tune",
+        "zerolatency",
+        "-g",
+        gop,
+        "-keyint_min",
+        gop,
+        "-sc_threshold",
+        "0",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "64k",
+        "-f",
+        "mpegts",
+        f"udp://127.0.0.1:{port}?pkt_size=1316",
+    ]
+
+
+class SyntheticStream:
+    """The publisher side of a test: `start()`, then `wait()` until it has sent it all."""
+
+    def __init__(self, ffmpeg: str, port: int, duration_s: float) -> None:
+        self.args = synthetic_args(ffmpeg, port, duration_s)
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+    async def wait(self) -> int:
+        assert self.proc is not None
+        _, err = await self.proc.communicate()
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"synthetic source failed: {err.decode(errors='replace')[-500:]}")
+        return self.proc.returncode
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
