@@ -139,7 +139,8 @@ def _measure(record: perf_results.TestResult, instances: list[dict[str, Any]]) -
     attempted = connected = 0
     connect_ms: list[float] = []
     join_rates = []
-    cpu_max = cpu_join_max = 0.0
+    cpu_max: float | None = None  # None: no steady window (never all joined at once)
+    cpu_join_max = 0.0
     rss_max = 0
     us_per_packet = []
     mem_per_viewer = []
@@ -179,7 +180,10 @@ def _measure(record: perf_results.TestResult, instances: list[dict[str, Any]]) -
         steady = sampler.window(t_joined + 1.0, t_end - 0.5)
         cpu_steady = sampler.cpu_pcts(t_joined + 1.0, t_end - 0.5)
         cpu_join = sampler.cpu_pcts(inst["t_viewers"], t_joined + 1.0)
-        cpu_max = max([cpu_max] + [c for _, c in cpu_steady])
+        if cpu_steady:
+            cpu_max = max([c for _, c in cpu_steady] + ([] if cpu_max is None else [cpu_max]))
+        else:
+            record.notes.append(f"instance {i}: no steady window (swarms never all joined)")
         cpu_join_max = max([cpu_join_max] + [c for _, c in cpu_join])
         rss_max = max([rss_max] + [r[2] for r in sampler.rows])
         if len(steady) >= 2 and steady[-1][3] > steady[0][3]:

@@ -67,7 +67,7 @@ def _created(answer: str, location: str) -> Response:
 
 
 def mount(app: FastAPI, settings: Settings) -> None:
-    sfu_settings = SfuSettings.from_env()
+    sfu_settings = SfuSettings.from_settings(settings)
 
     @asynccontextmanager
     async def component(app: FastAPI) -> AsyncIterator[None]:
