@@ -57,6 +57,25 @@ def test_capacity_is_503(identity: Identity) -> None:
     assert full.value.status == 503
 
 
+def test_overload_refuses_new_sessions(identity: Identity) -> None:
+    clock = Clock()
+    cpu = [0.0]
+    w = SfuWorker(SfuSettings(max_load=0.9), clock=clock, cpu_clock=lambda: cpu[0])
+    w.add_publisher("r", ClientPeer(identity).offer(publish=True))
+    for busy in (0.5, 0.95):
+        clock.t += 1.0
+        cpu[0] += busy
+        w.tick(clock.t)
+    assert w.load == pytest.approx(0.95)
+    with pytest.raises(SessionError, match="overloaded") as over:
+        w.add_viewer("r", ClientPeer(identity).offer())
+    assert over.value.status == 503
+    clock.t += 1.0
+    cpu[0] += 0.3
+    w.tick(clock.t)
+    w.add_viewer("r", ClientPeer(identity).offer())
+
+
 def test_unfinished_handshake_and_lost_consent_close_sessions(identity: Identity) -> None:
     clock = Clock()
     w = make(clock, connect_timeout_s=15.0, consent_timeout_s=30.0)

@@ -23,6 +23,7 @@ class SfuSettings:
     idle_timeout_s: float = 30.0  # SFU_IDLE_TIMEOUT: end a publish session sending no media
     sr_interval_s: float = 1.0  # SFU_SR_INTERVAL: sender reports towards viewers
     max_peers: int = 20000  # SFU_MAX_PEERS: WHIP/WHEP sessions per worker before 503
+    max_load: float = 0.9  # SFU_MAX_LOAD: refuse new sessions (503) above this CPU, in cores
 
     @property
     def candidate_ip(self) -> str:
@@ -43,6 +44,8 @@ class SfuSettings:
                     values[f.name] = parse_duration(raw)
                 elif f.type == "int":
                     values[f.name] = int(raw)
+                elif f.type == "float":
+                    values[f.name] = float(raw)
                 else:
                     values[f.name] = raw
             except ValueError as exc:
@@ -70,4 +73,5 @@ _ENV = {
     "idle_timeout_s": "SFU_IDLE_TIMEOUT",
     "sr_interval_s": "SFU_SR_INTERVAL",
     "max_peers": "SFU_MAX_PEERS",
+    "max_load": "SFU_MAX_LOAD",
 }

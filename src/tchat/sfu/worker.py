@@ -76,8 +76,16 @@ class Room:
 
 
 class SfuWorker(asyncio.DatagramProtocol):
-    def __init__(self, settings: SfuSettings, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        settings: SfuSettings,
+        clock: Callable[[], float] | None = None,
+        cpu_clock: Callable[[], float] = time.process_time,
+    ) -> None:
         self.settings = settings
+        self._cpu_clock = cpu_clock
+        self._cpu_mark: tuple[float, float] | None = None  # (now, cpu seconds) a second ago
+        self.load = 0.0  # this process's CPU over the last second, in cores
         self.cert = RTCCertificate.generateCertificate()
         self.fingerprint = fingerprint(self.cert)
         self.ctx = make_context(self.cert)
@@ -157,6 +165,10 @@ class SfuWorker(asyncio.DatagramProtocol):
     def _check_capacity(self) -> None:
         if len(self.peers) >= self.settings.max_peers:
             raise SessionError(503, f"SFU is full ({self.settings.max_peers} sessions)")
+        if self.load > self.settings.max_load:
+            # past one core, new sessions' handshakes queue behind media and time out,
+            # and everyone's packets start to drop: refuse instead (the client retries)
+            raise SessionError(503, f"SFU is overloaded ({self.load:.0%} of a core)")
 
     def add_publisher(self, room_name: str, offer: str) -> tuple[Peer, str]:
         self._check_capacity()
@@ -445,6 +457,10 @@ class SfuWorker(asyncio.DatagramProtocol):
                     self._sendto(out, peer.addr)
         if now - self._last_second >= 1.0:
             self._last_second = now
+            cpu = self._cpu_clock()
+            if self._cpu_mark is not None and now > self._cpu_mark[0]:
+                self.load = (cpu - self._cpu_mark[1]) / (now - self._cpu_mark[0])
+            self._cpu_mark = (now, cpu)
             for peer in list(self.peers.values()):
                 if peer.ice.consent_expired(now, self.settings.consent_timeout_s):
                     self.close_peer(peer, "ICE consent expired")
@@ -505,6 +521,7 @@ class SfuWorker(asyncio.DatagramProtocol):
             "udp_port": self.port,
             "rooms": len(self.rooms),
             "peers": len(self.peers),
+            "load": round(self.load, 3),
             "viewers_connected": sum(
                 1 for p in self.peers.values() if p.role == "viewer" and p.srtp is not None
             ),
