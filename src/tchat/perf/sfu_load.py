@@ -244,7 +244,7 @@ def summarize(results: list[ViewerResult], join_span_s: float, t_end: float) -> 
     errors: dict[str, int] = {}
     for r in results:
         if not r.ok:
-            key = r.error.split(":")[0]
+            key = ":".join(r.error.split(":")[:2])  # e.g. "RuntimeError: WHEP 503"
             errors[key] = errors.get(key, 0) + 1
     return {
         "viewers_attempted": len(results),
