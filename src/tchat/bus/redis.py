@@ -14,6 +14,7 @@ import logging
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from tchat.aio import cancel_and_wait
 from tchat.bus import BusUnavailable, Handler
 
 log = logging.getLogger("tchat.bus.redis")
@@ -42,11 +43,7 @@ class RedisBus:
 
     async def close(self) -> None:
         if self._reader:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._reader)
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         if self._client is not None:

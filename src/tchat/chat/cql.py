@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tchat.aio import cancel_and_wait
 from tchat.chat.ids import id_time_ms
 from tchat.chat.models import Message
 from tchat.chat.store import StoreUnavailable
@@ -197,11 +198,7 @@ class CqlChatStore:
 
     async def close(self) -> None:
         if self._connector:
-            self._connector.cancel()
-            try:
-                await self._connector
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._connector)
         if self._flush_tasks:  # let accepted writes finish (they fail fast if unreachable)
             await asyncio.gather(*self._flush_tasks, return_exceptions=True)
         if self._cluster is not None:

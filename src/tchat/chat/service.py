@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from tchat.aio import cancel_and_wait
 from tchat.bus import Bus, BusUnavailable
 from tchat.chat.ids import IdGenerator, id_time_ms
 from tchat.chat.models import Message
@@ -55,11 +56,7 @@ class Listener:
             return  # the socket is gone; the receive side notices and leaves the room
 
     async def close(self) -> None:
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        await cancel_and_wait(self._task)
 
 
 class ChatService:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tchat.aio import cancel_and_wait
 from tchat.chat.models import Message
 from tchat.chat.store import StoreUnavailable
 
@@ -68,15 +69,16 @@ class SqliteChatStore:
         self._purger = asyncio.create_task(self._purge_loop(), name="chat-sqlite-purge")
 
     async def close(self) -> None:
-        for task in (self._writer, self._purger):
-            if task:
-                task.cancel()
-        for task in (self._writer, self._purger):
-            if task:
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+        # Let queued writes commit (bounded), then fail whatever is left: no waiter hangs.
+        for _ in range(50):
+            if self._queue.empty():
+                break
+            await asyncio.sleep(0.1)
+        await cancel_and_wait(self._writer, self._purger)
+        while not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(StoreUnavailable("sqlite store closed"))
         loop = asyncio.get_running_loop()
         if self._wconn:
             await loop.run_in_executor(self._writer_thread, self._wconn.close)
@@ -102,17 +104,16 @@ class SqliteChatStore:
                 (m.room, m.id, m.author, m.text, m.created_at, m.created_at + self.ttl_s)
                 for m, _ in batch
             ]
+            job = loop.run_in_executor(self._writer_thread, self._insert, rows)
             try:
-                await loop.run_in_executor(self._writer_thread, self._insert, rows)
-            except sqlite3.Error as exc:
-                error = StoreUnavailable(f"sqlite write failed: {exc}")
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(error)
-                continue
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
+                await asyncio.shield(job)
+            except asyncio.CancelledError:
+                # Closing: the batch in flight still commits or fails; tell its waiters which.
+                await _settle(job, batch)
+                raise
+            except sqlite3.Error:
+                pass
+            await _settle(job, batch)
 
     def _insert(self, rows: list[tuple[str, int, str, str, float, float]]) -> None:
         assert self._wconn is not None
@@ -170,3 +171,21 @@ class SqliteChatStore:
 
     async def healthy(self) -> bool:
         return self._writer is not None and not self._writer.done()
+
+
+async def _settle(
+    job: asyncio.Future[None], batch: list[tuple[Message, asyncio.Future[None]]]
+) -> None:
+    """Resolve a batch's waiters with the outcome of its (finished or finishing) commit."""
+    try:
+        await job
+        error: Exception | None = None
+    except sqlite3.Error as exc:
+        error = StoreUnavailable(f"sqlite write failed: {exc}")
+    for _, fut in batch:
+        if fut.done():
+            continue
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
