@@ -192,6 +192,23 @@ def test_layer_report_counts_loss_and_wraps() -> None:
     assert (lost, highest, fraction) == (2, 65542, 256 // 5)
 
 
+def test_new_ssrc_for_a_layer_rebases_viewers_on_its_keyframe() -> None:
+    plis: list[int] = []
+    track = Track("video", "video/H264", 90000, request_keyframe=plis.append)
+    viewer = Viewer()
+    track.forward(rtp(5, 100, 1000, KEY), now=0.0)
+    track.add(viewer.downtrack(), now=0.0)
+    track.forward(rtp(5, 101, 4000, KEY), now=0.1)
+    track.forward(rtp(5, 102, 4000, DELTA), now=0.1)
+    # the publisher restarts with a new SSRC and unrelated numbering
+    track.forward(rtp(6, 9000, 777, DELTA), now=0.2)  # not a keyframe: wait
+    track.forward(rtp(6, 9001, 3777, KEY), now=0.3)
+    got = viewer.fields()
+    assert [seq for _, seq, *_ in got] == [1000, 1001, 1002]
+    assert got[2][2] > got[1][2]  # timestamp moves on
+    assert plis[-1] == 6  # a keyframe was asked of the new stream
+
+
 def test_truncated_packet_raises_rtp_error() -> None:
     track = Track("audio", "audio/opus", 48000)
     with pytest.raises(RtpError):

@@ -255,7 +255,13 @@ class Track:
             index = 0
         old = self.layers[index]
         if old is not None:
+            # the publisher restarted this stream: its numbering starts over, so viewers
+            # on it re-base (on the next keyframe) instead of jumping
             self.by_ssrc.pop(old.ssrc, None)
+            self._pli_at.pop(index, None)  # the limit was for the old stream
+            for dt in self.downtracks:
+                if dt.current == index:
+                    dt.current = -1
         layer = Layer(index, ssrc)
         layer.first_packet((data[2] << 8) | data[3])
         self.layers[index] = layer
