@@ -30,17 +30,19 @@ SDP = "application/sdp"
 GATHERED = """await new Promise(r => { if (pc.iceGatheringState === 'complete') r();
   pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r();
   setTimeout(r, 3000); });"""
-PUBLISH = f"""(async () => {{
+PUBLISH = f"""(async codec => {{
   const stream = await navigator.mediaDevices.getUserMedia(
     {{video: {{width: 640, height: 360}}, audio: true}});
   const pc = new RTCPeerConnection(); window.pub = pc;
   pc.addTransceiver(stream.getAudioTracks()[0], {{direction: 'sendonly'}});
-  pc.addTransceiver(stream.getVideoTracks()[0], {{direction: 'sendonly', sendEncodings: [
-    {{rid: 'q', scaleResolutionDownBy: 4}}, {{rid: 'h', scaleResolutionDownBy: 2}},
-    {{rid: 'f'}}]}});
+  const video = pc.addTransceiver(stream.getVideoTracks()[0], {{direction: 'sendonly',
+    sendEncodings: [{{rid: 'q', scaleResolutionDownBy: 4}},
+                    {{rid: 'h', scaleResolutionDownBy: 2}}, {{rid: 'f'}}]}});
+  video.setCodecPreferences(RTCRtpSender.getCapabilities('video').codecs
+    .filter(c => c.mimeType === 'video/' + codec));
   await pc.setLocalDescription(await pc.createOffer());
   {GATHERED}
-  return pc.localDescription.sdp; }})()"""
+  return pc.localDescription.sdp; }})"""
 WATCH = f"""(async () => {{
   const pc = new RTCPeerConnection(); window.view = pc;
   pc.addTransceiver('audio', {{direction: 'recvonly'}});
@@ -123,24 +125,27 @@ async def poll(page: Page, cond: Any, timeout_s: float = 20.0) -> dict[str, Any]
     raise AssertionError(f"viewer did not get there: {stats}")
 
 
+@pytest.mark.parametrize("codec", ["H264", "VP8"])
 async def test_chromium_simulcast_publisher_to_chromium_viewer(
-    server_factory, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    server_factory,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    codec: str,
+) -> None:
     server = server_factory()
-    room = "browser"
+    room = f"browser-{codec.lower()}"
     pub_auth = {"authorization": f"Bearer {issue_token(SECRET, room, 'publisher')}"}
     view_auth = {"authorization": f"Bearer {issue_token(SECRET, room, 'viewer')}"}
     async with (
         chromium(server.url + "/healthz", tmp_path / "chromium") as page,
         httpx.AsyncClient(base_url=server.url, timeout=10) as client,
     ):
-        offer = await page.eval(PUBLISH)
+        offer = await page.eval(f"{PUBLISH}({json.dumps(codec)})")
         assert "a=simulcast:send q;h;f" in offer
         r = await client.post(
             f"/whip/{room}", content=offer, headers={**pub_auth, "content-type": SDP}
         )
         assert r.status_code == 201, r.text
-        assert "a=simulcast:recv q;h;f" in r.text
+        assert "a=simulcast:recv q;h;f" in r.text and f"{codec}/90000" in r.text
         await page.eval(f"pub.setRemoteDescription({{type: 'answer', sdp: {json.dumps(r.text)}}})")
 
         r = await client.post(
