@@ -12,7 +12,7 @@ from tchat.recording.playlist import parse
 from tchat.recording.recorder import RecorderOptions
 from tchat.recording.service import RecordingService
 from tchat.recording.source import UdpMpegTsSource, free_udp_port
-from tchat.recording.synthetic import SyntheticStream
+from tchat.recording.synthetic import SyntheticStream, wait_udp_listener
 from tchat.storage.base import CACHE_FINAL_PLAYLIST, CACHE_IMMUTABLE
 
 FFMPEG = "/usr/bin/ffmpeg"
@@ -25,6 +25,7 @@ async def record_one(data_dir: Path) -> str:
     try:
         port = free_udp_port()
         recorder = service.start("api-room", UdpMpegTsSource(port))
+        assert await wait_udp_listener(port)
         source = SyntheticStream(FFMPEG, port, 6)
         await source.start()
         await source.wait()

@@ -24,7 +24,7 @@ from tchat.recording.playlist import parse, validate
 from tchat.recording.recorder import Recorder, RecorderOptions
 from tchat.recording.service import RecordingService
 from tchat.recording.source import UdpMpegTsSource, free_udp_port
-from tchat.recording.synthetic import SyntheticStream
+from tchat.recording.synthetic import SyntheticStream, wait_udp_listener
 from tchat.storage import ObjectStore
 from tchat.storage.local import LocalStore
 from tchat.storage.s3 import S3Store
@@ -79,9 +79,19 @@ class Gate:
             self._server.close()
 
 
+class CountingSource(UdpMpegTsSource):
+    """Stands in for the SFU's PLI path: counts the recorder's keyframe requests."""
+
+    requests = 0
+
+    def request_keyframe(self) -> None:
+        self.requests += 1
+
+
 async def record(service: RecordingService, seconds: float, *, during: object = None) -> Recorder:
     port = free_udp_port()
-    recorder = service.start("robust", UdpMpegTsSource(port))
+    recorder = service.start("robust", CountingSource(port))
+    assert await wait_udp_listener(port)
     source = SyntheticStream(FFMPEG, port, seconds)
     await source.start()
     try:
@@ -193,6 +203,9 @@ async def test_storage_down_for_good_reports_every_segment(tmp_path: Path) -> No
     # A tiny disk buffer and a short finalize wait, so both limits are reached.
     opts = replace(OPTIONS, max_buffer_bytes=450_000, finalize_timeout_s=2.0)
     service = RecordingService(settings, store=store, options=opts)
+    await service.open(sweep_interval_s=None)  # storage down at start is not fatal
+    assert service.lifecycle is not None
+    assert service.lifecycle.detail.startswith("storage down")
     recorder = await record(service, 10)
     rec = recorder.recording
     assert rec.state == "failed"
@@ -231,3 +244,7 @@ async def test_concurrent_recordings_do_not_share_files(local_service: Recording
     keys_a = {o.key for o in await local_service.store.list(a.recording.prefix)}
     keys_b = {o.key for o in await local_service.store.list(b.recording.prefix)}
     assert keys_a and keys_b and not keys_a & keys_b
+    for recorder in (a, b):
+        # One request at the start and one per planned cut (2 s, 4 s for 5 s of media).
+        assert isinstance(recorder.source, CountingSource)
+        assert recorder.source.requests >= 3

@@ -34,7 +34,7 @@ from tchat.recording.recorder import SegmentUpload
 from tchat.recording.retention import Sweeper
 from tchat.recording.service import RecordingService
 from tchat.recording.source import UdpMpegTsSource, free_udp_port
-from tchat.recording.synthetic import SyntheticStream
+from tchat.recording.synthetic import SyntheticStream, wait_udp_listener
 from tests.performance.conftest import assert_targets, sized
 
 FFMPEG = "/usr/bin/ffmpeg"
@@ -87,6 +87,7 @@ async def _one(service: RecordingService, room: str, duration_s: float) -> Strea
     port = free_udp_port()
     t0 = time.time()  # publish start: the recorder is asked to start, then media flows
     recorder = service.start(room, UdpMpegTsSource(port))
+    assert await wait_udp_listener(port), "the recorder's FFmpeg never listened"
     source = SyntheticStream(FFMPEG, port, duration_s)
     await source.start()
     try:

@@ -27,6 +27,7 @@ import psutil
 from tchat.logs import kv
 from tchat.metrics import RECORDINGS_ACTIVE
 from tchat.recording.catalog import Catalog, Recording, State, ended, transition
+from tchat.recording.keyframes import KeyframeSchedule
 from tchat.recording.playlist import (
     ClosedSegment,
     Playlist,
@@ -119,6 +120,9 @@ class _Run:
     index: int
     directory: Path
     tracker: SegmentTracker = field(default_factory=SegmentTracker)
+    started_at: float = 0.0
+    media_start: float | None = None  # wall time of the run's first packet (first PDT)
+    keyframes: KeyframeSchedule | None = None
     cpu_s: float = 0.0
     stderr: deque[str] = field(default_factory=lambda: deque(maxlen=8))
 
@@ -178,6 +182,10 @@ class Recorder:
         assert self._task is not None
         return await self._task
 
+    def on_done(self, callback: Callable[[Recorder], None]) -> None:
+        assert self._task is not None
+        self._task.add_done_callback(lambda _: callback(self))
+
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
@@ -188,9 +196,8 @@ class Recorder:
             return
         seg = self._pending.pop(job.key)
         self.published.append(seg)
-        for s in self.segments:
-            if s.key == job.key:
-                s.uploaded_at, s.attempts = at, job.attempts + 1
+        stats = self.segments[job.sequence]
+        stats.uploaded_at, stats.attempts = at, job.attempts + 1
         if self.first_segment_uploaded_at is None:
             self.first_segment_uploaded_at = at
         # Once finalizing, every republished playlist is the final one (ENDLIST).
@@ -230,6 +237,8 @@ class Recorder:
         except FileNotFoundError:
             self.events.append(f"segment {closed.uri} of run {run.index} missing on disk")
             return
+        if run.media_start is None and closed.program_date_time is not None:
+            run.media_start = closed.program_date_time.timestamp()
         n = len(self.segments)
         name = f"seg_{n:05d}.ts"
         key = self.recording.prefix + name
@@ -269,6 +278,8 @@ class Recorder:
             stderr=asyncio.subprocess.PIPE,
         )
         self.pid = proc.pid
+        run.started_at = self.clock()
+        run.keyframes = KeyframeSchedule(self.opts.init_s, self.opts.segment_s)
         reader = asyncio.create_task(self._read_stderr(proc, run))
         waiter = asyncio.create_task(proc.wait())
         signalled_at: float | None = None
@@ -280,6 +291,8 @@ class Recorder:
                     break
                 self._sample_cpu(proc.pid, run)
                 now = self.clock()
+                if run.keyframes.due(now - (run.media_start or run.started_at)):
+                    self.source.request_keyframe()
                 if (
                     not self.segments
                     and now - self.recording.started_at > self.opts.no_media_timeout_s

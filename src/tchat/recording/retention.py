@@ -7,7 +7,6 @@ what moves the catalog to `expired`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
@@ -58,11 +57,3 @@ class Sweeper:
             log.info("recording expired", extra=kv(id=rec.id, objects=deleted))
             expired.append(rec.id)
         return expired
-
-    async def run(self, interval_s: float) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("sweep failed")
-            await asyncio.sleep(interval_s)

@@ -15,7 +15,7 @@ from tchat.recording.catalog import Catalog, Recording, ended
 from tchat.recording.recorder import Recorder, RecorderOptions
 from tchat.recording.retention import Sweeper, lifecycle_days
 from tchat.recording.source import Source
-from tchat.storage import LifecycleResult, ObjectStore, open_store
+from tchat.storage import LifecycleResult, ObjectStore, StoreError, open_store
 
 log = logging.getLogger("tchat.recording")
 
@@ -53,10 +53,28 @@ class RecordingService:
         self._sweep_task: asyncio.Task[None] | None = None
 
     async def open(self, *, sweep_interval_s: float | None = SWEEP_INTERVAL_S) -> None:
-        await self.store.open()
-        self.lifecycle = await self.store.apply_expiration(
-            RECORDINGS_PREFIX, lifecycle_days(self.options.retention_s)
-        )
+        """Ready the store; storage being down is logged, not fatal (uploads queue)."""
+        await self.ensure_storage()
+        self._fail_orphans()
+        if sweep_interval_s:
+            self._sweep_task = asyncio.create_task(self._sweep_loop(sweep_interval_s))
+
+    async def ensure_storage(self) -> None:
+        """Create the bucket and apply the lifecycle rule, once they succeed."""
+        if self.lifecycle is not None and not self.lifecycle.detail.startswith("storage down"):
+            return
+        days = lifecycle_days(self.options.retention_s)
+        try:
+            await self.store.open()
+            self.lifecycle = await self.store.apply_expiration(RECORDINGS_PREFIX, days)
+        except StoreError as exc:
+            self.lifecycle = LifecycleResult(
+                False, False, RECORDINGS_PREFIX, days, f"storage down: {exc}"
+            )
+            log.error(
+                "storage unreachable; will retry", extra=kv(store=self.store.name, error=str(exc))
+            )
+            return
         log.info(
             "storage ready",
             extra=kv(
@@ -65,9 +83,15 @@ class RecordingService:
                 detail=self.lifecycle.detail,
             ),
         )
-        self._fail_orphans()
-        if sweep_interval_s:
-            self._sweep_task = asyncio.create_task(self.sweeper.run(sweep_interval_s))
+
+    async def _sweep_loop(self, interval_s: float) -> None:
+        while True:
+            try:
+                await self.ensure_storage()
+                await self.sweeper.sweep()
+            except Exception:
+                log.exception("retention sweep failed")
+            await asyncio.sleep(interval_s)
 
     def _fail_orphans(self) -> None:
         """Recordings a previous process left mid-way: say so, keep what was stored."""
@@ -100,7 +124,11 @@ class RecordingService:
             rec_id=rec_id,
         ).start()
         self.recorders[recorder.id] = recorder
+        recorder.on_done(self._forget)
         return recorder
+
+    def _forget(self, recorder: Recorder) -> None:
+        self.recorders.pop(recorder.id, None)
 
     def get(self, rec_id: str) -> Recording:
         return self.catalog.get(rec_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 
 
 def synthetic_args(
@@ -93,3 +94,21 @@ class SyntheticStream:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             await self.proc.wait()
+
+
+async def wait_udp_listener(port: int, timeout_s: float = 10.0) -> bool:
+    """True once something is bound to UDP port (Linux /proc/net/udp).
+
+    A publisher that starts before the recorder listens loses its first keyframe,
+    and the first segment then begins mid-GOP; the tests start their source after
+    this, as the SFU will ask for a keyframe once the recorder is ready.
+    """
+    needle = f":{port:04X}"  # FFmpeg binds the port on any address
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        table = await asyncio.to_thread(Path("/proc/net/udp").read_text)
+        if any(line.split()[1].endswith(needle) for line in table.splitlines()[1:]):
+            return True
+        await asyncio.sleep(0.02)
+    return False
