@@ -30,8 +30,9 @@ def _error(status: int, error: str, detail: str) -> JSONResponse:
 
 def recording_json(rec: Recording, base_url: str) -> dict[str, Any]:
     out = rec.to_json()
-    playable = rec.state in ("recording", "finalizing", "available") and (
-        rec.segment_count > 0 or rec.state != "available"
+    # Live ones are watchable as they grow; a failed one keeps what was stored.
+    playable = rec.state in ("recording", "finalizing") or (
+        rec.state in ("available", "failed") and rec.segment_count > 0
     )
     out["playlist_url"] = f"{base_url}{CDN_PATH}{rec.playlist_key}" if playable else None
     return out
