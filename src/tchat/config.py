@@ -178,6 +178,58 @@ class Settings(BaseSettings):
         description="Load test: max average viewer connection time.",
     )
 
+    sfu_udp_host: str = Field(
+        "127.0.0.1", alias="SFU_UDP_HOST", description="Address the SFU media UDP socket binds."
+    )
+    sfu_udp_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        alias="SFU_UDP_PORT",
+        description="SFU media UDP port shared by all peers (0: any free port).",
+    )
+    sfu_public_ip: str = Field(
+        "",
+        alias="SFU_PUBLIC_IP",
+        description="Address put in ICE candidates (empty: SFU_UDP_HOST).",
+    )
+    sfu_consent_timeout: Duration = Field(
+        30.0,
+        gt=0,
+        alias="SFU_CONSENT_TIMEOUT",
+        description="End a session after this long without an ICE consent check.",
+    )
+    sfu_connect_timeout: Duration = Field(
+        15.0,
+        gt=0,
+        alias="SFU_CONNECT_TIMEOUT",
+        description="ICE and DTLS must complete within this after WHIP/WHEP.",
+    )
+    sfu_idle_timeout: Duration = Field(
+        30.0,
+        gt=0,
+        alias="SFU_IDLE_TIMEOUT",
+        description="End a publish session that sends no media this long.",
+    )
+    sfu_sr_interval: Duration = Field(
+        1.0,
+        gt=0,
+        alias="SFU_SR_INTERVAL",
+        description="Interval of RTCP sender reports to viewers.",
+    )
+    sfu_max_peers: int = Field(
+        20000,
+        ge=1,
+        alias="SFU_MAX_PEERS",
+        description="WHIP/WHEP sessions per SFU worker before 503.",
+    )
+    sfu_max_load: float = Field(
+        0.9,
+        gt=0,
+        alias="SFU_MAX_LOAD",
+        description="Refuse new sessions (503) while the worker uses more CPU than this, in cores.",
+    )
+
     # --- performance suite (T070 and all) ----------------------------------------------
     num_writers: int = Field(
         100, ge=1, alias="NUM_WRITERS", description="Chat test: concurrent writers."
