@@ -23,7 +23,13 @@ from tchat.devservices.seaweedfs import ACCESS_KEY, PORT, SECRET_KEY
 from tchat.recording.playlist import parse, validate
 from tchat.recording.recorder import Recorder, RecorderOptions
 from tchat.recording.service import RecordingService
-from tchat.recording.source import UdpMpegTsSource, free_udp_port
+from tchat.recording.source import (
+    RtpStream,
+    SdpSource,
+    UdpMpegTsSource,
+    free_rtp_port,
+    free_udp_port,
+)
 from tchat.recording.synthetic import SyntheticStream, wait_udp_listener
 from tchat.storage import ObjectStore
 from tchat.storage.local import LocalStore
@@ -248,3 +254,33 @@ async def test_concurrent_recordings_do_not_share_files(local_service: Recording
         # One request at the start and one per planned cut (2 s, 4 s for 5 s of media).
         assert isinstance(recorder.source, CountingSource)
         assert recorder.source.requests >= 3
+
+
+async def test_rtp_sdp_input_records_like_the_sfu_will_feed_it(
+    local_service: RecordingService, tmp_path: Path
+) -> None:
+    port = free_rtp_port()
+    asked: list[float] = []
+    source = SdpSource(
+        tmp_path / "input.sdp",
+        [RtpStream("video", port, 96, "H264/90000", "packetization-mode=1")],
+        keyframe=lambda: asked.append(1.0),
+    )
+    recorder = local_service.start("rtp", source)
+    assert await wait_udp_listener(port)
+    sender = SyntheticStream(FFMPEG, port, 9, rtp=True)
+    await sender.start()
+    try:
+        await sender.wait()
+    finally:
+        await sender.stop()
+    recorder.stop()
+    rec = await asyncio.wait_for(recorder.wait(), 30)
+    assert rec.state == "available", rec.detail
+    pl = parse(await stored_playlist(local_service.store, rec.playlist_key))
+    assert validate(pl, final=True) == [] and len(pl.segments) >= 3
+    assert sum(s.duration for s in pl.segments) > 7
+    assert isinstance(local_service.store, LocalStore)
+    for seg in pl.segments:
+        assert playable(local_service.store.path_of(rec.prefix + seg.uri)), seg.uri
+    assert len(asked) >= 3  # start, then each planned cut: PLIs the SFU would send

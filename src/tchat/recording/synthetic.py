@@ -20,7 +20,10 @@ def synthetic_args(
     size: str = "320x180",
     fps: int = 25,
     keyframe_s: float = 1.0,
+    rtp: bool = False,
 ) -> list[str]:
+    """FFmpeg arguments of the source: MPEG-TS (H.264 + AAC) over UDP, or with `rtp`
+    H.264 alone as RTP (payload type 96), the way the SFU will hand video over."""
     gop = str(max(1, round(fps * keyframe_s)))
     text = "%{localtime\\:%T} t=%{pts\\:hms}"
     return [
@@ -57,21 +60,26 @@ def synthetic_args(
         "0",
         "-pix_fmt",
         "yuv420p",
-        "-c:a",
-        "aac",
-        "-b:a",
-        "64k",
-        "-f",
-        "mpegts",
-        f"udp://127.0.0.1:{port}?pkt_size=1316",
-    ]
+    ] + (
+        ["-an", "-payload_type", "96", "-f", "rtp", f"rtp://127.0.0.1:{port}?pkt_size=1200"]
+        if rtp
+        else [
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-f",
+            "mpegts",
+            f"udp://127.0.0.1:{port}?pkt_size=1316",
+        ]
+    )
 
 
 class SyntheticStream:
     """The publisher side of a test: `start()`, then `wait()` until it has sent it all."""
 
-    def __init__(self, ffmpeg: str, port: int, duration_s: float) -> None:
-        self.args = synthetic_args(ffmpeg, port, duration_s)
+    def __init__(self, ffmpeg: str, port: int, duration_s: float, *, rtp: bool = False) -> None:
+        self.args = synthetic_args(ffmpeg, port, duration_s, rtp=rtp)
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
