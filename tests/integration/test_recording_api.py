@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tchat.config import load_settings
 from tchat.recording.playlist import parse
@@ -18,8 +19,14 @@ from tchat.storage.base import CACHE_FINAL_PLAYLIST, CACHE_IMMUTABLE
 FFMPEG = "/usr/bin/ffmpeg"
 
 
-async def record_one(data_dir: Path) -> str:
-    settings = load_settings(TCHAT_DATA_DIR=str(data_dir), FFMPEG=FFMPEG)
+STORES = {
+    "local": {},
+    "s3": {"STORAGE": "s3", "S3_BUCKET": "tchat-it"},
+}
+
+
+async def record_one(data_dir: Path, env: dict[str, str]) -> str:
+    settings = load_settings(TCHAT_DATA_DIR=str(data_dir), FFMPEG=FFMPEG, **env)
     service = RecordingService(settings, options=RecorderOptions(ffmpeg=FFMPEG))
     await service.open(sweep_interval_s=None)
     try:
@@ -37,9 +44,13 @@ async def record_one(data_dir: Path) -> str:
         await service.close()
 
 
-def test_recordings_api_and_cdn_path(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    rec_id = asyncio.run(record_one(tmp_path / "data"))
-    server = server_factory(TCHAT_DATA_DIR=str(tmp_path / "data"), FFMPEG=FFMPEG)
+@pytest.mark.parametrize("kind", list(STORES))
+def test_recordings_api_and_cdn_path(  # type: ignore[no-untyped-def]
+    server_factory, tmp_path: Path, kind: str, services_answering: dict[str, str]
+) -> None:
+    env = STORES[kind]
+    rec_id = asyncio.run(record_one(tmp_path / "data", env))
+    server = server_factory(TCHAT_DATA_DIR=str(tmp_path / "data"), FFMPEG=FFMPEG, **env)
     with httpx.Client(base_url=server.url, timeout=10) as http:
         listing = http.get("/recordings", params={"room": "api-room"}).json()["recordings"]
         assert [r["id"] for r in listing] == [rec_id]
