@@ -95,6 +95,8 @@ class CqlChatStore:
         self._insert: Any = None
         self._insert_window: Any = None
         self._select: Any = None
+        self._select_buckets: Any = None
+        self._select_buckets_before: Any = None
         self._select_before: Any = None
         self._select_windows: Any = None
         self._select_windows_before: Any = None
@@ -185,6 +187,15 @@ class CqlChatStore:
             where = f"FROM {ks}.messages WHERE room = ? AND win = ? AND bucket = ?"
             self._select = session.prepare(f"SELECT {cols} {where} LIMIT ?")
             self._select_before = session.prepare(f"SELECT {cols} {where} AND id < ? LIMIT ?")
+            # The first round reads every bucket of a window in one request: the coordinator
+            # does the single-partition reads, we pay one round trip instead of CHAT_BUCKETS.
+            every = f"FROM {ks}.messages WHERE room = ? AND win = ? AND bucket IN ?"
+            self._select_buckets = session.prepare(
+                f"SELECT bucket, {cols} {every} PER PARTITION LIMIT ?"
+            )
+            self._select_buckets_before = session.prepare(
+                f"SELECT bucket, {cols} {every} AND id < ? PER PARTITION LIMIT ?"
+            )
             self._select_windows = session.prepare(
                 f"SELECT win FROM {ks}.room_windows WHERE room = ? LIMIT ?"
             )
@@ -368,9 +379,16 @@ class CqlChatStore:
                 return await self._run(self._select, (room, win, bucket, n))
             return await self._run(self._select_before, (room, win, bucket, below, n))
 
-        pages = list(
-            await asyncio.gather(*(read(b, before, per_bucket) for b in range(self.buckets)))
-        )
+        buckets = list(range(self.buckets))
+        if before is None:
+            rows = await self._run(self._select_buckets, (room, win, buckets, per_bucket))
+        else:
+            rows = await self._run(
+                self._select_buckets_before, (room, win, buckets, before, per_bucket)
+            )
+        pages: list[list[Any]] = [[] for _ in buckets]
+        for row in rows:  # per partition, newest first
+            pages[row.bucket].append(row)
         asked = [per_bucket] * self.buckets
         while True:
             merged = heapq.nlargest(limit, (row for page in pages for row in page), key=_row_id)

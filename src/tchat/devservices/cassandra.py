@@ -103,6 +103,7 @@ def _yaml(root: Path) -> str:
         concurrent_writes: 32
         native_transport_max_threads: 64
         batch_size_warn_threshold: 64KiB
+        memtable_allocation_type: offheap_objects
         authenticator: AllowAllAuthenticator
         authorizer: AllowAllAuthorizer
         """
