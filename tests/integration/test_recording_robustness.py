@@ -239,6 +239,13 @@ async def test_stream_without_media_fails_with_reason(tmp_path: Path) -> None:
         assert rec.expires_at is not None and rec.segment_count == 0
         assert service.catalog.get(rec.id).state == "failed"
         assert not recorder.workdir.exists()
+
+        stopped = service.start("silent", UdpMpegTsSource(free_udp_port()))
+        await asyncio.sleep(0.5)
+        stopped.stop()  # the publisher left before sending anything
+        rec = await asyncio.wait_for(stopped.wait(), 20)
+        assert rec.state == "failed" and rec.segment_count == 0
+        assert rec.detail == "the stream ended before any media was recorded"
     finally:
         await service.close()
 

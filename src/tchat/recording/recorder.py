@@ -350,7 +350,9 @@ class Recorder:
         try:
             failure = await self._record()
             end = self.stop_requested_at or self.clock()
-            if failure and not self.segments:
+            if not self.segments:
+                # Nothing to make available: an empty VOD would only mislead.
+                failure = failure or "the stream ended before any media was recorded"
                 return self._finish(
                     ended(self.recording, "failed", end, self.opts.retention_s, detail=failure)
                 )
