@@ -11,7 +11,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 
 from tchat import __version__
+from tchat.chat import api as chat_api
 from tchat.config import Settings
+from tchat.recording import api as recording_api
+from tchat.sfu import api as sfu_api
 
 log = logging.getLogger("tchat.app")
 
@@ -49,20 +52,8 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-# Each capability's `api` module has `mount(app, settings)`: it adds its routes and
-# appends its lifespan component (a callable app -> async context manager) to
-# `app.state.components`. A capability whose package is absent is simply not served.
-CAPABILITIES = ("tchat.chat.api", "tchat.recording.api", "tchat.sfu.api")
-
-
 def _mount_capabilities(app: FastAPI, settings: Settings) -> None:
-    import importlib
-
-    for module in CAPABILITIES:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module.startswith(exc.name):
-                raise
-            continue
-        mod.mount(app, settings)
+    """Each capability's `mount(app, settings)` adds its routes and appends its lifespan
+    component (a callable app -> async context manager) to `app.state.components`."""
+    for capability in (chat_api, recording_api, sfu_api):
+        capability.mount(app, settings)

@@ -52,6 +52,8 @@ def serve(host: str | None, port: int | None, sfu_instances: int | None) -> None
     click.echo(f"  API docs {base}/docs")
     click.echo(f"  metrics  {base}/metrics")
     click.echo(f"  chat     ws://{settings.host}:{settings.port}/rooms/{{room}}/ws")
+    click.echo(f"  WHIP     {base}/whip/{{room}}   WHEP {base}/whep/{{room}}")
+    click.echo(f"  records  {base}/recordings (HLS under {base}/cdn/recordings/)")
     click.echo(
         f"  store    chat={settings.chat_store} storage={settings.storage} data={settings.data_dir}"
     )

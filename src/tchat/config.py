@@ -159,6 +159,24 @@ class Settings(BaseSettings):
         alias="RECORDING_RETENTION",
         description="How long recordings are kept after they end.",
     )
+    recording_first_segment_seconds: float = Field(
+        2.0,
+        gt=0,
+        alias="RECORDING_FIRST_SEGMENT_SECONDS",
+        description="Length of the first HLS segments (first upload within seconds).",
+    )
+    recording_no_media_timeout: Duration = Field(
+        10.0,
+        gt=0,
+        alias="RECORDING_NO_MEDIA_TIMEOUT",
+        description="A recording with no segment after this long fails.",
+    )
+    recording_upload_buffer_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1_000_000,
+        alias="RECORDING_UPLOAD_BUFFER_BYTES",
+        description="Closed segments one recording may keep on disk while storage is down.",
+    )
     ffmpeg: str = Field("ffmpeg", alias="FFMPEG", description="FFmpeg executable.")
 
     # --- SFU and load (T068) ---------------------------------------------------------

@@ -27,8 +27,10 @@ def options_from(settings: Settings) -> RecorderOptions:
     return RecorderOptions(
         ffmpeg=settings.ffmpeg,
         segment_s=settings.recording_segment_seconds,
-        init_s=min(2.0, settings.recording_segment_seconds),
+        init_s=min(settings.recording_first_segment_seconds, settings.recording_segment_seconds),
         retention_s=settings.recording_retention,
+        no_media_timeout_s=settings.recording_no_media_timeout,
+        max_buffer_bytes=settings.recording_upload_buffer_bytes,
     )
 
 
