@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -27,6 +28,9 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.secret = settings.token_secret()
             for component in app.state.components:
                 await stack.enter_async_context(component(app))
+            # Start-up objects (driver metadata, routes, models) live as long as the
+            # process: freezing them keeps gen-2 collections short on the request path.
+            gc.freeze()
             log.info("tchat started at %s", settings.base_url)
             yield
 

@@ -5,8 +5,9 @@ Profiles (env variables of the guide override either):
 - ci:   NUM_WRITERS=100, MESSAGES_PER_SEC=10, TEST_DURATION_SECONDS=10, one writer
         process: 1,000 msg/s offered, the load at which this 2-core box (Cassandra, load
         generator and reader on the same two cores) holds the guide's latency targets.
-        The guide's "quick validation" (100 x 50 = 5,000 msg/s) runs with
-        MESSAGES_PER_SEC=50 and misses p99 here; see docs/chat.md for the figures.
+        The guide's "quick validation" (100 x 50 = 5,000 msg/s, MESSAGES_PER_SEC=50)
+        reached 5,000 msg/s with p99 write 4.8 ms but recent-50 p99 10.3 ms here: too
+        close to the targets for a run that must pass every time (docs/chat.md).
         Throughput target = 95% of offered.
 - full: NUM_WRITERS=1000, MESSAGES_PER_SEC=100, TEST_DURATION_SECONDS=60 (the guide's
         100K msg/s); throughput target = 95,000 msg/s. On a 2-core machine with
@@ -18,6 +19,7 @@ CHAT_WARMUP_SECONDS the unmeasured warm-up before the run (ci: 5, full: 10).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -115,6 +117,7 @@ def load_run() -> Iterator[dict[str, Any]]:
         store = new_store()
         await store.start()
         await store.wait_connected(30)
+        gc.freeze()  # as the server does after start-up (app.py)
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
