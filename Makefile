@@ -24,6 +24,7 @@ system:
 	@bash scripts/setup-system.sh
 
 $(VENV)/.installed: pyproject.toml
+	@bash scripts/setup-system.sh run
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip==25.3
 	@$(PY) -m pip install -q -e '.[dev]'
@@ -32,7 +33,6 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 run: venv
-	@bash scripts/setup-system.sh run
 	@echo "publisher token for room 'demo' (WHIP: Authorization: Bearer <token>):"
 	@$(TCHAT) token --room demo --role publisher --identity studio
 	@$(TCHAT) serve

@@ -133,6 +133,13 @@ class Settings(BaseSettings):
         alias="CHAT_WINDOW",
         description="Time window of one chat partition (bounds partition size).",
     )
+    chat_node_id: int | None = Field(
+        None,
+        ge=0,
+        le=1023,
+        alias="CHAT_NODE_ID",
+        description="Message-id node of this process (empty: unique from Redis, else random).",
+    )
     cql_max_in_flight: int = Field(
         512, ge=1, alias="CQL_MAX_IN_FLIGHT", description="Concurrent CQL requests per process."
     )
@@ -285,12 +292,25 @@ class Settings(BaseSettings):
             return self.secret
         path = self.data_dir / "secret"
         if not path.exists():
+            import os
             import secrets
 
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(32))
-            path.chmod(0o600)
-        return path.read_text().strip()
+            try:  # created 0600 in one step; of two processes starting together, one wins
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_urlsafe(32))
+        for _ in range(50):  # the winner may still be writing
+            secret = path.read_text().strip()
+            if secret:
+                return secret
+            import time
+
+            time.sleep(0.01)
+        raise SettingsError(f"{path} is empty; remove it or set TCHAT_SECRET")
 
 
 class SettingsError(Exception):

@@ -164,9 +164,12 @@ async def test_two_servers_share_rooms_over_redis(server_factory: Any) -> None:
         await asyncio.sleep(0.3)  # let both subscribe
         await on_a.send(json.dumps({"type": "post", "text": "from a"}))
         await on_b.send(json.dumps({"type": "post", "text": "from b"}))
-        texts_a = {(await recv(on_a, "message"))["message"]["text"] for _ in range(2)}
-        texts_b = {(await recv(on_b, "message"))["message"]["text"] for _ in range(2)}
-        assert texts_a == texts_b == {"from a", "from b"}
+        got_a = [(await recv(on_a, "message"))["message"] for _ in range(2)]
+        got_b = [(await recv(on_b, "message"))["message"] for _ in range(2)]
+        assert {m["text"] for m in got_a} == {m["text"] for m in got_b} == {"from a", "from b"}
+        # the two instances got distinct id nodes from Redis: their ids can never collide
+        nodes = {m["text"]: (int(m["id"]) >> 12) & 1023 for m in got_a}
+        assert nodes["from a"] != nodes["from b"]
 
 
 async def test_acknowledged_messages_survive_a_killed_server(server_factory: Any) -> None:

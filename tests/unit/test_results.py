@@ -21,6 +21,7 @@ def test_percentile_nearest_rank() -> None:
     assert percentile(values, 99) == 99
     assert percentile(values, 100) == 100
     assert percentile([], 50) is None
+    assert percentile([float(v) for v in range(1, 1001)], 99.9) == 999  # float rounding
 
 
 def test_write_contract_and_render(tmp_path: Path) -> None:

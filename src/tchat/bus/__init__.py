@@ -27,6 +27,9 @@ class Bus(Protocol):
 
     async def unsubscribe(self, channel: str) -> None: ...
 
+    async def allocate_node(self) -> int | None:
+        """A node number no other live instance on this bus holds, if the bus can tell."""
+
 
 def make_bus(redis_url: str) -> Bus:
     if redis_url:

@@ -27,3 +27,6 @@ class MemoryBus:
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
+
+    async def allocate_node(self) -> int | None:
+        return None  # one process: any node is unique

@@ -73,6 +73,15 @@ class RedisBus:
             except (RedisError, OSError):
                 pass  # the reconnect path subscribes only to live channels
 
+    async def allocate_node(self) -> int | None:
+        """Instances sharing this Redis take turns through 1024 node numbers."""
+        assert self._client is not None
+        try:
+            return (int(await self._client.incr(PREFIX + "chat:node")) - 1) % 1024
+        except (RedisError, OSError) as exc:
+            log.warning("no node number from redis (%s); using a random one", exc)
+            return None
+
     async def _read_loop(self) -> None:
         assert self._pubsub is not None
         while True:

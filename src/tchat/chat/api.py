@@ -50,6 +50,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
             make_bus(settings.redis_url),
             settings.chat_rate_per_s,
             settings.chat_burst,
+            node_id=settings.chat_node_id,
         )
         await service.start()
         app.state.chat = service
@@ -69,13 +70,16 @@ def mount(app: FastAPI, settings: Settings) -> None:
         request: Request,
         room: RoomPath,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        before: Annotated[str | None, Query(pattern=r"^\d{1,20}$")] = None,
+        before: Annotated[str | None, Query(pattern=r"^\d{1,19}$")] = None,
     ) -> Any:
         """Messages of a room, newest first; page with `before` = the last id you have."""
-        try:
-            messages = await chat(request).store.history(
-                room, limit, int(before) if before else None
+        cursor = int(before) if before else None
+        if cursor is not None and cursor >= 2**63:
+            return JSONResponse(
+                {"error": "bad_request", "detail": "before is not a message id"}, 400
             )
+        try:
+            messages = await chat(request).store.history(room, limit, cursor)
         except StoreUnavailable as exc:
             return JSONResponse({"error": "store_unavailable", "detail": str(exc)}, 503)
         return {
@@ -131,17 +135,18 @@ def mount(app: FastAPI, settings: Settings) -> None:
             _closing.add(task)
             task.add_done_callback(_closing.discard)
 
-        listener = Listener(websocket.send_text, overflow)
-        await service.join(room, listener)
-        await send(
-            {
+        def hello(can_post: bool) -> dict[str, Any]:
+            return {
                 "type": "hello",
                 "room": room,
-                "can_post": grant is not None,
+                "can_post": can_post,
                 "max_chars": settings.chat_max_chars,
             }
-        )
-        try:
+
+        listener = Listener(websocket.send_text, overflow)
+        try:  # joined inside: a client gone before hello must still leave the room
+            await service.join(room, listener)
+            await send(hello(grant is not None))
             while True:
                 event = await websocket.receive()
                 if event["type"] == "websocket.disconnect":
@@ -157,14 +162,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
                     elif isinstance(frame, Auth):
                         try:
                             grant = verify_token(secret, frame.token, room, "chat")
-                            await send(
-                                {
-                                    "type": "hello",
-                                    "room": room,
-                                    "can_post": True,
-                                    "max_chars": settings.chat_max_chars,
-                                }
-                            )
+                            await send(hello(True))
                         except TokenError as exc:
                             raise ProtocolError("unauthorized", str(exc)) from None
                     elif isinstance(frame, Post):

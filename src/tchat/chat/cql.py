@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -46,7 +47,9 @@ def bucket_of(message_id: int, buckets: int) -> int:
     return (((message_id * _GOLDEN) & _MASK64) >> 32) % buckets
 
 
-def schema_statements(keyspace: str, ttl_s: int, replication_factor: int) -> list[str]:
+def schema_statements(
+    keyspace: str, ttl_s: int, replication_factor: int, window_s: float = 86400.0
+) -> list[str]:
     return [
         f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = "
         f"{{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}}",
@@ -62,7 +65,7 @@ def schema_statements(keyspace: str, ttl_s: int, replication_factor: int) -> lis
         f"""CREATE TABLE IF NOT EXISTS {keyspace}.room_windows (
               room text, win int, PRIMARY KEY (room, win)
             ) WITH CLUSTERING ORDER BY (win DESC)
-              AND default_time_to_live = {ttl_s + 86400}""",
+              AND default_time_to_live = {ttl_s + math.ceil(window_s)}""",
     ]
 
 
@@ -173,7 +176,9 @@ class CqlChatStore:
         )
         try:
             session = cluster.connect()
-            for statement in schema_statements(self.keyspace, self.ttl_s, self.replication_factor):
+            for statement in schema_statements(
+                self.keyspace, self.ttl_s, self.replication_factor, self.window_s
+            ):
                 session.execute(statement, timeout=30)
             ks = self.keyspace
             self._insert = session.prepare(
@@ -353,6 +358,10 @@ class CqlChatStore:
     async def _windows(self, room: str, before: int | None) -> list[int]:
         """The room's windows holding messages, newest first (cached briefly: they change
         about once a window, and this process adds the ones it writes itself)."""
+        if before is not None:  # paging back: read the index below the cursor, uncached
+            before_win = self.window_of(id_time_ms(before) / 1000.0)
+            rows = await self._run(self._select_windows_before, (room, before_win, 64))
+            return [r.win for r in rows]
         now = self._clock()
         cached = self._windows_cache.get(room)
         if cached is None or now - cached[0] > WINDOWS_CACHE_S:
@@ -362,10 +371,7 @@ class CqlChatStore:
                 self._windows_cache.clear()
             if cached[1]:  # an empty room may get its first window from another process
                 self._windows_cache[room] = cached
-        if before is None:
-            return cached[1]
-        before_win = self.window_of(id_time_ms(before) / 1000.0)
-        return [w for w in cached[1] if w <= before_win]
+        return cached[1]
 
     async def _read_window(
         self, room: str, win: int, limit: int, before: int | None

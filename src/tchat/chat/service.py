@@ -67,16 +67,25 @@ class ChatService:
         rate_per_s: float,
         burst: int,
         clock: Callable[[], float] = time.monotonic,
+        node_id: int | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
-        self.ids = IdGenerator()
+        self.node_id = node_id
+        self.ids = IdGenerator(node_id)
         self.limiter = RateLimiter(rate_per_s, burst, clock)
         self._rooms: dict[str, set[Listener]] = {}
 
     async def start(self) -> None:
         await self.store.start()
         await self.bus.start(self._deliver)
+        if self.node_id is None:
+            # Ids from two instances must never collide: a collision would overwrite an
+            # acknowledged message. The bus hands out distinct node numbers when it can.
+            node = await self.bus.allocate_node()
+            if node is not None:
+                self.ids = IdGenerator(node)
+        log.info("chat ids from node %d", self.ids.node)
 
     async def close(self) -> None:
         await self.bus.close()

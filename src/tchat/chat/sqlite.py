@@ -111,8 +111,8 @@ class SqliteChatStore:
                 # Closing: the batch in flight still commits or fails; tell its waiters which.
                 await _settle(job, batch)
                 raise
-            except sqlite3.Error:
-                pass
+            except Exception:
+                pass  # _settle reports it to the batch's waiters; the loop goes on
             await _settle(job, batch)
 
     def _insert(self, rows: list[tuple[str, int, str, str, float, float]]) -> None:
@@ -180,8 +180,8 @@ async def _settle(
     try:
         await job
         error: Exception | None = None
-    except sqlite3.Error as exc:
-        error = StoreUnavailable(f"sqlite write failed: {exc}")
+    except Exception as exc:  # any failure of the commit fails the batch, never the loop
+        error = StoreUnavailable(f"sqlite write failed: {type(exc).__name__}: {exc}")
     for _, fut in batch:
         if fut.done():
             continue

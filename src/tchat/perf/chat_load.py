@@ -119,6 +119,7 @@ async def _store_loop(cfg: WriterConfig, writers: int, index: int) -> WriterResu
         next_at = cfg.start_at + (w / max(writers, 1)) * interval
         n = 0
         while True:
+            scheduled = next_at
             if not closed_loop:
                 delay = next_at - time.time()
                 if delay > 0:
@@ -130,7 +131,9 @@ async def _store_loop(cfg: WriterConfig, writers: int, index: int) -> WriterResu
             mid = ids.next_id()
             msg = Message(mid, cfg.room, f"w{index}-{w}", f"load {n}", id_time_ms(mid) / 1000.0)
             n += 1
-            t0 = time.perf_counter()
+            # Paced: latency counts from the scheduled send time, so a stall that delays
+            # later sends is measured too (no coordinated omission). Closed loop: from send.
+            t0 = now if closed_loop else min(scheduled, now)
             try:
                 await store.append(msg)
             except StoreUnavailable as exc:
@@ -138,7 +141,7 @@ async def _store_loop(cfg: WriterConfig, writers: int, index: int) -> WriterResu
                 key = str(exc)[:80]
                 result.errors[key] = result.errors.get(key, 0) + 1
                 continue
-            result.add_latency((time.perf_counter() - t0) * 1000.0, rng)
+            result.add_latency((time.time() - t0) * 1000.0, rng)
             result.ok += 1
             sec = int(time.time() - cfg.start_at)
             result.per_second[sec] = result.per_second.get(sec, 0) + 1

@@ -144,5 +144,6 @@ def percentile(values: list[float], pct: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    rank = min(len(ordered), max(1, math.ceil(pct / 100.0 * len(ordered))))
+    # round() first: 99.9 / 100 * 1000 is 999.0000000000001 in floating point
+    rank = min(len(ordered), max(1, math.ceil(round(pct * len(ordered) / 100.0, 9))))
     return ordered[rank - 1]
