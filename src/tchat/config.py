@@ -188,7 +188,11 @@ class Settings(BaseSettings):
 
     # --- SFU and load (T068) ---------------------------------------------------------
     num_sfu_instances: int = Field(
-        1, ge=1, le=64, alias="NUM_SFU_INSTANCES", description="SFU worker processes."
+        1,
+        ge=1,
+        le=64,
+        alias="NUM_SFU_INSTANCES",
+        description="Load test: SFU servers to spread viewers over (`tchat serve`: 1 only).",
     )
     viewers_per_instance: int = Field(
         5000,

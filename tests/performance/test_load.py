@@ -242,6 +242,9 @@ def TestLoad50KConcurrentViewers(record: perf_results.TestResult, tmp_path: Path
             "sampled_bad_payloads": "== 0",
             "sampled_decrypt_errors": "== 0",
             "sampled_payloads_checked": "> 0",
+            "sampled_seq_gaps": "== 0",
+            "sampled_video_not_starting_on_keyframe": "== 0",
+            "viewer_loss_pct": "<= 1",
         }
     )
     import uvloop

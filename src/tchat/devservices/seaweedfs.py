@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -39,6 +40,12 @@ class SeaweedService(Service):
             return
         if not shutil.which("go"):
             raise ServiceError("seaweedfs: `go` not found; it is needed once to build `weed`")
+        found = subprocess.run(["go", "version"], capture_output=True, text=True).stdout
+        match = re.search(r"go1\.(\d+)", found)
+        if not match or int(match.group(1)) < 26:
+            raise ServiceError(
+                f"seaweedfs: needs Go >= 1.26 to build (its go.mod), found {found.strip()!r}"
+            )
         self.log(f"building weed {VERSION} with go (once; cached in {CACHE_DIR}/bin) …")
         info = subprocess.run(
             ["go", "mod", "download", "-json", f"{MODULE}@{VERSION}"],

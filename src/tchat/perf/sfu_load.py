@@ -288,6 +288,7 @@ def serve_process(
         "TCHAT_DATA_DIR": str(data_dir),
         "TCHAT_SECRET": secret,
         "LOG_LEVEL": "warn",
+        "NUM_SFU_INSTANCES": "1",  # each server is one instance; the suite starts N of them
         **(env or {}),
     }
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -16,16 +16,13 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from tchat.config import Settings
+from tchat.http import json_error
 from tchat.recording.catalog import STATES, Recording, UnknownRecording
 from tchat.recording.service import RECORDINGS_PREFIX, RecordingService
 from tchat.storage import NotFound, StoreError, validate_key
 from tchat.storage.local import LocalStore
 
 CDN_PATH = "/cdn/"
-
-
-def _error(status: int, error: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status)
 
 
 def recording_json(rec: Recording, base_url: str) -> dict[str, Any]:
@@ -54,7 +51,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
         limit: int = Query(100, ge=1, le=1000),
     ) -> Response:
         if state is not None and state not in STATES:
-            return _error(400, "bad_request", f"state must be one of {', '.join(STATES)}")
+            return json_error(400, "bad_request", f"state must be one of {', '.join(STATES)}")
         recs = _service(request).catalog.list(room=room, state=state, limit=limit)
         return JSONResponse({"recordings": [recording_json(r, base_url) for r in recs]})
 
@@ -63,22 +60,22 @@ def mount(app: FastAPI, settings: Settings) -> None:
         try:
             rec = _service(request).get(rec_id)
         except UnknownRecording:
-            return _error(404, "not_found", f"no recording {rec_id!r}")
+            return json_error(404, "not_found", f"no recording {rec_id!r}")
         return JSONResponse(recording_json(rec, base_url))
 
     @app.api_route(CDN_PATH + "{key:path}", methods=["GET", "HEAD"], tags=["recording"])
     async def cdn(request: Request, key: str) -> Response:
         if not key.startswith(RECORDINGS_PREFIX):
-            return _error(404, "not_found", f"no object {key!r}")
+            return json_error(404, "not_found", f"no object {key!r}")
         try:
             validate_key(key)
         except ValueError as exc:
-            return _error(400, "bad_request", str(exc))
+            return json_error(400, "bad_request", str(exc))
         store = _service(request).store
         try:
             info = await store.head(key)
             if info is None:
-                return _error(404, "not_found", f"no object {key!r}")
+                return json_error(404, "not_found", f"no object {key!r}")
             headers = {"Cache-Control": info.cache_control, "Access-Control-Allow-Origin": "*"}
             if isinstance(store, LocalStore):
                 # sendfile, ranges and ETag from the file itself.
@@ -87,9 +84,9 @@ def mount(app: FastAPI, settings: Settings) -> None:
                 )
             body = b"" if request.method == "HEAD" else await store.get(key)
         except NotFound:
-            return _error(404, "not_found", f"no object {key!r}")
+            return json_error(404, "not_found", f"no object {key!r}")
         except StoreError as exc:
-            return _error(502, "storage_unavailable", str(exc))
+            return json_error(502, "storage_unavailable", str(exc))
         headers["Content-Length"] = str(info.size)
         return Response(body, media_type=info.content_type, headers=headers)
 

@@ -141,6 +141,17 @@ class Catalog:
             raise UnknownRecording(rec_id)
         return Recording(*row)
 
+    def due(self, states: tuple[str, ...], now: float, limit: int = 1000) -> list[Recording]:
+        """Recordings in `states` whose expires_at has passed, the longest overdue first."""
+        marks = ", ".join("?" for _ in states)
+        sql = (
+            f"SELECT {', '.join(_COLUMNS)} FROM recordings WHERE state IN ({marks}) "
+            "AND expires_at IS NOT NULL AND expires_at <= ? ORDER BY expires_at LIMIT ?"
+        )
+        with self._lock:
+            rows = self._db.execute(sql, [*states, now, limit]).fetchall()
+        return [Recording(*row) for row in rows]
+
     def list(
         self, *, room: str | None = None, state: str | None = None, limit: int = 100
     ) -> list[Recording]:

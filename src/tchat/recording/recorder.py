@@ -38,7 +38,7 @@ from tchat.recording.playlist import (
 )
 from tchat.recording.source import Source
 from tchat.recording.uploader import Uploader
-from tchat.recording.uploadqueue import UploadJob, UploadQueue
+from tchat.recording.uploadqueue import LostSegment, UploadJob, UploadQueue
 from tchat.storage import ObjectStore
 
 log = logging.getLogger("tchat.recording.recorder")
@@ -235,7 +235,13 @@ class Recorder:
         try:
             stat = path.stat()
         except FileNotFoundError:
+            # Listed by FFmpeg but gone: reported as lost (the recording ends failed, saying
+            # so) and the next segment starts a discontinuity, never a silent gap.
             self.events.append(f"segment {closed.uri} of run {run.index} missing on disk")
+            self.queue.lost.append(
+                LostSegment(closed.uri, len(self.segments), "closed segment missing on disk")
+            )
+            self._discontinuity_next = True
             return
         if run.media_start is None and closed.program_date_time is not None:
             run.media_start = closed.program_date_time.timestamp()

@@ -42,11 +42,9 @@ class Sweeper:
 
     async def sweep(self) -> list[str]:
         """Delete every recording due now; returns the ids expired."""
-        candidates = [
-            r for state in EXPIRABLE for r in self.catalog.list(state=state, limit=10_000)
-        ]
+        now = self.clock()
         expired = []
-        for rec in due_for_expiry(candidates, self.clock()):
+        for rec in due_for_expiry(self.catalog.due(EXPIRABLE, now), now):
             try:
                 deleted = await self.store.delete_prefix(rec.prefix)
             except StoreError as exc:

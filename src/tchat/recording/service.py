@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from tchat.aio import cancel_and_wait
 from tchat.config import Settings
 from tchat.logs import kv
 from tchat.recording.catalog import Catalog, Recording, ended
@@ -141,10 +142,7 @@ class RecordingService:
         for recorder in list(self.recorders.values()):
             with contextlib.suppress(Exception):
                 await recorder.wait()
-        if self._sweep_task is not None:
-            self._sweep_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweep_task
+        await cancel_and_wait(self._sweep_task)
         await self.store.close()
         self.catalog.close()
 

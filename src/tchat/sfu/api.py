@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from tchat.auth import TokenError, bearer, verify_token
 from tchat.config import Settings
+from tchat.http import json_error
 from tchat.sfu.sdp import MAX_SDP_BYTES, SdpError
 from tchat.sfu.settings import SfuSettings
 from tchat.sfu.worker import SessionError, SfuWorker
@@ -28,33 +29,29 @@ class LayerRequest(BaseModel):
     max_layer: int = Field(ge=0, le=2, description="Highest simulcast layer: 0 low … 2 high.")
 
 
-def _error(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
-
-
 def _auth(request: Request, room: str, role: Literal["publisher", "viewer"]) -> JSONResponse | None:
     token = bearer(request.headers.get("authorization"))
     try:
         verify_token(request.app.state.secret, token, room, role)
     except TokenError as exc:
         status = 401 if token is None else 403
-        return _error(status, "unauthorized" if status == 401 else "forbidden", str(exc))
+        return json_error(status, "unauthorized" if status == 401 else "forbidden", str(exc))
     return None
 
 
 async def _offer(request: Request) -> str | JSONResponse:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/sdp":
-        return _error(415, "unsupported_media_type", "send the offer as application/sdp")
+        return json_error(415, "unsupported_media_type", "send the offer as application/sdp")
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_SDP_BYTES:
-            return _error(400, "bad_sdp", f"SDP offer larger than {MAX_SDP_BYTES} bytes")
+            return json_error(400, "bad_sdp", f"SDP offer larger than {MAX_SDP_BYTES} bytes")
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
-        return _error(400, "bad_sdp", "SDP offer is not UTF-8")
+        return json_error(400, "bad_sdp", "SDP offer is not UTF-8")
 
 
 def _created(answer: str, location: str) -> Response:
@@ -96,9 +93,11 @@ def mount(app: FastAPI, settings: Settings) -> None:
         try:
             peer, answer = worker_of(request).add_publisher(room, offer)
         except SdpError as exc:
-            return _error(400, "bad_sdp", str(exc))
+            return json_error(400, "bad_sdp", str(exc))
         except SessionError as exc:
-            return _error(exc.status, "conflict" if exc.status == 409 else "unavailable", str(exc))
+            return json_error(
+                exc.status, "conflict" if exc.status == 409 else "unavailable", str(exc)
+            )
         return _created(answer, f"/whip/{room}/{peer.id}")
 
     @app.post("/whep/{room}", tags=["sfu"], status_code=201)
@@ -107,17 +106,17 @@ def mount(app: FastAPI, settings: Settings) -> None:
         if denied := _auth(request, room, "viewer"):
             return denied
         if layer not in LAYERS:
-            return _error(400, "bad_request", "layer must be low, mid or high")
+            return json_error(400, "bad_request", "layer must be low, mid or high")
         offer = await _offer(request)
         if isinstance(offer, Response):
             return offer
         try:
             peer, answer = worker_of(request).add_viewer(room, offer, LAYERS[layer])
         except SdpError as exc:
-            return _error(400, "bad_sdp", str(exc))
+            return json_error(400, "bad_sdp", str(exc))
         except SessionError as exc:
             code = {404: "not_found", 503: "unavailable"}.get(exc.status, "conflict")
-            return _error(exc.status, code, str(exc))
+            return json_error(exc.status, code, str(exc))
         return _created(answer, f"/whep/{room}/{peer.id}")
 
     async def _delete(room: str, session: str, request: Request, role: str) -> Response:
@@ -126,7 +125,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
         worker = worker_of(request)
         peer = worker.peers.get(session)
         if peer is None or peer.room.name != room or peer.role != role:
-            return _error(404, "not_found", f"no {role} session {session!r} in room {room!r}")
+            return json_error(404, "not_found", f"no {role} session {session!r} in room {room!r}")
         worker.close_peer(peer, "DELETE")
         return Response(status_code=200)
 
@@ -148,7 +147,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
         worker = worker_of(request)
         peer = worker.peers.get(session)
         if peer is None or peer.room.name != room or peer.role != "viewer":
-            return _error(404, "not_found", f"no viewer session {session!r} in room {room!r}")
+            return json_error(404, "not_found", f"no viewer session {session!r} in room {room!r}")
         worker.set_max_layer(peer, body.max_layer)
         return JSONResponse({"max_layer": body.max_layer})
 

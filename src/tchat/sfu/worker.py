@@ -22,6 +22,7 @@ from typing import Literal
 import pylibsrtp
 from aiortc.rtcdtlstransport import RTCCertificate
 
+from tchat.aio import cancel_and_wait
 from tchat.sfu import rtcp, sdp
 from tchat.sfu.dtls import DtlsEndpoint, DtlsState, SrtpSessions, fingerprint, make_context
 from tchat.sfu.forwarder import HIGH, DownTrack, Track
@@ -129,12 +130,7 @@ class SfuWorker(asyncio.DatagramProtocol):
     async def stop(self) -> None:
         for peer in list(self.peers.values()):
             self.close_peer(peer, "shutdown")
-        if self._timer:
-            self._timer.cancel()
-            try:
-                await self._timer
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._timer)
         if self.transport:
             self.transport.close()
 
