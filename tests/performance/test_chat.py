@@ -2,12 +2,13 @@
 TTL, partition distribution, the driver ceiling, and the WebSocket end-to-end path.
 
 Profiles (env variables of the guide override either):
-- ci:   NUM_WRITERS=100, MESSAGES_PER_SEC=10, TEST_DURATION_SECONDS=10, one writer
-        process: 1,000 msg/s offered, the load at which this 2-core box (Cassandra, load
-        generator and reader on the same two cores) holds the guide's latency targets.
-        The guide's "quick validation" (100 x 50 = 5,000 msg/s, MESSAGES_PER_SEC=50)
-        reached 5,000 msg/s with p99 write 4.8 ms but recent-50 p99 10.3 ms here: too
-        close to the targets for a run that must pass every time (docs/chat.md).
+- ci:   NUM_WRITERS=50, MESSAGES_PER_SEC=10, TEST_DURATION_SECONDS=10, one writer
+        process: 500 msg/s offered, where this 2-core box (Cassandra, load generator and
+        reader on the same two cores) holds the guide's latency targets with about 2x
+        margin (p99 write 1.9-2.8 ms, recent-50 p99 3.7-5.7 ms). At 1,000 msg/s they
+        hold with a thin margin (p99 write 2.4-4.8 ms); the guide's "quick validation"
+        (100 x 50 = 5,000 msg/s) reaches 5,000 msg/s with 100% success but p99 write
+        7.1 ms and recent-50 p99 10.8 ms here (docs/chat.md).
         Throughput target = 95% of offered.
 - full: NUM_WRITERS=1000, MESSAGES_PER_SEC=100, TEST_DURATION_SECONDS=60 (the guide's
         100K msg/s); throughput target = 95,000 msg/s. On a 2-core machine with
@@ -51,7 +52,7 @@ HOSTS = [
     parse_host_port(h, 9042) for h in os.environ.get("SCYLLADB_HOST", "localhost:9042").split(",")
 ]
 KEYSPACE = os.environ.get("SCYLLADB_KEYSPACE", "tchat")
-WRITERS = int(sized("NUM_WRITERS", 100, 1000))
+WRITERS = int(sized("NUM_WRITERS", 50, 1000))
 RATE = sized("MESSAGES_PER_SEC", 10, 100)
 DURATION = sized("TEST_DURATION_SECONDS", 10, 60)
 PROCESSES = int(sized("CHAT_WRITER_PROCESSES", 1, os.cpu_count() or 2))
