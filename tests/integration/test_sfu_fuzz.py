@@ -19,12 +19,7 @@ from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu.rtp import h264_keyframe_start
 from tchat.sfu.sdp import MAX_SDP_BYTES
 
-SECRET = "integration-secret-0123456789abcdef"
-SDP = "application/sdp"
-
-
-def auth(room: str, role: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {issue_token(SECRET, room, role)}"}
+from .sfu_helpers import SDP, SECRET, auth, join_viewer
 
 
 def _offers() -> list[tuple[str, bytes]]:
@@ -108,15 +103,7 @@ async def test_garbage_udp_is_dropped_and_viewers_keep_receiving(server_factory)
             known_payloads=media.known_payloads(),
             keyframe_test=h264_keyframe_start,
         )
-        await viewer.open()
-        r = await client.post(
-            f"/whep/{room}",
-            params={"layer": "low"},
-            content=viewer.offer(),
-            headers={**auth(room, "viewer"), "content-type": SDP},
-        )
-        assert r.status_code == 201
-        await viewer.connect(r.text)
+        await join_viewer(client, room, viewer)
         port = (await client.get("/sfu/stats")).json()["udp_port"]
         rng = random.Random(68)
         stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

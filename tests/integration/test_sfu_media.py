@@ -29,12 +29,7 @@ from tchat.perf.sfu_media import PreparedMedia, prepare
 from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu.rtp import h264_keyframe_start
 
-SECRET = "integration-secret-0123456789abcdef"
-SDP = "application/sdp"
-
-
-def auth(room: str, role: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {issue_token(SECRET, room, role)}"}
+from .sfu_helpers import SDP, SECRET, auth, join_viewer
 
 
 async def wait_for(cond: Callable[[], bool], timeout_s: float = 15.0) -> None:
@@ -148,15 +143,7 @@ async def test_synthetic_simulcast_sampled_viewers_verify_media(
             peer = ClientPeer(
                 identity, decrypt=True, known_payloads=known, keyframe_test=h264_keyframe_start
             )
-            await peer.open()
-            resp = await client.post(
-                f"/whep/{room}",
-                params={"layer": layer},
-                content=peer.offer(),
-                headers={**auth(room, "viewer"), "content-type": SDP},
-            )
-            assert resp.status_code == 201, resp.text
-            await peer.connect(resp.text)
+            await join_viewer(client, room, peer, layer)
             viewers.append(peer)
         await wait_for(
             lambda: all(sum(s.payloads for s in v.stats.streams.values()) >= 150 for v in viewers)
@@ -193,16 +180,7 @@ async def test_layer_switch_keeps_sequence_continuous_and_starts_on_keyframe(
         pub = SyntheticPublisher(identity, media, ["l", "m", "h"])
         await pub.start(client, room, issue_token(SECRET, room, "publisher"))
         peer = ClientPeer(identity, decrypt=True, keep_packets=True)
-        await peer.open()
-        resp = await client.post(
-            f"/whep/{room}",
-            params={"layer": "low"},
-            content=peer.offer(),
-            headers={**auth(room, "viewer"), "content-type": SDP},
-        )
-        assert resp.status_code == 201
-        location = resp.headers["location"]
-        await peer.connect(resp.text)
+        location = await join_viewer(client, room, peer)
         assert peer.packets is not None
         packets = peer.packets
 
@@ -291,15 +269,7 @@ async def test_viewer_feedback_nack_pli_and_sender_reports(
         pub = SyntheticPublisher(identity, media, ["l", "m", "h"])
         await pub.start(client, room, issue_token(SECRET, room, "publisher"))
         peer = ClientPeer(identity, decrypt=True, keep_packets=True, lose=lose_one_video_packet)
-        await peer.open()
-        resp = await client.post(
-            f"/whep/{room}",
-            params={"layer": "low"},
-            content=peer.offer(),
-            headers={**auth(room, "viewer"), "content-type": SDP},
-        )
-        assert resp.status_code == 201
-        await peer.connect(resp.text)
+        await join_viewer(client, room, peer)
         packets = peer.packets
         assert packets is not None
         await wait_for(lambda: bool(lost) and len(packets) >= 120)
