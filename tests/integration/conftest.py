@@ -7,7 +7,6 @@ starts them, and a skipped integration test would hide that it did not.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from tchat.devservices import all_services
+from tchat.perf.server import free_port
 
 
 @pytest.fixture(scope="session")
@@ -29,12 +29,6 @@ def services_answering() -> dict[str, str]:
             pytest.fail(f"{service.name} is not answering: run `make services-up` first")
         answers[service.name] = answer
     return answers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

@@ -33,7 +33,8 @@ import pytest
 from tchat.auth import issue_token
 from tchat.perf import results as perf_results
 from tchat.perf.results import percentile
-from tchat.perf.sfu_load import MEDIA_CACHE, SyntheticPublisher, serve_process
+from tchat.perf.server import serve_process
+from tchat.perf.sfu_load import MEDIA_CACHE, SyntheticPublisher
 from tchat.perf.sfu_media import prepare
 from tchat.perf.webrtc_peer import Identity
 

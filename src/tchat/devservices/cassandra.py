@@ -104,6 +104,7 @@ def _yaml(root: Path) -> str:
         native_transport_max_threads: 64
         batch_size_warn_threshold: 64KiB
         memtable_allocation_type: offheap_objects
+        auto_snapshot: false
         authenticator: AllowAllAuthenticator
         authorizer: AllowAllAuthorizer
         """

@@ -45,18 +45,24 @@ class WriterResult:
     failed: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     per_second: dict[int, int] = field(default_factory=dict)  # second since start → completions
-    latencies_ms: list[float] = field(default_factory=list)  # reservoir sample
+    latencies_ms: list[float] = field(default_factory=list)  # reservoir: send → ack
+    # the same samples timed from the scheduled send (paced mode; includes client lateness)
+    scheduled_ms: list[float] = field(default_factory=list)
     seen: int = 0  # latencies offered to the reservoir
     cpu_s: float = 0.0
 
-    def add_latency(self, ms: float, rng: random.Random) -> None:
+    def add_latency(self, ms: float, rng: random.Random, scheduled_ms: float | None = None) -> None:
         self.seen += 1
         if len(self.latencies_ms) < SAMPLE_PER_PROCESS:
             self.latencies_ms.append(ms)
+            if scheduled_ms is not None:
+                self.scheduled_ms.append(scheduled_ms)
         else:
             j = rng.randrange(self.seen)
             if j < SAMPLE_PER_PROCESS:
                 self.latencies_ms[j] = ms
+                if scheduled_ms is not None:
+                    self.scheduled_ms[j] = scheduled_ms
 
     def merge(self, other: WriterResult) -> None:
         self.ok += other.ok
@@ -66,6 +72,7 @@ class WriterResult:
         for s, n in other.per_second.items():
             self.per_second[s] = self.per_second.get(s, 0) + n
         self.latencies_ms.extend(other.latencies_ms)
+        self.scheduled_ms.extend(other.scheduled_ms)
         self.seen += other.seen
         self.cpu_s += other.cpu_s
 
@@ -131,9 +138,11 @@ async def _store_loop(cfg: WriterConfig, writers: int, index: int) -> WriterResu
             mid = ids.next_id()
             msg = Message(mid, cfg.room, f"w{index}-{w}", f"load {n}", id_time_ms(mid) / 1000.0)
             n += 1
-            # Paced: latency counts from the scheduled send time, so a stall that delays
-            # later sends is measured too (no coordinated omission). Closed loop: from send.
-            t0 = now if closed_loop else min(scheduled, now)
+            # Two clocks: send → ack (the store's write latency, as the guide measures it)
+            # and, paced, scheduled send → ack, which also counts a send delayed by a stall
+            # (coordinated omission) or by the generator's own lateness.
+            t0 = time.perf_counter()
+            t_sched = min(scheduled, now)
             try:
                 await store.append(msg)
             except StoreUnavailable as exc:
@@ -141,7 +150,12 @@ async def _store_loop(cfg: WriterConfig, writers: int, index: int) -> WriterResu
                 key = str(exc)[:80]
                 result.errors[key] = result.errors.get(key, 0) + 1
                 continue
-            result.add_latency((time.time() - t0) * 1000.0, rng)
+            done = time.perf_counter()
+            result.add_latency(
+                (done - t0) * 1000.0,
+                rng,
+                None if closed_loop else (time.time() - t_sched) * 1000.0,
+            )
             result.ok += 1
             sec = int(time.time() - cfg.start_at)
             result.per_second[sec] = result.per_second.get(sec, 0) + 1

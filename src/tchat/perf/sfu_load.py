@@ -14,12 +14,7 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,57 +266,6 @@ def summarize(results: list[ViewerResult], join_span_s: float, t_end: float) -> 
 
 
 # -- the SFU under test as a real `tchat serve` process ---------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def serve_process(
-    data_dir: Path, secret: str, env: dict[str, str] | None = None
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
-    full_env = {
-        **os.environ,
-        "TCHAT_PORT": str(port),
-        "TCHAT_DATA_DIR": str(data_dir),
-        "TCHAT_SECRET": secret,
-        "LOG_LEVEL": "warn",
-        "NUM_SFU_INSTANCES": "1",  # each server is one instance; the suite starts N of them
-        **(env or {}),
-    }
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = open(data_dir / f"serve-{port}.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tchat", "serve"], env=full_env, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"tchat serve exited with {proc.returncode}")
-            try:
-                if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("tchat serve did not answer in 30 s")
-            time.sleep(0.1)
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-
-
 # -- one swarm per process -------------------------------------------------------------------
 def _main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tchat.perf.sfu_load")
