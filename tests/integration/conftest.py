@@ -10,14 +10,18 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tchat.devservices import all_services
+from tchat.devservices.seaweedfs import ACCESS_KEY, PORT, SECRET_KEY
 from tchat.perf.server import free_port
+from tchat.storage import ObjectStore
+from tchat.storage.local import LocalStore
+from tchat.storage.s3 import S3Store
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +33,24 @@ def services_answering() -> dict[str, str]:
             pytest.fail(f"{service.name} is not answering: run `make services-up` first")
         answers[service.name] = answer
     return answers
+
+
+def make_s3(bucket: str = "tchat-it") -> S3Store:
+    """An S3Store on the SeaweedFS server `tchat services up` runs."""
+    return S3Store(f"http://127.0.0.1:{PORT}", bucket, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+
+
+@pytest.fixture(params=["local", "s3"])
+async def object_store(
+    request: pytest.FixtureRequest, tmp_path: Path, services_answering: dict[str, str]
+) -> AsyncIterator[ObjectStore]:
+    """Each ObjectStore backend in turn: a local directory, then the real S3 server."""
+    backend: ObjectStore = (
+        LocalStore(tmp_path / "objects") if request.param == "local" else make_s3()
+    )
+    await backend.open()
+    yield backend
+    await backend.close()
 
 
 class Server:

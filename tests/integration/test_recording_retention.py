@@ -3,58 +3,41 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tchat.devservices.seaweedfs import ACCESS_KEY, PORT, SECRET_KEY
 from tchat.recording.catalog import Catalog, Recording, ended
 from tchat.recording.retention import Sweeper
 from tchat.storage import ObjectStore, StoreError
-from tchat.storage.local import LocalStore
 from tchat.storage.s3 import S3Store
 
 DAY = 86400.0
 
 
-@pytest.fixture(params=["local", "s3"])
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, services_answering: dict[str, str]
-) -> AsyncIterator[ObjectStore]:
-    backend: ObjectStore
-    if request.param == "local":
-        backend = LocalStore(tmp_path / "objects")
-    else:
-        backend = S3Store(
-            f"http://127.0.0.1:{PORT}", "tchat-it", access_key=ACCESS_KEY, secret_key=SECRET_KEY
-        )
-    await backend.open()
-    yield backend
-    await backend.close()
-
-
-async def stored_recording(store: ObjectStore, catalog: Catalog, end: float) -> Recording:
+async def stored_recording(object_store: ObjectStore, catalog: Catalog, end: float) -> Recording:
     rec = Recording(uuid.uuid4().hex[:16], "room", "recording", started_at=end - 60)
     for name in ("seg_00000.ts", "seg_00001.ts", "index.m3u8"):
-        await store.put_bytes(rec.prefix + name, b"x")
+        await object_store.put_bytes(rec.prefix + name, b"x")
     return catalog.put(ended(rec, "failed", end, 30 * DAY, segment_count=2))
 
 
-async def test_sweeper_deletes_only_what_is_due(store: ObjectStore, tmp_path: Path) -> None:
+async def test_sweeper_deletes_only_what_is_due(object_store: ObjectStore, tmp_path: Path) -> None:
     catalog = Catalog(tmp_path / "catalog.sqlite3")
-    old = await stored_recording(store, catalog, end=1000.0)
-    young = await stored_recording(store, catalog, end=1000.0 + DAY)
-    assert await Sweeper(catalog, store, lambda: 1000.0 + 30 * DAY - 1).sweep() == []
-    assert len(await store.list(old.prefix)) == 3
+    old = await stored_recording(object_store, catalog, end=1000.0)
+    young = await stored_recording(object_store, catalog, end=1000.0 + DAY)
+    assert await Sweeper(catalog, object_store, lambda: 1000.0 + 30 * DAY - 1).sweep() == []
+    assert len(await object_store.list(old.prefix)) == 3
 
-    expired = await Sweeper(catalog, store, lambda: 1000.0 + 30 * DAY).sweep()
+    expired = await Sweeper(catalog, object_store, lambda: 1000.0 + 30 * DAY).sweep()
     assert expired == [old.id]
-    assert await store.list(old.prefix) == []
+    assert await object_store.list(old.prefix) == []
     assert catalog.get(old.id).state == "expired"
-    assert len(await store.list(young.prefix)) == 3 and catalog.get(young.id).state == "failed"
+    assert (
+        len(await object_store.list(young.prefix)) == 3 and catalog.get(young.id).state == "failed"
+    )
     # Sweeping again is a no-op: expired recordings are not swept twice.
-    assert await Sweeper(catalog, store, lambda: 1000.0 + 30 * DAY).sweep() == []
+    assert await Sweeper(catalog, object_store, lambda: 1000.0 + 30 * DAY).sweep() == []
     catalog.close()
 
 

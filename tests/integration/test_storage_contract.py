@@ -3,34 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tchat.devservices.seaweedfs import ACCESS_KEY, PORT, SECRET_KEY
 from tchat.storage import NotFound, ObjectStore, StoreError
 from tchat.storage.base import CACHE_FINAL_PLAYLIST, CACHE_IMMUTABLE, CACHE_LIVE
-from tchat.storage.local import LocalStore
 from tchat.storage.s3 import S3Store
-
-S3_URL = f"http://127.0.0.1:{PORT}"
-
-
-def make_s3(bucket: str = "tchat-it") -> S3Store:
-    return S3Store(S3_URL, bucket, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
-
-
-@pytest.fixture(params=["local", "s3"])
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, services_answering: dict[str, str]
-) -> AsyncIterator[ObjectStore]:
-    backend: ObjectStore = (
-        LocalStore(tmp_path / "objects") if request.param == "local" else make_s3()
-    )
-    await backend.open()
-    yield backend
-    await backend.close()
 
 
 @pytest.fixture
@@ -38,73 +17,75 @@ def prefix() -> str:
     return f"contract/{uuid.uuid4().hex[:12]}/"
 
 
-async def test_put_get_head_round_trip(store: ObjectStore, prefix: str) -> None:
+async def test_put_get_head_round_trip(object_store: ObjectStore, prefix: str) -> None:
     key = prefix + "seg_00000.ts"
-    await store.put_bytes(key, b"\x47" * 1880)
-    assert await store.get(key) == b"\x47" * 1880
-    info = await store.head(key)
+    await object_store.put_bytes(key, b"\x47" * 1880)
+    assert await object_store.get(key) == b"\x47" * 1880
+    info = await object_store.head(key)
     assert info is not None
     assert (info.key, info.size) == (key, 1880)
     assert info.content_type == "video/mp2t"
     assert info.cache_control == CACHE_IMMUTABLE
 
 
-async def test_playlist_headers_follow_endlist(store: ObjectStore, prefix: str) -> None:
+async def test_playlist_headers_follow_endlist(object_store: ObjectStore, prefix: str) -> None:
     live, final = prefix + "live.m3u8", prefix + "final.m3u8"
-    await store.put_bytes(live, b"#EXTM3U\n#EXT-X-PLAYLIST-TYPE:EVENT\n")
-    await store.put_bytes(final, b"#EXTM3U\n#EXT-X-ENDLIST\n")
-    live_info, final_info = await store.head(live), await store.head(final)
+    await object_store.put_bytes(live, b"#EXTM3U\n#EXT-X-PLAYLIST-TYPE:EVENT\n")
+    await object_store.put_bytes(final, b"#EXTM3U\n#EXT-X-ENDLIST\n")
+    live_info, final_info = await object_store.head(live), await object_store.head(final)
     assert live_info and live_info.content_type == "application/vnd.apple.mpegurl"
     assert live_info.cache_control == CACHE_LIVE
     assert final_info and final_info.cache_control == CACHE_FINAL_PLAYLIST
 
 
-async def test_put_file_and_overwrite(store: ObjectStore, prefix: str, tmp_path: Path) -> None:
+async def test_put_file_and_overwrite(
+    object_store: ObjectStore, prefix: str, tmp_path: Path
+) -> None:
     src = tmp_path / "a.ts"
     src.write_bytes(b"one")
-    assert await store.put_file(prefix + "a.ts", src) == 3
-    await store.put_bytes(prefix + "a.ts", b"two!")
-    assert await store.get(prefix + "a.ts") == b"two!"
+    assert await object_store.put_file(prefix + "a.ts", src) == 3
+    await object_store.put_bytes(prefix + "a.ts", b"two!")
+    assert await object_store.get(prefix + "a.ts") == b"two!"
 
 
-async def test_missing_key(store: ObjectStore, prefix: str) -> None:
+async def test_missing_key(object_store: ObjectStore, prefix: str) -> None:
     with pytest.raises(NotFound):
-        await store.get(prefix + "nope.ts")
-    assert await store.head(prefix + "nope.ts") is None
+        await object_store.get(prefix + "nope.ts")
+    assert await object_store.head(prefix + "nope.ts") is None
 
 
-async def test_list_and_delete_prefix(store: ObjectStore, prefix: str) -> None:
+async def test_list_and_delete_prefix(object_store: ObjectStore, prefix: str) -> None:
     keys = [f"{prefix}r1/seg_{i:05d}.ts" for i in range(3)] + [prefix + "r1/index.m3u8"]
     for key in keys:
-        await store.put_bytes(key, key.encode())
-    await store.put_bytes(prefix + "r2/index.m3u8", b"#EXTM3U\n")
-    listed = await store.list(prefix + "r1/")
+        await object_store.put_bytes(key, key.encode())
+    await object_store.put_bytes(prefix + "r2/index.m3u8", b"#EXTM3U\n")
+    listed = await object_store.list(prefix + "r1/")
     assert [i.key for i in listed] == sorted(keys)
     assert [i.size for i in listed] == [len(k) for k in sorted(keys)]
-    assert await store.delete_prefix(prefix + "r1/") == 4
-    assert await store.list(prefix + "r1/") == []
-    assert [i.key for i in await store.list(prefix)] == [prefix + "r2/index.m3u8"]
-    assert await store.delete_prefix(prefix + "r1/") == 0
+    assert await object_store.delete_prefix(prefix + "r1/") == 4
+    assert await object_store.list(prefix + "r1/") == []
+    assert [i.key for i in await object_store.list(prefix)] == [prefix + "r2/index.m3u8"]
+    assert await object_store.delete_prefix(prefix + "r1/") == 0
 
 
 @pytest.mark.parametrize("bad", ["", "../etc/passwd", "a//b", "/abs", ".hidden/x", "a/../b"])
-async def test_bad_keys_are_refused(store: ObjectStore, bad: str) -> None:
+async def test_bad_keys_are_refused(object_store: ObjectStore, bad: str) -> None:
     with pytest.raises(ValueError):
-        await store.put_bytes(bad, b"x")
+        await object_store.put_bytes(bad, b"x")
     with pytest.raises(ValueError):
-        await store.get(bad)
+        await object_store.get(bad)
 
 
-async def test_prefix_must_be_a_directory(store: ObjectStore) -> None:
+async def test_prefix_must_be_a_directory(object_store: ObjectStore) -> None:
     with pytest.raises(ValueError):
-        await store.list("recordings")
+        await object_store.list("recordings")
     with pytest.raises(ValueError):
-        await store.delete_prefix("")
+        await object_store.delete_prefix("")
 
 
-async def test_expiration_rule(store: ObjectStore, prefix: str) -> None:
-    result = await store.apply_expiration(prefix, 30)
-    if store.name == "s3":
+async def test_expiration_rule(object_store: ObjectStore, prefix: str) -> None:
+    result = await object_store.apply_expiration(prefix, 30)
+    if object_store.name == "s3":
         # SeaweedFS implements lifecycle rules: it must be applied and read back.
         assert result.supported and result.verified, result.detail
     else:
