@@ -16,6 +16,8 @@ from tchat.chat import api as chat_api
 from tchat.config import Settings
 from tchat.recording import api as recording_api
 from tchat.sfu import api as sfu_api
+from tchat.sfu import recording_sink
+from tchat.web import pages
 
 log = logging.getLogger("tchat.app")
 
@@ -59,5 +61,6 @@ def create_app(settings: Settings) -> FastAPI:
 def _mount_capabilities(app: FastAPI, settings: Settings) -> None:
     """Each capability's `mount(app, settings)` adds its routes and appends its lifespan
     component (a callable app -> async context manager) to `app.state.components`."""
-    for capability in (chat_api, recording_api, sfu_api):
+    # recording_sink after both it joins; pages last (its catch-all routes come after the API)
+    for capability in (chat_api, recording_api, sfu_api, recording_sink, pages):
         capability.mount(app, settings)

@@ -258,6 +258,19 @@ class Settings(BaseSettings):
         alias="SFU_MAX_LOAD",
         description="Refuse new sessions (503) while the worker uses more CPU than this, in cores.",
     )
+    sfu_record: bool = Field(
+        True,
+        alias="SFU_RECORD",
+        description="Record every WHIP publish to HLS (H.264 video copied, Opus → AAC).",
+    )
+
+    # --- web pages (issue 8) -----------------------------------------------------------
+    web_dev_tokens: Literal["auto", "on", "off"] = Field(
+        "auto",
+        alias="WEB_DEV_TOKENS",
+        description="POST /dev/token hands viewer/chat tokens to anyone: auto = only when "
+        "bound to loopback with no TCHAT_PUBLIC_URL.",
+    )
 
     # --- performance suite (T070 and all) ----------------------------------------------
     num_writers: int = Field(
@@ -286,6 +299,14 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+    @property
+    def dev_tokens_enabled(self) -> bool:
+        """Whether the watch page may fetch viewer/chat tokens without one (local use only)."""
+        if self.web_dev_tokens != "auto":
+            return self.web_dev_tokens == "on"
+        loopback = self.host in ("127.0.0.1", "localhost", "::1")
+        return loopback and not self.public_url
 
     def cql_contact_points(self) -> list[tuple[str, int]]:
         return [parse_host_port(p, 9042) for p in self.scylladb_host.split(",")]

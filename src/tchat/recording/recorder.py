@@ -86,8 +86,9 @@ def ffmpeg_hls_args(opts: RecorderOptions, source: Source) -> list[str]:
         *source.input_args(),
         "-map",
         "0",
-        "-c",
-        "copy",  # remux only: segments cut on the source's keyframes
+        # remux only (segments cut on the source's keyframes), unless the source says
+        # a stream must be transcoded (SdpSource: Opus → AAC)
+        *getattr(source, "codec_args", ["-c", "copy"]),
         "-f",
         "hls",
         "-hls_time",

@@ -111,8 +111,11 @@ class SdpSource:
         *,
         keyframe: Callable[[], None] | None = None,
         idle_timeout_s: int = 2,
+        codec_args: list[str] | None = None,
     ) -> None:
         self.sdp_path = sdp_path
+        # output codecs: copy, but Opus must become AAC for MPEG-TS HLS in browsers
+        self.codec_args = codec_args or ["-c", "copy"]
         self.streams = streams
         self.keyframe = keyframe
         self.idle_timeout_s = idle_timeout_s

@@ -104,6 +104,9 @@ class SfuWorker(asyncio.DatagramProtocol):
         self._timer: asyncio.Task[None] | None = None
         self._last_second = 0.0
         self._last_sr = 0.0
+        # called with (publisher, True) once its media flows, (publisher, False) when it
+        # ends: the recorder sink (sfu/recording_sink.py) hangs off these
+        self.publish_listeners: list[Callable[[Peer, bool], None]] = []
 
     # -- lifetime ------------------------------------------------------------------
     async def start(self) -> None:
@@ -237,6 +240,8 @@ class SfuWorker(asyncio.DatagramProtocol):
         if peer.role == "viewer":
             room.viewers.pop(peer.id, None)
         elif room.publisher is peer:
+            if peer.connected_at is not None:
+                self._notify(peer, False)
             # the stream ended: its viewers have nothing left to watch
             for viewer in list(room.viewers.values()):
                 self.close_peer(viewer, "publisher left")
@@ -410,9 +415,18 @@ class SfuWorker(asyncio.DatagramProtocol):
                 )
                 peer.downtracks[m.ssrc] = (track, dt)
                 track.add(dt, now)
+        else:
+            self._notify(peer, True)
         log.debug(
             "sfu connected peer=%s role=%s in %.3fs", peer.id, peer.role, now - peer.created_at
         )
+
+    def _notify(self, peer: Peer, live: bool) -> None:
+        for listener in self.publish_listeners:
+            try:
+                listener(peer, live)
+            except Exception:  # a listener's failure must not end the stream
+                log.exception("publish listener failed room=%s", peer.room.name)
 
     def _pli_sender(self, peer: Peer) -> Callable[[int], None]:
         def send_pli(media_ssrc: int) -> None:
