@@ -6,7 +6,7 @@ TCHAT := $(VENV)/bin/tchat
 PERF_PROFILE ?= ci
 export PERF_PROFILE
 
-.PHONY: help setup system venv run test test-unit test-integration lint perf-ci \
+.PHONY: help setup system venv web-deps run test test-unit test-integration lint perf-ci \
         test-all test-chat test-load test-latency test-recording report \
         services-up services-down services-status down clean
 
@@ -32,10 +32,15 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-run: venv
-	@echo "publisher token for room 'demo' (WHIP: Authorization: Bearer <token>):"
-	@$(TCHAT) token --room demo --role publisher --identity studio
+run: venv web-deps
+	@echo "Go live: open the studio URL below (publisher token for room 'demo' in it);"
+	@echo "OBS/WHIP: Authorization: Bearer <the token on the second line>"
+	@$(TCHAT) token --room demo --role publisher --identity studio --url
 	@$(TCHAT) serve
+
+# hls.js for the pages, pinned, from npm (scripts/web-deps.sh)
+web-deps:
+	@bash scripts/web-deps.sh
 
 lint: venv
 	$(VENV)/bin/ruff check src tests
@@ -53,10 +58,10 @@ services-status: venv
 test-unit: venv
 	$(PY) -m pytest tests/unit -q
 
-test-integration: services-up
+test-integration: services-up web-deps
 	$(PY) -m pytest tests/integration -q
 
-test: setup lint services-up
+test: setup web-deps lint services-up
 	$(PY) -m pytest tests/unit tests/integration -q
 	@rc=0; $(MAKE) --no-print-directory perf-ci || rc=$$?; \
 	  $(MAKE) --no-print-directory report; exit $$rc

@@ -4,9 +4,9 @@
 #   setup-system.sh        everything the tests and services use
 set -euo pipefail
 if [ "${1:-all}" = run ]; then
-  pkgs=(ffmpeg python3-venv)
+  pkgs=(ffmpeg python3-venv nodejs npm)
 else
-  pkgs=(redis-server ffmpeg chromium maven openjdk-17-jre-headless python3-venv iproute2)
+  pkgs=(redis-server ffmpeg chromium maven openjdk-17-jre-headless python3-venv iproute2 nodejs npm)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

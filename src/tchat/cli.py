@@ -89,7 +89,14 @@ def serve(host: str | None, port: int | None, sfu_instances: int | None) -> None
 )
 @click.option("--identity", default="", help="Who holds it (shown as chat author).")
 @click.option("--ttl", default=None, help="Lifetime, e.g. 1h or 30d (TCHAT_TOKEN_TTL).")
-def token(room: str, role: str, identity: str, ttl: str | None) -> None:
+@click.option(
+    "--url",
+    "page_url",
+    is_flag=True,
+    help="Print the page that uses it (studio for publishers, watch page otherwise), "
+    "token in the URL fragment, then the token.",
+)
+def token(room: str, role: str, identity: str, ttl: str | None, page_url: bool) -> None:
     """Issue a signed token for a room and role."""
     from tchat.auth import issue_token
     from tchat.config import parse_duration
@@ -99,7 +106,14 @@ def token(room: str, role: str, identity: str, ttl: str | None) -> None:
         ttl_s = parse_duration(ttl) if ttl else settings.token_ttl
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--ttl") from None
-    click.echo(issue_token(settings.token_secret(), room, role, identity, ttl_s))
+    value = issue_token(settings.token_secret(), room, role, identity, ttl_s)
+    if page_url:
+        from urllib.parse import quote
+
+        page = "studio?room=" + quote(room) if role == "publisher" else "watch/" + quote(room)
+        # the fragment never reaches the server's logs; the page reads it
+        click.echo(f"{settings.base_url}/{page}#token={value}")
+    click.echo(value)
 
 
 @main.group()

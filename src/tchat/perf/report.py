@@ -16,6 +16,7 @@ _GUIDE = {  # the guide's "Performance Benchmarks" rows, for context next to our
     "latency": "T069: 54 / 124 / 259 ms (simulated)",
     "chat": "T070: 100K msg/s, P99 <5ms",
     "recording": "T071: 10 segments, <5s first",
+    "web": "issue 8: pages in a real browser (figures, no guide target)",
 }
 
 _CSS = """

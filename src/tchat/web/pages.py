@@ -1,9 +1,123 @@
-"""placeholder"""
+"""The web pages: home, studio (go live), watch (WHEP + chat), recording replay.
 
-from fastapi import FastAPI
+Plain HTML/CSS/JS modules under `static/`, no build step. hls.js comes from npm
+(`scripts/web-deps.sh` puts a pinned `dist/hls.min.js` and its licence under
+`static/vendor/`); nothing is loaded from a CDN.
 
+Routes: `/`, `/studio`, `/watch/{room}`, `/recordings/{id}` (a browser asking for
+HTML gets the page, API clients keep the JSON), `/static/...`, `GET /live` (rooms
+live now with viewer counts) and, only when `Settings.dev_tokens_enabled` (loopback
+and no public URL, or WEB_DEV_TOKENS=on), `POST /dev/token` for viewer/chat tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tchat.auth import issue_token
 from tchat.config import Settings
+from tchat.http import json_error
+
+STATIC = Path(__file__).parent / "static"
+ROOM_RE = r"^[A-Za-z0-9_.-]{1,64}$"
+_RECORDING_PAGE = re.compile(r"^/recordings/[A-Za-z0-9_-]{1,64}/?$")
+
+
+class TokenRequest(BaseModel):
+    room: str = Field(pattern=ROOM_RE)
+    role: Literal["viewer", "chat"] = "chat"
+
+
+def _page(name: str) -> FileResponse:
+    # pages are tiny and change with the code: always revalidate
+    return FileResponse(
+        STATIC / name, media_type="text/html", headers={"Cache-Control": "no-cache"}
+    )
+
+
+def live_rooms(app: FastAPI) -> list[dict[str, Any]]:
+    """Rooms whose publisher is connected, with their viewer count and live recording."""
+    worker = app.state.sfu
+    live = getattr(app.state, "live_recording", None)
+    rooms = []
+    for room in worker.rooms.values():
+        pub = room.publisher
+        if pub is None or pub.closed or pub.connected_at is None:
+            continue
+        rooms.append(
+            {
+                "room": room.name,
+                "viewers": sum(1 for v in room.viewers.values() if v.srtp is not None),
+                "live_for_s": round(worker.now() - pub.connected_at, 1),
+                "recording_id": live.recording_of(room.name) if live is not None else None,
+            }
+        )
+    return sorted(rooms, key=lambda r: (-r["viewers"], r["room"]))
+
+
+class RecordingPageMiddleware:
+    """`GET /recordings/{id}` from a browser navigation (Accept: text/html) gets the replay
+    page; everything else passes through untouched to the JSON API."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and _RECORDING_PAGE.match(scope["path"])
+        ):
+            accept = dict(scope["headers"]).get(b"accept", b"")
+            if accept.startswith(b"text/html"):
+                await _page("recording.html")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def mount(app: FastAPI, settings: Settings) -> None:
-    return None
+    dev_tokens = settings.dev_tokens_enabled
+    app.add_middleware(RecordingPageMiddleware)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> Response:
+        return _page("index.html")
+
+    @app.get("/studio", include_in_schema=False)
+    async def studio() -> Response:
+        return _page("studio.html")
+
+    @app.get("/watch/{room}", include_in_schema=False)
+    async def watch(room: str) -> Response:
+        return _page("watch.html")
+
+    @app.get("/live", tags=["web"])
+    async def live(request: Request) -> JSONResponse:
+        """Rooms live now (publisher connected), most watched first."""
+        return JSONResponse(
+            {"rooms": live_rooms(request.app), "dev_tokens": dev_tokens},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @app.post("/dev/token", tags=["web"])
+    async def dev_token(body: TokenRequest, request: Request) -> Response:
+        """Local development only: a viewer or chat token for anyone who asks (never a
+        publisher token). 403 unless WEB_DEV_TOKENS allows it."""
+        if not dev_tokens:
+            return json_error(
+                403,
+                "forbidden",
+                "dev tokens are off (server not on loopback defaults); paste a token",
+            )
+        secret: str = request.app.state.secret
+        token = issue_token(secret, body.room, body.role, ttl_s=settings.token_ttl)
+        return JSONResponse({"token": token, "room": body.room, "role": body.role})

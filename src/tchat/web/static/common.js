@@ -1,0 +1,116 @@
+// Shared helpers of the tchat pages: tokens, WHIP/WHEP signalling, errors.
+
+export const $ = (sel) => document.querySelector(sel);
+
+export function showError(node, message) {
+  node.textContent = message || "";
+  node.hidden = !message;
+}
+
+export class HttpError extends Error {
+  constructor(status, code, detail) {
+    super(detail || code || `HTTP ${status}`);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export async function failure(resp) {
+  let code = "", detail = "";
+  try {
+    const body = await resp.json();
+    code = body.error || "";
+    detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+  } catch { detail = resp.statusText; }
+  return new HttpError(resp.status, code, detail);
+}
+
+export async function getJson(url) {
+  const resp = await fetch(url, { headers: { accept: "application/json" } });
+  if (!resp.ok) throw await failure(resp);
+  return resp.json();
+}
+
+// A token given in the URL fragment (#token=…; never sent to the server in logs).
+export function tokenFromHash() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  return params.get("token") || "";
+}
+
+// A viewer/chat token: the fragment's, one remembered for the room, or one the server
+// hands out in local development (POST /dev/token); "" when none is available.
+export async function viewerToken(room) {
+  const key = `tchat:token:${room}`;
+  const given = tokenFromHash() || sessionStorage.getItem(key);
+  if (given) return given;
+  try {
+    const resp = await fetch("/dev/token", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ room, role: "chat" }),
+    });
+    if (resp.ok) return (await resp.json()).token;
+  } catch { /* offline server: the page says so elsewhere */ }
+  return "";
+}
+
+export function rememberToken(room, token) {
+  sessionStorage.setItem(`tchat:token:${room}`, token);
+}
+
+// Wait until ICE gathering completes: WHIP/WHEP here send one offer, no trickle.
+export function gathered(pc, timeoutMs = 2000) {
+  return new Promise((resolve) => {
+    if (pc.iceGatheringState === "complete") return resolve();
+    const done = () => pc.iceGatheringState === "complete" && resolve();
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, timeoutMs);
+  });
+}
+
+// POST the offer to a WHIP/WHEP endpoint; returns the session URL. Throws HttpError.
+export async function signal(url, pc, token) {
+  await pc.setLocalDescription(await pc.createOffer());
+  await gathered(pc);
+  const resp = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/sdp", authorization: `Bearer ${token}` },
+    body: pc.localDescription.sdp,
+  });
+  if (resp.status !== 201) throw await failure(resp);
+  await pc.setRemoteDescription({ type: "answer", sdp: await resp.text() });
+  return new URL(resp.headers.get("location"), location.href).href;
+}
+
+export function explain(err, room) {
+  if (err instanceof HttpError) {
+    if (err.status === 401) return "A token is needed: paste one below.";
+    if (err.status === 403) return `Token rejected: ${err.message}`;
+    if (err.status === 404) return `Room "${room}" is offline.`;
+    if (err.status === 409) return `Room "${room}" is already live from another publisher.`;
+    if (err.status === 503) return `The server is busy: ${err.message}. Try again shortly.`;
+    return `Error ${err.status}: ${err.message}`;
+  }
+  return String(err && err.message ? err.message : err);
+}
+
+export function kbps(bytes, seconds) {
+  return seconds > 0 ? Math.round((bytes * 8) / seconds / 1000) : 0;
+}
+
+export function clock(unixSeconds) {
+  return new Date(unixSeconds * 1000).toLocaleTimeString();
+}
+
+export function duration(seconds) {
+  const s = Math.round(seconds || 0);
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+export function header(active) {
+  const links = [["/", "Live & recordings"], ["/studio", "Go live"]];
+  const nav = links.map(([href, text]) =>
+    `<a href="${href}"${href === active ? ' aria-current="page"' : ""}>${text}</a>`).join("");
+  document.querySelector("header").innerHTML =
+    `<a class="brand" href="/">tchat</a><nav aria-label="main">${nav}</nav>`;
+}

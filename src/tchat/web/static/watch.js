@@ -1,0 +1,188 @@
+// Watch: WHEP player (quality, latency), chat beside it, HLS fallback on the live recording.
+import { $, explain, getJson, header, HttpError, kbps, rememberToken, showError, signal,
+  viewerToken } from "/static/common.js";
+import { ChatPanel } from "/static/chat.js";
+
+header("");
+const room = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1] || "");
+const params = new URLSearchParams(location.search);
+$("#title").textContent = room;
+document.title = `tchat — ${room}`;
+const video = $("#video");
+const chat = new ChatPanel($("#chat"), room);
+window.tchatChat = chat;
+// figures the browser tests read
+window.tchatWatch = { transport: null, joinMs: null, width: 0, height: 0, latencyMs: null,
+  error: "" };
+const state = { pc: null, session: null, token: "", last: null, retry: null, hls: null };
+const OFFLINE_RETRY_MS = 3000;
+const ICE_TIMEOUT_MS = 10000;
+
+function setStatus(text) { $("#status").textContent = text; }
+function fail(message) {
+  window.tchatWatch.error = message;
+  showError($("#error"), message);
+}
+
+async function start() {
+  state.token = await viewerToken(room);
+  if (!state.token) {
+    $("#tokenform").hidden = false;
+    fail("This server needs a viewer or chat token to watch: paste one below.");
+    chat.start("");
+    return;
+  }
+  chat.start(state.token);
+  if (params.get("transport") === "hls") return hlsFallback("HLS requested");
+  watch();
+}
+
+async function watch() {
+  clearTimeout(state.retry);
+  const t0 = performance.now();
+  const pc = new RTCPeerConnection();
+  state.pc = pc;
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  pc.addTransceiver("video", { direction: "recvonly" });
+  pc.addEventListener("track", (e) => {
+    if (e.track.kind !== "video") return;
+    video.srcObject = e.streams[0] || new MediaStream([e.track]);
+    // join time: WHEP request → first decoded frame on screen
+    const first = () => {
+      if (window.tchatWatch.joinMs === null) {
+        window.tchatWatch.joinMs = Math.round(performance.now() - t0);
+      }
+    };
+    if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(first);
+    else video.addEventListener("playing", first, { once: true });
+  });
+  const iceTimer = setTimeout(() => {
+    if (pc === state.pc && pc.connectionState !== "connected") hlsFallback("WebRTC did not connect");
+  }, ICE_TIMEOUT_MS);
+  pc.addEventListener("connectionstatechange", () => {
+    if (pc !== state.pc) return;
+    const s = pc.connectionState;
+    if (s === "connected") {
+      clearTimeout(iceTimer);
+      window.tchatWatch.transport = "webrtc";
+      setStatus("● live (WebRTC)");
+      showError($("#error"), "");
+    } else if (s === "failed" && window.tchatWatch.transport !== "webrtc") {
+      hlsFallback("WebRTC connection failed");
+    } else if (s === "failed" || s === "closed") {
+      // the publisher left (the SFU ends its viewers): wait for the room to come back
+      setStatus("stream ended");
+      pc.close();
+      state.pc = null;
+      state.session = null;
+      state.retry = setTimeout(watch, OFFLINE_RETRY_MS);
+    }
+  });
+  const layer = ["low", "mid", "high"][Number($("#quality").value)];
+  try {
+    state.session = await signal(`/whep/${encodeURIComponent(room)}?layer=${layer}`, pc, state.token);
+  } catch (err) {
+    clearTimeout(iceTimer);
+    pc.close();
+    state.pc = null;
+    if (err instanceof HttpError && err.status === 404) {
+      setStatus("offline");
+      fail(`Room "${room}" is offline. Waiting for it to go live…`);
+      state.retry = setTimeout(watch, OFFLINE_RETRY_MS);
+    } else if (err instanceof HttpError && (err.status === 401 || err.status === 403)) {
+      setStatus("no access");
+      $("#tokenform").hidden = false;
+      fail(explain(err, room));
+    } else {
+      hlsFallback(explain(err, room));
+    }
+  }
+}
+
+// The room's live recording (EVENT playlist) through hls.js: a few seconds behind, but
+// it works wherever plain HTTPS does.
+async function hlsFallback(why) {
+  if (state.hls) return;
+  if (state.pc) { state.pc.close(); state.pc = null; }
+  const t0 = performance.now();
+  setStatus(`HLS (${why})`);
+  let url = null;
+  try {
+    const recs = (await getJson(`/recordings?room=${encodeURIComponent(room)}&state=recording&limit=1`)).recordings;
+    url = recs.length ? recs[0].playlist_url : null;
+  } catch (err) { fail(`Cannot list recordings: ${err.message}`); return; }
+  if (!url) { fail(`${why}, and room "${room}" has no live recording to fall back to.`); return; }
+  if (!window.Hls || !window.Hls.isSupported()) {
+    if (video.canPlayType("application/vnd.apple.mpegurl")) { video.src = url; }
+    else { fail("hls.js is missing (run make setup) and this browser has no native HLS."); return; }
+  } else {
+    const hls = new window.Hls({ liveSyncDurationCount: 2 });
+    state.hls = hls;
+    hls.on(window.Hls.Events.ERROR, (_, data) => { if (data.fatal) fail(`HLS error: ${data.details}`); });
+    hls.loadSource(url);
+    hls.attachMedia(video);
+  }
+  window.tchatWatch.transport = "hls";
+  video.addEventListener("playing", () => {
+    if (window.tchatWatch.joinMs === null) window.tchatWatch.joinMs = Math.round(performance.now() - t0);
+  }, { once: true });
+  video.play().catch(() => {});
+}
+
+async function stats() {
+  const q = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;
+  const w = window.tchatWatch;
+  w.width = video.videoWidth; w.height = video.videoHeight;
+  w.frames = q ? q.totalVideoFrames : 0;
+  let rate = 0, fps = 0;
+  if (state.pc && state.pc.connectionState === "connected") {
+    let rtt = 0, buffer = null;
+    const now = performance.now();
+    (await state.pc.getStats()).forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "video") {
+        if (state.last) rate = kbps(s.bytesReceived - state.last.bytes, (now - state.last.at) / 1000);
+        state.last = { bytes: s.bytesReceived, at: now };
+        fps = Math.round(s.framesPerSecond || 0);
+        if (s.jitterBufferEmittedCount) buffer = (s.jitterBufferDelay / s.jitterBufferEmittedCount) * 1000;
+      }
+      if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime) rtt = s.currentRoundTripTime * 1000;
+    });
+    // glass-to-glass less the capture/encode side: network one way + jitter buffer
+    if (buffer !== null) w.latencyMs = Math.round(rtt / 2 + buffer);
+  } else if (state.hls && state.hls.latency) {
+    w.latencyMs = Math.round(state.hls.latency * 1000);
+  }
+  const layer = $("#quality").selectedOptions[0].textContent;
+  $("#stats").innerHTML = `<div>transport<b>${w.transport || "…"}</b></div>
+    <div>quality<b id="q">${w.width}×${w.height}${w.transport === "webrtc" ? ` (${layer})` : ""}</b></div>
+    <div>latency<b id="latency">${w.latencyMs ?? "…"} ms</b></div>
+    <div>bitrate<b>${rate} kbit/s · ${fps} fps</b></div>
+    <div>joined in<b>${w.joinMs ?? "…"} ms</b></div>`;
+}
+setInterval(stats, 1000);
+
+$("#quality").addEventListener("change", async () => {
+  if (!state.session) return;
+  const resp = await fetch(`${state.session}/layer`, {
+    method: "PUT",
+    headers: { "content-type": "application/json", authorization: `Bearer ${state.token}` },
+    body: JSON.stringify({ max_layer: Number($("#quality").value) }),
+  });
+  if (!resp.ok) fail(`Cannot change quality (HTTP ${resp.status})`);
+});
+$("#unmute").addEventListener("click", () => {
+  video.muted = !video.muted;
+  $("#unmute").textContent = video.muted ? "Unmute" : "Mute";
+  video.play().catch(() => {});
+});
+$("#tokenform").addEventListener("submit", (e) => {
+  e.preventDefault();
+  state.token = $("#token").value.trim();
+  rememberToken(room, state.token);
+  $("#tokenform").hidden = true;
+  showError($("#error"), "");
+  chat.token = state.token;
+  if (chat.ws) chat.ws.close(); // reconnects and authenticates with the new token
+  watch();
+});
+start();

@@ -1,0 +1,231 @@
+"""The web pages end to end in headless Chromium (Debian's, driven by Playwright).
+
+One page goes live from /studio with fake camera and microphone (simulcast H.264);
+a desktop and a phone-width page watch /watch/{room} and the video really plays
+(decoded frames grow); a chat message posted on the phone appears on the desktop
+(round trip timed in the pages); after Stop the recording appears and plays in
+/recordings/{id} with the message replayed. Wrong-token and offline errors are
+shown inline. Screenshots go to reports/latest/screens/, the browser join times
+and the chat round trip to reports/latest/web.json (tchat.perf.results contract;
+figures only, no thresholds: those belong to tests/performance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from tchat.auth import issue_token
+from tchat.perf.results import REPORTS_DIR, SuiteResults
+
+from .sfu_helpers import SECRET
+
+SCREENS = REPORTS_DIR / "latest" / "screens"
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 800}
+HLS_JS = Path(__file__).parents[2] / "src/tchat/web/static/vendor/hls.min.js"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("chromium is not installed: run `make setup` (scripts/setup-system.sh)")
+    if not HLS_JS.exists():
+        pytest.fail("hls.js is not installed: run `make web-deps` (scripts/web-deps.sh)")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=exe,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        yield browser
+        await browser.close()
+
+
+async def new_page(browser: Browser, viewport: dict[str, int], errors: list[str]) -> Page:
+    context = await browser.new_context(viewport=viewport)  # type: ignore[arg-type]
+    page = await context.new_page()
+    page.on("pageerror", lambda exc: errors.append(f"{page.url}: {exc}"))
+    return page
+
+
+async def frames(page: Page) -> int:
+    return int(
+        await page.evaluate("document.querySelector('video').getVideoPlaybackQuality()"
+                            ".totalVideoFrames")
+    )  # fmt: skip
+
+
+async def screenshot(page: Page, name: str) -> None:
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
+
+
+async def test_go_live_watch_chat_and_replay_in_chromium(server_factory, browser: Browser) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory(RECORDING_SEGMENT_SECONDS="2", LOG_LEVEL="info")
+    base = server.url
+    room = "e2e"
+    errors: list[str] = []
+    pub_token = issue_token(SECRET, room, "publisher", "studio")
+
+    # -- the studio goes live ------------------------------------------------------------
+    studio = await new_page(browser, DESKTOP, errors)
+    await studio.goto(f"{base}/studio?room={room}#token={pub_token}")
+    assert await studio.input_value("#whipurl") == f"{base}/whip/{room}"
+    assert await studio.input_value("#bearer") == pub_token
+    await studio.click("#golive")
+    await studio.wait_for_function("window.tchatStudio.live", timeout=20_000)
+    # simulcast: several layers leave the browser (the top one only once Chrome's
+    # bandwidth estimate has ramped up: the SFU sends no REMB/TWCC, see docs/web.md)
+    await studio.wait_for_function(
+        "Object.values(window.tchatStudio.layers).filter(l => l.kbps > 0).length >= 2",
+        timeout=20_000,
+    )
+    studio_join_ms = await studio.evaluate("window.tchatStudio.joinMs")
+
+    # -- a desktop and a phone watch; frames are decoded -----------------------------------
+    watcher = await new_page(browser, DESKTOP, errors)
+    await watcher.goto(f"{base}/watch/{room}")
+    await watcher.wait_for_function("window.tchatWatch.transport === 'webrtc'", timeout=20_000)
+    await watcher.wait_for_function("window.tchatWatch.joinMs !== null", timeout=20_000)
+    before = await frames(watcher)
+    await asyncio.sleep(2)
+    after = await frames(watcher)
+    assert after >= before + 20, f"video is not playing: {before} → {after} frames"
+    assert await watcher.evaluate("document.querySelector('video').videoWidth") > 0
+    phone = await new_page(browser, PHONE, errors)
+    await phone.goto(f"{base}/watch/{room}")
+    await phone.wait_for_function("window.tchatWatch.joinMs !== null", timeout=20_000)
+    join_ms = [
+        await watcher.evaluate("window.tchatWatch.joinMs"),
+        await phone.evaluate("window.tchatWatch.joinMs"),
+    ]
+    # the phone layout stacks: nothing wider than the screen
+    assert await phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    await studio.wait_for_function("window.tchatStudio.viewers === 2", timeout=10_000)
+
+    # -- chat: posted on the phone (keyboard only), shown on the desktop ---------------------
+    await phone.wait_for_function("!document.querySelector('#say').disabled", timeout=10_000)
+    await watcher.wait_for_function("!document.querySelector('#say').disabled", timeout=10_000)
+    round_trips = []
+    for i in range(5):
+        text = f"hello from the phone {i} {time.time():.3f}"
+        await phone.focus("#say")
+        await phone.keyboard.type(text)
+        await phone.keyboard.press("Enter")
+        await watcher.wait_for_function(
+            "t => window.tchatChat.arrivals.has(t)", arg=text, timeout=10_000
+        )
+        sent = await phone.evaluate("t => window.tchatChat.sent.get(t)", text)
+        arrived = await watcher.evaluate("t => window.tchatChat.arrivals.get(t)", text)
+        round_trips.append(arrived - sent)
+        await asyncio.sleep(0.3)
+    await watcher.get_by_text(text).wait_for()
+    await asyncio.sleep(1.5)  # stats panels refresh once a second
+    await screenshot(studio, "studio-live")
+    await screenshot(watcher, "watch-desktop")
+    await screenshot(phone, "watch-phone")
+    home = await new_page(browser, DESKTOP, errors)
+    await home.goto(base + "/")
+    await home.get_by_text("2 watching").wait_for(timeout=10_000)
+    await screenshot(home, "home")
+
+    # -- errors shown inline: wrong token, offline room, studio with a viewer token -----------
+    bad = await new_page(browser, DESKTOP, errors)
+    await bad.goto(f"{base}/watch/{room}#token=not-a-token")
+    await bad.get_by_text("Token rejected").first.wait_for(timeout=10_000)
+    await screenshot(bad, "watch-wrong-token")
+    await bad.goto(f"{base}/watch/nobody-here")
+    await bad.get_by_text('Room "nobody-here" is offline').wait_for(timeout=10_000)
+    await screenshot(bad, "watch-offline")
+    viewer_token = issue_token(SECRET, "other", "viewer")
+    await bad.goto(f"{base}/studio?room=other#token={viewer_token}")
+    await bad.click("#golive")
+    await bad.get_by_text("Token rejected").wait_for(timeout=10_000)
+    await screenshot(bad, "studio-wrong-token")
+
+    # -- stop: the recording becomes available and replays with the chat ---------------------
+    await studio.click("#stop")
+    stopped_at = time.monotonic()
+    rec = await available_recording(base, room)
+    available_s = time.monotonic() - stopped_at
+    await watcher.wait_for_function(
+        "document.querySelector('#status').textContent.includes('ended')"
+        " || document.querySelector('#status').textContent.includes('offline')",
+        timeout=15_000,
+    )
+    replay = await new_page(browser, DESKTOP, errors)
+    await replay.goto(f"{base}/recordings/{rec['id']}")
+    await replay.wait_for_function("window.tchatReplay.messages === 5", timeout=10_000)
+    await replay.evaluate(
+        "(v => { v.playbackRate = 2; return v.play(); })(document.querySelector('video'))"
+    )
+    await replay.wait_for_function(
+        "document.querySelector('video').currentTime > 1", timeout=20_000
+    )
+    assert await frames(replay) > 0
+    # the replayed chat follows the video's program date time: all 5 by the end
+    await replay.wait_for_function(
+        "window.tchatReplay.shown === 5", timeout=int(rec["duration_s"] * 1000) + 15_000
+    )
+    wall = await replay.evaluate("window.tchatReplay.wall")
+    assert rec["started_at"] <= wall <= rec["ended_at"] + 2
+    await screenshot(replay, "recording-replay")
+    assert not errors, errors
+
+    write_results(studio_join_ms, join_ms, round_trips, available_s, rec)
+
+
+async def available_recording(base: str, room: str, timeout_s: float = 30) -> Any:
+    async with httpx.AsyncClient(base_url=base) as client:
+        for _ in range(int(timeout_s / 0.25)):
+            recs = (await client.get("/recordings", params={"room": room})).json()["recordings"]
+            if recs and recs[0]["state"] == "available":
+                return recs[0]
+            await asyncio.sleep(0.25)
+    raise AssertionError(f"recording of {room} not available within {timeout_s}s: {recs}")
+
+
+def write_results(
+    studio_join_ms: float,
+    join_ms: list[float],
+    round_trips: list[float],
+    available_s: float,
+    rec: dict[str, Any],
+) -> None:
+    results = SuiteResults("web", config={"browser": "Debian chromium, headless, fake devices"})
+    test = results.test("browser_go_live_watch_chat_replay")
+    ordered = sorted(round_trips)
+    test.metrics = {
+        "studio_whip_join_ms": studio_join_ms,
+        "watch_whep_join_ms_desktop": join_ms[0],
+        "watch_whep_join_ms_phone": join_ms[1],
+        "chat_round_trip_ms_median": round(ordered[len(ordered) // 2], 1),
+        "chat_round_trip_ms_max": round(ordered[-1], 1),
+        "recording_available_after_stop_s": round(available_s, 2),
+        "recording_duration_s": rec["duration_s"],
+        "recording_segments": rec["segment_count"],
+    }
+    test.notes = [
+        "Join: studio = Go live click → RTCPeerConnection connected (getUserMedia included); "
+        "watch = WHEP request start → first decoded frame (requestVideoFrameCallback).",
+        "Chat round trip: post on the phone page → message frame on the desktop page "
+        "(performance.timeOrigin + now in both pages, same machine), 5 messages.",
+        "Measured on the shared 2-core machine while other work runs: noisy.",
+    ]
+    test.evaluate()
+    results.write()
