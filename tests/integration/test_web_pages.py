@@ -87,7 +87,14 @@ async def test_go_live_watch_chat_and_replay_in_chromium(server_factory, browser
     await studio.goto(f"{base}/studio?room={room}#token={pub_token}")
     assert await studio.input_value("#whipurl") == f"{base}/whip/{room}"
     assert await studio.input_value("#bearer") == pub_token
-    await studio.click("#golive")
+    # keyboard only: Tab reaches "Go live", Enter submits
+    for _ in range(20):
+        await studio.keyboard.press("Tab")
+        if await studio.evaluate("document.activeElement.id") == "golive":
+            break
+    else:
+        raise AssertionError("Go live is not reachable with Tab")
+    await studio.keyboard.press("Enter")
     await studio.wait_for_function("window.tchatStudio.live", timeout=20_000)
     # simulcast: several layers leave the browser (the top one only once Chrome's
     # bandwidth estimate has ramped up: the SFU sends no REMB/TWCC, see docs/web.md)
@@ -144,10 +151,25 @@ async def test_go_live_watch_chat_and_replay_in_chromium(server_factory, browser
     await home.get_by_text("2 watching").wait_for(timeout=10_000)
     await screenshot(home, "home")
 
-    # -- errors shown inline: wrong token, offline room, studio with a viewer token -----------
+    # -- HLS fallback: the live recording's EVENT playlist through hls.js -------------------
+    hls = await new_page(browser, DESKTOP, errors)
+    await hls.goto(f"{base}/watch/{room}?transport=hls")
+    await hls.wait_for_function("window.tchatWatch.joinMs !== null", timeout=30_000)
+    assert await hls.evaluate("window.tchatWatch.transport") == "hls"
+    before = await frames(hls)
+    await asyncio.sleep(2)
+    assert await frames(hls) >= before + 20, "HLS fallback is not playing"
+    hls_join_ms = await hls.evaluate("window.tchatWatch.joinMs")
+    await asyncio.sleep(1)
+    await screenshot(hls, "watch-hls-fallback")
+    await hls.close()
+
+    # -- errors shown inline: wrong token, offline room, viewer token in the studio,
+    #    camera denied (getUserMedia rejected as a browser does when the user says no) --------
     bad = await new_page(browser, DESKTOP, errors)
     await bad.goto(f"{base}/watch/{room}#token=not-a-token")
-    await bad.get_by_text("Token rejected").first.wait_for(timeout=10_000)
+    await bad.wait_for_function("window.tchatWatch.error.startsWith('Token rejected')")
+    assert await bad.is_visible("#tokenform")  # and a way to paste another one
     await screenshot(bad, "watch-wrong-token")
     await bad.goto(f"{base}/watch/nobody-here")
     await bad.get_by_text('Room "nobody-here" is offline').wait_for(timeout=10_000)
@@ -157,6 +179,15 @@ async def test_go_live_watch_chat_and_replay_in_chromium(server_factory, browser
     await bad.click("#golive")
     await bad.get_by_text("Token rejected").wait_for(timeout=10_000)
     await screenshot(bad, "studio-wrong-token")
+    denied = await new_page(browser, DESKTOP, errors)
+    await denied.add_init_script(
+        "navigator.mediaDevices.getUserMedia = () =>"
+        " Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));"
+    )
+    await denied.goto(f"{base}/studio?room=other#token={pub_token}")
+    await denied.click("#golive")
+    await denied.get_by_text("Camera or microphone access was denied").wait_for(timeout=10_000)
+    await screenshot(denied, "studio-camera-denied")
 
     # -- stop: the recording becomes available and replays with the chat ---------------------
     await studio.click("#stop")
@@ -187,7 +218,7 @@ async def test_go_live_watch_chat_and_replay_in_chromium(server_factory, browser
     await screenshot(replay, "recording-replay")
     assert not errors, errors
 
-    write_results(studio_join_ms, join_ms, round_trips, available_s, rec)
+    write_results(studio_join_ms, join_ms, hls_join_ms, round_trips, available_s, rec)
 
 
 async def available_recording(base: str, room: str, timeout_s: float = 30) -> Any:
@@ -203,6 +234,7 @@ async def available_recording(base: str, room: str, timeout_s: float = 30) -> An
 def write_results(
     studio_join_ms: float,
     join_ms: list[float],
+    hls_join_ms: float,
     round_trips: list[float],
     available_s: float,
     rec: dict[str, Any],
@@ -214,6 +246,7 @@ def write_results(
         "studio_whip_join_ms": studio_join_ms,
         "watch_whep_join_ms_desktop": join_ms[0],
         "watch_whep_join_ms_phone": join_ms[1],
+        "watch_hls_fallback_join_ms": hls_join_ms,
         "chat_round_trip_ms_median": round(ordered[len(ordered) // 2], 1),
         "chat_round_trip_ms_max": round(ordered[-1], 1),
         "recording_available_after_stop_s": round(available_s, 2),
@@ -222,7 +255,8 @@ def write_results(
     }
     test.notes = [
         "Join: studio = Go live click → RTCPeerConnection connected (getUserMedia included); "
-        "watch = WHEP request start → first decoded frame (requestVideoFrameCallback).",
+        "watch = WHEP request start → first decoded frame (requestVideoFrameCallback); "
+        "HLS fallback = playlist lookup → video playing.",
         "Chat round trip: post on the phone page → message frame on the desktop page "
         "(performance.timeOrigin + now in both pages, same machine), 5 messages.",
         "Measured on the shared 2-core machine while other work runs: noisy.",

@@ -61,17 +61,24 @@ def _identity(data: bytes) -> bytes:
 class RecorderSink:
     """The loopback RTP copies of one publisher's tracks."""
 
+    clock: Callable[[], float]  # the worker's clock (the Track's PLI limit runs on it)
     tracks: dict[str, tuple[Track, DownTrack]] = field(default_factory=dict)
     sock: socket.socket | None = None
     sent: int = 0
     errors: int = 0
+    gaps: int = 0  # holes in the recorded video the SFU could not repair
+    _video_seq: int = -1
 
     @classmethod
     def attach(
-        cls, peer: Peer, now: float, port_of: Callable[[], int] = free_rtp_port
+        cls,
+        peer: Peer,
+        clock: Callable[[], float],
+        port_of: Callable[[], int] = free_rtp_port,
     ) -> tuple[RecorderSink, list[RtpStream]]:
         """Add a DownTrack per recordable track of `peer`; returns the sink and its streams."""
-        sink = cls()
+        sink = cls(clock)
+        now = clock()
         streams: list[RtpStream] = []
         for media in peer.media:
             track = peer.room.tracks.get(media.kind)
@@ -93,7 +100,7 @@ class RecorderSink:
                 pt=stream.payload_type,
                 clock_rate=track.clock_rate,
                 protect=_identity,
-                send=partial(sink._send, target=target),
+                send=partial(sink._send, target=target, video=media.kind == "video"),
                 max_layer=HIGH,  # the recording is the best layer, whatever viewers get
                 first_seq=secrets.randbits(16),
                 first_ts=secrets.randbits(32),
@@ -107,8 +114,17 @@ class RecorderSink:
                 track.add(dt, now)
         return sink, streams
 
-    def _send(self, data: bytes, *, target: tuple[str, int]) -> None:
+    def _send(self, data: bytes, *, target: tuple[str, int], video: bool) -> None:
         assert self.sock is not None
+        if video:
+            # The rewrite keeps numbering continuous, so a hole here is loss upstream that
+            # NACKs did not repair: ask for a keyframe so the next segment starts clean.
+            seq = (data[2] << 8) | data[3]
+            if self._video_seq >= 0 and 0 < (seq - self._video_seq - 1) & 0xFFFF < 0x8000:
+                self.gaps += 1
+                self.request_keyframe(self.clock())
+            if self._video_seq < 0 or (seq - self._video_seq) & 0xFFFF < 0x8000:
+                self._video_seq = seq
         try:
             self.sock.sendto(data, target)
             self.sent += 1
@@ -144,19 +160,22 @@ class LiveRecording:
             self._stop(peer)
 
     def _start(self, peer: Peer) -> None:
-        now = self.worker.now()
-        sink, streams = RecorderSink.attach(peer, now)
+        worker = self.worker
+        sink, streams = RecorderSink.attach(peer, worker.now)
         if not streams:
             return
-        worker = self.worker
         has_audio = any(s.kind == "audio" for s in streams)
-        source = SdpSource(
-            self.service.workdir / f"{peer.id}.sdp",
-            streams,
-            keyframe=lambda: sink.request_keyframe(worker.now()),
-            codec_args=["-c:v", "copy", "-c:a", "aac", "-b:a", "128k"] if has_audio else None,
-        )
-        recorder = self.service.start(peer.room.name, source)
+        try:
+            source = SdpSource(
+                self.service.workdir / f"{peer.id}.sdp",
+                streams,
+                keyframe=lambda: sink.request_keyframe(worker.now()),
+                codec_args=["-c:v", "copy", "-c:a", "aac", "-b:a", "128k"] if has_audio else None,
+            )
+            recorder = self.service.start(peer.room.name, source)
+        except Exception:
+            sink.detach()  # no recording: stop copying the stream
+            raise
         self.active[peer.id] = (sink, recorder)
         loop = asyncio.get_running_loop()
         for delay in STARTUP_PLI_S:

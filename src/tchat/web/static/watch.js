@@ -156,7 +156,7 @@ async function stats() {
   $("#stats").innerHTML = `<div>transport<b>${w.transport || "…"}</b></div>
     <div>quality<b id="q">${w.width}×${w.height}${w.transport === "webrtc" ? ` (${layer})` : ""}</b></div>
     <div>latency<b id="latency">${w.latencyMs ?? "…"} ms</b></div>
-    <div>bitrate<b>${rate} kbit/s · ${fps} fps</b></div>
+    <div>bitrate<b>${w.transport === "hls" ? "—" : `${rate} kbit/s · ${fps} fps`}</b></div>
     <div>joined in<b>${w.joinMs ?? "…"} ms</b></div>`;
 }
 setInterval(stats, 1000);

@@ -1,0 +1,81 @@
+"""Page routes without a server: HTML vs JSON on /recordings/{id}, dev tokens' gate."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tchat.auth import verify_token
+from tchat.config import Settings, load_settings
+from tchat.web import pages
+
+SECRET = "unit-secret-0123456789abcdef0123"
+HTML = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+def app_with(settings: Settings) -> FastAPI:
+    app = FastAPI()
+    app.state.components = []
+    app.state.secret = SECRET
+    app.state.sfu = SimpleNamespace(rooms={}, now=lambda: 0.0)
+
+    @app.get("/recordings/{rec_id}")
+    async def recording(rec_id: str) -> dict[str, str]:
+        return {"id": rec_id}
+
+    pages.mount(app, settings)
+    return app
+
+
+def client(settings: Settings) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app_with(settings))
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+@pytest.mark.parametrize(
+    ("env", "enabled"),
+    [
+        ({}, True),  # embedded defaults: loopback, no public URL
+        ({"TCHAT_HOST": "0.0.0.0"}, False),
+        ({"TCHAT_PUBLIC_URL": "https://live.example"}, False),
+        ({"TCHAT_HOST": "0.0.0.0", "WEB_DEV_TOKENS": "on"}, True),
+        ({"WEB_DEV_TOKENS": "off"}, False),
+    ],
+)
+def test_dev_tokens_only_on_loopback_defaults(env: dict[str, str], enabled: bool) -> None:
+    assert load_settings(**env).dev_tokens_enabled is enabled
+
+
+async def test_recording_page_for_browsers_json_for_api_clients() -> None:
+    async with client(load_settings()) as c:
+        page = await c.get("/recordings/abc123", headers={"accept": HTML})
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "/static/recording.js" in page.text
+        api = await c.get("/recordings/abc123", headers={"accept": "application/json"})
+        assert api.json() == {"id": "abc123"}
+        assert (await c.get("/recordings/abc123")).json() == {"id": "abc123"}
+        for path, script in [
+            ("/", "Live now"),
+            ("/studio", "studio.js"),
+            ("/watch/r1", "watch.js"),
+        ]:
+            r = await c.get(path)
+            assert r.status_code == 200 and script in r.text, path
+        assert (await c.get("/static/common.js")).status_code == 200
+        assert (await c.get("/live")).json() == {"rooms": [], "dev_tokens": True}
+
+
+async def test_dev_token_issues_chat_tokens_only_when_enabled() -> None:
+    async with client(load_settings()) as c:
+        r = await c.post("/dev/token", json={"room": "demo", "role": "chat"})
+        assert r.status_code == 200
+        verify_token(SECRET, r.json()["token"], "demo", "chat")
+        # never a publisher token, and a bad room name is a 422 with the reason
+        assert (await c.post("/dev/token", json={"room": "demo", "role": "publisher"})).is_error
+        assert (await c.post("/dev/token", json={"room": "a b", "role": "chat"})).status_code == 422
+    async with client(load_settings(TCHAT_HOST="0.0.0.0")) as c:
+        r = await c.post("/dev/token", json={"room": "demo", "role": "chat"})
+        assert r.status_code == 403 and r.json()["error"] == "forbidden"
