@@ -6,7 +6,7 @@ TCHAT := $(VENV)/bin/tchat
 PERF_PROFILE ?= ci
 export PERF_PROFILE
 
-.PHONY: help setup system venv web-deps run test test-unit test-integration lint perf-ci \
+.PHONY: help setup system venv web-deps run test test-web test-unit test-integration lint perf-ci \
         test-all test-chat test-load test-latency test-recording report \
         services-up services-down services-status down clean
 
@@ -15,6 +15,7 @@ help:
 	@echo "make test           set up, start services, lint, unit + integration + CI perf profiles"
 	@echo "make test-all       every performance suite (PERF_PROFILE=full for the guide's sizes)"
 	@echo "make test-chat|test-load|test-latency|test-recording   one suite"
+	@echo "make test-web       the pages in headless Chromium (screenshots, web.json)"
 	@echo "make report         render reports/latest/index.html"
 	@echo "make services-up|services-down|services-status   Cassandra, Redis, SeaweedFS"
 
@@ -54,6 +55,11 @@ services-down down:
 
 services-status: venv
 	$(TCHAT) services status
+
+# the browser end-to-end tests of the pages (~45 s): reports/latest/web.json + screens/
+test-web: venv web-deps
+	$(PY) -m pytest tests/integration/test_web_pages.py tests/integration/test_whip_obs.py \
+	  tests/integration/test_sfu_recording.py -q
 
 test-unit: venv
 	$(PY) -m pytest tests/unit -q

@@ -57,6 +57,12 @@ def serve(host: str | None, port: int | None, sfu_instances: int | None) -> None
     app = create_app(settings)
     base = settings.base_url
     click.echo(f"tchat {__version__} serving on {base}")
+    click.echo(f"  pages    {base}/  studio {base}/studio  watch {base}/watch/{{room}}")
+    click.echo(
+        "  tokens   watch page gets chat tokens from /dev/token (local use)"
+        if settings.dev_tokens_enabled
+        else "  tokens   /dev/token off: viewers paste a token (tchat token --role chat)"
+    )
     click.echo(f"  health   {base}/healthz")
     click.echo(f"  API docs {base}/docs")
     click.echo(f"  metrics  {base}/metrics")

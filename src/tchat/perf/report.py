@@ -124,7 +124,13 @@ def render_report(latest: Path) -> Path:
     screens = sorted((latest / "screens").glob("*.png"))
     if screens:
         parts.append("<h2>Screenshots</h2>")
-        parts.extend(f"<a href='screens/{p.name}'>{html.escape(p.name)}</a> " for p in screens)
+        parts.append("<div class=plots>")
+        parts.extend(
+            f"<a href='screens/{p.name}'><img alt='{html.escape(p.stem)}' src='screens/{p.name}'"
+            f" title='{html.escape(p.name)}' style='max-width:260px'></a>"
+            for p in screens
+        )
+        parts.append("</div>")
     out = latest / "index.html"
     out.write_text("\n".join(parts))
     return out
