@@ -151,11 +151,21 @@ async def test_go_live_watch_chat_and_replay_in_chromium(server_factory, browser
     await home.get_by_text("2 watching").wait_for(timeout=10_000)
     await screenshot(home, "home")
 
-    # -- HLS fallback: the live recording's EVENT playlist through hls.js -------------------
+    # -- HLS fallback: WebRTC cannot connect (the answer's candidates are dropped, as
+    #    when UDP is blocked), so hls.js plays the live recording's EVENT playlist ---------
     hls = await new_page(browser, DESKTOP, errors)
-    await hls.goto(f"{base}/watch/{room}?transport=hls")
+    await hls.add_init_script(
+        """const srd = RTCPeerConnection.prototype.setRemoteDescription;
+        RTCPeerConnection.prototype.setRemoteDescription = function (d) {
+          const lines = d.sdp.split('\\r\\n');
+          const sdp = lines.filter(l => !l.startsWith('a=candidate')).join('\\r\\n');
+          return srd.call(this, {type: d.type, sdp});
+        };"""
+    )
+    await hls.goto(f"{base}/watch/{room}?fallback_after=3000")
     await hls.wait_for_function("window.tchatWatch.joinMs !== null", timeout=30_000)
     assert await hls.evaluate("window.tchatWatch.transport") == "hls"
+    assert "WebRTC did not connect" in (await hls.text_content("#status") or "")
     before = await frames(hls)
     await asyncio.sleep(2)
     assert await frames(hls) >= before + 20, "HLS fallback is not playing"

@@ -79,3 +79,21 @@ async def test_dev_token_issues_chat_tokens_only_when_enabled() -> None:
     async with client(load_settings(TCHAT_HOST="0.0.0.0")) as c:
         r = await c.post("/dev/token", json={"room": "demo", "role": "chat"})
         assert r.status_code == 403 and r.json()["error"] == "forbidden"
+
+
+def test_token_url_points_at_the_page_with_the_token_in_the_fragment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from tchat.cli import main
+
+    monkeypatch.setenv("TCHAT_SECRET", SECRET)
+    monkeypatch.setenv("TCHAT_PORT", "8123")
+    out = CliRunner().invoke(main, ["token", "--room", "demo", "--role", "publisher", "--url"])
+    assert out.exit_code == 0, out.output
+    url, token = out.output.split()
+    assert url == f"http://127.0.0.1:8123/studio?room=demo#token={token}"
+    verify_token(SECRET, token, "demo", "publisher")
+    out = CliRunner().invoke(main, ["token", "--room", "demo", "--role", "chat", "--url"])
+    assert out.output.startswith("http://127.0.0.1:8123/watch/demo#token=")

@@ -16,7 +16,8 @@ window.tchatWatch = { transport: null, joinMs: null, width: 0, height: 0, latenc
   error: "" };
 const state = { pc: null, session: null, token: "", last: null, retry: null, hls: null };
 const OFFLINE_RETRY_MS = 3000;
-const ICE_TIMEOUT_MS = 10000;
+// how long WebRTC may take to connect before the HLS fallback (?fallback_after=ms)
+const ICE_TIMEOUT_MS = Number(params.get("fallback_after")) || 10000;
 
 function setStatus(text) { $("#status").textContent = text; }
 function fail(message) {
@@ -49,7 +50,8 @@ async function watch() {
     video.srcObject = e.streams[0] || new MediaStream([e.track]);
     // join time: WHEP request → first decoded frame on screen
     const first = () => {
-      if (window.tchatWatch.joinMs === null) {
+      // pc !== state.pc: WebRTC was abandoned (HLS fallback); that start is timed there
+      if (pc === state.pc && window.tchatWatch.joinMs === null) {
         window.tchatWatch.joinMs = Math.round(performance.now() - t0);
       }
     };
@@ -70,12 +72,12 @@ async function watch() {
     } else if (s === "failed" && window.tchatWatch.transport !== "webrtc") {
       hlsFallback("WebRTC connection failed");
     } else if (s === "failed" || s === "closed") {
-      // the publisher left (the SFU ends its viewers): wait for the room to come back
-      setStatus("stream ended");
-      pc.close();
-      state.pc = null;
-      state.session = null;
-      state.retry = setTimeout(watch, OFFLINE_RETRY_MS);
+      ended(pc);
+    } else if (s === "disconnected") {
+      // no DTLS close seen (lost): if the room is not live any more, the stream ended
+      getJson("/live").then((live) => {
+        if (pc === state.pc && !live.rooms.some((r) => r.room === room)) ended(pc);
+      }).catch(() => {});
     }
   });
   const layer = ["low", "mid", "high"][Number($("#quality").value)];
@@ -99,11 +101,26 @@ async function watch() {
   }
 }
 
+// The publisher left (the SFU ends its viewers): wait for the room to come back.
+function ended(pc) {
+  setStatus("stream ended");
+  pc.close();
+  state.pc = null;
+  state.session = null;
+  state.retry = setTimeout(watch, OFFLINE_RETRY_MS);
+}
+
 // The room's live recording (EVENT playlist) through hls.js: a few seconds behind, but
 // it works wherever plain HTTPS does.
 async function hlsFallback(why) {
   if (state.hls) return;
   if (state.pc) { state.pc.close(); state.pc = null; }
+  video.srcObject = null; // set at setRemoteDescription already; it would win over src
+  if (state.session) { // free the SFU session at once rather than at its connect timeout
+    fetch(state.session, { method: "DELETE", headers: { authorization: `Bearer ${state.token}` } })
+      .catch(() => {});
+    state.session = null;
+  }
   const t0 = performance.now();
   setStatus(`HLS (${why})`);
   let url = null;
