@@ -177,6 +177,8 @@ class LiveRecording:
             sink.detach()  # no recording: stop copying the stream
             raise
         self.active[peer.id] = (sink, recorder)
+        # a recording that ends on its own (FFmpeg failed for good) stops the copying too
+        recorder.on_done(lambda _: self._stop(peer))
         loop = asyncio.get_running_loop()
         for delay in STARTUP_PLI_S:
             loop.call_later(delay, lambda: sink.request_keyframe(worker.now()))
