@@ -258,6 +258,48 @@ class Settings(BaseSettings):
         alias="SFU_MAX_LOAD",
         description="Refuse new sessions (503) while the worker uses more CPU than this, in cores.",
     )
+    sfu_abr: bool = Field(
+        True,
+        alias="SFU_ABR",
+        description="Adaptive layer per viewer from transport-wide CC feedback (docs/latency.md).",
+    )
+    sfu_abr_up_after: Duration = Field(
+        5.0,
+        ge=0,
+        alias="SFU_ABR_UP_AFTER",
+        description="Climb a layer only after this long of sustained headroom for it.",
+    )
+    sfu_abr_hold_after_down: Duration = Field(
+        10.0,
+        ge=0,
+        alias="SFU_ABR_HOLD_AFTER_DOWN",
+        description="Never climb within this long after a downgrade.",
+    )
+    sfu_abr_headroom: float = Field(
+        1.2,
+        ge=1.0,
+        le=3.0,
+        alias="SFU_ABR_HEADROOM",
+        description="Climb to a layer when the estimate exceeds its bitrate by this factor.",
+    )
+    sfu_abr_initial_bps: float = Field(
+        1_000_000,
+        gt=0,
+        alias="SFU_ABR_INITIAL_BPS",
+        description="A new viewer's bandwidth estimate before any feedback, bit/s.",
+    )
+    sfu_abr_probe_interval: Duration = Field(
+        3.0,
+        gt=0,
+        alias="SFU_ABR_PROBE_INTERVAL",
+        description="Time between bandwidth probes (doubled after each failed probe, ≤ 24 s).",
+    )
+    sfu_abr_probe_max_bps: float = Field(
+        4_000_000,
+        gt=0,
+        alias="SFU_ABR_PROBE_MAX_BPS",
+        description="Highest rate a bandwidth probe pads a viewer's stream up to, bit/s.",
+    )
 
     # --- performance suite (T070 and all) ----------------------------------------------
     num_writers: int = Field(

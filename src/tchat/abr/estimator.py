@@ -3,15 +3,21 @@
 Inputs, each a method call with `now` (seconds):
 - `on_twcc(now, packets)` — transport-wide congestion control feedback: per packet the
   send time, the arrival time (None when reported lost) and its size. From it come the
-  delivered rate over a sliding window and the queueing-delay trend (one-way delay
-  growth): the delay-based half of Google Congestion Control, simplified.
+  delivered rate over a sliding window and the standing queue (one-way delay above its
+  10 s minimum): the delay-based half of Google Congestion Control, simplified.
 - `on_remb(now, bps)` — the receiver's own estimate (REMB), taken as an upper bound.
 - `on_receiver_report(now, fraction_lost)` and `on_nack(now, count)` — loss.
 
-`estimate(now)` combines them in the manner of GCC: while the delay trend is flat the
-estimate grows multiplicatively (8 %/s) but never far above what was delivered; on
-over-use (delay grows) it falls to 85 % of the delivered rate; loss above 10 % scales it
-down by (1 - loss/2). Nothing here does I/O or reads a clock.
+`estimate(now)` moves only on evidence, because the SFU does not send at the estimate
+(it sends whole simulcast layers, plus probes):
+- a standing queue (over-use: the lowest delay of the last QUEUE_WINDOW_S is
+  OVERUSE_MS above the 10 s minimum) sets it to 85 % of the delivered rate, which on a
+  saturated bottleneck is the bottleneck's rate;
+- otherwise a delivered rate above the estimate proves the link carries it and raises
+  it (this is how probes raise it);
+- loss above 10 % scales it down by (1 - loss/2) per second.
+Delay *spikes* (a keyframe burst draining) do not count: the recent minimum ignores
+them, only a queue that never drains does. Nothing here does I/O or reads a clock.
 """
 
 from __future__ import annotations
@@ -20,13 +26,11 @@ from collections import deque
 from dataclasses import dataclass
 
 WINDOW_S = 1.0  # delivered-rate window
-TREND_WINDOW_S = 0.5  # delay-trend window
-OVERUSE_MS_PER_S = 8.0  # one-way delay growth that means a queue is building
-GROWTH_PER_S = 0.08
+QUEUE_WINDOW_S = 0.3  # the recent minimum delay
+BASE_WINDOW_S = 10.0  # the base (empty-queue) delay
+OVERUSE_MS = 30.0  # standing queue that means the link is saturated
 BACKOFF = 0.85
 LOSS_HIGH = 0.10
-LOSS_LOW = 0.02
-MAX_OVER_DELIVERED = 1.5  # never estimate far above what actually got through
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +40,34 @@ class PacketFeedback:
     size_bytes: int
 
 
+class _WindowMin:
+    """Minimum of (t, value) over a sliding time window (monotonic deque, O(1) amortised)."""
+
+    __slots__ = ("_q", "window")
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._q: deque[tuple[float, float]] = deque()
+
+    def push(self, t: float, value: float) -> None:
+        q = self._q
+        while q and q[-1][1] >= value:
+            q.pop()
+        q.append((t, value))
+        while q[0][0] < t - self.window:
+            q.popleft()
+
+    def min(self) -> float | None:
+        return self._q[0][1] if self._q else None
+
+
 class BandwidthEstimator:
     def __init__(self, initial_bps: float = 1_000_000.0, min_bps: float = 30_000.0) -> None:
         self._estimate = initial_bps
         self.min_bps = min_bps
         self._arrivals: deque[tuple[float, int]] = deque()  # (arrival, bytes)
-        self._delays: deque[tuple[float, float]] = deque()  # (arrival, one-way delay)
+        self._recent = _WindowMin(QUEUE_WINDOW_S)
+        self._base = _WindowMin(BASE_WINDOW_S)
         self._loss = 0.0
         self._remb: float | None = None
         self._last_update: float | None = None
@@ -55,7 +81,9 @@ class BandwidthEstimator:
                 lost += 1
                 continue
             self._arrivals.append((p.arrival_s, p.size_bytes))
-            self._delays.append((p.arrival_s, p.arrival_s - p.send_s))
+            delay = p.arrival_s - p.send_s
+            self._recent.push(p.arrival_s, delay)
+            self._base.push(p.arrival_s, delay)
         if packets:
             self._note_loss(lost / len(packets))
         self._update(now)
@@ -93,18 +121,12 @@ class BandwidthEstimator:
             return None
         return 8.0 * sum(size for _, size in list(self._arrivals)[1:]) / span
 
-    def delay_trend_ms_per_s(self) -> float | None:
-        """Least-squares slope of one-way delay over the last TREND_WINDOW_S."""
-        if len(self._delays) < 5:
+    def queue_delay_ms(self) -> float | None:
+        """Standing queue: lowest recent one-way delay above the 10 s minimum."""
+        recent, base = self._recent.min(), self._base.min()
+        if recent is None or base is None:
             return None
-        n = len(self._delays)
-        mean_t = sum(t for t, _ in self._delays) / n
-        mean_d = sum(d for _, d in self._delays) / n
-        var = sum((t - mean_t) ** 2 for t, _ in self._delays)
-        if var <= 0:
-            return None
-        cov = sum((t - mean_t) * (d - mean_d) for t, d in self._delays)
-        return 1000.0 * cov / var
+        return 1000.0 * (recent - base)
 
     # --- internals ------------------------------------------------------------------------
     def _note_loss(self, fraction: float) -> None:
@@ -114,21 +136,17 @@ class BandwidthEstimator:
         newest = self._arrivals[-1][0] if self._arrivals else now
         while self._arrivals and self._arrivals[0][0] < newest - WINDOW_S:
             self._arrivals.popleft()
-        while self._delays and self._delays[0][0] < newest - TREND_WINDOW_S:
-            self._delays.popleft()
         last, self._last_update = self._last_update, now
         if last is None or now <= last:
             return
         dt = now - last
         delivered = self.delivered_bps()
-        trend = self.delay_trend_ms_per_s()
-        self.overusing = trend is not None and trend > OVERUSE_MS_PER_S
+        queue = self.queue_delay_ms()
+        self.overusing = queue is not None and queue > OVERUSE_MS
         if self.overusing and delivered is not None:
             self._estimate = min(self._estimate, BACKOFF * delivered)
         elif self._loss > LOSS_HIGH:
             self._estimate *= (1.0 - self._loss / 2.0) ** dt
-        elif self._loss < LOSS_LOW or trend is not None:
-            self._estimate *= (1.0 + GROWTH_PER_S) ** dt
-            if delivered is not None:
-                self._estimate = min(self._estimate, MAX_OVER_DELIVERED * delivered)
+        elif delivered is not None and delivered > self._estimate:
+            self._estimate = delivered  # the link carried this without a queue
         self._estimate = max(self.min_bps, self._estimate)
