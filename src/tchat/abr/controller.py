@@ -10,7 +10,9 @@ drives it from its timers, never from the per-packet path:
 Probing: the estimate only rises on evidence (see estimator), and a viewer's media
 never exceeds its layer's rate, so the headroom for the next layer (or for the high
 tier) is unknowable without sending more. A probe pads the viewer's stream up to a
-target rate for PROBE_S; if no standing queue builds, the delivered rate raises the
+target rate for PROBE_S, ramping the padding up from nothing so that an over-use is
+seen soon after the rate crosses the bottleneck's (a small queue, not a burst's);
+if no standing queue builds, the delivered rate raises the
 estimate; if one does, the probe stops at once and the estimate falls to the
 bottleneck's rate, and the next probe waits twice as long (up to PROBE_MAX_INTERVAL_S).
 """
@@ -23,7 +25,8 @@ from tchat.abr.estimator import BandwidthEstimator, PacketFeedback
 from tchat.abr.policy import PAUSED, Decision, LayerPolicy, PolicyConfig, TierBudget, tier_for
 
 DECIDE_S = 0.5
-PROBE_S = 1.5
+PROBE_S = 2.0
+PROBE_RAMP_S = 0.8  # padding ramps up over this, then holds the target (1 s window)
 PROBE_MAX_INTERVAL_S = 24.0
 HIGH_TIER_PROBE_BPS = 2_300_000  # a little above the 2 Mbps high-tier boundary
 LOSS_IGNORE_AFTER_PROBE_S = 1.0
@@ -80,7 +83,10 @@ class ViewerAbr:
             if self.probe_until > 0 and self.probe_ended < self.probe_until:
                 self._end_probe(now, failed=False)
             return 0
-        return max(0, int(self.probe_target * dt / 8) - media_bytes)
+        media_bps = 8 * media_bytes / dt if dt > 0 else 0.0
+        ramp = min(1.0, (now - (self.probe_until - PROBE_S)) / PROBE_RAMP_S)
+        pad_bps = max(0.0, self.probe_target - media_bps) * ramp
+        return int(pad_bps * dt / 8)
 
     def _end_probe(self, now: float, failed: bool) -> None:
         self.probe_until = min(self.probe_until, now)

@@ -12,7 +12,7 @@ Inputs, each a method call with `now` (seconds):
 (it sends whole simulcast layers, plus probes):
 - a standing queue (over-use: the lowest delay of the last QUEUE_WINDOW_S is
   OVERUSE_MS above the 10 s minimum) sets it to 85 % of the delivered rate, which on a
-  saturated bottleneck is the bottleneck's rate;
+  saturated bottleneck is the bottleneck's rate (measured over the last 0.25 s);
 - otherwise a delivered rate above the estimate proves the link carries it and raises
   it (this is how probes raise it);
 - loss above 10 % scales it down by (1 - loss/2) per second.
@@ -26,10 +26,11 @@ from collections import deque
 from dataclasses import dataclass
 
 WINDOW_S = 1.0  # delivered-rate window
-QUEUE_WINDOW_S = 0.3  # the recent minimum delay
+QUEUE_WINDOW_S = 0.15  # the recent minimum delay (about one feedback interval)
 BASE_WINDOW_S = 10.0  # the base (empty-queue) delay
 OVERUSE_MS = 30.0  # standing queue that means the link is saturated
 BACKOFF = 0.85
+SATURATED_WINDOW_S = 0.25  # while a queue stands, arrivals come at the bottleneck's rate
 LOSS_HIGH = 0.10
 
 
@@ -72,6 +73,8 @@ class BandwidthEstimator:
         self._remb: float | None = None
         self._last_update: float | None = None
         self.overusing = False
+        self._before_overuse = initial_bps  # the estimate when this over-use began
+        self._overuse_peak = 0.0  # highest saturated rate seen during this over-use
 
     # --- inputs ---------------------------------------------------------------------------
     def on_twcc(self, now: float, packets: list[PacketFeedback]) -> None:
@@ -113,13 +116,21 @@ class BandwidthEstimator:
     def loss(self) -> float:
         return self._loss
 
-    def delivered_bps(self) -> float | None:
+    def delivered_bps(self, window_s: float = WINDOW_S) -> float | None:
+        """Bytes that arrived over the last `window_s` (≤ WINDOW_S), per second, in bits."""
         if len(self._arrivals) < 2:
             return None
-        span = self._arrivals[-1][0] - self._arrivals[0][0]
-        if span <= 0.05:
+        newest = self._arrivals[-1][0]
+        first, first_size, total = newest, 0, 0
+        for arrival, size in reversed(self._arrivals):
+            if arrival < newest - window_s:
+                break
+            first, first_size = arrival, size
+            total += size
+        if newest - first <= 0.05:
             return None
-        return 8.0 * sum(size for _, size in list(self._arrivals)[1:]) / span
+        # the oldest packet's bytes arrived before the span starts
+        return 8.0 * (total - first_size) / (newest - first)
 
     def queue_delay_ms(self) -> float | None:
         """Standing queue: lowest recent one-way delay above the 10 s minimum."""
@@ -142,9 +153,16 @@ class BandwidthEstimator:
         dt = now - last
         delivered = self.delivered_bps()
         queue = self.queue_delay_ms()
+        was = self.overusing
         self.overusing = queue is not None and queue > OVERUSE_MS
-        if self.overusing and delivered is not None:
-            self._estimate = min(self._estimate, BACKOFF * delivered)
+        if self.overusing and not was:
+            self._before_overuse, self._overuse_peak = self._estimate, 0.0
+        saturated = self.delivered_bps(SATURATED_WINDOW_S) if self.overusing else None
+        if saturated is not None:
+            # one decrease per over-use episode, to its best measure of the bottleneck
+            # (a short window's rate is noisy, and applying it again and again ratchets)
+            self._overuse_peak = max(self._overuse_peak, saturated)
+            self._estimate = min(self._before_overuse, BACKOFF * self._overuse_peak)
         elif self._loss > LOSS_HIGH:
             self._estimate *= (1.0 - self._loss / 2.0) ** dt
         elif delivered is not None and delivered > self._estimate:

@@ -36,6 +36,7 @@ from tchat.sfu.settings import SfuSettings
 log = logging.getLogger("tchat.sfu")
 Role = Literal["publisher", "viewer"]
 TICK_S = 0.1
+PACE_S = 0.02  # timer step while a bandwidth probe pads (paced, not 100 ms bursts)
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 SFU_SSRC = 0x7C4A7000  # sender SSRC of our own RTCP (PLI towards publishers)
 
@@ -116,6 +117,7 @@ class SfuWorker(asyncio.DatagramProtocol):
         self._last_second = 0.0
         self._last_sr = 0.0
         self._last_decide = 0.0
+        self._probing = False  # some viewer's probe is padding: pace every PACE_S
         self.abr_peers: set[Peer] = set()
         self.abr_config = AbrConfig(
             policy=PolicyConfig(
@@ -498,10 +500,16 @@ class SfuWorker(asyncio.DatagramProtocol):
 
     # -- timers --------------------------------------------------------------------
     async def _run_timers(self) -> None:
+        last_tick = self.now()
         while True:
-            await asyncio.sleep(TICK_S)
+            await asyncio.sleep(PACE_S if self._probing else TICK_S)
             try:
-                self.tick(self.now())
+                now = self.now()
+                if now - last_tick >= TICK_S - PACE_S / 2:
+                    last_tick = now
+                    self.tick(now)
+                elif self._probing:
+                    self._abr_pad(now)
             except Exception:
                 log.exception("sfu timer failed")
 
@@ -540,23 +548,31 @@ class SfuWorker(asyncio.DatagramProtocol):
             self._last_sr = now
             self._sender_reports(now)
 
-    def _abr_tick(self, now: float) -> None:
-        """Per tick: probe padding; every DECIDE_S: each adaptive viewer's layer and tier."""
-        decide = now - self._last_decide >= DECIDE_S
-        if decide:
-            self._last_decide = now
+    def _abr_pad(self, now: float) -> None:
+        """Probe padding for every adaptive viewer (media + padding at the probe's rate)."""
+        probing = False
         for peer in self.abr_peers:
             abr, video = peer.abr, peer.video
             assert abr is not None and video is not None
-            track, dt = video
             octets = sum(d.octets for _, d in peer.downtracks.values())
             media, peer.abr_octets = octets - peer.abr_octets, octets
             pad = abr.padding_bytes(now, media, now - peer.abr_tick)
             peer.abr_tick = now
             if pad:
-                dt.pad(pad, now)
-            if not decide:
-                continue
+                video[1].pad(pad, now)
+            probing = probing or abr.probing(now)
+        self._probing = probing
+
+    def _abr_tick(self, now: float) -> None:
+        """Per tick: probe padding; every DECIDE_S: each adaptive viewer's layer and tier."""
+        self._abr_pad(now)
+        if now - self._last_decide < DECIDE_S:
+            return
+        self._last_decide = now
+        for peer in self.abr_peers:
+            abr, video = peer.abr, peer.video
+            assert abr is not None and video is not None
+            track, dt = video
             abr.on_sent(dt.packets - peer.abr_packets)
             peer.abr_packets = dt.packets
             tier = abr.tier
@@ -566,6 +582,7 @@ class SfuWorker(asyncio.DatagramProtocol):
             track.set_abr_layer(dt, decision.layer, now)
             if decision.tier is not tier:
                 self._set_playout(peer)
+            self._probing = self._probing or abr.probing(now)
 
     def _set_playout(self, peer: Peer) -> None:
         """Tell the viewer its tier's target delay (playout-delay extension: 0 … target)."""
