@@ -14,7 +14,10 @@ target rate for PROBE_S, ramping the padding up from nothing so that an over-use
 seen soon after the rate crosses the bottleneck's (a small queue, not a burst's);
 if no standing queue builds, the delivered rate raises the
 estimate; if one does, the probe stops at once and the estimate falls to the
-bottleneck's rate, and the next probe waits twice as long (up to PROBE_MAX_INTERVAL_S).
+bottleneck's rate, and the next probe waits 1.5 times as long (up to 12 s). A probe
+does not start while a queue stands. After a downgrade the next probes aim straight
+at the estimate from before it (the link may simply come back), as GCC's fast
+recovery does, instead of doubling from the lowered estimate.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from tchat.abr.estimator import BandwidthEstimator, PacketFeedback
 from tchat.abr.policy import PAUSED, Decision, LayerPolicy, PolicyConfig, TierBudget, tier_for
 
 DECIDE_S = 0.5
-PROBE_S = 2.0
-PROBE_RAMP_S = 0.8  # padding ramps up over this, then holds the target (1 s window)
-PROBE_MAX_INTERVAL_S = 24.0
+PROBE_S = 3.0
+PROBE_RAMP_S = 2.0  # padding ramps up over this, then holds the target (1 s window)
+PROBE_BACKOFF = 1.5  # the interval grows by this after each failed probe …
+PROBE_MAX_INTERVAL_S = 12.0  # … up to this
+RECOVER_WITHIN_S = 30.0  # after a downgrade, probe straight back to the old estimate
 HIGH_TIER_PROBE_BPS = 2_300_000  # a little above the 2 Mbps high-tier boundary
 LOSS_IGNORE_AFTER_PROBE_S = 1.0
 
@@ -55,6 +60,9 @@ class ViewerAbr:
         self.probe_interval = config.probe_interval_s
         self.probes = 0
         self.failed_probes = 0
+        self.measured = False  # a probe has ended: the estimate rests on evidence
+        self.recover_bps = 0.0  # the estimate before the last downgrade
+        self.recover_until = -1.0
         self._nacked = 0
         self._sent = 0
 
@@ -91,9 +99,10 @@ class ViewerAbr:
     def _end_probe(self, now: float, failed: bool) -> None:
         self.probe_until = min(self.probe_until, now)
         self.probe_ended = now
+        self.measured = True
         if failed:
             self.failed_probes += 1
-            self.probe_interval = min(self.probe_interval * 2, PROBE_MAX_INTERVAL_S)
+            self.probe_interval = min(self.probe_interval * PROBE_BACKOFF, PROBE_MAX_INTERVAL_S)
         else:
             self.probe_interval = self.config.probe_interval_s
         self.probe_next = now + self.probe_interval
@@ -119,8 +128,11 @@ class ViewerAbr:
             loss = 0.0  # a probe's own losses say nothing about the media's layer
         decision = self.policy.update(now, est, loss)
         if decision.changed and decision.layer < self.layer:
-            # find out soon whether the link comes back
+            # find out soon whether the link comes back, and aim at where it was
             self.probe_next = min(self.probe_next, now + self.config.probe_interval_s)
+            self.probe_interval = self.config.probe_interval_s
+            self.recover_bps = self.estimator.estimate_before_overuse
+            self.recover_until = now + RECOVER_WITHIN_S
         self.layer = decision.layer
         self.tier = decision.tier
         self._maybe_probe(now, est, rates)
@@ -129,6 +141,9 @@ class ViewerAbr:
     def _maybe_probe(self, now: float, est: float, rates: list[float]) -> None:
         if self.probing(now) or now < self.probe_next or self.estimator.overusing:
             return
+        queue = self.estimator.queue_delay_ms()
+        if queue is not None and queue > 5.0:
+            return  # still draining a queue: a probe now would only add to it
         assert self.policy is not None
         nxt = 0 if self.layer == PAUSED else self.layer + 1
         need = float(HIGH_TIER_PROBE_BPS)
@@ -136,6 +151,13 @@ class ViewerAbr:
             need = max(need, rates[nxt] * self.config.policy.headroom * 1.1)
         if est >= need:
             return
-        self.probe_target = min(need, 2.0 * est, self.config.probe_max_bps)
+        base = est
+        if not self.measured:
+            # the initial estimate is a guess: probe from what was actually delivered
+            base = min(est, self.estimator.delivered_bps() or est)
+        target = 2.0 * base
+        if now < self.recover_until:
+            target = max(target, self.recover_bps)
+        self.probe_target = min(need, target, self.config.probe_max_bps)
         self.probe_until = now + PROBE_S
         self.probes += 1

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 WINDOW_S = 1.0  # delivered-rate window
 QUEUE_WINDOW_S = 0.15  # the recent minimum delay (about one feedback interval)
 BASE_WINDOW_S = 10.0  # the base (empty-queue) delay
-OVERUSE_MS = 30.0  # standing queue that means the link is saturated
+OVERUSE_MS = 20.0  # standing queue that means the link is saturated
 BACKOFF = 0.85
 SATURATED_WINDOW_S = 0.25  # while a queue stands, arrivals come at the bottleneck's rate
 LOSS_HIGH = 0.10
@@ -75,6 +75,7 @@ class BandwidthEstimator:
         self.overusing = False
         self._before_overuse = initial_bps  # the estimate when this over-use began
         self._overuse_peak = 0.0  # highest saturated rate seen during this over-use
+        self._overuse_since = 0.0
 
     # --- inputs ---------------------------------------------------------------------------
     def on_twcc(self, now: float, packets: list[PacketFeedback]) -> None:
@@ -132,6 +133,11 @@ class BandwidthEstimator:
         # the oldest packet's bytes arrived before the span starts
         return 8.0 * (total - first_size) / (newest - first)
 
+    @property
+    def estimate_before_overuse(self) -> float:
+        """The estimate when the last over-use began (what the link carried before)."""
+        return self._before_overuse
+
     def queue_delay_ms(self) -> float | None:
         """Standing queue: lowest recent one-way delay above the 10 s minimum."""
         recent, base = self._recent.min(), self._base.min()
@@ -157,7 +163,11 @@ class BandwidthEstimator:
         self.overusing = queue is not None and queue > OVERUSE_MS
         if self.overusing and not was:
             self._before_overuse, self._overuse_peak = self._estimate, 0.0
-        saturated = self.delivered_bps(SATURATED_WINDOW_S) if self.overusing else None
+            self._overuse_since = newest
+        saturated = None
+        if self.overusing and newest - self._overuse_since >= SATURATED_WINDOW_S:
+            # the rate window lies wholly inside the over-use: the link was busy throughout
+            saturated = self.delivered_bps(SATURATED_WINDOW_S)
         if saturated is not None:
             # one decrease per over-use episode, to its best measure of the bottleneck
             # (a short window's rate is noisy, and applying it again and again ratchets)

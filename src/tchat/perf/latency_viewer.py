@@ -74,12 +74,14 @@ class Recorder:
         """Late frames and rebuffer events (runs of late frames) in send order."""
         late = rebuffers = 0
         events: list[float] = []
+        late_times: list[float] = []
         previous_late = False
         for frame in sorted(self.frames.values(), key=lambda f: f.sent):
             due = frame.sent + frame.target_ms / 1000.0
             is_late = frame.received < frame.expected or frame.done > due
             if is_late:
                 late += 1
+                late_times.append(round(frame.sent - self.t0, 3))
                 if not previous_late:
                     rebuffers += 1
                     events.append(round(frame.sent - self.t0, 3))
@@ -89,6 +91,7 @@ class Recorder:
             "late_frames": late,
             "rebuffer_events": rebuffers,
             "rebuffer_times_s": events,
+            "late_times_s": late_times,
         }
 
 

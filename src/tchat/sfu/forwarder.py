@@ -30,6 +30,7 @@ _PACK = Struct("!BBHII").pack
 _PACK_TW = Struct("!BBHIIHHBH").pack
 TWCC_RING = 4096  # sent packets remembered per viewer for feedback (~10 s at 400 pkt/s)
 PAD_MAX = 255  # RTP padding is at most 255 bytes per packet
+RTP_OVERHEAD = 20  # header + TWCC/playout extension bytes per packet sent to a viewer
 CACHE_SIZE = 1024  # packets per layer kept for NACKs (~2-3 s of 720p)
 PLI_INTERVAL_S = 0.5  # at most one keyframe request per layer this often
 LAYER_STALE_S = 1.5  # a layer silent this long is not offered to viewers
@@ -97,7 +98,9 @@ class Layer:
         self.last_seen = -1e9
         self.packets = 0
         self.octets = 0  # payload bytes received
-        self.rate_bps = 0.0  # payload rate over the last few seconds (Track.tick)
+        # sent rate of this layer as RTP (payload + header per packet, what TWCC feedback
+        # counts) over the last few seconds (Track.tick)
+        self.rate_bps = 0.0
         self._rate_marks: list[tuple[float, int]] = []
         self.max_seq = -1  # highest sequence number received (16 bits)
         self.lost = 0  # cumulative, as reported
@@ -108,7 +111,7 @@ class Layer:
     def measure(self, now: float) -> None:
         """Once a second: the payload rate over the last ~4 s (two keyframe intervals)."""
         marks = self._rate_marks
-        marks.append((now, self.octets))
+        marks.append((now, self.octets + RTP_OVERHEAD * self.packets))
         if len(marks) > 5:
             del marks[0]
         span = marks[-1][0] - marks[0][0]
@@ -432,7 +435,7 @@ class Track:
             self._retarget(dt, now)
 
     def layer_bitrates(self) -> list[float]:
-        """Measured payload rate of each received layer, lowest first (unknown: skipped)."""
+        """Measured RTP rate of each received layer, lowest first (unknown: skipped)."""
         return [layer.rate_bps for layer in self.layers if layer is not None and layer.rate_bps]
 
     def tick(self, now: float) -> None:

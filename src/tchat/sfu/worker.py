@@ -576,7 +576,10 @@ class SfuWorker(asyncio.DatagramProtocol):
             abr.on_sent(dt.packets - peer.abr_packets)
             peer.abr_packets = dt.packets
             tier = abr.tier
-            decision = abr.decide(now, track.layer_bitrates())
+            # what the viewer's link carries on each layer: the video layer and the audio
+            audio = peer.room.tracks.get("audio")
+            extra = sum(audio.layer_bitrates()[:1]) if audio is not None else 0.0
+            decision = abr.decide(now, [rate + extra for rate in track.layer_bitrates()])
             if decision is None:
                 continue
             track.set_abr_layer(dt, decision.layer, now)
