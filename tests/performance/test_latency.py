@@ -250,7 +250,7 @@ def _tier_test(run: dict[str, Any], record: Any, name: str) -> None:
             "loss_pct": "<= 1",
             "layer": f"== {layer}",
             "tier_index": f"== {tier_index}",
-            "converged_s": f"<= {DURATION / 2:g}",
+            "converged_s": f"<= {DURATION * 2 / 3:g}",
         }
     )
     record.notes.append(

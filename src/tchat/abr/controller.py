@@ -33,6 +33,8 @@ PROBE_RAMP_S = 2.0  # padding ramps up over this, then holds the target (1 s win
 PROBE_BACKOFF = 1.5  # the interval grows by this after each failed probe …
 PROBE_MAX_INTERVAL_S = 12.0  # … up to this
 RECOVER_WITHIN_S = 30.0  # after a downgrade, probe straight back to the old estimate
+FIRST_PROBE_S = 1.5  # a new viewer's first probe waits for this much evidence
+NEXT_AFTER_SUCCESS_S = 1.0  # a probe that found headroom is followed up quickly
 HIGH_TIER_PROBE_BPS = 2_300_000  # a little above the 2 Mbps high-tier boundary
 LOSS_IGNORE_AFTER_PROBE_S = 1.0
 
@@ -46,7 +48,7 @@ class AbrConfig:
 
 
 class ViewerAbr:
-    def __init__(self, config: AbrConfig, start_layer: int = 1) -> None:
+    def __init__(self, config: AbrConfig, start_layer: int = 1, now: float = 0.0) -> None:
         self.config = config
         self.estimator = BandwidthEstimator(initial_bps=config.initial_bps)
         self.start_layer = start_layer
@@ -56,7 +58,7 @@ class ViewerAbr:
         self.probe_target = 0.0
         self.probe_until = -1.0
         self.probe_ended = -1e9
-        self.probe_next = 0.0
+        self.probe_next = now + FIRST_PROBE_S
         self.probe_interval = config.probe_interval_s
         self.probes = 0
         self.failed_probes = 0
@@ -87,6 +89,8 @@ class ViewerAbr:
 
     def padding_bytes(self, now: float, media_bytes: int, dt: float) -> int:
         """Bytes of padding to send now so media + padding run at the probe's rate."""
+        if self.probing(now) and self.estimator.estimate(now) >= 0.95 * self.probe_target:
+            self._end_probe(now, failed=False)  # the link carried the target: done early
         if not self.probing(now):
             if self.probe_until > 0 and self.probe_ended < self.probe_until:
                 self._end_probe(now, failed=False)
@@ -103,9 +107,10 @@ class ViewerAbr:
         if failed:
             self.failed_probes += 1
             self.probe_interval = min(self.probe_interval * PROBE_BACKOFF, PROBE_MAX_INTERVAL_S)
+            self.probe_next = now + self.probe_interval
         else:
             self.probe_interval = self.config.probe_interval_s
-        self.probe_next = now + self.probe_interval
+            self.probe_next = now + NEXT_AFTER_SUCCESS_S
 
     # --- per DECIDE_S ---------------------------------------------------------------------
     def decide(self, now: float, layer_bitrates: list[float]) -> Decision | None:

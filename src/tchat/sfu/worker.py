@@ -449,7 +449,7 @@ class SfuWorker(asyncio.DatagramProtocol):
             adaptive = any(m.twcc_ext for m in peer.media)
             if adaptive:
                 peer.twcc = TwccSender()
-                peer.abr = ViewerAbr(self.abr_config, start_layer=min(1, peer.max_layer))
+                peer.abr = ViewerAbr(self.abr_config, min(1, peer.max_layer), now)
                 peer.abr_tick = now
             for m in peer.media:
                 track = peer.room.tracks.get(m.kind)
