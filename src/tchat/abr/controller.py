@@ -35,6 +35,7 @@ PROBE_MAX_INTERVAL_S = 12.0  # … up to this
 RECOVER_WITHIN_S = 30.0  # after a downgrade, probe straight back to the old estimate
 FIRST_PROBE_S = 1.5  # a new viewer's first probe waits for this much evidence
 NEXT_AFTER_SUCCESS_S = 1.0  # a probe that found headroom is followed up quickly
+PROBE_DONE = 0.95  # an estimate this close to a probe's target counts as reaching it
 HIGH_TIER_PROBE_BPS = 2_300_000  # a little above the 2 Mbps high-tier boundary
 LOSS_IGNORE_AFTER_PROBE_S = 1.0
 
@@ -89,7 +90,7 @@ class ViewerAbr:
 
     def padding_bytes(self, now: float, media_bytes: int, dt: float) -> int:
         """Bytes of padding to send now so media + padding run at the probe's rate."""
-        if self.probing(now) and self.estimator.estimate(now) >= 0.95 * self.probe_target:
+        if self.probing(now) and self.estimator.estimate(now) >= PROBE_DONE * self.probe_target:
             self._end_probe(now, failed=False)  # the link carried the target: done early
         if not self.probing(now):
             if self.probe_until > 0 and self.probe_ended < self.probe_until:
@@ -154,7 +155,7 @@ class ViewerAbr:
         need = float(HIGH_TIER_PROBE_BPS)
         if nxt < len(rates):
             need = max(need, rates[nxt] * self.config.policy.headroom * 1.1)
-        if est >= need:
+        if est >= PROBE_DONE * need:
             return
         base = est
         if not self.measured:

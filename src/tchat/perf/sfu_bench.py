@@ -53,7 +53,7 @@ def run(viewers: int, packets: int, profile: bool, twcc: bool = False) -> dict[s
     for _ in range(viewers):
         dt = DownTrack(1000 + _, 96, 90000, _session().protect, send)
         if twcc:
-            dt.enable_twcc(TwccSender(), 5, 6)
+            dt.enable_twcc(TwccSender(), 5)
             dt.set_playout_delay(6, 0, 200)
         track.add(dt, 0.0)
     pkts = [struct.pack("!BBHII", 0x80, 102, i, i * 3000, 42) + payload for i in range(1, packets)]

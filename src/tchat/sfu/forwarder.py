@@ -204,10 +204,10 @@ class DownTrack:
         self.ext_head = (0, 0)  # (extension words, TWCC id byte) when tw is set
         self.ext_tail = b""  # extension elements after the TWCC one, padded
 
-    def enable_twcc(self, tw: TwccSender, twcc_id: int, playout_id: int = 0) -> None:
-        """Stamp transport-wide sequence numbers (and playout delay) from now on."""
+    def enable_twcc(self, tw: TwccSender, twcc_id: int) -> None:
+        """Stamp transport-wide sequence numbers from now on (playout delay once set)."""
         self.tw = tw
-        self.set_playout_delay(playout_id, 0, 0)
+        self.set_playout_delay(0, 0, 0)
         self.ext_head = (self.ext_head[0], (twcc_id << 4) | 1)
 
     def set_playout_delay(self, playout_id: int, min_ms: int, max_ms: int) -> None:

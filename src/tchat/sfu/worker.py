@@ -467,7 +467,7 @@ class SfuWorker(asyncio.DatagramProtocol):
                 )
                 peer.downtracks[m.ssrc] = (track, dt)
                 if peer.twcc is not None and m.twcc_ext:
-                    dt.enable_twcc(peer.twcc, m.twcc_ext, m.playout_ext)
+                    dt.enable_twcc(peer.twcc, m.twcc_ext)
                     if m.kind == "video" and peer.abr is not None:
                         peer.video = (track, dt)
                         peer.playout_ext = m.playout_ext
