@@ -292,7 +292,7 @@ class Settings(BaseSettings):
         3.0,
         gt=0,
         alias="SFU_ABR_PROBE_INTERVAL",
-        description="Time between bandwidth probes (doubled after each failed probe, ≤ 24 s).",
+        description="Time between bandwidth probes (× 1.5 after each failed probe, ≤ 12 s).",
     )
     sfu_abr_probe_max_bps: float = Field(
         4_000_000,

@@ -253,6 +253,13 @@ def _tier_test(run: dict[str, Any], record: Any, name: str) -> None:
             "converged_s": f"<= {DURATION * 2 / 3:g}",
         }
     )
+    rows, _ = _sfu_view(run, list(TIER_LINKS).index(name))
+    log = rows[-1]["switch_log"] if rows else []
+    t0 = run["viewers"][list(TIER_LINKS).index(name)]["t0_mono"]
+    record.notes.append(
+        "policy decisions (s since the viewer started, layer, why): "
+        + json.dumps([[round(t - t0, 2), lay, why] for t, lay, why in log])
+    )
     record.notes.append(
         f"{PROFILE}: link {TIER_LINKS[name][0] / 1e6:g} Mbps (tc tbf, SFU → viewer); latency "
         "after convergence (the last layer change the viewer saw); p95 aim 150 ms, the "

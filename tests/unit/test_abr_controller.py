@@ -117,3 +117,34 @@ def test_estimator_ignores_a_keyframe_burst_but_not_a_standing_queue() -> None:
         est.on_twcc(packets[i].send_s + 0.1, packets[i : i + 10])
         assert not est.overusing
     assert est.estimate(3.2) == 2_000_000  # no evidence against it, none above it
+
+
+def test_a_receiver_stall_is_not_taken_for_a_slow_link() -> None:
+    est = BandwidthEstimator(initial_bps=2_000_000)
+    packets, t = [], 0.0
+    while t < 3.0:
+        arrival = t + 0.005
+        if 1.0 <= t < 1.4:  # the viewer stalled 400 ms, then read its backlog at once
+            arrival = 1.4 + (t - 1.0) * 0.05
+        packets.append(PacketFeedback(t, arrival, 1200))
+        t = round(t + 0.0096, 4)
+    packets.sort(key=lambda p: p.arrival_s or 0.0)
+    for i in range(0, len(packets), 10):
+        batch = packets[i : i + 10]
+        est.on_twcc((batch[-1].arrival_s or 0.0) + 0.01, batch)
+    assert est.estimate(3.1) == 2_000_000
+
+
+def test_a_link_that_spreads_packets_out_is_measured() -> None:
+    est = BandwidthEstimator(initial_bps=3_000_000)
+    packets, t, free_at = [], 0.0, 0.0
+    while t < 3.0:
+        rate = 3_000_000 if t < 1.0 else 1_000_000  # the link drops under a 1.5 Mbps stream
+        free_at = max(free_at, t) + 1200 * 8 / rate
+        packets.append(PacketFeedback(t, free_at + 0.005, 1200))
+        t = round(t + 1200 * 8 / 1_500_000, 5)
+    for i in range(0, len(packets), 10):
+        batch = packets[i : i + 10]
+        est.on_twcc((batch[-1].arrival_s or 0.0) + 0.01, batch)
+    assert est.overusing
+    assert 0.75 * 1_000_000 <= est.estimate(3.5) <= 0.9 * 1_000_000

@@ -17,7 +17,9 @@ Inputs, each a method call with `now` (seconds):
   it (this is how probes raise it);
 - loss above 10 % scales it down by (1 - loss/2) per second.
 Delay *spikes* (a keyframe burst draining) do not count: the recent minimum ignores
-them, only a queue that never drains does. Nothing here does I/O or reads a clock.
+them, only a queue that never drains does. Nor does a queue through which packets still
+arrive as fast as they were sent (a receiver that stalled and caught up): only one
+that spreads packets out (`link_limited`) measures the link. Nothing here does I/O or reads a clock.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ BASE_WINDOW_S = 10.0  # the base (empty-queue) delay
 OVERUSE_MS = 20.0  # standing queue that means the link is saturated
 BACKOFF = 0.85
 SATURATED_WINDOW_S = 0.25  # while a queue stands, arrivals come at the bottleneck's rate
+LINK_LIMITED = 0.98  # sent in less time than they took to arrive (2 % for jitter)
 LOSS_HIGH = 0.10
 
 
@@ -66,7 +69,7 @@ class BandwidthEstimator:
     def __init__(self, initial_bps: float = 1_000_000.0, min_bps: float = 30_000.0) -> None:
         self._estimate = initial_bps
         self.min_bps = min_bps
-        self._arrivals: deque[tuple[float, int]] = deque()  # (arrival, bytes)
+        self._arrivals: deque[tuple[float, int, float]] = deque()  # (arrival, bytes, sent)
         self._recent = _WindowMin(QUEUE_WINDOW_S)
         self._base = _WindowMin(BASE_WINDOW_S)
         self._loss = 0.0
@@ -84,7 +87,7 @@ class BandwidthEstimator:
             if p.arrival_s is None:
                 lost += 1
                 continue
-            self._arrivals.append((p.arrival_s, p.size_bytes))
+            self._arrivals.append((p.arrival_s, p.size_bytes, p.send_s))
             delay = p.arrival_s - p.send_s
             self._recent.push(p.arrival_s, delay)
             self._base.push(p.arrival_s, delay)
@@ -123,7 +126,7 @@ class BandwidthEstimator:
             return None
         newest = self._arrivals[-1][0]
         first, first_size, total = newest, 0, 0
-        for arrival, size in reversed(self._arrivals):
+        for arrival, size, _ in reversed(self._arrivals):
             if arrival < newest - window_s:
                 break
             first, first_size = arrival, size
@@ -132,6 +135,20 @@ class BandwidthEstimator:
             return None
         # the oldest packet's bytes arrived before the span starts
         return 8.0 * (total - first_size) / (newest - first)
+
+    def link_limited(self, window_s: float) -> bool:
+        """Did the last `window_s` of arrivals come slower than they were sent? A queue
+        that stands while everything sent still gets through at the rate it was sent
+        (a receiver that stalled, then caught up) says nothing about the link's rate."""
+        if len(self._arrivals) < 3:
+            return False
+        newest = self._arrivals[-1][0]
+        recent = [a for a in self._arrivals if a[0] >= newest - window_s]
+        if len(recent) < 3:
+            return False
+        arrived = recent[-1][0] - recent[0][0]
+        sent = max(a[2] for a in recent) - min(a[2] for a in recent)
+        return arrived > 0 and sent < LINK_LIMITED * arrived
 
     @property
     def estimate_before_overuse(self) -> float:
@@ -165,8 +182,13 @@ class BandwidthEstimator:
             self._before_overuse, self._overuse_peak = self._estimate, 0.0
             self._overuse_since = newest
         saturated = None
-        if self.overusing and newest - self._overuse_since >= SATURATED_WINDOW_S:
-            # the rate window lies wholly inside the over-use: the link was busy throughout
+        if (
+            self.overusing
+            and newest - self._overuse_since >= SATURATED_WINDOW_S
+            and self.link_limited(SATURATED_WINDOW_S)
+        ):
+            # the rate window lies wholly inside the over-use and the packets in it came
+            # slower than they left: the link was the limit throughout
             saturated = self.delivered_bps(SATURATED_WINDOW_S)
         if saturated is not None:
             # one decrease per over-use episode, to its best measure of the bottleneck
