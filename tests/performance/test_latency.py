@@ -334,6 +334,8 @@ def test_TestQualitySwitchingHysteresis(lab_run: dict[str, Any], record: Any) ->
         "link_back_after_downgrade_s": up_at - dec_down if dec_down is not None else None,
         "oscillations": oscillations([(t, lay, why) for t, lay, why in decisions], hold),
         "switches": len(decisions),
+        "probes": rows[-1]["probes"] if rows else None,
+        "failed_probes": rows[-1]["failed_probes"] if rows else None,
         "rebuffer_events": viewer["rebuffer_events"],
         "loss_pct": viewer["loss_pct"],
     }

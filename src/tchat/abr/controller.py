@@ -15,9 +15,9 @@ seen soon after the rate crosses the bottleneck's (a small queue, not a burst's)
 if no standing queue builds, the delivered rate raises the
 estimate; if one does, the probe stops at once and the estimate falls to the
 bottleneck's rate, and the next probe waits 1.5 times as long (up to 12 s). A probe
-does not start while a queue stands. After a downgrade the next probes aim straight
+does not start while a queue stands. For 15 s after a downgrade the probes aim straight
 at the estimate from before it (the link may simply come back), as GCC's fast
-recovery does, instead of doubling from the lowered estimate.
+recovery does, instead of doubling from the lowered estimate, and do not back off.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ PROBE_S = 3.0
 PROBE_RAMP_S = 2.0  # padding ramps up over this, then holds the target (1 s window)
 PROBE_BACKOFF = 1.5  # the interval grows by this after each failed probe …
 PROBE_MAX_INTERVAL_S = 12.0  # … up to this
-RECOVER_WITHIN_S = 30.0  # after a downgrade, probe straight back to the old estimate
+RECOVER_WITHIN_S = 15.0  # after a downgrade: probe back to the old estimate, no backoff
 FIRST_PROBE_S = 1.5  # a new viewer's first probe waits for this much evidence
 NEXT_AFTER_SUCCESS_S = 1.0  # a probe that found headroom is followed up quickly
 PROBE_DONE = 0.95  # an estimate this close to a probe's target counts as reaching it
@@ -107,7 +107,8 @@ class ViewerAbr:
         self.measured = True
         if failed:
             self.failed_probes += 1
-            self.probe_interval = min(self.probe_interval * PROBE_BACKOFF, PROBE_MAX_INTERVAL_S)
+            if now >= self.recover_until:  # right after a downgrade, keep looking
+                self.probe_interval = min(self.probe_interval * PROBE_BACKOFF, PROBE_MAX_INTERVAL_S)
             self.probe_next = now + self.probe_interval
         else:
             self.probe_interval = self.config.probe_interval_s
