@@ -38,6 +38,7 @@ NEXT_AFTER_SUCCESS_S = 1.0  # a probe that found headroom is followed up quickly
 PROBE_DONE = 0.95  # an estimate this close to a probe's target counts as reaching it
 HIGH_TIER_PROBE_BPS = 2_300_000  # a little above the 2 Mbps high-tier boundary
 LOSS_IGNORE_AFTER_PROBE_S = 1.0
+PROBE_FLOOR_S = 5.0  # after a failed probe, what the media got through before it still counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,8 @@ class ViewerAbr:
         self.probes = 0
         self.failed_probes = 0
         self.measured = False  # a probe has ended: the estimate rests on evidence
+        self.probe_floor = 0.0  # delivered rate (no queue) just before the last probe
+        self.probe_failed_at = -1e9
         self.recover_bps = 0.0  # the estimate before the last downgrade
         self.recover_until = -1.0
         self._nacked = 0
@@ -107,6 +110,7 @@ class ViewerAbr:
         self.measured = True
         if failed:
             self.failed_probes += 1
+            self.probe_failed_at = now
             if now >= self.recover_until:  # right after a downgrade, keep looking
                 self.probe_interval = min(self.probe_interval * PROBE_BACKOFF, PROBE_MAX_INTERVAL_S)
             self.probe_next = now + self.probe_interval
@@ -130,6 +134,11 @@ class ViewerAbr:
             self.estimator.on_nack(now, self._nacked, self._sent)
             self._nacked = self._sent = 0
         est = self.estimator.estimate(now)
+        if now - self.probe_failed_at < PROBE_FLOOR_S:
+            # a failed probe measured the bottleneck with the probe's own queue on it; the
+            # layer that flowed without a queue before the probe is still carried, and a
+            # probe must not cost the viewer its layer (a real shortfall persists)
+            est = max(est, self.probe_floor)
         loss = self.estimator.loss
         if now - max(self.probe_until, self.probe_ended) < LOSS_IGNORE_AFTER_PROBE_S:
             loss = 0.0  # a probe's own losses say nothing about the media's layer
@@ -167,4 +176,5 @@ class ViewerAbr:
             target = max(target, self.recover_bps)
         self.probe_target = min(need, target, self.config.probe_max_bps)
         self.probe_until = now + PROBE_S
+        self.probe_floor = self.estimator.delivered_bps() or 0.0
         self.probes += 1
