@@ -1,7 +1,7 @@
 """T069 — adaptive quality and latency over real shaped links.
 
 One `tchat serve` SFU, a synthetic publisher sending three stamped H.264 simulcast
-layers (~1.5 Mbps / 400 kbps / 150 kbps, `LATENCY_LAYERS`) + Opus, and four adaptive
+layers (1.5 Mbps / 500 kbps / 150 kbps, `LATENCY_LAYERS`) + Opus, and four adaptive
 viewers (`python -m tchat.perf.latency_viewer`), each in its own network namespace
 behind a veth pair whose SFU → viewer direction is shaped with `tc tbf`:
 high 3 Mbps, standard 1.5 Mbps, constrained 600 kbps, and a hysteresis viewer at
@@ -16,9 +16,8 @@ made (CI runs as root).
 Profiles: ci — tier viewers 30 s, step down at 18 s; full — 60 s, step down at 22 s.
 The right layer per link: the policy keeps a layer while its sent rate (RTP, with the
 audio) fits the estimate (~85 % of the link) and climbs only with 20 % headroom:
-3 Mbps → 2 (1.5 Mbps), 1.5 Mbps → 1 (400 kbps), 600 kbps → 1 or 0 (the 400 kbps layer
-sends ~520 kbit/s, right at 85 % of the link: kept if the viewer starts on it, not
-climbed to).
+3 Mbps → 2 (1.5 Mbps), 1.5 Mbps → 1 (500 kbps), 600 kbps → 0 (150 kbps; the 500 kbps
+layer sends ~560 kbit/s). Viewers join 3 s after the publisher (layer rates measured).
 """
 
 from __future__ import annotations
@@ -61,9 +60,9 @@ ROOM = "latency"
 TIER_LINKS: dict[str, tuple[int, tuple[int, ...], int]] = {
     "high": (3_000_000, (2,), 0),
     "standard": (1_500_000, (1,), 1),
-    # the 400 kbps layer (~520 kbit/s sent, with audio and headers) is as much as 85 %
-    # of the link carries: the policy may keep it or fall to the 150 kbps one
-    "constrained": (600_000, (0, 1), 2),
+    # the 500 kbps layer sends ~560 kbit/s with the audio and headers: more than the
+    # ~85 % of the link the estimate allows
+    "constrained": (600_000, (0,), 2),
 }
 HYST_HIGH, HYST_LOW = 3_000_000, 1_000_000
 
@@ -107,6 +106,7 @@ async def _scenario(lab: NetLab, url: str) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         publisher = SyntheticPublisher(Identity.create(), media, ["l", "m", "h"], stamp=True)
         await publisher.start(client, ROOM, issue_token(SECRET, ROOM, "publisher", ttl_s=3600))
+        await asyncio.sleep(3.0)  # the SFU measures each layer's rate over ≥ 2 s
         poller = asyncio.create_task(_poll_stats(url, stop, stats))
 
         async def hysteresis() -> dict[str, Any]:

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, int, int, int]] = [
 # bursts (a keyframe's packets leave the publisher at once and queue on a slow link)
 LATENCY_LAYERS: list[tuple[str, int, int, int]] = [
     ("l", 320, 180, 150),
-    ("m", 640, 360, 400),
+    ("m", 640, 360, 500),
     ("h", 1280, 720, 1500),
 ]
 OPUS_FRAME_TS = 960  # 20 ms at 48 kHz

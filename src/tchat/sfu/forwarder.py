@@ -115,7 +115,7 @@ class Layer:
         if len(marks) > 5:
             del marks[0]
         span = marks[-1][0] - marks[0][0]
-        if span > 0:
+        if span >= 2.0:  # less would be one keyframe more or less
             self.rate_bps = 8 * (marks[-1][1] - marks[0][1]) / span
 
     def first_packet(self, seq: int) -> None:
