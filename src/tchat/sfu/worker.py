@@ -564,14 +564,17 @@ class SfuWorker(asyncio.DatagramProtocol):
         self._probing = probing
 
     def _abr_tick(self, now: float) -> None:
-        """Per tick: probe padding; every DECIDE_S: each adaptive viewer's layer and tier."""
+        """Per tick: probe padding; every DECIDE_S (every tick while a viewer's queue
+        builds): each adaptive viewer's layer and tier."""
         self._abr_pad(now)
-        if now - self._last_decide < DECIDE_S:
-            return
-        self._last_decide = now
+        due = now - self._last_decide >= DECIDE_S
+        if due:
+            self._last_decide = now
         for peer in self.abr_peers:
             abr, video = peer.abr, peer.video
             assert abr is not None and video is not None
+            if not due and not abr.estimator.overusing:
+                continue  # a queue is building: decide now, not at the next 0.5 s
             track, dt = video
             abr.on_sent(dt.packets - peer.abr_packets)
             peer.abr_packets = dt.packets
