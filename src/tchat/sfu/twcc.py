@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from struct import Struct
 
-TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
-PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
 RTPFB, FMT_TWCC = 205, 15
 TICK_S = 0.00025  # receive delta unit
 REF_S = 0.064  # reference time unit
