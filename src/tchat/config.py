@@ -263,6 +263,48 @@ class Settings(BaseSettings):
         alias="SFU_RECORD",
         description="Record every WHIP publish to HLS (H.264 video copied, Opus → AAC).",
     )
+    sfu_abr: bool = Field(
+        True,
+        alias="SFU_ABR",
+        description="Adaptive layer per viewer from transport-wide CC feedback (docs/latency.md).",
+    )
+    sfu_abr_up_after: Duration = Field(
+        5.0,
+        ge=0,
+        alias="SFU_ABR_UP_AFTER",
+        description="Climb a layer only after this long of sustained headroom for it.",
+    )
+    sfu_abr_hold_after_down: Duration = Field(
+        10.0,
+        ge=0,
+        alias="SFU_ABR_HOLD_AFTER_DOWN",
+        description="Never climb within this long after a downgrade.",
+    )
+    sfu_abr_headroom: float = Field(
+        1.2,
+        ge=1.0,
+        le=3.0,
+        alias="SFU_ABR_HEADROOM",
+        description="Climb to a layer when the estimate exceeds its bitrate by this factor.",
+    )
+    sfu_abr_initial_bps: float = Field(
+        1_000_000,
+        gt=0,
+        alias="SFU_ABR_INITIAL_BPS",
+        description="A new viewer's bandwidth estimate before any feedback, bit/s.",
+    )
+    sfu_abr_probe_interval: Duration = Field(
+        3.0,
+        gt=0,
+        alias="SFU_ABR_PROBE_INTERVAL",
+        description="Time between bandwidth probes (× 1.5 after each failed probe, ≤ 12 s).",
+    )
+    sfu_abr_probe_max_bps: float = Field(
+        4_000_000,
+        gt=0,
+        alias="SFU_ABR_PROBE_MAX_BPS",
+        description="Highest rate a bandwidth probe pads a viewer's stream up to, bit/s.",
+    )
 
     # --- web pages (issue 8) -----------------------------------------------------------
     web_dev_tokens: Literal["auto", "on", "off"] = Field(

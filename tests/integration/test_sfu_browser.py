@@ -177,5 +177,10 @@ async def test_chromium_simulcast_publisher_to_chromium_viewer(
             ),
         )
         assert high["video"]["keyframes"] > low["video"]["keyframes"]
-        assert (await client.get("/sfu/stats")).json()["viewers_connected"] == 1
+        stats = (await client.get("/sfu/stats", params={"viewers": "true"})).json()
+        assert stats["viewers_connected"] == 1
+        # Chrome negotiated transport-cc: its own TWCC feedback drives the estimate
+        assert stats["adaptive_viewers"] == 1 and "twcc_malformed" not in stats["drops"]
+        (adaptive,) = stats["viewers"]
+        assert adaptive["delivered_bps"] > 0 and adaptive["tier"] in ("high", "standard")
         assert (await client.delete(location, headers=view_auth)).status_code == 200

@@ -118,11 +118,12 @@ def test_estimator_backs_off_to_the_bottleneck_when_a_queue_builds() -> None:
     assert 700_000 <= est.estimate(3.5) <= 1_100_000
 
 
-def test_estimator_grows_without_queueing_but_not_far_above_delivered() -> None:
+def test_estimator_rises_to_what_was_delivered_without_queueing_and_no_further() -> None:
     est = BandwidthEstimator(initial_bps=500_000)
     feed(est, link(rate_bps=5_000_000, start=0.0, seconds=5.0, send_bps=800_000))
     assert not est.overusing
-    assert 500_000 < est.estimate(5.0) <= 1.5 * 800_000 * 1.05
+    # evidence only: the link carried 800 kbit/s, nothing says it carries more
+    assert 0.95 * 800_000 < est.estimate(5.0) <= 1.05 * 800_000
 
 
 def test_estimator_loss_and_remb() -> None:

@@ -2,8 +2,10 @@
 
 Real pieces only: pylibsrtp protect with each viewer's own AES-128-GCM key and a
 loopback `sendto` per packet (to a socket nobody reads; the kernel drops them).
-`python -m tchat.perf.sfu_bench --viewers 200 --packets 2000 [--profile]` prints µs
-of CPU per delivered packet, split into protect, sendto and the rest (rewrite).
+`python -m tchat.perf.sfu_bench --viewers 200 --packets 2000 [--twcc] [--profile]` prints
+µs of CPU per delivered packet, split into protect, sendto and the rest (rewrite);
+`--twcc` stamps transport-wide sequence numbers and playout delay, as for adaptive
+viewers.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 
 from pylibsrtp import Policy, Session
 
-from tchat.sfu.forwarder import DownTrack, Track
+from tchat.sfu.forwarder import DownTrack, Track, TwccSender
 
 
 def _session() -> Session:
@@ -31,7 +33,7 @@ def _session() -> Session:
     return Session(policy)
 
 
-def run(viewers: int, packets: int, profile: bool) -> dict[str, float]:
+def run(viewers: int, packets: int, profile: bool, twcc: bool = False) -> dict[str, float]:
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -49,7 +51,11 @@ def run(viewers: int, packets: int, profile: bool) -> dict[str, float]:
     first = struct.pack("!BBHII", 0x80, 102, 0, 0, 42) + payload
     track.forward(first, 0.0)
     for _ in range(viewers):
-        track.add(DownTrack(1000 + _, 96, 90000, _session().protect, send), 0.0)
+        dt = DownTrack(1000 + _, 96, 90000, _session().protect, send)
+        if twcc:
+            dt.enable_twcc(TwccSender(), 5)
+            dt.set_playout_delay(6, 0, 200)
+        track.add(dt, 0.0)
     pkts = [struct.pack("!BBHII", 0x80, 102, i, i * 3000, 42) + payload for i in range(1, packets)]
     prof = cProfile.Profile() if profile else None
     t0 = time.process_time()
@@ -90,8 +96,9 @@ def main() -> None:
     parser.add_argument("--viewers", type=int, default=200)
     parser.add_argument("--packets", type=int, default=2000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--twcc", action="store_true", help="adaptive viewers (TWCC stamping)")
     args = parser.parse_args()
-    for k, v in run(args.viewers, args.packets, args.profile).items():
+    for k, v in run(args.viewers, args.packets, args.profile, args.twcc).items():
         print(f"{k:22s} {v:6.2f}")
 
 

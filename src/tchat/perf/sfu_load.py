@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,33 @@ PLI_MIN_INTERVAL_S = 0.3
 MEDIA_CACHE = Path(os.environ.get("TCHAT_PERF_MEDIA", ".tchat/perf-media"))
 
 
+STAMP_MAGIC = b"\x7c\x1a"
+# magic, layer index (255: audio), packets of this frame, send time (time.time())
+STAMP = struct.Struct("!2sBHd")
+AUDIO_LAYER = 255
+
+
+def read_stamp(payload: bytes) -> tuple[int, int, float] | None:
+    """(layer, packets in its frame, send time) from a stamped payload's trailer, or None."""
+    if len(payload) < STAMP.size or payload[-STAMP.size : -STAMP.size + 2] != STAMP_MAGIC:
+        return None
+    _, layer, count, sent = STAMP.unpack_from(payload, len(payload) - STAMP.size)
+    return layer, count, sent
+
+
 class SyntheticPublisher:
-    def __init__(self, identity: Identity, media: PreparedMedia, rids: list[str]) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        media: PreparedMedia,
+        rids: list[str],
+        stamp: bool = False,
+        bind: str = "127.0.0.1",
+    ) -> None:
+        # stamp: append (layer, send time) to every payload, for publish-to-receive latency
+        # at viewers on this host (one clock); the H.264 is then no longer decodable
+        self.stamp = stamp
+        self.bind = bind
         self.media = media
         self.rids = rids  # lowest first
         self.peer = ClientPeer(identity, on_pli=self._on_pli)
@@ -54,7 +80,7 @@ class SyntheticPublisher:
                 self.restarts[rid] += 1
 
     async def start(self, client: httpx.AsyncClient, room: str, token: str) -> None:
-        await self.peer.open()
+        await self.peer.open(self.bind)
         offer = self.peer.offer(rids=list(reversed(self.rids)), publish=True)
         resp = await client.post(
             f"/whip/{room}",
@@ -83,26 +109,29 @@ class SyntheticPublisher:
             if delay > 0:
                 await asyncio.sleep(delay)
             now = loop.time()
+            stamp = STAMP.pack(STAMP_MAGIC, AUDIO_LAYER, 1, time.time()) if self.stamp else b""
             while t0 + audio_n * 0.02 <= now:
                 pkt = audio[audio_n % len(audio)]
                 hdr = rtp_header(
                     AUDIO_PT, aseq & 0xFFFF, audio_n * OPUS_FRAME_TS, self.audio_ssrc, True
                 )
-                self.peer.send_rtp(hdr + pkt)
+                self.peer.send_rtp(hdr + pkt + stamp)
                 aseq += 1
                 audio_n += 1
                 self.sent += 1
             while t0 + frame_n / FPS <= now:
                 ts = (frame_n * 90000 // FPS) & 0xFFFFFFFF
-                for rid in self.rids:
+                for index, rid in enumerate(self.rids):
                     frames = self.media.video[rid]
                     frame = frames[self.cursor[rid] % len(frames)]
+                    if self.stamp:
+                        stamp = STAMP.pack(STAMP_MAGIC, index, len(frame.payloads), time.time())
                     self.cursor[rid] += 1
                     last = len(frame.payloads) - 1
                     for i, payload in enumerate(frame.payloads):
                         s = seq[rid]
                         hdr = rtp_header(VIDEO_PT, s & 0xFFFF, ts, self.ssrcs[rid], i == last, rid)
-                        self.peer.send_rtp(hdr + payload)
+                        self.peer.send_rtp(hdr + payload + stamp)
                         seq[rid] = s + 1
                         self.sent += 1
                 frame_n += 1

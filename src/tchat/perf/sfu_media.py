@@ -25,6 +25,14 @@ LAYERS: list[tuple[str, int, int, int]] = [
     ("m", 320, 180, 200),
     ("h", 640, 360, 600),
 ]
+# the T069 suite's layers, near the issue's ~1.5 Mbps / 500 kbps / 150 kbps; constant
+# bitrate (x264 fills with filler NALs) and a small VBV buffer so keyframes stay small
+# bursts (a keyframe's packets leave the publisher at once and queue on a slow link)
+LATENCY_LAYERS: list[tuple[str, int, int, int]] = [
+    ("l", 320, 180, 150),
+    ("m", 640, 360, 500),
+    ("h", 1280, 720, 1500),
+]
 OPUS_FRAME_TS = 960  # 20 ms at 48 kHz
 
 
@@ -51,11 +59,21 @@ def _run(cmd: list[str]) -> None:
         raise RuntimeError(f"ffmpeg failed: {proc.stderr.decode(errors='replace')[-800:]}")
 
 
-def prepare(cache_dir: Path, ffmpeg: str = "ffmpeg") -> PreparedMedia:
+def prepare(
+    cache_dir: Path,
+    ffmpeg: str = "ffmpeg",
+    layers: list[tuple[str, int, int, int]] | None = None,
+    cbr: bool = False,
+) -> PreparedMedia:
+    """The layers (default LAYERS) and Opus; `cbr`: constant bitrate, VBV of 1/6 s."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     video: dict[str, list[Frame]] = {}
-    for rid, width, height, kbps in LAYERS:
+    for rid, width, height, kbps in layers or LAYERS:
         recipe = f"{width}x{height}@{FPS} {kbps}k {SECONDS}s g{2 * FPS}"
+        bufsize, x264 = f"{kbps}k", "aud=1:repeat-headers=1"
+        if cbr:
+            recipe += " cbr"
+            bufsize, x264 = f"{kbps // 6}k", x264 + ":nal-hrd=cbr"
         path = cache_dir / f"layer-{rid}-{hashlib.sha1(recipe.encode()).hexdigest()[:8]}.h264"
         if not path.exists():
             tmp = path.with_suffix(".tmp.h264")
@@ -65,8 +83,9 @@ def prepare(cache_dir: Path, ffmpeg: str = "ffmpeg") -> PreparedMedia:
                  "-c:v", "libx264", "-profile:v", "baseline", "-preset", "veryfast",
                  "-tune", "zerolatency", "-g", str(2 * FPS), "-keyint_min", str(2 * FPS),
                  "-sc_threshold", "0", "-b:v", f"{kbps}k", "-maxrate", f"{kbps}k",
-                 "-bufsize", f"{kbps}k", "-pix_fmt", "yuv420p",
-                 "-x264-params", "aud=1:repeat-headers=1", "-f", "h264", str(tmp)]
+                 *(["-minrate", f"{kbps}k"] if cbr else []),
+                 "-bufsize", bufsize, "-pix_fmt", "yuv420p",
+                 "-x264-params", x264, "-f", "h264", str(tmp)]
             )  # fmt: skip
             tmp.rename(path)
         video[rid] = _frames(path.read_bytes())

@@ -25,12 +25,16 @@ from aiortc.rtp import RtcpPacket, RtcpPsfbPacket, RtcpReceiverInfo, RtcpRrPacke
 from aiortc.sdp import SessionDescription
 from OpenSSL import SSL
 
+from tchat.sfu import twcc
 from tchat.sfu.dtls import DtlsEndpoint, DtlsState, fingerprint, make_context
-from tchat.sfu.rtp import is_rtcp
+from tchat.sfu.rtp import RtpError, header_extension, is_rtcp, payload_bounds
+from tchat.sfu.sdp import PLAYOUT_DELAY_URI, TWCC_URI
 
 MID_EXT, RID_EXT = 4, 10
+TWCC_EXT, PLAYOUT_EXT = 5, 6
 CONSENT_INTERVAL_S = 5.0
 RR_INTERVAL_S = 1.0
+TWCC_INTERVAL_S = 0.1  # Chrome sends transport-cc feedback about this often
 
 
 @dataclass
@@ -47,18 +51,25 @@ class Identity:
         return cls(cert, make_context(cert), fingerprint(cert))
 
 
-def viewer_offer(ufrag: str, pwd: str, fp: str) -> str:
-    """A recvonly audio+video offer as a browser makes it (Opus; H.264 pm=1, VP8)."""
+def viewer_offer(ufrag: str, pwd: str, fp: str, adaptive: bool = False) -> str:
+    """A recvonly audio+video offer as a browser makes it (Opus; H.264 pm=1, VP8).
+
+    `adaptive` also offers what Chrome offers for congestion control: the transport-wide
+    CC extension with `transport-cc` feedback, and the playout-delay extension."""
+    ext = fb_a = fb_v = ""
+    if adaptive:
+        ext = f"a=extmap:{TWCC_EXT} {TWCC_URI}\r\na=extmap:{PLAYOUT_EXT} {PLAYOUT_DELAY_URI}\r\n"
+        fb_a, fb_v = "a=rtcp-fb:111 transport-cc\r\n", "a=rtcp-fb:102 transport-cc\r\n"
     return (
         f"v=0\r\no=- {secrets.randbits(48)} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
         f"a=group:BUNDLE 0 1\r\na=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n"
         f"a=fingerprint:sha-256 {fp}\r\na=setup:actpass\r\n"
         "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\n"
-        "a=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n"
+        f"a=rtcp-mux\r\n{ext}a=rtpmap:111 opus/48000/2\r\n{fb_a}"
         "m=video 9 UDP/TLS/RTP/SAVPF 102 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=recvonly\r\n"
-        "a=rtcp-mux\r\na=rtpmap:102 H264/90000\r\n"
+        f"a=rtcp-mux\r\n{ext}a=rtpmap:102 H264/90000\r\n"
         "a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n"
-        "a=rtcp-fb:102 nack\r\na=rtcp-fb:102 nack pli\r\na=rtpmap:96 VP8/90000\r\n"
+        f"a=rtcp-fb:102 nack\r\na=rtcp-fb:102 nack pli\r\n{fb_v}a=rtpmap:96 VP8/90000\r\n"
     )
 
 
@@ -111,6 +122,7 @@ class PeerStats:
     first_media: float = 0.0  # first RTP packet
     streams: dict[int, StreamStats] = field(default_factory=dict)
     plis: int = 0
+    padding: int = 0  # padding-only packets (bandwidth probes) received
     rtcp_in: int = 0
     decrypt_errors: int = 0
 
@@ -125,6 +137,8 @@ class ClientPeer(asyncio.DatagramProtocol):
         on_pli: Callable[[int], None] | None = None,
         keep_packets: bool = False,
         lose: Callable[[bytes], bool] | None = None,
+        adaptive: bool = False,
+        on_media: Callable[[int, int, bool, bytes, float], None] | None = None,
     ) -> None:
         self.identity = identity
         self.ufrag = secrets.token_hex(4)
@@ -151,6 +165,16 @@ class ClientPeer(asyncio.DatagramProtocol):
         self._ssrc = secrets.randbits(32) | 1
         self.closed = False
         self.media_started = asyncio.Event()
+        # adaptive viewers: transport-wide CC feedback from arrival times, playout delay
+        self.adaptive = adaptive
+        # (ssrc, extended seq, marker, payload, arrival time.time()), after decrypting
+        self.on_media = on_media
+        self.playout_max_ms: int | None = None
+        self._tw_arrivals: dict[int, float] = {}  # extended transport seq → arrival (s)
+        self._tw_max = -1
+        self._tw_next = -1  # first sequence number not yet reported
+        self._tw_count = 0
+        self._tw_task: asyncio.Task[None] | None = None
 
     # -- setup ---------------------------------------------------------------------
     async def open(self, host: str = "127.0.0.1") -> None:
@@ -164,7 +188,7 @@ class ClientPeer(asyncio.DatagramProtocol):
         fp = self.identity.fingerprint
         if publish:
             return publisher_offer(self.ufrag, self.pwd, fp, rids or [])
-        return viewer_offer(self.ufrag, self.pwd, fp)
+        return viewer_offer(self.ufrag, self.pwd, fp, adaptive=self.adaptive)
 
     async def connect(self, answer: str, timeout_s: float = 10.0) -> None:
         """ICE (one nominating check, retried) then the DTLS handshake, as the client."""
@@ -205,6 +229,8 @@ class ClientPeer(asyncio.DatagramProtocol):
         self._dtls_ok.result()
         self.stats.connected = time.monotonic()
         self._timer = asyncio.create_task(self._periodic())
+        if self.adaptive:
+            self._tw_task = asyncio.create_task(self._twcc_loop())
 
     def _send_check(self) -> None:
         msg = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
@@ -232,6 +258,45 @@ class ClientPeer(asyncio.DatagramProtocol):
             if time.monotonic() >= next_consent:
                 next_consent += CONSENT_INTERVAL_S
                 self._send_check()
+
+    async def _twcc_loop(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(TWCC_INTERVAL_S)
+            self.send_twcc_feedback()
+
+    def send_twcc_feedback(self) -> None:
+        """Report every transport-wide sequence number since the last report."""
+        if self.tx is None or self._tw_max < 0 or self._tw_next > self._tw_max:
+            return
+        start = self._tw_next if self._tw_next >= 0 else min(self._tw_arrivals)
+        start = max(start, self._tw_max - 0xFFFE)
+        arrivals = [self._tw_arrivals.pop(n, None) for n in range(start, self._tw_max + 1)]
+        self._tw_arrivals.clear()  # anything older arrived too late to report
+        self._tw_next = self._tw_max + 1
+        if all(a is None for a in arrivals):
+            return
+        media = next(iter(self.stats.streams), 0)
+        packet = twcc.build(self._ssrc, media, start, self._tw_count, arrivals)
+        self._tw_count += 1
+        self._send(self.tx.protect_rtcp(packet))
+
+    def _note_transport_seq(self, data: bytes, arrival: float) -> None:
+        value = header_extension(data, TWCC_EXT)
+        if value is None or len(value) < 2:
+            return
+        seq = (value[0] << 8) | value[1]
+        if self._tw_max < 0:
+            ext = seq
+        else:
+            delta = (seq - (self._tw_max & 0xFFFF)) & 0xFFFF
+            ext = self._tw_max + delta if delta < 0x8000 else self._tw_max + delta - 0x10000
+        if ext < self._tw_next:
+            return  # already reported as lost
+        self._tw_arrivals[ext] = arrival
+        self._tw_max = max(self._tw_max, ext)
+        delay = header_extension(data, PLAYOUT_EXT)
+        if delay is not None and len(delay) == 3:
+            self.playout_max_ms = 10 * (int.from_bytes(delay, "big") & 0xFFF)
 
     # -- receive -------------------------------------------------------------------
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -267,6 +332,8 @@ class ClientPeer(asyncio.DatagramProtocol):
     def _rtp(self, data: bytes) -> None:
         if len(data) < 12 or (self.lose is not None and self.lose(data)):
             return
+        if self.adaptive:
+            self._note_transport_seq(data, time.monotonic())
         st = self.stats
         if not st.first_media:
             st.first_media = time.monotonic()
@@ -292,7 +359,19 @@ class ClientPeer(asyncio.DatagramProtocol):
             except pylibsrtp.Error:
                 st.decrypt_errors += 1
                 return
-            payload = plain[12 + 4 * (plain[0] & 0x0F) :]
+            try:
+                start, end = payload_bounds(plain)
+            except RtpError:
+                st.decrypt_errors += 1
+                return
+            payload = plain[start:end]
+            if not payload:  # padding only (a bandwidth probe): holds a sequence number
+                s.octets -= len(data)
+                st.padding += 1
+                s.max_ext_seq = max(s.max_ext_seq, ext)
+                return
+            if self.on_media is not None:
+                self.on_media(ssrc, ext, bool(plain[1] & 0x80), payload, time.time())
             s.payloads += 1
             if self.packets is not None:
                 self.packets.append((ssrc, seq, payload))
@@ -363,6 +442,8 @@ class ClientPeer(asyncio.DatagramProtocol):
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._tw_task is not None:
+            self._tw_task.cancel()
         if self.transport is not None:
             self.transport.close()
 

@@ -152,6 +152,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
         return JSONResponse({"max_layer": body.max_layer})
 
     @app.get("/sfu/stats", tags=["sfu"])
-    async def sfu_stats(request: Request) -> dict[str, object]:
-        """Counters of this worker: peers, delivered packets, dropped datagrams by reason."""
-        return worker_of(request).stats()
+    async def sfu_stats(request: Request, viewers: bool = False) -> dict[str, object]:
+        """Counters of this worker: peers, delivered packets, dropped datagrams by reason;
+        `?viewers=true` adds each adaptive viewer's estimate, layer, tier and switches."""
+        return worker_of(request).stats(viewers=viewers)

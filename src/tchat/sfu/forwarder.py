@@ -7,6 +7,11 @@ rewrite keeps each viewer's sequence and timestamp continuous across layer
 switches: on a switch the offsets are re-based so the first packet of the new
 layer follows the last one sent.
 
+With transport-wide CC negotiated, every packet to a viewer also carries the
+viewer's transport-wide sequence number (one-byte header extension, plus the
+playout-delay extension with the viewer's latency tier) and its send time and
+size are kept in the viewer's `TwccSender` ring for the feedback to match.
+
 Per second (`Track.tick`) only sets targets: which layer each viewer should get
 and which keyframes to ask the publisher for (rate-limited). Nothing here does I/O
 or reads a clock: `protect`/`send`/`request_keyframe` are injected and `now` is
@@ -21,6 +26,11 @@ from struct import Struct
 from tchat.sfu.rtp import HEADER, header_extension, keyframe_detector, payload_bounds
 
 _PACK = Struct("!BBHII").pack
+# header with a one-byte extension block whose first element is the TWCC sequence number
+_PACK_TW = Struct("!BBHIIHHBH").pack
+TWCC_RING = 4096  # sent packets remembered per viewer for feedback (~10 s at 400 pkt/s)
+PAD_MAX = 255  # RTP padding is at most 255 bytes per packet
+RTP_OVERHEAD = 20  # header + TWCC/playout extension bytes per packet sent to a viewer
 CACHE_SIZE = 1024  # packets per layer kept for NACKs (~2-3 s of 720p)
 PLI_INTERVAL_S = 0.5  # at most one keyframe request per layer this often
 LAYER_STALE_S = 1.5  # a layer silent this long is not offered to viewers
@@ -47,17 +57,35 @@ class PacketCache:
         return entry if entry is not None and entry[0] == seq else None
 
 
+class TwccSender:
+    """One viewer's transport-wide sequence numbers and what was sent under each."""
+
+    __slots__ = ("sent", "seq")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.sent: list[tuple[int, float, int] | None] = [None] * TWCC_RING
+
+    def lookup(self, seq: int) -> tuple[float, int] | None:
+        """(send time, size) of transport-wide sequence number `seq`, if still known."""
+        entry = self.sent[seq & (TWCC_RING - 1)]
+        return (entry[1], entry[2]) if entry is not None and entry[0] == seq else None
+
+
 class Layer:
     """One received stream (a simulcast layer or the only stream) and its receive stats."""
 
     __slots__ = (
+        "_rate_marks",
         "_rr",
         "cache",
         "index",
         "last_seen",
         "lost",
         "max_seq",
+        "octets",
         "packets",
+        "rate_bps",
         "sr_arrival",
         "sr_ntp_mid",
         "ssrc",
@@ -69,11 +97,26 @@ class Layer:
         self.cache = PacketCache()
         self.last_seen = -1e9
         self.packets = 0
+        self.octets = 0  # payload bytes received
+        # sent rate of this layer as RTP (payload + header per packet, what TWCC feedback
+        # counts) over the last few seconds (Track.tick)
+        self.rate_bps = 0.0
+        self._rate_marks: list[tuple[float, int]] = []
         self.max_seq = -1  # highest sequence number received (16 bits)
         self.lost = 0  # cumulative, as reported
         self.sr_ntp_mid = 0  # middle 32 bits of the publisher's last SR (for LSR)
         self.sr_arrival = 0.0
         self._rr = (-1, 0)  # (extended highest seq, packets) at the previous report
+
+    def measure(self, now: float) -> None:
+        """Once a second: the payload rate over the last ~4 s (two keyframe intervals)."""
+        marks = self._rate_marks
+        marks.append((now, self.octets + RTP_OVERHEAD * self.packets))
+        if len(marks) > 5:
+            del marks[0]
+        span = marks[-1][0] - marks[0][0]
+        if span >= 2.0:  # less would be one keyframe more or less
+            self.rate_bps = 8 * (marks[-1][1] - marks[0][1]) / span
 
     def first_packet(self, seq: int) -> None:
         self.max_seq = seq
@@ -99,8 +142,11 @@ class DownTrack:
     """One viewer's outbound stream of one track, and its rewrite state."""
 
     __slots__ = (
+        "abr_layer",
         "clock_rate",
         "current",
+        "ext_head",
+        "ext_tail",
         "fraction_lost",
         "jitter",
         "last_seq",
@@ -119,6 +165,7 @@ class DownTrack:
         "switches",
         "target",
         "ts_offset",
+        "tw",
     )
 
     def __init__(
@@ -152,6 +199,61 @@ class DownTrack:
         self.fraction_lost = 0
         self.rr_lost = 0
         self.jitter = 0
+        self.abr_layer = HIGH  # the adaptive policy's target; PAUSED (-1) pauses
+        self.tw: TwccSender | None = None
+        self.ext_head = (0, 0)  # (extension words, TWCC id byte) when tw is set
+        self.ext_tail = b""  # extension elements after the TWCC one, padded
+
+    def enable_twcc(self, tw: TwccSender, twcc_id: int) -> None:
+        """Stamp transport-wide sequence numbers from now on (playout delay once set)."""
+        self.tw = tw
+        self.set_playout_delay(0, 0, 0)
+        self.ext_head = (self.ext_head[0], (twcc_id << 4) | 1)
+
+    def set_playout_delay(self, playout_id: int, min_ms: int, max_ms: int) -> None:
+        """The playout-delay extension (10 ms units) every packet carries from now on."""
+        tail = b"\x00"  # pads the 3-byte TWCC element to a word
+        if playout_id:
+            lo, hi = min(4095, min_ms // 10), min(4095, max_ms // 10)
+            value = (lo << 12) | hi
+            tail = bytes([(playout_id << 4) | 2]) + value.to_bytes(3, "big")
+            tail += bytes(-(3 + len(tail)) % 4)
+        self.ext_tail = tail
+        self.ext_head = ((3 + len(tail)) // 4, self.ext_head[1])
+
+    def packet(self, marker_pt: int, seq: int, ts: int, payload: bytes, now: float) -> bytes:
+        """One outgoing packet (not the hot path's inlined copy: NACK answers, padding)."""
+        tw = self.tw
+        if tw is None:
+            return _PACK(0x80, marker_pt, seq, ts, self.ssrc) + payload
+        s = tw.seq
+        tw.seq = (s + 1) & 0xFFFF
+        words, idb = self.ext_head
+        pkt = _PACK_TW(0x90, marker_pt, seq, ts, self.ssrc, 0xBEDE, words, idb, s)
+        pkt += self.ext_tail + payload
+        tw.sent[s & (TWCC_RING - 1)] = (s, now, len(pkt))
+        return pkt
+
+    def pad(self, nbytes: int, now: float) -> int:
+        """Send padding-only packets (a bandwidth probe) totalling about `nbytes`.
+
+        They take sequence numbers of this stream, as browsers' padding does: the
+        offset moves on, and NACKs for packets sent before are no longer answered
+        (the cache's numbering no longer maps to them)."""
+        if self.last_time < 0 or nbytes <= 0:
+            return 0
+        sent = 0
+        while sent < nbytes:
+            size = min(PAD_MAX, max(1, nbytes - sent))
+            seq = (self.last_seq + 1) & 0xFFFF
+            body = bytes(size - 1) + bytes([size])
+            pkt = self.packet(self.pt, seq, self.last_ts, body, now)
+            self.send(self.protect(bytes([pkt[0] | 0x20]) + pkt[1:]))
+            self.last_seq = seq
+            self.seq_offset = (self.seq_offset + 1) & 0xFFFF
+            self.switch_seq = (seq + 1) & 0xFFFF
+            sent += len(pkt)
+        return sent
 
     def switch_to(self, layer: int, seq: int, ts: int, now: float) -> None:
         """Re-base offsets so this packet follows the last one sent."""
@@ -214,6 +316,7 @@ class Track:
         layer.cache.put(seq, ts, marker, payload)
         layer.last_seen = now
         layer.packets += 1
+        layer.octets += end - start
         if (seq - layer.max_seq) & 0xFFFF < 0x8000:
             layer.max_seq = seq
         index = layer.index
@@ -230,7 +333,18 @@ class Track:
                 dt.switch_to(index, seq, ts, now)
             out_seq = (seq + dt.seq_offset) & 0xFFFF
             out_ts = (ts + dt.ts_offset) & 0xFFFFFFFF
-            dt.send(dt.protect(_PACK(0x80, marker | dt.pt, out_seq, out_ts, dt.ssrc) + payload))
+            tw = dt.tw
+            if tw is None:
+                dt.send(dt.protect(_PACK(0x80, marker | dt.pt, out_seq, out_ts, dt.ssrc) + payload))
+            else:
+                s = tw.seq
+                tw.seq = (s + 1) & 0xFFFF
+                words, idb = dt.ext_head
+                mpt = marker | dt.pt
+                pkt = _PACK_TW(0x90, mpt, out_seq, out_ts, dt.ssrc, 0xBEDE, words, idb, s)
+                pkt += dt.ext_tail + payload
+                tw.sent[s & (TWCC_RING - 1)] = (s, now, len(pkt))
+                dt.send(dt.protect(pkt))
             if (out_seq - dt.last_seq) & 0xFFFF < 0x8000:
                 dt.last_seq = out_seq
                 dt.last_ts = out_ts
@@ -271,7 +385,7 @@ class Track:
         return layer
 
     # -- per viewer feedback ---------------------------------------------------------
-    def nack(self, dt: DownTrack, lost: list[int]) -> int:
+    def nack(self, dt: DownTrack, lost: list[int], now: float = 0.0) -> int:
         """Resend what a viewer reports lost from the current layer's cache."""
         if dt.current < 0:
             return 0
@@ -291,7 +405,7 @@ class Track:
                 continue
             _, ts, marker, payload = entry
             out_ts = (ts + dt.ts_offset) & 0xFFFFFFFF
-            dt.send(dt.protect(_PACK(0x80, marker | dt.pt, out_seq, out_ts, dt.ssrc) + payload))
+            dt.send(dt.protect(dt.packet(marker | dt.pt, out_seq, out_ts, payload, now)))
             sent += 1
         return sent
 
@@ -314,7 +428,20 @@ class Track:
         dt.max_layer = max_layer
         self._retarget(dt, now)
 
+    def set_abr_layer(self, dt: DownTrack, layer: int, now: float) -> None:
+        """The adaptive policy's target (PAUSED = -1); the user's cap still applies."""
+        if dt.abr_layer != layer:
+            dt.abr_layer = layer
+            self._retarget(dt, now)
+
+    def layer_bitrates(self) -> list[float]:
+        """Measured RTP rate of each received layer, lowest first (unknown: skipped)."""
+        return [layer.rate_bps for layer in self.layers if layer is not None and layer.rate_bps]
+
     def tick(self, now: float) -> None:
+        for layer in self.layers:
+            if layer is not None:
+                layer.measure(now)
         for dt in self.downtracks:
             self._retarget(dt, now)
 
@@ -329,7 +456,11 @@ class Track:
         live = self.available(now)
         if not live:
             return
-        under = [i for i in live if i <= dt.max_layer]
+        cap = min(dt.max_layer, dt.abr_layer)
+        if cap < 0:  # paused by the adaptive policy: nothing until it resumes
+            dt.target = dt.current = -1
+            return
+        under = [i for i in live if i <= cap]
         dt.target = max(under) if under else min(live)
         if dt.current != dt.target:
             self._pli(dt.target, now)

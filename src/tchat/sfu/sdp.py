@@ -28,6 +28,8 @@ MAX_SDP_BYTES = 64 * 1024
 MAX_RIDS = 3
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
 # Layer order when rid names follow a known scheme (q/h/f: quarter, half, full;
 # l/m/h: low, mid, high); otherwise the simulcast line lists the highest first.
 _RID_SCHEMES = [{"q": 0, "h": 1, "f": 2}, {"l": 0, "m": 1, "h": 2}, {"low": 0, "mid": 1, "high": 2}]
@@ -65,6 +67,8 @@ class Media:
     mid_ext: int = 0
     rid_ext: int = 0
     ssrc: int = 0  # WHEP: the SSRC we send with
+    twcc_ext: int = 0  # WHEP: transport-wide CC extension id (0: not negotiated)
+    playout_ext: int = 0  # WHEP: playout-delay extension id (0: not negotiated)
 
 
 @dataclass(slots=True)
@@ -280,9 +284,17 @@ def negotiate_whip(offer: str, local: LocalParams) -> Negotiated:
 
 
 def negotiate_whep(
-    offer: str, local: LocalParams, sources: dict[str, Codec], ssrcs: dict[str, int]
+    offer: str,
+    local: LocalParams,
+    sources: dict[str, Codec],
+    ssrcs: dict[str, int],
+    twcc: bool = True,
 ) -> Negotiated:
-    """Answer a viewer's offer: we send the room's codec per kind, under our SSRCs."""
+    """Answer a viewer's offer: we send the room's codec per kind, under our SSRCs.
+
+    With `twcc`, a viewer that offers the transport-wide CC extension (as Chrome does)
+    gets it and `a=rtcp-fb:<pt> transport-cc` back (its feedback drives the adaptive
+    layer choice), and the playout-delay extension (its latency tier) if offered."""
     session, _ = _parse(offer)
     ufrag, pwd, fps = _remote_ice_dtls(session)
     _check_mids(session)
@@ -300,6 +312,18 @@ def negotiate_whep(
                 raise SdpError(f"viewer offers no {source.mime} for its {m.kind} section")
             taken.add(m.kind)
         am = _answer_media(m, local, chosen, "sendonly")
+        exts = {e.uri: e.id for e in m.rtp.headerExtensions} if twcc and chosen else {}
+        twcc_id = int(exts.get(TWCC_URI) or 0)
+        playout_id = int(exts.get(PLAYOUT_DELAY_URI) or 0) if twcc_id else 0
+        if not 0 < twcc_id < 15 or not 0 <= playout_id < 15:
+            twcc_id = playout_id = 0  # we write one-byte extensions only
+        if twcc_id:
+            am.rtp.headerExtensions = [RTCRtpHeaderExtensionParameters(id=twcc_id, uri=TWCC_URI)]
+            if playout_id:
+                am.rtp.headerExtensions.append(
+                    RTCRtpHeaderExtensionParameters(id=playout_id, uri=PLAYOUT_DELAY_URI)
+                )
+            am.rtp.codecs[0].rtcpFeedback.append(RTCRtcpFeedback(type="transport-cc"))
         if chosen is not None:
             ssrc = ssrcs[m.kind]
             am.ssrc = [SsrcDescription(ssrc=ssrc, cname="tchat", msid=f"tchat {m.kind}")]
@@ -311,6 +335,8 @@ def negotiate_whep(
                 kind=m.kind,
                 codec=_codec(chosen) if chosen else None,
                 ssrc=ssrcs.get(m.kind, 0) if chosen else 0,
+                twcc_ext=twcc_id,
+                playout_ext=playout_id,
             )
         )
     if not taken:

@@ -21,6 +21,13 @@ class SfuSettings:
     sr_interval_s: float = 1.0
     max_peers: int = 20000
     max_load: float = 0.9
+    abr: bool = True
+    abr_up_after_s: float = 5.0
+    abr_hold_after_down_s: float = 10.0
+    abr_headroom: float = 1.2
+    abr_initial_bps: float = 1_000_000.0
+    abr_probe_interval_s: float = 3.0
+    abr_probe_max_bps: float = 4_000_000.0
 
     @property
     def candidate_ip(self) -> str:
@@ -38,4 +45,11 @@ class SfuSettings:
             sr_interval_s=settings.sfu_sr_interval,
             max_peers=settings.sfu_max_peers,
             max_load=settings.sfu_max_load,
+            abr=settings.sfu_abr,
+            abr_up_after_s=settings.sfu_abr_up_after,
+            abr_hold_after_down_s=settings.sfu_abr_hold_after_down,
+            abr_headroom=settings.sfu_abr_headroom,
+            abr_initial_bps=settings.sfu_abr_initial_bps,
+            abr_probe_interval_s=settings.sfu_abr_probe_interval,
+            abr_probe_max_bps=settings.sfu_abr_probe_max_bps,
         )

@@ -22,10 +22,13 @@ from typing import Literal
 import pylibsrtp
 from aiortc.rtcdtlstransport import RTCCertificate
 
+from tchat.abr.controller import DECIDE_S, AbrConfig, ViewerAbr
+from tchat.abr.estimator import PacketFeedback
+from tchat.abr.policy import PolicyConfig
 from tchat.aio import cancel_and_wait
-from tchat.sfu import rtcp, sdp
+from tchat.sfu import rtcp, sdp, twcc
 from tchat.sfu.dtls import DtlsEndpoint, DtlsState, SrtpSessions, fingerprint, make_context
-from tchat.sfu.forwarder import HIGH, DownTrack, Track
+from tchat.sfu.forwarder import HIGH, DownTrack, Track, TwccSender
 from tchat.sfu.ice import Addr, IceLite, StunError, new_credentials, parse_request
 from tchat.sfu.rtp import DTLS_MAX, DTLS_MIN, RTP_MAX, RTP_MIN, STUN_MAX, is_rtcp
 from tchat.sfu.settings import SfuSettings
@@ -33,6 +36,7 @@ from tchat.sfu.settings import SfuSettings
 log = logging.getLogger("tchat.sfu")
 Role = Literal["publisher", "viewer"]
 TICK_S = 0.1
+PACE_S = 0.02  # timer step while a bandwidth probe pads (paced, not 100 ms bursts)
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 SFU_SSRC = 0x7C4A7000  # sender SSRC of our own RTCP (PLI towards publishers)
 
@@ -66,6 +70,14 @@ class Peer:
     media_at: float = 0.0  # when rtp_in last grew, checked once a second (publishers)
     rtp_seen: int = 0
     rtcp_in: int = 0
+    # adaptive quality (viewers that negotiated transport-wide CC)
+    abr: ViewerAbr | None = None
+    twcc: TwccSender | None = None
+    video: tuple[Track, DownTrack] | None = None
+    playout_ext: int = 0
+    abr_octets: int = 0  # media payload bytes sent, at the previous tick
+    abr_packets: int = 0  # video packets sent, at the previous decision
+    abr_tick: float = 0.0
 
 
 @dataclass(eq=False)
@@ -107,6 +119,19 @@ class SfuWorker(asyncio.DatagramProtocol):
         # called with (publisher, True) once its media flows, (publisher, False) when it
         # ends: the recorder sink (sfu/recording_sink.py) hangs off these
         self.publish_listeners: list[Callable[[Peer, bool], None]] = []
+        self._last_decide = 0.0
+        self._probing = False  # some viewer's probe is padding: pace every PACE_S
+        self.abr_peers: set[Peer] = set()
+        self.abr_config = AbrConfig(
+            policy=PolicyConfig(
+                up_after_s=settings.abr_up_after_s,
+                no_up_after_down_s=settings.abr_hold_after_down_s,
+                headroom=settings.abr_headroom,
+            ),
+            initial_bps=settings.abr_initial_bps,
+            probe_interval_s=settings.abr_probe_interval_s,
+            probe_max_bps=settings.abr_probe_max_bps,
+        )
 
     # -- lifetime ------------------------------------------------------------------
     async def start(self) -> None:
@@ -207,7 +232,9 @@ class SfuWorker(asyncio.DatagramProtocol):
                 sources[m.kind] = m.codec
         ssrcs = {kind: secrets.randbits(31) | 1 for kind in sources}
         ufrag, pwd = new_credentials()
-        neg = sdp.negotiate_whep(offer, self._local(ufrag, pwd), sources, ssrcs)
+        neg = sdp.negotiate_whep(
+            offer, self._local(ufrag, pwd), sources, ssrcs, twcc=self.settings.abr
+        )
         peer = self._new_peer(room, "viewer", neg, ufrag, pwd)
         peer.max_layer = max_layer
         room.viewers[peer.id] = peer
@@ -233,6 +260,7 @@ class SfuWorker(asyncio.DatagramProtocol):
             if self.by_addr.get(addr) is peer:
                 del self.by_addr[addr]
         self.handshaking.discard(peer)
+        self.abr_peers.discard(peer)
         for track, dt in peer.downtracks.values():
             track.remove(dt)
         peer.downtracks.clear()
@@ -312,6 +340,8 @@ class SfuWorker(asyncio.DatagramProtocol):
             return
         peer.rtcp_in += 1
         now = self.now()
+        if peer.abr is not None:
+            self._feedback(peer, plain, now)
         if peer.role == "publisher":
             # keep each stream's last SR so our receiver reports let it measure RTT
             for pkt in packets:
@@ -331,16 +361,38 @@ class SfuWorker(asyncio.DatagramProtocol):
                         dt.fraction_lost = report.fraction_lost
                         dt.rr_lost = report.packets_lost
                         dt.jitter = report.jitter
+                        if peer.abr is not None and pair is peer.video:
+                            peer.abr.on_receiver_report(now, report.fraction_lost / 256)
             elif isinstance(pkt, rtcp.RtcpRtpfbPacket) and pkt.fmt == rtcp.RTPFB_NACK:
                 pair = peer.downtracks.get(pkt.media_ssrc)
                 if pair is not None:
-                    pair[0].nack(pair[1], pkt.lost)
+                    pair[0].nack(pair[1], pkt.lost, now)
+                    if peer.abr is not None and pair is peer.video:
+                        peer.abr.on_nack(len(pkt.lost))
             elif isinstance(pkt, rtcp.RtcpPsfbPacket) and pkt.fmt in (rtcp.PSFB_PLI, rtcp.PSFB_FIR):
                 pair = peer.downtracks.get(pkt.media_ssrc)
                 if pair is None and pkt.fmt == rtcp.PSFB_FIR and len(pkt.fci) >= 4:
                     pair = peer.downtracks.get(int.from_bytes(pkt.fci[:4], "big"))
                 if pair is not None:
                     pair[0].keyframe_wanted(pair[1], now)
+
+    def _feedback(self, peer: Peer, plain: bytes, now: float) -> None:
+        """Transport-wide CC feedback → the viewer's estimator (send times from our ring)."""
+        assert peer.abr is not None and peer.twcc is not None
+        try:
+            reports = twcc.find_feedback(plain)
+        except ValueError:
+            self.drops["twcc_malformed"] += 1
+            return
+        lookup = peer.twcc.lookup
+        for fb in reports:
+            packets = []
+            for seq, arrival in fb.arrivals:
+                sent = lookup(seq)
+                if sent is not None:
+                    packets.append(PacketFeedback(sent[0], arrival, sent[1]))
+            if packets:
+                peer.abr.on_feedback(now, packets)
 
     def _stun(self, data: bytes, addr: Addr) -> None:
         try:
@@ -399,6 +451,11 @@ class SfuWorker(asyncio.DatagramProtocol):
         if peer.role == "viewer":
             assert peer.srtp is not None
             protect = peer.srtp.tx.protect
+            adaptive = any(m.twcc_ext for m in peer.media)
+            if adaptive:
+                peer.twcc = TwccSender()
+                peer.abr = ViewerAbr(self.abr_config, min(1, peer.max_layer), now)
+                peer.abr_tick = now
             for m in peer.media:
                 track = peer.room.tracks.get(m.kind)
                 if m.codec is None or track is None:
@@ -414,7 +471,16 @@ class SfuWorker(asyncio.DatagramProtocol):
                     first_ts=secrets.randbits(32),
                 )
                 peer.downtracks[m.ssrc] = (track, dt)
+                if peer.twcc is not None and m.twcc_ext:
+                    dt.enable_twcc(peer.twcc, m.twcc_ext)
+                    if m.kind == "video" and peer.abr is not None:
+                        peer.video = (track, dt)
+                        peer.playout_ext = m.playout_ext
+                        dt.abr_layer = peer.abr.layer
+                        self._set_playout(peer)
                 track.add(dt, now)
+            if peer.abr is not None and peer.video is not None:
+                self.abr_peers.add(peer)
         else:
             self._notify(peer, True)
         log.debug(
@@ -448,14 +514,22 @@ class SfuWorker(asyncio.DatagramProtocol):
 
     # -- timers --------------------------------------------------------------------
     async def _run_timers(self) -> None:
+        last_tick = self.now()
         while True:
-            await asyncio.sleep(TICK_S)
+            await asyncio.sleep(PACE_S if self._probing else TICK_S)
             try:
-                self.tick(self.now())
+                now = self.now()
+                if now - last_tick >= TICK_S - PACE_S / 2:
+                    last_tick = now
+                    self.tick(now)
+                elif self._probing:
+                    self._abr_pad(now)
             except Exception:
                 log.exception("sfu timer failed")
 
     def tick(self, now: float) -> None:
+        if self.abr_peers:
+            self._abr_tick(now)
         for peer in list(self.handshaking):
             if now - peer.created_at > self.settings.connect_timeout_s:
                 self.close_peer(peer, "ICE/DTLS did not complete in time")
@@ -487,6 +561,56 @@ class SfuWorker(asyncio.DatagramProtocol):
         if now - self._last_sr >= self.settings.sr_interval_s:
             self._last_sr = now
             self._sender_reports(now)
+
+    def _abr_pad(self, now: float) -> None:
+        """Probe padding for every adaptive viewer (media + padding at the probe's rate)."""
+        probing = False
+        for peer in self.abr_peers:
+            abr, video = peer.abr, peer.video
+            assert abr is not None and video is not None
+            octets = sum(d.octets for _, d in peer.downtracks.values())
+            media, peer.abr_octets = octets - peer.abr_octets, octets
+            pad = abr.padding_bytes(now, media, now - peer.abr_tick)
+            peer.abr_tick = now
+            if pad:
+                video[1].pad(pad, now)
+            probing = probing or abr.probing(now)
+        self._probing = probing
+
+    def _abr_tick(self, now: float) -> None:
+        """Per tick: probe padding; every DECIDE_S (every tick while a viewer's queue
+        builds): each adaptive viewer's layer and tier."""
+        self._abr_pad(now)
+        due = now - self._last_decide >= DECIDE_S
+        if due:
+            self._last_decide = now
+        for peer in self.abr_peers:
+            abr, video = peer.abr, peer.video
+            assert abr is not None and video is not None
+            if not due and not abr.estimator.overusing:
+                continue  # a queue is building: decide now, not at the next 0.5 s
+            track, dt = video
+            abr.on_sent(dt.packets - peer.abr_packets)
+            peer.abr_packets = dt.packets
+            tier = abr.tier
+            # what the viewer's link carries on each layer: the video layer and the audio
+            audio = peer.room.tracks.get("audio")
+            extra = sum(audio.layer_bitrates()[:1]) if audio is not None else 0.0
+            decision = abr.decide(now, [rate + extra for rate in track.layer_bitrates()])
+            if decision is None:
+                continue
+            track.set_abr_layer(dt, decision.layer, now)
+            if decision.tier is not tier:
+                self._set_playout(peer)
+            self._probing = self._probing or abr.probing(now)
+
+    def _set_playout(self, peer: Peer) -> None:
+        """Tell the viewer its tier's target delay (playout-delay extension: 0 … target)."""
+        if peer.abr is None or not peer.playout_ext:
+            return
+        for _, dt in peer.downtracks.values():
+            if dt.tw is not None:
+                dt.set_playout_delay(peer.playout_ext, 0, peer.abr.tier.target_delay_ms)
 
     def _receiver_reports(self, peer: Peer, now: float) -> None:
         """Once a second, tell the publisher what arrived: browsers adapt on RR loss."""
@@ -526,7 +650,43 @@ class SfuWorker(asyncio.DatagramProtocol):
                 )
 
     # -- figures -------------------------------------------------------------------
-    def stats(self) -> dict[str, object]:
+    def stats(self, viewers: bool = False) -> dict[str, object]:
+        out = self._stats()
+        out["adaptive_viewers"] = len(self.abr_peers)
+        if viewers:
+            out["now"] = self.now()
+            out["viewers"] = [self.viewer_stats(p) for p in self.abr_peers]
+        return out
+
+    def viewer_stats(self, peer: Peer) -> dict[str, object]:
+        """One adaptive viewer: estimate, layer, tier and switches (times on our clock)."""
+        abr = peer.abr
+        assert abr is not None and peer.video is not None
+        now = self.now()
+        dt = peer.video[1]
+        est = abr.estimator
+        switches = abr.policy.switches[-50:] if abr.policy is not None else []
+        queue = est.queue_delay_ms()
+        return {
+            "id": peer.id,
+            "addr": f"{peer.addr[0]}:{peer.addr[1]}" if peer.addr else None,
+            "estimate_bps": round(est.estimate(now)),
+            "delivered_bps": round(est.delivered_bps() or 0),
+            "queue_ms": round(queue, 1) if queue is not None else None,
+            "loss": round(est.loss, 4),
+            "target_layer": abr.layer,
+            "layer": dt.current,
+            "user_max_layer": dt.max_layer,
+            "tier": abr.tier.tier.value,
+            "target_delay_ms": abr.tier.target_delay_ms,
+            "switches": len(switches),
+            "switch_log": [[round(t, 3), layer, why] for t, layer, why in switches],
+            "probing": abr.probing(now),
+            "probes": abr.probes,
+            "failed_probes": abr.failed_probes,
+        }
+
+    def _stats(self) -> dict[str, object]:
         return {
             "udp_port": self.port,
             "rooms": len(self.rooms),
