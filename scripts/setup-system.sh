@@ -4,14 +4,17 @@
 #   setup-system.sh        everything the tests and services use
 set -euo pipefail
 if [ "${1:-all}" = run ]; then
-  pkgs=(ffmpeg python3-venv nodejs npm)
+  pkgs=(ffmpeg python3-venv)
 else
-  pkgs=(redis-server ffmpeg chromium maven openjdk-17-jre-headless python3-venv iproute2 nodejs npm)
+  pkgs=(redis-server ffmpeg chromium maven openjdk-17-jre-headless python3-venv iproute2)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm fetches the pages' hls.js (scripts/web-deps.sh). A NodeSource nodejs bundles npm
+# and conflicts with Debian's npm package, so only a machine without npm gets Debian's.
+command -v npm >/dev/null || missing+=(nodejs npm)
 # SeaweedFS needs Go >= 1.26 (its go.mod); Debian's golang-go is older, so we only check.
 if [ "${1:-all}" != run ] && ! go version 2>/dev/null | grep -qE 'go1\.(2[6-9]|[3-9][0-9])'; then
   echo "[setup] warning: Go >= 1.26 not found; building SeaweedFS (the S3 test server) will fail" >&2

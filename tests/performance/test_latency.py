@@ -148,6 +148,8 @@ def lab_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             "TCHAT_HOST": "0.0.0.0",  # the namespaces reach the SFU over their veth
             "SFU_UDP_HOST": "0.0.0.0",
             "SFU_PUBLIC_IP": lab.links[0].host_ip,  # a host address every namespace routes to
+            # T071 measures recording; here its FFmpeg would only steal one of two cores
+            "SFU_RECORD": "false",
         }
         with serve_process(tmp_path_factory.mktemp("latency"), SECRET, env) as (_, url):
             out = asyncio.run(_scenario(lab, url))
