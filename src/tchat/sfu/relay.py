@@ -148,8 +148,13 @@ class _RelayProtocol(asyncio.DatagramProtocol):
 class ClusterWorker(SfuWorker):
     """An `SfuWorker` that can be a room's origin for edges, or an edge of another origin."""
 
-    def __init__(self, settings: SfuSettings, relay_host: str = "127.0.0.1") -> None:
-        super().__init__(settings)
+    def __init__(
+        self,
+        settings: SfuSettings,
+        relay_host: str = "127.0.0.1",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__(settings, clock=clock)
         self.relay_host = relay_host
         self.relay_port = 0
         self.relay_transport: asyncio.DatagramTransport | None = None
