@@ -26,7 +26,7 @@ from tchat.sfu.node import KEY_HEADER, control_key
 from tchat.sfu.routing import InstanceRecord, Routing, RoutingUnavailable, make_routing, pick
 from tchat.sfu.supervisor import Supervisor
 
-PENDING_S = 2.0  # placements not yet visible in heartbeats (heartbeat period + slack)
+PENDING_S = 10.0  # forget placements after this even if no heartbeat came
 _CODES = {400: "bad_sdp", 404: "not_found", 409: "conflict", 503: "unavailable"}
 
 
@@ -55,13 +55,20 @@ class Cluster:
         await self.client.aclose()
         await self.routing.close()
 
-    def pending(self) -> dict[str, int]:
-        cutoff = time.monotonic() - PENDING_S
-        self._placed = [p for p in self._placed if p[0] >= cutoff]
+    def pending(self, insts: list[InstanceRecord]) -> dict[str, int]:
+        """Viewers this process placed after each instance's last heartbeat (which does
+        not count them yet)."""
+        now = time.time()
+        self._placed = [p for p in self._placed if now - p[0] < PENDING_S]
+        seen = {i.id: i.seen for i in insts}
         out: dict[str, int] = {}
-        for _, iid in self._placed:
-            out[iid] = out.get(iid, 0) + 1
+        for t, iid in self._placed:
+            if t > seen.get(iid, 0.0):
+                out[iid] = out.get(iid, 0) + 1
         return out
+
+    def placed(self, instance_id: str) -> None:
+        self._placed.append((time.time(), instance_id))
 
     async def call(
         self, method: str, inst: InstanceRecord, path: str, body: dict[str, Any] | None = None
@@ -133,7 +140,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
             current = await cluster.routing.route(room)
             if current in by_id and await cluster.has_publisher(by_id[current], room):
                 return json_error(409, "conflict", f"room {room!r} already has a publisher")
-            target = pick(insts, cluster.pending(), None)
+            target = pick(insts, cluster.pending(insts), None)
             if target is None:
                 return json_error(503, "unavailable", "no SFU instance is up")
             await cluster.routing.set_route(room, target.id)
@@ -165,7 +172,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
         origin = next((i for i in insts if i.id == origin_id), None)
         if origin is None:
             return json_error(404, "not_found", f"room {room!r} has no publisher")
-        target = pick(insts, cluster.pending(), origin.id)
+        target = pick(insts, cluster.pending(insts), origin.id)
         assert target is not None  # the origin itself is a candidate
         body: dict[str, Any] = {"room": room, "offer": offer, "max_layer": LAYERS[layer]}
         if target.id != origin.id:
@@ -175,7 +182,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
                 "relay_host": origin.host,
                 "relay_port": origin.relay_port,
             }
-        cluster._placed.append((time.monotonic(), target.id))
+        cluster.placed(target.id)
         status, data = await cluster.call("POST", target, "/view", body)
         if status != 200:
             return _fail(status, data)
