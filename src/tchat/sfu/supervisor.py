@@ -26,6 +26,9 @@ from tchat.sfu.routing import InstanceRecord, Routing, RoutingUnavailable
 
 log = logging.getLogger("tchat.sfu.supervisor")
 HEARTBEAT_S = 1.0
+# a live process whose /stats does not answer (busy) stays routable this many beats;
+# after that its record is left to expire (a hung instance leaves routing)
+MAX_MISSED_STATS = 5
 START_TIMEOUT_S = 30.0
 RESTART_BACKOFF_S = 1.0
 
@@ -36,6 +39,7 @@ class LocalInstance:
     record: InstanceRecord
     proc: asyncio.subprocess.Process
     stats: dict[str, object]
+    missed: int = 0
 
 
 class Supervisor:
@@ -126,11 +130,17 @@ class Supervisor:
     async def _monitor(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_S)
-            for index, inst in list(self.instances.items()):
-                try:
-                    await self._check(index, inst)
-                except Exception:
-                    log.exception("sfu supervisor check of instance %d failed", index)
+            # concurrently: one slow instance must not delay the others' heartbeats
+            # past their TTL
+            await asyncio.gather(
+                *(self._check_logged(i, inst) for i, inst in list(self.instances.items()))
+            )
+
+    async def _check_logged(self, index: int, inst: LocalInstance) -> None:
+        try:
+            await self._check(index, inst)
+        except Exception:
+            log.exception("sfu supervisor check of instance %d failed", index)
 
     async def _check(self, index: int, inst: LocalInstance) -> None:
         if inst.proc.returncode is not None:
@@ -151,7 +161,11 @@ class Supervisor:
             resp = await self._client.get(inst.record.control + "/stats")
             inst.stats = resp.json()
         except (httpx.HTTPError, ValueError):
-            return  # busy or hung: its TTL decides
+            inst.missed += 1
+            if inst.missed <= MAX_MISSED_STATS:
+                await self._publish(inst)  # alive but busy: keep it routable
+            return
+        inst.missed = 0
         inst.record.viewers = int(inst.stats.get("viewers", 0))  # type: ignore[call-overload]
         inst.record.load = float(inst.stats.get("load", 0.0))  # type: ignore[arg-type]
         await self._publish(inst)
