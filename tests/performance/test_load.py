@@ -191,7 +191,10 @@ async def _run(url: str, pid: int) -> dict[str, Any]:
         t_viewers = time.monotonic()
         rss_before = {k: rows[-1][2] for k, rows in sampler.rows.items()}
         total = INSTANCES * VIEWERS
-        sizes = [min(PER_PROCESS, total - i) for i in range(0, total, PER_PROCESS)]
+        # even swarms: unequal ones finish joining at different times and the steady
+        # window (all joined, none left) can vanish
+        procs = -(-total // PER_PROCESS)
+        sizes = [total // procs + (1 if i < total % procs else 0) for i in range(procs)]
         swarms = await asyncio.gather(*(_swarm(url, n, DURATION) for n in sizes))
         stop.set()
         await sampling
