@@ -272,7 +272,7 @@ def _measure(record: perf_results.TestResult, run: dict[str, Any]) -> None:
         m[f"instance{i}_rss_bytes_max"] = max(r[2] for r in rows)
         rss_max = max(rss_max, max(r[2] for r in rows))
         m[f"instance{i}_is_origin"] = int(key == run["origin"])
-        viewers = steady[-1][5] if steady else rows[-1][5]
+        viewers = max(r[5] for r in (steady or rows))  # no steady window: the peak
         m[f"instance{i}_viewers"] = viewers
         serving += viewers > 0
         if len(steady) >= 2:
