@@ -197,3 +197,23 @@ def test_layer_and_instance_choice_rules() -> None:
     assert pick(insts, {"b": 3}, None) is insts[2]
     assert pick([rec("a", 9), rec("b", 1, load=0.95)], {}, None).id == "a"  # type: ignore[union-attr]
     assert pick([], {}, None) is None
+
+
+async def test_memory_routing_routes_die_with_their_instance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tchat.sfu import routing
+
+    r = routing.MemoryRouting()
+    a = InstanceRecord("a", 1, "h", "c", 2, 3)
+    await r.put_instance(a)
+    await r.put_instance(InstanceRecord("b", 1, "h", "c", 2, 4))
+    await r.set_route("room", "a")
+    await r.clear_route("room", "b")  # not its route: kept
+    assert await r.route("room") == "a"
+    await r.remove_instance("a")
+    assert await r.route("room") is None
+    assert [i.id for i in await r.instances()] == ["b"]
+    now = routing.time.time()
+    monkeypatch.setattr(routing.time, "time", lambda: now + routing.INSTANCE_TTL_S + 1)
+    assert await r.instances() == []  # no heartbeat within the TTL: gone
