@@ -78,7 +78,7 @@ def _error(exc: Exception) -> JSONResponse:
 def control_app(worker: ClusterWorker, key: str, instance_id: str) -> FastAPI:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     client = httpx.AsyncClient(timeout=5.0, headers={KEY_HEADER: key})
-    joining: dict[str, asyncio.Lock] = {}
+    joining: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # room → lock, users
 
     @app.middleware("http")
     async def check_key(request: Request, call_next: Any) -> Any:
@@ -120,9 +120,15 @@ def control_app(worker: ClusterWorker, key: str, instance_id: str) -> FastAPI:
         try:
             if body.origin is not None and body.origin.id != instance_id:
                 # one subscription per room even when viewers arrive together
-                lock = joining.setdefault(body.room, asyncio.Lock())
-                async with lock:
-                    await _ensure_edge(body.room, body.origin)
+                lock, users = joining.setdefault(body.room, (asyncio.Lock(), [0]))
+                users[0] += 1
+                try:
+                    async with lock:
+                        await _ensure_edge(body.room, body.origin)
+                finally:
+                    users[0] -= 1
+                    if not users[0]:
+                        joining.pop(body.room, None)
             peer, answer = worker.add_viewer(body.room, body.offer, body.max_layer)
         except (SdpError, SessionError) as exc:
             return _error(exc)
