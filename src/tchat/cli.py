@@ -39,15 +39,6 @@ def main() -> None:
 def serve(host: str | None, port: int | None, sfu_instances: int | None) -> None:
     """Run the HTTP server on embedded defaults unless settings say otherwise."""
     settings = _load(TCHAT_HOST=host, TCHAT_PORT=port, NUM_SFU_INSTANCES=sfu_instances)
-    if settings.num_sfu_instances > 1:
-        # Several SFU workers per server (origin → edge relay) are not built yet; the load
-        # suite runs NUM_SFU_INSTANCES separate servers instead. Say so rather than ignore it.
-        click.echo(
-            "tchat: NUM_SFU_INSTANCES > 1 is not supported by `tchat serve` yet (one SFU "
-            "worker per process); run several servers on different TCHAT_PORT/SFU_UDP_PORT",
-            err=True,
-        )
-        sys.exit(2)
     import uvicorn
 
     from tchat.app import create_app

@@ -192,7 +192,7 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         alias="NUM_SFU_INSTANCES",
-        description="Load test: SFU servers to spread viewers over (`tchat serve`: 1 only).",
+        description="SFU instance processes `tchat serve` runs (> 1: origin → edge relay cluster).",
     )
     viewers_per_instance: int = Field(
         5000,

@@ -31,7 +31,7 @@ def serve_process(
         "TCHAT_DATA_DIR": str(data_dir),
         "TCHAT_SECRET": secret,
         "LOG_LEVEL": "warn",
-        "NUM_SFU_INSTANCES": "1",  # each server is one instance; the suite starts N of them
+        "NUM_SFU_INSTANCES": "1",  # the in-process SFU unless the caller asks for a cluster
         **(env or {}),
     }
     data_dir.mkdir(parents=True, exist_ok=True)

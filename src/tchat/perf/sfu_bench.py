@@ -6,6 +6,7 @@ loopback `sendto` per packet (to a socket nobody reads; the kernel drops them).
 µs of CPU per delivered packet, split into protect, sendto and the rest (rewrite);
 `--twcc` stamps transport-wide sequence numbers and playout delay, as for adaptive
 viewers.
+`--relay` prints the cluster relay's CPU per relayed packet instead (`relay_cost`).
 """
 
 from __future__ import annotations
@@ -91,14 +92,75 @@ def run(viewers: int, packets: int, profile: bool, twcc: bool = False) -> dict[s
     }
 
 
+def relay_cost(packets: int = 20000) -> dict[str, float]:
+    """CPU per packet relayed origin → edge, both ends in this process, real loopback UDP:
+    the origin's relay sink (prefix + sendto) and the edge's recvfrom + `relay_received`
+    (parse, gap check, cache, forward to zero viewers), minus the same packets forwarded
+    with no relay at all. Kernel time of both syscalls is included (process CPU)."""
+    from tchat.sfu.relay import MEDIA, PREFIX, ClusterWorker, media_from_json
+    from tchat.sfu.settings import SfuSettings
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.bind(("127.0.0.1", 0))
+    to, origin_addr = rx.getsockname(), tx.getsockname()
+    payload = bytes([0x41]) + os.urandom(1100)
+    media = [{"kind": "video", "mime": "video/H264", "payload_type": 102, "clock_rate": 90000}]
+    edge = ClusterWorker(SfuSettings(), clock=time.monotonic)
+    edge.open_edge("r", 1, origin_addr, "o", media_from_json(media))
+    head = PREFIX.pack(MEDIA, 1, 0, 0)
+
+    def pkts(base: int) -> list[bytes]:
+        return [
+            struct.pack("!BBHII", 0x80, 102, (base + i) & 0xFFFF, (base + i) * 3000, 42) + payload
+            for i in range(packets)
+        ]
+
+    plain = Track("video", "video/H264", 90000)
+    batch = pkts(0)
+    t0 = time.process_time()
+    for p in batch:
+        plain.forward(p, 0.0)
+    base_cpu = time.process_time() - t0
+    relayed = Track("video", "video/H264", 90000)
+
+    def sink(index: int, data: bytes) -> None:
+        tx.sendto(head + data, to)
+
+    relayed.relays.append(sink)
+    batch = pkts(packets)
+    received = 0
+    t0 = time.process_time()
+    for p in batch:
+        relayed.forward(p, 0.0)
+        data, addr = rx.recvfrom(2048)
+        edge.relay_received(data, addr)
+        received += 1
+    relay_cpu = time.process_time() - t0
+    rx.close()
+    tx.close()
+    return {
+        "relay_cpu_us_per_packet": 1e6 * (relay_cpu - base_cpu) / received,
+        "forward_no_viewers_us": 1e6 * base_cpu / packets,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tchat.perf.sfu_bench")
     parser.add_argument("--viewers", type=int, default=200)
     parser.add_argument("--packets", type=int, default=2000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--twcc", action="store_true", help="adaptive viewers (TWCC stamping)")
+    parser.add_argument("--relay", action="store_true", help="relay cost per packet instead")
     args = parser.parse_args()
-    for k, v in run(args.viewers, args.packets, args.profile, args.twcc).items():
+    figures = (
+        relay_cost(args.packets)
+        if args.relay
+        else run(args.viewers, args.packets, args.profile, args.twcc)
+    )
+    for k, v in figures.items():
         print(f"{k:22s} {v:6.2f}")
 
 

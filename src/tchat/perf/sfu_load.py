@@ -147,6 +147,41 @@ class SyntheticPublisher:
             self._task.cancel()
 
 
+class ArrivalProbe(ClientPeer):
+    """A decrypting viewer noting when each payload of `watch` arrives (T068 cluster runs
+    compare a viewer on the origin with one on an edge: the relay's extra latency)."""
+
+    def __init__(self, identity: Identity, watch: set[int]) -> None:
+        super().__init__(identity, decrypt=True, keep_packets=True)
+        self.watch = watch
+        self.arrivals: dict[int, list[float]] = {}
+
+    def _rtp(self, data: bytes) -> None:
+        t = time.monotonic()
+        super()._rtp(data)
+        if self.packets:
+            h = hash(self.packets[-1][2])
+            self.packets.clear()
+            if h in self.watch:
+                self.arrivals.setdefault(h, []).append(t)
+
+
+def extra_latency_ms(near: ArrivalProbe, far: ArrivalProbe, window_s: float = 0.1) -> list[float]:
+    """Per payload `far` received: its arrival minus `near`'s nearest arrival of the same
+    payload (looped media repeats payloads; pairs further apart than `window_s` are not
+    the same send)."""
+    out = []
+    for h, times in far.arrivals.items():
+        ref = near.arrivals.get(h)
+        if not ref:
+            continue
+        for t in times:
+            d = min((t - r for r in ref), key=abs)
+            if abs(d) <= window_s:
+                out.append(1000.0 * d)
+    return out
+
+
 @dataclass
 class ViewerResult:
     ok: bool

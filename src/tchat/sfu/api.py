@@ -64,6 +64,11 @@ def _created(answer: str, location: str) -> Response:
 
 
 def mount(app: FastAPI, settings: Settings) -> None:
+    if settings.num_sfu_instances > 1:  # several instance processes: sfu/cluster_api.py
+        from tchat.sfu import cluster_api
+
+        cluster_api.mount(app, settings)
+        return
     sfu_settings = SfuSettings.from_settings(settings)
 
     @asynccontextmanager

@@ -295,15 +295,20 @@ class Track:
         self._pli_at: dict[int, float] = {}
         self.dropped = 0  # packets of unknown layers, malformed, or padding-only
         self.delivered = 0
+        # cluster relay sinks (sfu/relay.py): each gets (layer index, the packet as received)
+        self.relays: list[Callable[[int, bytes], None]] = []
 
     # -- per packet ------------------------------------------------------------
-    def forward(self, data: bytes, now: float) -> int:
-        """Forward one unprotected RTP packet to every viewer; returns packets sent."""
+    def forward(self, data: bytes, now: float, index_hint: int = -1) -> int:
+        """Forward one unprotected RTP packet to every viewer; returns packets sent.
+
+        `index_hint` names the layer of a new SSRC when the packet comes from a cluster
+        relay (the origin already mapped rid → layer)."""
         start, end = payload_bounds(data)  # raises RtpError on a truncated packet
         ssrc = HEADER.unpack_from(data)[4]
         layer = self.by_ssrc.get(ssrc)
         if layer is None:
-            layer = self._bind(data, ssrc, now)
+            layer = self._bind(data, ssrc, now, index_hint)
             if layer is None:
                 self.dropped += 1
                 return 0
@@ -320,6 +325,8 @@ class Track:
         if (seq - layer.max_seq) & 0xFFFF < 0x8000:
             layer.max_seq = seq
         index = layer.index
+        for relay in self.relays:
+            relay(index, data)
         keyframe = -1
         sent = 0
         for dt in self.downtracks:
@@ -355,9 +362,11 @@ class Track:
         self.delivered += sent
         return sent
 
-    def _bind(self, data: bytes, ssrc: int, now: float) -> Layer | None:
+    def _bind(self, data: bytes, ssrc: int, now: float, hint: int = -1) -> Layer | None:
         """Map a new SSRC to its layer: by rid when simulcast, else it replaces layer 0."""
-        if self.rids:
+        if 0 <= hint < len(self.layers):
+            index = hint
+        elif self.rids:
             rid = header_extension(data, self.rid_ext)
             if rid is None:
                 return None
@@ -413,6 +422,11 @@ class Track:
         """A viewer asked for a keyframe (PLI/FIR): ask the publisher, rate-limited."""
         index = dt.current if dt.current >= 0 else dt.target
         if index >= 0:
+            self._pli(index, now)
+
+    def request_layer_keyframe(self, index: int, now: float) -> None:
+        """A relay edge needs a keyframe of this layer (rate-limited like viewers' PLIs)."""
+        if 0 <= index < len(self.layers):
             self._pli(index, now)
 
     # -- per second / membership ---------------------------------------------------

@@ -1,0 +1,361 @@
+"""One room over several SFU instance processes (origin → edge relay), for real.
+
+`tchat serve` with NUM_SFU_INSTANCES > 1 spawns its instance processes; a synthetic
+simulcast publisher and generator viewers talk ICE/DTLS/SRTP to them over loopback
+UDP, the relay between instances is real UDP, routing is in-process or real Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tchat.auth import issue_token
+from tchat.perf.server import free_port
+from tchat.perf.sfu_load import MEDIA_CACHE, SyntheticPublisher
+from tchat.perf.sfu_media import PreparedMedia, prepare
+from tchat.perf.webrtc_peer import ClientPeer, Identity
+from tchat.sfu.dtls import DtlsState
+from tchat.sfu.rtp import h264_keyframe_start
+
+from .sfu_helpers import SECRET, auth, join_viewer
+
+
+async def wait_for(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met within the deadline")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def media() -> PreparedMedia:
+    return prepare(MEDIA_CACHE)
+
+
+def payloads(peer: ClientPeer) -> int:
+    return sum(s.payloads for s in peer.stats.streams.values())
+
+
+def received(peer: ClientPeer) -> int:
+    return sum(s.received for s in peer.stats.streams.values())
+
+
+def instance_of(location: str) -> str:
+    return location.rsplit("/", 1)[1].split(".", 1)[0]
+
+
+async def stats(client: httpx.AsyncClient) -> dict[str, Any]:
+    data: dict[str, Any] = (await client.get("/sfu/stats")).json()
+    return data
+
+
+def assert_clean(peer: ClientPeer) -> None:
+    assert peer.stats.decrypt_errors == 0
+    for s in peer.stats.streams.values():
+        assert s.bad_payloads == 0 and s.gaps == 0
+
+
+@pytest.mark.parametrize("instances", [2, 3])
+async def test_every_viewer_on_every_instance_receives_the_stream(
+    server_factory: Any, media: PreparedMedia, instances: int
+) -> None:
+    server = server_factory(NUM_SFU_INSTANCES=str(instances))
+    room = "cluster"
+    identity = Identity.create()
+    known = media.known_payloads()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        pub = SyntheticPublisher(identity, media, ["l", "m", "h"])
+        await pub.start(client, room, issue_token(SECRET, room, "publisher"))
+        assert "." in pub.location.rsplit("/", 1)[1]
+        viewers: list[tuple[ClientPeer, str]] = []
+        for i in range(2 * instances):
+            peer = ClientPeer(
+                identity, decrypt=True, known_payloads=known, keyframe_test=h264_keyframe_start
+            )
+            viewers.append((peer, await join_viewer(client, room, peer, ("low", "mid")[i % 2])))
+        placed = {instance_of(loc) for _, loc in viewers}
+        assert len(placed) == instances, f"viewers not spread: {placed}"
+        await wait_for(lambda: all(payloads(p) >= 150 for p, _ in viewers), 30)
+        for peer, _ in viewers:
+            assert_clean(peer)
+            video = [s for s in peer.stats.streams.values() if s.keyframe_first is not None]
+            assert [s.keyframe_first for s in video] == [True]
+        data = await stats(client)
+        per = data["instances"]
+        assert len(per) == instances
+        edges = [s for s in per if room in s["edge_rooms"]]
+        origins = [s for s in per if room in s["origin_rooms"]]
+        assert len(origins) == 1 and len(edges) == instances - 1
+        # one relay stream per edge and layer in use, not one per viewer
+        relayed = origins[0]["relay_edges"]
+        assert len(relayed) == instances - 1
+        for e in relayed:
+            # per track: audio's one layer; video's low and/or mid (no viewer wants high)
+            assert all(0 < mask < 4 for mask in e["layers"]), e
+        # last viewer of an edge leaves → the edge stops pulling
+        edge_id = edges[0]["id"]
+        for peer, loc in viewers:
+            if instance_of(loc) == edge_id:
+                r = await client.delete(loc, headers=auth(room, "viewer"))
+                assert r.status_code == 200
+                peer.close()
+
+        async def edge_stopped() -> bool:
+            per = (await stats(client))["instances"]
+            return not any(s["id"] == edge_id and room in s["edge_rooms"] for s in per)
+
+        for _ in range(50):
+            if await edge_stopped():
+                break
+            await asyncio.sleep(0.1)
+        assert await edge_stopped()
+        for peer, _ in viewers:
+            peer.close()
+        await pub.stop(client, issue_token(SECRET, room, "publisher"))
+
+
+async def test_layer_switch_on_an_edge_keeps_the_stream_continuous(
+    server_factory: Any, media: PreparedMedia
+) -> None:
+    server = server_factory(NUM_SFU_INSTANCES="2")
+    room = "edge-switch"
+    identity = Identity.create()
+    layer_of = {
+        hash(p): rid for rid, frames in media.video.items() for f in frames for p in f.payloads
+    }
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        pub = SyntheticPublisher(identity, media, ["l", "m", "h"])
+        await pub.start(client, room, issue_token(SECRET, room, "publisher"))
+        origin = instance_of(pub.location)
+        # the first viewer lands on the origin (tie → no relay), the second on the edge
+        first = ClientPeer(identity)
+        await join_viewer(client, room, first)
+        peer = ClientPeer(identity, decrypt=True, keep_packets=True)
+        location = await join_viewer(client, room, peer)
+        assert instance_of(location) != origin
+        assert peer.packets is not None
+        packets = peer.packets
+
+        def video() -> list[tuple[int, int, bytes]]:
+            return [p for p in packets if hash(p[2]) in layer_of]
+
+        await wait_for(lambda: len(video()) >= 40)
+        for target, rid in ((2, "h"), (1, "m"), (0, "l")):
+            put = await client.put(
+                f"{location}/layer", json={"max_layer": target}, headers=auth(room, "viewer")
+            )
+            assert put.status_code == 200, put.text
+            await wait_for(lambda rid=rid: sum(layer_of[hash(p)] == rid for *_, p in video()) >= 80)
+        vids = video()
+        assert len({ssrc for ssrc, *_ in vids}) == 1
+        seqs = [seq for _, seq, _ in vids]
+        assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs)), "gap"
+        rids = [layer_of[hash(p)] for *_, p in vids]
+        switches = [i for i in range(1, len(rids)) if rids[i] != rids[i - 1]]
+        assert [rids[i] for i in switches] == ["h", "m", "l"]
+        for i in switches:
+            assert h264_keyframe_start(vids[i][2]), "a switch must start on a keyframe"
+        assert peer.stats.decrypt_errors == 0
+        peer.close()
+        first.close()
+        await pub.stop(client, issue_token(SECRET, room, "publisher"))
+
+
+def _pid_of(per: list[dict[str, Any]], instance_id: str) -> int:
+    return int(next(s["pid"] for s in per if s["id"] == instance_id))
+
+
+async def test_killing_an_edge_loses_only_its_viewers_who_reconnect(
+    server_factory: Any, media: PreparedMedia
+) -> None:
+    server = server_factory(NUM_SFU_INSTANCES="2")
+    room = "edge-kill"
+    identity = Identity.create()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        pub = SyntheticPublisher(identity, media, ["l", "m", "h"])
+        await pub.start(client, room, issue_token(SECRET, room, "publisher"))
+        origin = instance_of(pub.location)
+        viewers = []
+        for _ in range(4):
+            peer = ClientPeer(identity)
+            viewers.append((peer, await join_viewer(client, room, peer)))
+        on_edge = [p for p, loc in viewers if instance_of(loc) != origin]
+        on_origin = [p for p, loc in viewers if instance_of(loc) == origin]
+        assert len(on_edge) == 2 and len(on_origin) == 2
+        await wait_for(lambda: all(received(p) >= 100 for p, _ in viewers))
+        edge_id = next(instance_of(loc) for _, loc in viewers if instance_of(loc) != origin)
+        os.kill(_pid_of((await stats(client))["instances"], edge_id), signal.SIGKILL)
+        await asyncio.sleep(1.0)
+        marks = [received(p) for p in on_origin + on_edge]
+        await asyncio.sleep(2.0)
+        now = [received(p) for p in on_origin + on_edge]
+        assert all(b > a + 50 for a, b in zip(marks[:2], now[:2], strict=True)), "origin stalled"
+        assert now[2:] == marks[2:], "viewers of the killed edge still receive"
+
+        async def restarted() -> bool:
+            data = await stats(client)
+            return bool(data["restarts"] >= 1 and all("error" not in s for s in data["instances"]))
+
+        for _ in range(100):
+            if await restarted():
+                break
+            await asyncio.sleep(0.1)
+        assert await restarted()
+        # the lost viewers reconnect (to whichever instance is now least loaded)
+        again = []
+        for _ in on_edge:
+            peer = ClientPeer(identity)
+            await join_viewer(client, room, peer)
+            again.append(peer)
+        await wait_for(lambda: all(received(p) >= 100 for p in again))
+        for p in on_origin + on_edge + again:
+            p.close()
+        await pub.stop(client, issue_token(SECRET, room, "publisher"))
+
+
+async def test_killing_the_origin_ends_the_room_everywhere(
+    server_factory: Any, media: PreparedMedia
+) -> None:
+    server = server_factory(NUM_SFU_INSTANCES="2")
+    room = "origin-kill"
+    identity = Identity.create()
+    token = issue_token(SECRET, room, "publisher")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        pub = SyntheticPublisher(identity, media, ["l", "m", "h"])
+        await pub.start(client, room, token)
+        origin = instance_of(pub.location)
+        viewers = []
+        for _ in range(4):
+            peer = ClientPeer(identity)
+            viewers.append((peer, await join_viewer(client, room, peer)))
+        await wait_for(lambda: all(received(p) >= 100 for p, _ in viewers))
+        os.kill(_pid_of((await stats(client))["instances"], origin), signal.SIGKILL)
+        on_edge = [p for p, loc in viewers if instance_of(loc) != origin]
+        on_origin = [p for p, loc in viewers if instance_of(loc) == origin]
+        # edge viewers get a DTLS close_notify (the stream ended), not a silent hang
+        await wait_for(
+            lambda: all(p.dtls is not None and p.dtls.state == DtlsState.CLOSED for p in on_edge),
+            10,
+        )
+        marks = [received(p) for p in on_origin]
+        await asyncio.sleep(1.0)
+        assert [received(p) for p in on_origin] == marks  # its process is gone
+        # new viewers are told there is no stream; the publisher can go live again
+        late = ClientPeer(identity)
+        await late.open()
+        r = await client.post(
+            f"/whep/{room}",
+            content=late.offer(),
+            headers={**auth(room, "viewer"), "content-type": "application/sdp"},
+        )
+        assert r.status_code == 404, r.text
+        late.close()
+        pub.peer.close()
+        pub2 = SyntheticPublisher(identity, media, ["l", "m", "h"])
+        for _ in range(50):  # the supervisor notices the death within a heartbeat
+            try:
+                await pub2.start(client, room, token)
+                break
+            except RuntimeError:
+                await asyncio.sleep(0.2)
+        assert pub2.location
+        viewer = ClientPeer(identity)
+        await join_viewer(client, room, viewer)
+        await wait_for(lambda: received(viewer) >= 100)
+        viewer.close()
+        for p, _ in viewers:
+            p.close()
+        await pub2.stop(client, token)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A private redis-server (not the shared one): this test stops it on purpose."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0", proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+
+
+async def test_two_servers_on_one_redis_serve_one_room_and_survive_redis_loss(
+    server_factory: Any, media: PreparedMedia, own_redis: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    url, redis_proc = own_redis
+    env = {"NUM_SFU_INSTANCES": "2", "REDIS_URL": url}
+    a = server_factory(**env)
+    b = server_factory(**env)
+    room = "two-hosts-" + secrets.token_hex(3)
+    identity = Identity.create()
+    known = media.known_payloads()
+    async with (
+        httpx.AsyncClient(base_url=a.url, timeout=10) as ca,
+        httpx.AsyncClient(base_url=b.url, timeout=10) as cb,
+    ):
+        pub = SyntheticPublisher(identity, media, ["l", "m", "h"])
+        await pub.start(ca, room, issue_token(SECRET, room, "publisher"))
+        viewers = []
+        for i in range(8):  # WHEP alternately to either server
+            peer = ClientPeer(
+                identity, decrypt=True, known_payloads=known, keyframe_test=h264_keyframe_start
+            )
+            viewers.append((peer, await join_viewer((ca, cb)[i % 2], room, peer)))
+        await wait_for(lambda: all(payloads(p) >= 150 for p, _ in viewers), 30)
+        for p, _ in viewers:
+            assert_clean(p)
+        ids_a = {s["id"] for s in (await stats(ca))["instances"]}
+        ids_b = {s["id"] for s in (await stats(cb))["instances"]}
+        placed = {instance_of(loc) for _, loc in viewers}
+        assert placed & ids_a and placed & ids_b, "one room served by both servers' instances"
+        # Redis goes away: live sessions keep flowing, new ones fail with a clear 503
+        redis_proc.terminate()
+        await asyncio.sleep(1.5)
+        marks = [received(p) for p, _ in viewers]
+        await asyncio.sleep(2.0)
+        assert all(received(p) > m + 50 for (p, _), m in zip(viewers, marks, strict=True))
+        late = ClientPeer(identity)
+        await late.open()
+        r = await cb.post(
+            f"/whep/{room}",
+            content=late.offer(),
+            headers={**auth(room, "viewer"), "content-type": "application/sdp"},
+        )
+        assert r.status_code == 503 and "routing store unavailable" in r.json()["detail"]
+        r = await ca.post(
+            "/whip/another-room",
+            content=late.offer(),
+            headers={**auth("another-room", "publisher"), "content-type": "application/sdp"},
+        )
+        assert r.status_code == 503
+        late.close()
+        for p, _ in viewers:
+            p.close()
+        pub.peer.close()

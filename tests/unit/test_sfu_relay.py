@@ -1,0 +1,219 @@
+"""Origin ↔ edge relay logic with a fake clock and an in-memory "network" between two
+ClusterWorkers (their relay sockets replaced by a queue): demand → layers relayed,
+NACK on a relay gap, keepalive timeouts, BYE, source checks."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from tchat.perf.webrtc_peer import ClientPeer, Identity, rtp_header
+from tchat.sfu.relay import (
+    BYE,
+    DEMAND,
+    MEDIA,
+    NACK,
+    PREFIX,
+    ClusterWorker,
+    media_from_json,
+    pick_layers,
+)
+from tchat.sfu.routing import InstanceRecord, pick
+from tchat.sfu.settings import SfuSettings
+from tchat.sfu.worker import SessionError
+
+ORIGIN, EDGE = ("10.0.0.1", 4000), ("10.0.0.2", 4000)
+KEYFRAME = bytes([0x65, 0x88, 0x84])  # an H.264 IDR NAL unit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Net:
+    """Datagrams queued per (source, destination); `pump` delivers them."""
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[tuple[str, int], tuple[str, int], bytes]] = []
+        self.workers: dict[tuple[str, int], ClusterWorker] = {}
+        self.drop: set[int] = set()  # RTP sequence numbers the network loses once
+
+    def attach(self, worker: ClusterWorker, addr: tuple[str, int]) -> None:
+        self.workers[addr] = worker
+        net = self
+
+        class Transport:
+            def sendto(self, data: bytes, to: tuple[str, int]) -> None:
+                net.queue.append((addr, to, data))
+
+        worker.relay_transport = Transport()  # type: ignore[assignment]
+
+    def pump(self) -> list[bytes]:
+        sent = []
+        while self.queue:
+            src, dst, data = self.queue.pop(0)
+            sent.append(data)
+            if data[0] == MEDIA:
+                seq = int.from_bytes(data[PREFIX.size + 2 : PREFIX.size + 4], "big")
+                if seq in self.drop:
+                    self.drop.discard(seq)
+                    continue
+            self.workers[dst].relay_received(data, src)
+        return sent
+
+
+@pytest.fixture(scope="module")
+def identity() -> Identity:
+    return Identity.create()
+
+
+def setup(identity: Identity) -> tuple[Clock, Net, ClusterWorker, ClusterWorker]:
+    clock = Clock()
+    net = Net()
+    origin = ClusterWorker(SfuSettings(), clock=clock)
+    edge = ClusterWorker(SfuSettings(), clock=clock)
+    net.attach(origin, ORIGIN)
+    net.attach(edge, EDGE)
+    origin.add_publisher("r", ClientPeer(identity).offer(rids=["h", "m", "l"], publish=True))
+    return clock, net, origin, edge
+
+
+def publish(origin: ClusterWorker, now: float, rid: str, seq: int, key: bool = False) -> None:
+    ssrc = {"l": 11, "m": 22, "h": 33}[rid]
+    payload = KEYFRAME if key else bytes([0x41, 0x9A, seq & 0xFF])
+    origin.rooms["r"].tracks["video"].forward(
+        rtp_header(102, seq, seq * 3000, ssrc, True, rid) + payload, now
+    )
+
+
+def test_demand_selects_layers_and_packets_reach_the_edge(identity: Identity) -> None:
+    clock, net, origin, edge = setup(identity)
+    for rid in "lmh":
+        publish(origin, clock.t, rid, 1, key=True)
+    media = origin.subscribe("r", 7, EDGE)
+    assert {m["kind"] for m in media} == {"audio", "video"}
+    edge.open_edge("r", 7, ORIGIN, "o", media_from_json(media))
+    viewer, answer = edge.add_viewer("r", ClientPeer(identity).offer(), max_layer=1)
+    assert "H264" in answer or "h264" in answer.lower()
+    net.pump()  # the DEMAND
+    sub = origin.origin_subs[7]
+    video = [m["kind"] for m in media].index("video")
+    assert sub.masks[video] == 0b010  # only mid: the one layer this edge's viewer caps at
+    clock.t += 0.1
+    for seq in (2, 3):
+        for rid in "lmh":
+            publish(origin, clock.t, rid, seq)
+    sent = net.pump()
+    assert [d[0] for d in sent].count(MEDIA) == 2 and edge.relay_in == 2
+    edge_track = edge.rooms["r"].tracks["video"]
+    assert edge_track.layers[1] is not None and edge_track.layers[1].ssrc == 22
+    assert edge_track.layers[0] is None and edge_track.layers[2] is None
+    # a second viewer capped at high adds the high layer (and asks the publisher for its IDR)
+    edge.add_viewer("r", ClientPeer(identity).offer(), max_layer=2)
+    net.pump()
+    assert sub.masks[video] == 0b110
+    # a relay gap is NACKed and answered from the origin's cache
+    net.drop.add(5)
+    for seq in (4, 5, 6):
+        publish(origin, clock.t, "m", seq)
+    sent = net.pump()
+    nacks = [d for d in sent if d[0] == NACK]
+    assert len(nacks) == 1 and struct.unpack("!H", nacks[0][PREFIX.size :]) == (5,)
+    assert edge_track.layers[1] is not None and edge_track.layers[1].cache.get(5) is not None
+    # the last viewer leaves: BYE, and the origin stops relaying to this edge
+    for peer in list(edge.rooms["r"].viewers.values()):
+        edge.close_peer(peer, "DELETE")
+    assert viewer.closed and "r" not in edge.rooms and edge.edge_subs == {}
+    assert [d[0] for d in net.pump()] == [BYE]
+    assert origin.origin_subs == {} and origin.rooms["r"].tracks["video"].relays == []
+
+
+def test_silence_ends_the_relay_on_both_sides(identity: Identity) -> None:
+    clock, net, origin, edge = setup(identity)
+    media = origin.subscribe("r", 9, EDGE)
+    edge.open_edge("r", 9, ORIGIN, "o", media_from_json(media))
+    viewer, _ = edge.add_viewer("r", ClientPeer(identity).offer())
+    net.pump()
+    clock.t += 1.0
+    origin.tick(clock.t)
+    edge.tick(clock.t)
+    net.pump()  # keepalives both ways
+    assert 9 in origin.origin_subs and "r" in edge.edge_subs
+    clock.t += 4.0  # nothing in between: the origin "died", the edge "died"
+    net.queue.clear()
+    edge.tick(clock.t)
+    assert viewer.closed and edge.edge_subs == {}  # its viewers see the stream end
+    origin.tick(clock.t)
+    assert origin.origin_subs == {}
+
+
+def test_publisher_leaving_ends_edge_rooms(identity: Identity) -> None:
+    _clock, net, origin, edge = setup(identity)
+    media = origin.subscribe("r", 5, EDGE)
+    edge.open_edge("r", 5, ORIGIN, "o", media_from_json(media))
+    viewer, _ = edge.add_viewer("r", ClientPeer(identity).offer())
+    net.pump()
+    publisher = origin.rooms["r"].publisher
+    assert publisher is not None
+    origin.close_peer(publisher, "DELETE")
+    net.pump()
+    assert viewer.closed and edge.rooms == {}
+
+
+def test_relay_accepts_only_the_agreed_source(identity: Identity) -> None:
+    _clock, _net, origin, edge = setup(identity)
+    with pytest.raises(SessionError) as unknown:
+        origin.subscribe("nope", 1, EDGE)
+    assert unknown.value.status == 404
+    origin.subscribe("r", 3, EDGE)
+    origin.relay_received(PREFIX.pack(DEMAND, 3, 0, 0) + b"\x07\x07", ("10.9.9.9", 1))
+    origin.relay_received(PREFIX.pack(DEMAND, 4, 0, 0) + b"\x07\x07", EDGE)
+    origin.relay_received(b"\x01\x02", EDGE)
+    edge.relay_received(PREFIX.pack(MEDIA, 3, 0, 0) + b"x" * 20, ORIGIN)
+    assert origin.drops["relay_unknown_source"] == 2 and origin.drops["relay_short"] == 1
+    assert edge.drops["relay_unknown_source"] == 1
+    assert origin.origin_subs[3].caps == [0, 0]
+
+
+def test_layer_and_instance_choice_rules() -> None:
+    assert pick_layers(0b001, [0, 1, 2]) == 0b001
+    assert pick_layers(0b110, [0, 1, 2]) == 0b110
+    assert pick_layers(0b100, [0, 1]) == 0b010  # high wanted, not published: mid
+    assert pick_layers(0b001, [2]) == 0b100  # nothing under the cap: the lowest live
+    assert pick_layers(0b111, []) == 0
+
+    def rec(iid: str, viewers: int, load: float = 0.1) -> InstanceRecord:
+        return InstanceRecord(iid, 1, "h", "c", 2, 3, viewers=viewers, load=load)
+
+    insts = [rec("a", 5), rec("b", 3), rec("c", 3)]
+    assert pick(insts, {}, None) is insts[1]
+    assert pick(insts, {}, "c") is insts[2]  # a tie goes to the origin: no relay
+    assert pick(insts, {"b": 1, "c": 1}, None) is insts[1]
+    assert pick(insts, {"b": 3}, None) is insts[2]
+    assert pick([rec("a", 9), rec("b", 1, load=0.95)], {}, None).id == "a"  # type: ignore[union-attr]
+    assert pick([], {}, None) is None
+
+
+async def test_memory_routing_routes_die_with_their_instance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tchat.sfu import routing
+
+    r = routing.MemoryRouting()
+    a = InstanceRecord("a", 1, "h", "c", 2, 3)
+    await r.put_instance(a)
+    await r.put_instance(InstanceRecord("b", 1, "h", "c", 2, 4))
+    await r.set_route("room", "a")
+    await r.clear_route("room", "b")  # not its route: kept
+    assert await r.route("room") == "a"
+    await r.remove_instance("a")
+    assert await r.route("room") is None
+    assert [i.id for i in await r.instances()] == ["b"]
+    now = routing.time.time()
+    monkeypatch.setattr(routing.time, "time", lambda: now + routing.INSTANCE_TTL_S + 1)
+    assert await r.instances() == []  # no heartbeat within the TTL: gone
