@@ -13,6 +13,7 @@ import subprocess
 from typing import Any
 
 import httpx
+import pytest
 
 from tchat.auth import issue_token
 from tchat.perf.sfu_load import MEDIA_CACHE, SyntheticPublisher
@@ -32,8 +33,10 @@ async def _recording(client: httpx.AsyncClient, room: str, timeout_s: float, **w
     raise AssertionError(f"no recording of {room} with {want}: {recs}")
 
 
-async def test_whip_publish_is_recorded_and_playable(server_factory) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory(RECORDING_SEGMENT_SECONDS="2")
+@pytest.mark.parametrize("instances", [1, 2])
+async def test_whip_publish_is_recorded_and_playable(server_factory, instances: int) -> None:  # type: ignore[no-untyped-def]
+    """With 2 instances the origin's process records (sfu/node.py), not the server's."""
+    server = server_factory(RECORDING_SEGMENT_SECONDS="2", NUM_SFU_INSTANCES=str(instances))
     room = "recorded"
     token = issue_token(SECRET, room, "publisher")
     media = prepare(MEDIA_CACHE)
@@ -41,6 +44,12 @@ async def test_whip_publish_is_recorded_and_playable(server_factory) -> None:  #
         pub = SyntheticPublisher(Identity.create(), media, ["l", "m", "h"])
         await pub.start(client, room, token)
         live = await _recording(client, room, 10, state="recording")
+        for _ in range(20):  # /live: the cluster's figure comes with the next heartbeat
+            rooms = (await client.get("/live")).json()["rooms"]
+            if rooms and rooms[0]["recording_id"] == live["id"]:
+                break
+            await asyncio.sleep(0.25)
+        assert [r["room"] for r in rooms] == [room] and rooms[0]["recording_id"] == live["id"]
         # live: the EVENT playlist is served while the stream goes on
         for _ in range(60):
             r = await client.get(live["playlist_url"])

@@ -20,7 +20,7 @@ def app_with(settings: Settings) -> FastAPI:
     app = FastAPI()
     app.state.components = []
     app.state.secret = SECRET
-    app.state.sfu = SimpleNamespace(rooms={}, now=lambda: 0.0)
+    app.state.sfu = SimpleNamespace(live_rooms=lambda: {})
 
     @app.get("/recordings/{rec_id}")
     async def recording(rec_id: str) -> dict[str, str]:
@@ -97,3 +97,26 @@ def test_token_url_points_at_the_page_with_the_token_in_the_fragment(
     verify_token(SECRET, token, "demo", "publisher")
     out = CliRunner().invoke(main, ["token", "--room", "demo", "--role", "chat", "--url"])
     assert out.output.startswith("http://127.0.0.1:8123/watch/demo#token=")
+
+
+def test_live_rooms_of_a_cluster_sum_viewers_over_instances() -> None:
+    """Origin and edges each report their viewers; a room whose origin is gone is not live."""
+    beats = [
+        {
+            "live_rooms": {
+                "a": {"viewers": 3, "live_for_s": 12.5},
+                "b": {"viewers": 1, "live_for_s": None},
+            }
+        },
+        {"live_rooms": {"a": {"viewers": 4, "live_for_s": None}}},
+        {},  # an instance that has not answered a heartbeat yet
+    ]
+    app = FastAPI()
+    app.state.sfu_cluster = SimpleNamespace(
+        supervisor=SimpleNamespace(
+            instances={i: SimpleNamespace(stats=b) for i, b in enumerate(beats)}
+        )
+    )
+    assert pages.live_rooms(app) == [
+        {"room": "a", "viewers": 7, "live_for_s": 12.5, "recording_id": None}
+    ]

@@ -55,10 +55,15 @@ class RecordingService:
         self.lifecycle: LifecycleResult | None = None
         self._sweep_task: asyncio.Task[None] | None = None
 
-    async def open(self, *, sweep_interval_s: float | None = SWEEP_INTERVAL_S) -> None:
-        """Ready the store; storage being down is logged, not fatal (uploads queue)."""
+    async def open(
+        self, *, sweep_interval_s: float | None = SWEEP_INTERVAL_S, fail_orphans: bool = True
+    ) -> None:
+        """Ready the store; storage being down is logged, not fatal (uploads queue).
+        `fail_orphans=False` for an SFU instance process, which shares the catalog with
+        the server and its sibling instances: their live recordings are not orphans."""
         await self.ensure_storage()
-        self._fail_orphans()
+        if fail_orphans:
+            self._fail_orphans()
         if sweep_interval_s:
             self._sweep_task = asyncio.create_task(self._sweep_loop(sweep_interval_s))
 

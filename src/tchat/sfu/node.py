@@ -187,6 +187,14 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> None:
     key = os.environ.get(KEY_ENV) or control_key(settings.token_secret())
     worker = ClusterWorker(sfu, relay_host=sfu.udp_host)
     await worker.start()
+    recording = None
+    if settings.sfu_record:  # publishes land on origins; record them where the media is
+        from tchat.recording.service import RecordingService
+        from tchat.sfu.recording_sink import LiveRecording
+
+        recording = RecordingService(settings)
+        await recording.open(sweep_interval_s=None, fail_orphans=False)
+        worker.publish_listeners.append(LiveRecording(worker, recording))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((sfu.udp_host, 0))
@@ -212,6 +220,8 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> None:
     server.should_exit = True
     await serving
     await worker.stop()
+    if recording is not None:
+        await recording.close()  # finalizes what the stopped publishes left recording
 
 
 def _fields(s: SfuSettings) -> dict[str, Any]:

@@ -214,7 +214,9 @@ def _component(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMa
     @asynccontextmanager
     async def live_recording(app: FastAPI) -> AsyncIterator[None]:
         app.state.live_recording = None
-        if settings.sfu_record:
+        # with NUM_SFU_INSTANCES > 1 there is no in-process worker: each instance
+        # process records the rooms it originates (sfu/node.py)
+        if settings.sfu_record and hasattr(app.state, "sfu"):
             live = LiveRecording(app.state.sfu, app.state.recording)
             app.state.sfu.publish_listeners.append(live)
             app.state.live_recording = live

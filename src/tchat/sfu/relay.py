@@ -441,6 +441,7 @@ class ClusterWorker(SfuWorker):
         out.update(
             {
                 "relay_port": self.relay_port,
+                "live_rooms": self.live_rooms(),
                 "viewers": sum(len(r.viewers) for r in self.rooms.values()),
                 "origin_rooms": sorted(n for n, r in self.rooms.items() if r.publisher is not None),
                 "edge_rooms": sorted(self.edge_subs),

@@ -686,6 +686,24 @@ class SfuWorker(asyncio.DatagramProtocol):
             "failed_probes": abr.failed_probes,
         }
 
+    def live_rooms(self) -> dict[str, dict[str, object]]:
+        """Rooms with viewers or a connected publisher here: viewer count (media flowing)
+        and, where the publisher is on this worker, how long it has been live."""
+        now = self.now()
+        out: dict[str, dict[str, object]] = {}
+        for room in self.rooms.values():
+            pub = room.publisher
+            origin = pub is not None and not pub.closed and pub.connected_at is not None
+            viewers = sum(1 for v in room.viewers.values() if v.srtp is not None)
+            if origin or viewers:
+                out[room.name] = {
+                    "viewers": viewers,
+                    "live_for_s": round(now - pub.connected_at, 1)
+                    if origin and pub is not None and pub.connected_at is not None
+                    else None,
+                }
+        return out
+
     def _stats(self) -> dict[str, object]:
         return {
             "udp_port": self.port,

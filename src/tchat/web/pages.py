@@ -45,22 +45,41 @@ def _page(name: str) -> FileResponse:
 
 def live_rooms(app: FastAPI) -> list[dict[str, Any]]:
     """Rooms whose publisher is connected, with their viewer count and live recording."""
-    worker = app.state.sfu
+    cluster = getattr(app.state, "sfu_cluster", None)
+    per_worker: list[dict[str, dict[str, Any]]]
+    if cluster is not None:  # the instances' last heartbeats (≤ 1 s old); this server's only
+        per_worker = [
+            inst.stats.get("live_rooms") or {}
+            for inst in cluster.supervisor.instances.values()
+        ]
+    else:
+        per_worker = [app.state.sfu.live_rooms()]
+    merged: dict[str, dict[str, Any]] = {}
+    for rooms in per_worker:
+        for name, r in rooms.items():
+            agg = merged.setdefault(name, {"room": name, "viewers": 0, "live_for_s": None})
+            agg["viewers"] += r["viewers"]
+            if r["live_for_s"] is not None:
+                agg["live_for_s"] = r["live_for_s"]
     live = getattr(app.state, "live_recording", None)
-    rooms = []
-    for room in worker.rooms.values():
-        pub = room.publisher
-        if pub is None or pub.closed or pub.connected_at is None:
+    out = []
+    for room in merged.values():
+        if room["live_for_s"] is None:  # edge viewers of a room whose origin is gone
             continue
-        rooms.append(
-            {
-                "room": room.name,
-                "viewers": sum(1 for v in room.viewers.values() if v.srtp is not None),
-                "live_for_s": round(worker.now() - pub.connected_at, 1),
-                "recording_id": live.recording_of(room.name) if live is not None else None,
-            }
-        )
-    return sorted(rooms, key=lambda r: (-r["viewers"], r["room"]))
+        room["recording_id"] = _live_recording_id(app, live, room["room"])
+        out.append(room)
+    return sorted(out, key=lambda r: (-r["viewers"], r["room"]))
+
+
+def _live_recording_id(app: FastAPI, live: Any, room: str) -> str | None:
+    if live is not None:
+        rec_id: str | None = live.recording_of(room)
+        return rec_id
+    recording = getattr(app.state, "recording", None)  # cluster: the nodes record
+    if recording is None:
+        return None
+    recs = recording.catalog.list(room=room, state="recording", limit=1)
+    return recs[0].id if recs else None
 
 
 class RecordingPageMiddleware:
