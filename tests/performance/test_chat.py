@@ -15,7 +15,8 @@ Profiles (env variables of the guide override either):
         Cassandra beside the load generator this fails honestly with what it reached.
 CHAT_WRITER_PROCESSES sets the writer processes (ci: 1, full: CPU count);
 CHAT_WARMUP_SECONDS the unmeasured warm-up before the run (10 s), after waiting
-for Cassandra to finish compactions and flushes (at most 90 s).
+for Cassandra to finish compactions and flushes and the host CPU to fall below
+25 % (what earlier suites leave winding down), at most 90 s.
 """
 
 from __future__ import annotations
@@ -104,15 +105,22 @@ def _config(suite_results: SuiteResults) -> None:
     )
 
 
+QUIET_CPU_PCT = 25.0  # host CPU (both cores) below which the machine counts as quiet
+
+
 def wait_until_quiet(timeout_s: float = 90.0) -> float:
     """Wait until Cassandra runs no compaction or flush (e.g. after the integration tests'
-    schema churn), as one would before any benchmark; returns the seconds waited."""
+    schema churn) and the host's CPU is mostly idle (what earlier suites left winding
+    down: servers, FFmpeg, browsers), as one would before any benchmark; returns the
+    seconds waited. The tail targets react to anything else on two cores."""
+    import psutil
     from cassandra.cluster import Cluster
 
     cluster = Cluster([h for h, _ in HOSTS], port=HOSTS[0][1])
     session = cluster.connect()
     started = time.monotonic()
     quiet_polls = 0
+    psutil.cpu_percent(interval=None)  # starts the host CPU window
     try:
         while quiet_polls < 3 and time.monotonic() - started < timeout_s:
             rows = session.execute(
@@ -123,8 +131,9 @@ def wait_until_quiet(timeout_s: float = 90.0) -> float:
                 for r in rows
                 if r.name in ("CompactionExecutor", "MemtableFlushWriter", "MemtablePostFlush")
             )
-            quiet_polls = quiet_polls + 1 if busy == 0 else 0
             time.sleep(0.5)
+            idle = psutil.cpu_percent(interval=None) < QUIET_CPU_PCT
+            quiet_polls = quiet_polls + 1 if busy == 0 and idle else 0
     finally:
         cluster.shutdown()
     return time.monotonic() - started
