@@ -133,3 +133,19 @@ def test_estimator_loss_and_remb() -> None:
     assert est.estimate(5.0) < 1_200_000  # 30 % loss for 5 s: down by more than 40 %
     est.on_remb(5.5, 300_000)
     assert est.estimate(5.5) == 300_000
+
+
+def test_estimator_stays_bounded_when_a_receiver_reports_time_going_backwards() -> None:
+    """Arrival times come from the viewer: out-of-window ones are dropped, memory bounded."""
+    from tchat.abr.estimator import MAX_ARRIVALS, WINDOW_S, BandwidthEstimator, PacketFeedback
+
+    est = BandwidthEstimator()
+    t = 100.0
+    for i in range(400):
+        # every batch claims arrivals ever further in the past, 50 packets each
+        batch = [PacketFeedback(t, t - i * 2.0 - k * 0.001, 1200) for k in range(50)]
+        est.on_twcc(t + i * 0.05, batch)
+    arrivals = est._arrivals
+    assert len(arrivals) <= MAX_ARRIVALS
+    newest = max(a for a, _, _ in arrivals)
+    assert all(a >= newest - WINDOW_S for a, _, _ in arrivals)

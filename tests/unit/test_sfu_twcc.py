@@ -74,3 +74,25 @@ def test_truncated_compound_is_a_value_error_and_build_rejects_nothing_received(
         twcc.build(1, 2, 0, 0, [None, None])
     with pytest.raises(ValueError):
         twcc.build(1, 2, 0, 0, [])
+
+
+def _all_lost(count: int) -> bytes:
+    """A TWCC packet announcing `count` statuses, all "not received", in 40-odd bytes."""
+    chunks = b""
+    left = count
+    while left:
+        run = min(left, twcc.MAX_RUN)
+        chunks += struct.pack("!H", run)  # run-length chunk of "not received"
+        left -= run
+    fci = struct.pack("!HHI", 0, count, 0) + chunks
+    fci += bytes(-len(fci) % 4)
+    return struct.pack("!BBHII", 0x80 | 15, twcc.RTPFB, (8 + len(fci)) // 4, 1, 2) + fci
+
+
+def test_feedback_asking_for_huge_work_is_refused_cheaply() -> None:
+    """A viewer must not make the worker expand millions of statuses per datagram."""
+    with pytest.raises(ValueError, match="statuses"):
+        twcc.find_feedback(_all_lost(0xFFFF))
+    with pytest.raises(ValueError, match="statuses"):  # many packets, each under the limit
+        twcc.find_feedback(_all_lost(4000) * 3)
+    assert len(twcc.find_feedback(_all_lost(100) * 3)) == 3

@@ -35,6 +35,7 @@ BACKOFF = 0.85
 SATURATED_WINDOW_S = 0.25  # while a queue stands, arrivals come at the bottleneck's rate
 LINK_LIMITED = 0.98  # sent in less time than they took to arrive (2 % for jitter)
 LOSS_HIGH = 0.10
+MAX_ARRIVALS = 8192  # a second of arrivals at ~90 Mbit/s of full-size packets; bounds work
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,10 @@ class BandwidthEstimator:
     def __init__(self, initial_bps: float = 1_000_000.0, min_bps: float = 30_000.0) -> None:
         self._estimate = initial_bps
         self.min_bps = min_bps
-        self._arrivals: deque[tuple[float, int, float]] = deque()  # (arrival, bytes, sent)
+        # (arrival, bytes, sent); arrival times come from the viewer, so bounded and pruned
+        # against the newest one seen, whatever order a receiver reports them in
+        self._arrivals: deque[tuple[float, int, float]] = deque(maxlen=MAX_ARRIVALS)
+        self._newest = float("-inf")
         self._recent = _WindowMin(QUEUE_WINDOW_S)
         self._base = _WindowMin(BASE_WINDOW_S)
         self._loss = 0.0
@@ -83,14 +87,19 @@ class BandwidthEstimator:
     # --- inputs ---------------------------------------------------------------------------
     def on_twcc(self, now: float, packets: list[PacketFeedback]) -> None:
         lost = 0
+        newest = self._newest
         for p in packets:
             if p.arrival_s is None:
                 lost += 1
                 continue
+            if p.arrival_s < newest - WINDOW_S:  # far out of order: no use, and unbounded
+                continue
+            newest = max(newest, p.arrival_s)
             self._arrivals.append((p.arrival_s, p.size_bytes, p.send_s))
             delay = p.arrival_s - p.send_s
             self._recent.push(p.arrival_s, delay)
             self._base.push(p.arrival_s, delay)
+        self._newest = newest
         if packets:
             self._note_loss(lost / len(packets))
         self._update(now)
@@ -167,7 +176,7 @@ class BandwidthEstimator:
         self._loss = 0.7 * self._loss + 0.3 * max(0.0, min(1.0, fraction))
 
     def _update(self, now: float) -> None:
-        newest = self._arrivals[-1][0] if self._arrivals else now
+        newest = self._newest if self._arrivals else now
         while self._arrivals and self._arrivals[0][0] < newest - WINDOW_S:
             self._arrivals.popleft()
         last, self._last_update = self._last_update, now

@@ -20,6 +20,10 @@ _HEAD = Struct("!BBHII")  # V/P/FMT, PT, length, sender ssrc, media ssrc
 _FCI = Struct("!HHI")  # base seq, status count, ref time (24) | fb count (8)
 NOT_RECEIVED, SMALL, LARGE = 0, 1, 2
 MAX_RUN = 0x1FFF
+# Feedback is parsed per packet status: a viewer could ask for 65535 of them per TWCC
+# packet and pack dozens of packets in a datagram. Honest feedback covers ~100 ms of
+# packets; beyond this per datagram it is refused as malformed.
+MAX_STATUS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,8 @@ def parse_fci(sender_ssrc: int, media_ssrc: int, fci: bytes) -> Feedback:
     base_seq, count, ref_fb = _FCI.unpack_from(fci)
     if count == 0:
         raise ValueError("TWCC feedback with no packet status")
+    if count > MAX_STATUS:
+        raise ValueError(f"TWCC feedback with {count} packet statuses (at most {MAX_STATUS})")
     pos = 8
     symbols: list[int] = []
     while len(symbols) < count:
@@ -130,6 +136,7 @@ def find_feedback(plain: bytes) -> list[Feedback]:
     """The TWCC packets in a compound RTCP datagram (others skipped); ValueError if malformed."""
     out: list[Feedback] = []
     pos = 0
+    statuses = 0
     while pos + 4 <= len(plain):
         b0, pt, length = plain[pos], plain[pos + 1], (plain[pos + 2] << 8) | plain[pos + 3]
         end = pos + 4 + 4 * length
@@ -140,6 +147,10 @@ def find_feedback(plain: bytes) -> list[Feedback]:
             if b0 & 0x20 and body:  # padding
                 body = body[: len(body) - body[-1]]
             ssrc, media = int.from_bytes(body[0:4], "big"), int.from_bytes(body[4:8], "big")
+            if len(body) >= 12:
+                statuses += (body[10] << 8) | body[11]
+                if statuses > MAX_STATUS:
+                    raise ValueError(f"TWCC feedback over {MAX_STATUS} packet statuses")
             out.append(parse_fci(ssrc, media, body[8:]))
         pos = end
     return out

@@ -49,8 +49,7 @@ def live_rooms(app: FastAPI) -> list[dict[str, Any]]:
     per_worker: list[dict[str, dict[str, Any]]]
     if cluster is not None:  # the instances' last heartbeats (≤ 1 s old); this server's only
         per_worker = [
-            inst.stats.get("live_rooms") or {}
-            for inst in cluster.supervisor.instances.values()
+            inst.stats.get("live_rooms") or {} for inst in cluster.supervisor.instances.values()
         ]
     else:
         per_worker = [app.state.sfu.live_rooms()]
