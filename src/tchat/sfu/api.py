@@ -7,6 +7,7 @@ wrong token, 404 unknown room/session, 409 room already published, 503 full.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal
@@ -27,6 +28,14 @@ LAYERS = {"low": 0, "mid": 1, "high": 2}
 
 class LayerRequest(BaseModel):
     max_layer: int = Field(ge=0, le=2, description="Highest simulcast layer: 0 low … 2 high.")
+
+
+def _from_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _auth(request: Request, room: str, role: Literal["publisher", "viewer"]) -> JSONResponse | None:
@@ -156,8 +165,11 @@ def mount(app: FastAPI, settings: Settings) -> None:
         worker.set_max_layer(peer, body.max_layer)
         return JSONResponse({"max_layer": body.max_layer})
 
-    @app.get("/sfu/stats", tags=["sfu"])
-    async def sfu_stats(request: Request, viewers: bool = False) -> dict[str, object]:
+    @app.get("/sfu/stats", tags=["sfu"], response_model=None)
+    async def sfu_stats(request: Request, viewers: bool = False) -> dict[str, object] | Response:
         """Counters of this worker: peers, delivered packets, dropped datagrams by reason;
-        `?viewers=true` adds each adaptive viewer's estimate, layer, tier and switches."""
+        `?viewers=true` adds each adaptive viewer's estimate, layer, tier and switches —
+        only to clients on the host itself, since it names sessions and addresses."""
+        if viewers and not _from_loopback(request):
+            return json_error(403, "forbidden", "per-viewer stats are served on loopback only")
         return worker_of(request).stats(viewers=viewers)
