@@ -277,6 +277,16 @@ async def test_killing_the_origin_ends_the_room_everywhere(
         viewer = ClientPeer(identity)
         await join_viewer(client, room, viewer)
         await wait_for(lambda: received(viewer) >= 100)
+        # the dead origin's recording ends as failed, not "recording" for ever; the new
+        # publish records on its own origin
+        states: list[str] = []
+        for _ in range(40):
+            recs = (await client.get("/recordings", params={"room": room})).json()
+            states = [r["state"] for r in recs["recordings"]]
+            if states == ["recording", "failed"]:
+                break
+            await asyncio.sleep(0.25)
+        assert states == ["recording", "failed"], states
         viewer.close()
         for p, _ in viewers:
             p.close()

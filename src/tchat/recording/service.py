@@ -103,20 +103,20 @@ class RecordingService:
 
     def _fail_orphans(self) -> None:
         """Recordings a previous process left mid-way: say so, keep what was stored."""
+        self.fail_unowned(None, "the server stopped during this recording; stored segments kept")
+
+    def fail_unowned(self, room: str | None, detail: str) -> int:
+        """Mark failed the recordings (of `room`, or all) still recording or finalizing
+        that no recorder of this process owns: their recorder's process died."""
+        failed = 0
         for state in ("recording", "finalizing"):
-            for rec in self.catalog.list(state=state, limit=10_000):
+            for rec in self.catalog.list(room=room, state=state, limit=10_000):
                 if rec.id in self.recorders:
                     continue
                 end = rec.ended_at or self.clock()
-                self.catalog.put(
-                    ended(
-                        rec,
-                        "failed",
-                        end,
-                        self.options.retention_s,
-                        detail="the server stopped during this recording; stored segments kept",
-                    )
-                )
+                self.catalog.put(ended(rec, "failed", end, self.options.retention_s, detail=detail))
+                failed += 1
+        return failed
 
     def start(self, room: str, source: Source, *, rec_id: str | None = None) -> Recorder:
         if not room:

@@ -9,9 +9,11 @@ and, if that is not the origin, the instance pulls the room over the relay first
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -21,10 +23,13 @@ from fastapi.responses import JSONResponse, Response
 
 from tchat.config import Settings
 from tchat.http import json_error
+from tchat.recording.service import RecordingService
 from tchat.sfu.api import LAYERS, LayerRequest, _auth, _created, _offer
 from tchat.sfu.node import KEY_HEADER, control_key
 from tchat.sfu.routing import InstanceRecord, Routing, RoutingUnavailable, make_routing, pick
-from tchat.sfu.supervisor import Supervisor
+from tchat.sfu.supervisor import LocalInstance, Supervisor
+
+log = logging.getLogger("tchat.sfu.cluster")
 
 PENDING_S = 10.0  # forget placements after this even if no heartbeat came
 _CODES = {400: "bad_sdp", 404: "not_found", 409: "conflict", 503: "unavailable"}
@@ -96,10 +101,25 @@ def _unavailable(exc: RoutingUnavailable) -> JSONResponse:
     return json_error(503, "unavailable", f"SFU routing store unavailable ({exc}); try again")
 
 
+def _fail_recordings(recording: RecordingService, inst: LocalInstance) -> None:
+    """An instance died: the recordings of the rooms it originated end as failed (their
+    FFmpeg went with it), so they do not stay "recording" for ever."""
+    rooms = inst.stats.get("origin_rooms") or []
+    for room in rooms if isinstance(rooms, list) else []:
+        n = recording.fail_unowned(room, "the SFU instance of this stream died; segments kept")
+        if n:
+            log.warning(
+                "sfu instance %s died: %d recording(s) of %s failed", inst.record.id, n, room
+            )
+
+
 def mount(app: FastAPI, settings: Settings) -> None:
     @asynccontextmanager
     async def component(app: FastAPI) -> AsyncIterator[None]:
         cluster = Cluster(settings)
+        recording = getattr(app.state, "recording", None)
+        if recording is not None:
+            cluster.supervisor.on_lost = partial(_fail_recordings, recording)
         await cluster.start()
         app.state.sfu_cluster = cluster
         try:

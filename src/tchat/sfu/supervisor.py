@@ -16,6 +16,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -64,6 +65,11 @@ class Supervisor:
         self._generation = 0
         self._client = httpx.AsyncClient(timeout=2.0, headers={KEY_HEADER: key})
         self._task: asyncio.Task[None] | None = None
+        # restarts run beside the heartbeats: a spawn takes seconds on a busy host, longer
+        # than the live instances' heartbeat TTL
+        self._restarting: dict[int, asyncio.Task[None]] = {}
+        # called with an instance that died, its last heartbeat's stats included
+        self.on_lost: Callable[[LocalInstance], None] | None = None
 
     async def start(self) -> None:
         started = await asyncio.gather(*(self._spawn(i) for i in range(self.count)))
@@ -73,7 +79,7 @@ class Supervisor:
         self._task = asyncio.create_task(self._monitor(), name="sfu-supervisor")
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+        await cancel_and_wait(self._task, *self._restarting.values())
         for inst in self.instances.values():
             await self._end(inst)
             try:
@@ -105,10 +111,13 @@ class Supervisor:
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
             ports = json.loads(line)
-        except (TimeoutError, ValueError):
+        except (TimeoutError, ValueError, KeyError):
             proc.kill()
             await proc.wait()
             raise RuntimeError(f"SFU instance {index} did not start") from None
+        except asyncio.CancelledError:  # stopped while it started: no orphan process
+            proc.kill()
+            raise
         record = InstanceRecord(
             id=instance_id,
             udp_port=int(ports["udp_port"]),
@@ -133,7 +142,11 @@ class Supervisor:
             # concurrently: one slow instance must not delay the others' heartbeats
             # past their TTL
             await asyncio.gather(
-                *(self._check_logged(i, inst) for i, inst in list(self.instances.items()))
+                *(
+                    self._check_logged(i, inst)
+                    for i, inst in list(self.instances.items())
+                    if i not in self._restarting
+                )
             )
 
     async def _check_logged(self, index: int, inst: LocalInstance) -> None:
@@ -147,15 +160,9 @@ class Supervisor:
             log.warning(
                 "sfu instance %s exited (%s); restarting", inst.record.id, inst.proc.returncode
             )
-            try:
-                await self.routing.remove_instance(inst.record.id)
-            except RoutingUnavailable as exc:
-                log.warning("could not remove dead instance from routing: %s", exc)
-            await asyncio.sleep(RESTART_BACKOFF_S)
-            fresh = await self._spawn(index)
-            self.instances[index] = fresh
-            self.restarts += 1
-            await self._publish(fresh)
+            task = asyncio.create_task(self._restart(index, inst), name=f"sfu-restart-{index}")
+            self._restarting[index] = task
+            task.add_done_callback(lambda _: self._restarting.pop(index, None))
             return
         try:
             resp = await self._client.get(inst.record.control + "/stats")
@@ -169,6 +176,26 @@ class Supervisor:
         inst.record.viewers = int(inst.stats.get("viewers", 0))  # type: ignore[call-overload]
         inst.record.load = float(inst.stats.get("load", 0.0))  # type: ignore[arg-type]
         await self._publish(inst)
+
+    async def _restart(self, index: int, inst: LocalInstance) -> None:
+        try:
+            await self.routing.remove_instance(inst.record.id)
+        except RoutingUnavailable as exc:
+            log.warning("could not remove dead instance from routing: %s", exc)
+        if self.on_lost is not None:
+            try:
+                self.on_lost(inst)
+            except Exception:
+                log.exception("sfu on_lost of instance %s failed", inst.record.id)
+        await asyncio.sleep(RESTART_BACKOFF_S)
+        try:
+            fresh = await self._spawn(index)
+        except RuntimeError:
+            log.exception("sfu instance %d restart failed; retrying", index)
+            return  # still dead: the next heartbeat round tries again
+        self.instances[index] = fresh
+        self.restarts += 1
+        await self._publish(fresh)
 
     def local_ids(self) -> list[str]:
         return [i.record.id for i in self.instances.values()]
