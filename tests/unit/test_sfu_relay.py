@@ -217,3 +217,29 @@ async def test_memory_routing_routes_die_with_their_instance(
     now = routing.time.time()
     monkeypatch.setattr(routing.time, "time", lambda: now + routing.INSTANCE_TTL_S + 1)
     assert await r.instances() == []  # no heartbeat within the TTL: gone
+
+
+def test_an_adaptive_edge_viewer_demands_every_layer_up_to_its_cap(identity: Identity) -> None:
+    """Its policy may move it to any of them and needs each one's measured rate."""
+    from tchat.abr.controller import ViewerAbr
+
+    clock, net, origin, edge = setup(identity)
+    for rid in "lmh":
+        publish(origin, clock.t, rid, 1, key=True)
+    media = origin.subscribe("r", 7, EDGE)
+    edge.open_edge("r", 7, ORIGIN, "o", media_from_json(media))
+    viewer, _ = edge.add_viewer("r", ClientPeer(identity).offer(), max_layer=1)
+    viewer.abr = ViewerAbr(edge.abr_config, 1, clock.t)  # as once its DTLS is up
+    edge.send_demand(edge.edge_subs["r"])
+    net.pump()
+    video = [m["kind"] for m in media].index("video")
+    assert origin.origin_subs[7].masks[video] == 0b011  # low and mid, not high
+    edge_track = edge.rooms["r"].tracks["video"]
+    for second in range(4):  # rates are measured once a second over ≥ 2 s
+        clock.t += 1.0
+        for rid in "lmh":
+            publish(origin, clock.t, rid, 2 + second)
+        net.pump()
+        edge_track.tick(clock.t)
+    # the policy's positions map to these indices (worker._abr_tick)
+    assert [index for index, _ in edge_track.layer_rates()] == [0, 1]

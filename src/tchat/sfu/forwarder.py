@@ -450,7 +450,16 @@ class Track:
 
     def layer_bitrates(self) -> list[float]:
         """Measured RTP rate of each received layer, lowest first (unknown: skipped)."""
-        return [layer.rate_bps for layer in self.layers if layer is not None and layer.rate_bps]
+        return [rate for _, rate in self.layer_rates()]
+
+    def layer_rates(self) -> list[tuple[int, float]]:
+        """(layer index, measured RTP rate) of each received layer, lowest first: the
+        indices need not be 0…n-1 (an edge receives only the layers it demands)."""
+        return [
+            (layer.index, layer.rate_bps)
+            for layer in self.layers
+            if layer is not None and layer.rate_bps
+        ]
 
     def tick(self, now: float) -> None:
         for layer in self.layers:

@@ -29,7 +29,7 @@ from typing import Any
 
 from tchat.sfu import sdp
 from tchat.sfu.forwarder import HIGH, Track
-from tchat.sfu.ice import Addr, new_credentials
+from tchat.sfu.ice import Addr
 from tchat.sfu.rtp import HEADER
 from tchat.sfu.settings import SfuSettings
 from tchat.sfu.worker import Peer, Room, SessionError, SfuWorker
@@ -308,7 +308,10 @@ class ClusterWorker(SfuWorker):
     def send_demand(self, sub: EdgeSub) -> None:
         caps = 0
         for viewer in sub.room.viewers.values():
-            caps |= 1 << min(max(viewer.max_layer, 0), HIGH)
+            top = min(max(viewer.max_layer, 0), HIGH)
+            # an adaptive viewer may be moved to any layer up to its cap, and its policy
+            # needs each one's measured rate: it demands them all
+            caps |= (1 << (top + 1)) - 1 if viewer.abr is not None else 1 << top
         # audio has one layer: any viewer wants it, whatever its video cap
         body = bytes(caps for _ in sub.tracks)
         self._relay_send(PREFIX.pack(DEMAND, sub.sid, 0, 0) + body, sub.origin)
@@ -382,15 +385,9 @@ class ClusterWorker(SfuWorker):
         if sub is None:
             return super().add_viewer(room_name, offer, max_layer)
         self._check_capacity()
-        sources = {m.kind: m.codec for m in sub.media if m.codec is not None}
-        ssrcs = {kind: secrets.randbits(31) | 1 for kind in sources}
-        ufrag, pwd = new_credentials()
-        neg = sdp.negotiate_whep(offer, self._local(ufrag, pwd), sources, ssrcs)
-        peer = self._new_peer(sub.room, "viewer", neg, ufrag, pwd)
-        peer.max_layer = max_layer
-        sub.room.viewers[peer.id] = peer
+        peer, answer = self._join_viewer(sub.room, sub.media, offer, max_layer)
         self.send_demand(sub)
-        return peer, neg.answer
+        return peer, answer
 
     def set_max_layer(self, peer: Peer, max_layer: int) -> None:
         super().set_max_layer(peer, max_layer)

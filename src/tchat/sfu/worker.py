@@ -226,10 +226,13 @@ class SfuWorker(asyncio.DatagramProtocol):
         room = self.rooms.get(room_name)
         if room is None or room.publisher is None or room.publisher.closed:
             raise SessionError(404, f"room {room_name!r} has no publisher")
-        sources = {}
-        for m in room.publisher.media:
-            if m.codec is not None:
-                sources[m.kind] = m.codec
+        return self._join_viewer(room, room.publisher.media, offer, max_layer)
+
+    def _join_viewer(
+        self, room: Room, media: list[sdp.Media], offer: str, max_layer: int
+    ) -> tuple[Peer, str]:
+        """A viewer of `room`, whose source is `media` (the publisher's, or the relay's)."""
+        sources = {m.kind: m.codec for m in media if m.codec is not None}
         ssrcs = {kind: secrets.randbits(31) | 1 for kind in sources}
         ufrag, pwd = new_credentials()
         neg = sdp.negotiate_whep(
@@ -596,10 +599,13 @@ class SfuWorker(asyncio.DatagramProtocol):
             # what the viewer's link carries on each layer: the video layer and the audio
             audio = peer.room.tracks.get("audio")
             extra = sum(audio.layer_bitrates()[:1]) if audio is not None else 0.0
-            decision = abr.decide(now, [rate + extra for rate in track.layer_bitrates()])
+            rates = track.layer_rates()
+            decision = abr.decide(now, [rate + extra for _, rate in rates])
             if decision is None:
                 continue
-            track.set_abr_layer(dt, decision.layer, now)
+            # the policy counts the layers it was given; the forwarder wants their indices
+            layer = rates[decision.layer][0] if 0 <= decision.layer < len(rates) else decision.layer
+            track.set_abr_layer(dt, layer, now)
             if decision.tier is not tier:
                 self._set_playout(peer)
             self._probing = self._probing or abr.probing(now)
