@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -64,6 +65,9 @@ async def test_whip_publish_is_recorded_and_playable(server_factory, instances: 
         assert done["segment_count"] >= 3 and done["duration_s"] >= 4, done
         playlist = (await client.get(done["playlist_url"])).text
         assert "#EXT-X-ENDLIST" in playlist and "#EXT-X-PROGRAM-DATE-TIME" in playlist
+        # FFmpeg's SDP input goes with the recording
+        workdir = Path(server.env["TCHAT_DATA_DIR"]) / "recorder"
+        assert not list(workdir.glob("*.sdp")), list(workdir.iterdir())
 
     probe = await asyncio.create_subprocess_exec(
         *("ffprobe", "-v", "error", "-show_streams", "-of", "json", done["playlist_url"]),

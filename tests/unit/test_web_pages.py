@@ -32,7 +32,7 @@ def app_with(settings: Settings) -> FastAPI:
 
 def client(settings: Settings) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app_with(settings))
-    return httpx.AsyncClient(transport=transport, base_url="http://test")
+    return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080")
 
 
 @pytest.mark.parametrize(
@@ -79,6 +79,16 @@ async def test_dev_token_issues_chat_tokens_only_when_enabled() -> None:
     async with client(load_settings(TCHAT_HOST="0.0.0.0")) as c:
         r = await c.post("/dev/token", json={"room": "demo", "role": "chat"})
         assert r.status_code == 403 and r.json()["error"] == "forbidden"
+    # on loopback defaults, still only for requests addressed to this machine directly:
+    # not through a reverse proxy, nor from a page whose name was rebound to 127.0.0.1
+    async with client(load_settings()) as c:
+        body = {"room": "demo", "role": "chat"}
+        for headers in ({"host": "evil.example"}, {"x-forwarded-for": "203.0.113.9"}):
+            r = await c.post("/dev/token", json=body, headers=headers)
+            assert r.status_code == 403, headers
+        assert (
+            await c.post("/dev/token", json=body, headers={"host": "localhost:8080"})
+        ).is_success
 
 
 def test_token_url_points_at_the_page_with_the_token_in_the_fragment(

@@ -77,8 +77,10 @@ def mount(app: FastAPI, settings: Settings) -> None:
             if info is None:
                 return json_error(404, "not_found", f"no object {key!r}")
             headers = {"Cache-Control": info.cache_control, "Access-Control-Allow-Origin": "*"}
-            if isinstance(store, LocalStore):
-                # sendfile, ranges and ETag from the file itself.
+            if isinstance(store, LocalStore) and not key.endswith(".m3u8"):
+                # sendfile, ranges and ETag from the file itself. Not for live playlists:
+                # one replaced between FileResponse's stat and its read would not match
+                # the Content-Length already sent.
                 return FileResponse(
                     store.path_of(key), media_type=info.content_type, headers=headers
                 )
@@ -87,7 +89,9 @@ def mount(app: FastAPI, settings: Settings) -> None:
             return json_error(404, "not_found", f"no object {key!r}")
         except StoreError as exc:
             return json_error(502, "storage_unavailable", str(exc))
-        headers["Content-Length"] = str(info.size)
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(info.size)
+        # GET: the length of the body read, which may be a newer playlist than head saw
         return Response(body, media_type=info.content_type, headers=headers)
 
     app.state.components.append(_component(settings))

@@ -131,6 +131,9 @@ def control_app(worker: ClusterWorker, key: str, instance_id: str) -> FastAPI:
                         joining.pop(body.room, None)
             peer, answer = worker.add_viewer(body.room, body.offer, body.max_layer)
         except (SdpError, SessionError) as exc:
+            sub = worker.edge_subs.get(body.room)
+            if sub is not None and not sub.room.viewers:  # pulled for this viewer only
+                worker.end_edge(body.room, "no viewer")
             return _error(exc)
         return {"peer": peer.id, "answer": answer}
 

@@ -165,9 +165,10 @@ class LiveRecording:
         if not streams:
             return
         has_audio = any(s.kind == "audio" for s in streams)
+        sdp_path = self.service.workdir / f"{peer.id}.sdp"
         try:
             source = SdpSource(
-                self.service.workdir / f"{peer.id}.sdp",
+                sdp_path,
                 streams,
                 keyframe=lambda: sink.request_keyframe(worker.now()),
                 codec_args=["-c:v", "copy", "-c:a", "aac", "-b:a", "128k"] if has_audio else None,
@@ -179,6 +180,8 @@ class LiveRecording:
         self.active[peer.id] = (sink, recorder)
         # a recording that ends on its own (FFmpeg failed for good) stops the copying too
         recorder.on_done(lambda _: self._stop(peer))
+        # FFmpeg rereads the SDP file on each restart: it goes when the recording is done
+        recorder.on_done(lambda _: sdp_path.unlink(missing_ok=True))
         loop = asyncio.get_running_loop()
         for delay in STARTUP_PLI_S:
             loop.call_later(delay, lambda: sink.request_keyframe(worker.now()))

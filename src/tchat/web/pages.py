@@ -81,6 +81,16 @@ def _live_recording_id(app: FastAPI, live: Any, room: str) -> str | None:
     return recs[0].id if recs else None
 
 
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
+
+
+def _local_request(request: Request) -> bool:
+    """Addressed to this machine by name (Host) and not relayed by a proxy."""
+    host = request.headers.get("host", "").rsplit(":", 1)[0].lower()
+    relayed = "x-forwarded-for" in request.headers or "forwarded" in request.headers
+    return host in LOCAL_HOSTS and not relayed
+
+
 class RecordingPageMiddleware:
     """`GET /recordings/{id}` from a browser navigation (Accept: text/html) gets the replay
     page; everything else passes through untouched to the JSON API."""
@@ -136,6 +146,9 @@ def mount(app: FastAPI, settings: Settings) -> None:
                 "forbidden",
                 "dev tokens are off (server not on loopback defaults); paste a token",
             )
+        if settings.web_dev_tokens == "auto" and not _local_request(request):
+            # a reverse proxy on this host, or a DNS-rebound page, is not local use
+            return json_error(403, "forbidden", "dev tokens are served to local requests only")
         secret: str = request.app.state.secret
         token = issue_token(secret, body.room, body.role, ttl_s=settings.token_ttl)
         return JSONResponse({"token": token, "room": body.room, "role": body.role})
