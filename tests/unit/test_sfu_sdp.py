@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from aiortc.sdp import SessionDescription
 
+from tchat.sfu import sdp
 from tchat.sfu.sdp import (
     MAX_SDP_BYTES,
     Codec,
@@ -144,3 +145,21 @@ def test_whep_rejects_viewer_without_the_room_codec() -> None:
     sources = {"video": Codec("video/AV1", 45, 90000)}
     with pytest.raises(SdpError, match="AV1"):
         negotiate_whep(WHEP_OFFER, LOCAL, sources, {"video": 1})
+
+
+def test_whip_answers_transport_cc_only_when_offered() -> None:
+    plain = negotiate_whip(WHIP_OFFER, LOCAL)
+    assert sdp.TWCC_URI not in plain.answer and "transport-cc" not in plain.answer
+    assert [m.twcc_ext for m in plain.media] == [0, 0]
+    offer = WHIP_OFFER.replace(
+        "a=rtcp-mux\r\na=rtpmap:111",
+        f"a=rtcp-mux\r\na=extmap:3 {sdp.TWCC_URI}\r\na=rtpmap:111",
+    ).replace(
+        "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n",
+        f"a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=extmap:3 {sdp.TWCC_URI}\r\n",
+    )
+    neg = negotiate_whip(offer, LOCAL)
+    assert [m.twcc_ext for m in neg.media] == [3, 3]
+    assert neg.answer.count(f"a=extmap:3 {sdp.TWCC_URI}") == 2
+    assert "a=rtcp-fb:111 transport-cc" in neg.answer
+    assert "a=rtcp-fb:102 transport-cc" in neg.answer

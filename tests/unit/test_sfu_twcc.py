@@ -96,3 +96,58 @@ def test_feedback_asking_for_huge_work_is_refused_cheaply() -> None:
     with pytest.raises(ValueError, match="statuses"):  # many packets, each under the limit
         twcc.find_feedback(_all_lost(4000) * 3)
     assert len(twcc.find_feedback(_all_lost(100) * 3)) == 3
+
+
+def _reported(packet: bytes | None) -> twcc.Feedback:
+    assert packet is not None
+    (fb,) = twcc.find_feedback(packet)
+    return fb
+
+
+def test_receiver_reports_arrivals_since_last_feedback_across_the_wrap() -> None:
+    rx = twcc.TwccReceiver()
+    assert rx.feedback(1, 2) is None  # nothing arrived yet
+    for k, seq in enumerate([65533, 65534, 65535, 0, 1]):
+        rx.on_packet(seq, 5.0 + 0.01 * k)
+    fb = _reported(rx.feedback(1, 2))
+    assert (fb.sender_ssrc, fb.media_ssrc, fb.base_seq, fb.fb_count) == (1, 2, 65533, 0)
+    assert [s for s, _ in fb.arrivals] == [65533, 65534, 65535, 0, 1]
+    for k, (_, got) in enumerate(fb.arrivals):
+        assert got == pytest.approx(5.0 + 0.01 * k, abs=0.00025)
+    assert rx.feedback(1, 2) is None  # nothing new since
+    rx.on_packet(2, 5.1)
+    fb = _reported(rx.feedback(1, 2))
+    assert (fb.base_seq, fb.fb_count, len(fb.arrivals)) == (2, 1, 1)
+
+
+def test_receiver_reports_gaps_as_lost_and_reordered_packets_in_place() -> None:
+    rx = twcc.TwccReceiver()
+    for seq, at in [(100, 1.0), (103, 1.03), (101, 1.04), (105, 1.05)]:
+        rx.on_packet(seq, at)
+    fb = _reported(rx.feedback(9, 9))
+    got = {s: a for s, a in fb.arrivals}
+    assert list(got) == [100, 101, 102, 103, 104, 105]
+    assert got[102] is None and got[104] is None
+    assert got[101] == pytest.approx(1.04, abs=0.00025)  # arrived after 103
+    assert got[103] == pytest.approx(1.03, abs=0.00025)
+    rx.on_packet(102, 1.2)  # too late: already reported lost
+    assert rx.feedback(9, 9) is None
+
+
+def test_receiver_splits_large_reports_and_bounds_its_window() -> None:
+    rx = twcc.TwccReceiver()
+    n = twcc.MAX_PER_PACKET + 10
+    for seq in range(n):
+        rx.on_packet(seq, 2.0 + seq * 0.0001)
+    first, second = _reported(rx.feedback(1, 2)), _reported(rx.feedback(1, 2))
+    assert len(first.arrivals) == twcc.MAX_PER_PACKET and first.base_seq == 0
+    assert second.base_seq == twcc.MAX_PER_PACKET and len(second.arrivals) == 10
+    assert rx.feedback(1, 2) is None
+    # a sender far ahead of our reports: only the newest WINDOW are kept and reported
+    for k in range(3 * twcc.WINDOW):
+        rx.on_packet(n + k, 3.0 + k * 0.0001)
+    reported = []
+    while (packet := rx.feedback(1, 2)) is not None:
+        reported += [s for s, a in _reported(packet).arrivals if a is not None]
+    newest = n + 3 * twcc.WINDOW - 1
+    assert reported == list(range(newest - twcc.WINDOW + 1, newest + 1))

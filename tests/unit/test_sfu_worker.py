@@ -3,10 +3,13 @@ teardown, demultiplexing of junk."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from aioice import stun
 
 from tchat.perf.webrtc_peer import ClientPeer, Identity
+from tchat.sfu import twcc
 from tchat.sfu.settings import SfuSettings
 from tchat.sfu.worker import SessionError, SfuWorker
 
@@ -140,3 +143,39 @@ def test_junk_datagrams_are_counted_not_raised(identity: Identity) -> None:
     assert w.drops["unknown_first_byte"] == 1
     assert w.drops["stun_unknown_ufrag"] == 1
     assert w.drops["stun_malformed_STUN"] == 1
+
+
+class _PlainSrtp:
+    """SRTP that does not encrypt: what the worker sends is readable as it is."""
+
+    def __init__(self) -> None:
+        self.rx = self.tx = self
+
+    def unprotect(self, data: bytes) -> bytes:
+        return data
+
+    def protect_rtcp(self, data: bytes) -> bytes:
+        return data
+
+
+def test_publisher_gets_transport_cc_feedback_every_tick(identity: Identity) -> None:
+    clock = Clock()
+    w = make(clock)
+    pub, _ = w.add_publisher("r", ClientPeer(identity).offer(publish=True))
+    assert pub.twcc_in is None  # this offer has no transport-wide CC extension
+    pub.twcc_in, pub.twcc_in_ext = twcc.TwccReceiver(), 5
+    sent: list[bytes] = []
+    pub.srtp, pub.addr, pub.send = _PlainSrtp(), ("127.0.0.1", 9), sent.append  # type: ignore[assignment]
+    pt = next(pt for pt, t in pub.track_by_pt.items() if t.kind == "video")
+    for k, tseq in enumerate([7, 8, 10]):
+        clock.t += 0.01
+        head = struct.pack("!BBHII", 0x90, pt, 1000 + k, 90 * k, 0xABC)
+        w._rtp(pub, head + struct.pack("!HHBHB", 0xBEDE, 1, 0x51, tseq, 0) + b"\x00" * 20)
+    w.tick(clock.t)
+    (fb,) = [f for packet in sent for f in twcc.find_feedback(packet)]
+    assert fb.media_ssrc == 0xABC and fb.base_seq == 7
+    assert [a is not None for _, a in fb.arrivals] == [True, True, False, True]
+    assert fb.arrivals[3][1] == pytest.approx(clock.t, abs=0.00025)
+    sent.clear()
+    w.tick(clock.t + 0.1)
+    assert sent == []  # nothing new: no feedback

@@ -67,7 +67,7 @@ class Media:
     mid_ext: int = 0
     rid_ext: int = 0
     ssrc: int = 0  # WHEP: the SSRC we send with
-    twcc_ext: int = 0  # WHEP: transport-wide CC extension id (0: not negotiated)
+    twcc_ext: int = 0  # transport-wide CC extension id (0: not negotiated)
     playout_ext: int = 0  # WHEP: playout-delay extension id (0: not negotiated)
 
 
@@ -256,9 +256,13 @@ def negotiate_whip(offer: str, local: LocalParams) -> Negotiated:
         am = _answer_media(m, local, chosen, "recvonly")
         am.rtp.headerExtensions = [
             RTCRtpHeaderExtensionParameters(id=exts[uri], uri=uri)
-            for uri in (MID_URI, RID_URI)
-            if uri in exts and (uri == MID_URI or rids)
+            for uri in (MID_URI, RID_URI, TWCC_URI)
+            if uri in exts and (uri != RID_URI or rids)
         ]
+        if TWCC_URI in exts:
+            # our transport-cc feedback lets the browser's bandwidth estimate ramp up
+            # (on RR loss alone it enables its top simulcast layer only after ~30 s)
+            am.rtp.codecs[0].rtcpFeedback.append(RTCRtcpFeedback(type="transport-cc"))
         answer.append(am)
         out.append(
             Media(
@@ -269,6 +273,7 @@ def negotiate_whip(offer: str, local: LocalParams) -> Negotiated:
                 rids_offered=offered,
                 mid_ext=exts.get(MID_URI, 0),
                 rid_ext=exts.get(RID_URI, 0) if rids else 0,
+                twcc_ext=exts.get(TWCC_URI, 0),
             )
         )
     text = str(_session(answer, local))

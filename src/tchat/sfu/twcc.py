@@ -154,3 +154,62 @@ def find_feedback(plain: bytes) -> list[Feedback]:
             out.append(parse_fci(ssrc, media, body[8:]))
         pos = end
     return out
+
+
+# A publisher's feedback: per packet at most this many statuses (worst case ~3 bytes
+# each, so a packet stays well under the MTU); older sequence numbers than WINDOW
+# behind the newest are given up (a report that late is useless to the sender).
+MAX_PER_PACKET = 256
+WINDOW = 1024
+
+
+class TwccReceiver:
+    """Arrival times of one publisher's transport-wide sequence numbers, reported as
+    feedback so its send-side bandwidth estimator ramps up (sans-I/O, injected time).
+
+    Sequence numbers are unwrapped to a 64-bit counter; a packet older than the last
+    report was already reported lost and is ignored (the sender has moved on)."""
+
+    __slots__ = ("_arrivals", "_max", "_next", "fb_count")
+
+    def __init__(self) -> None:
+        self._arrivals: dict[int, float] = {}  # unwrapped seq → arrival seconds
+        self._max = -1  # newest unwrapped seq seen
+        self._next = -1  # first unwrapped seq not yet reported
+        self.fb_count = 0
+
+    def on_packet(self, seq: int, now: float) -> None:
+        if self._max < 0:
+            ext = self._next = self._max = seq & 0xFFFF
+        else:
+            delta = (seq - self._max) & 0xFFFF
+            ext = self._max + delta if delta < 0x8000 else self._max + delta - 0x10000
+            if ext < self._next:
+                return
+            if ext > self._max:
+                self._max = ext
+        self._arrivals[ext] = now
+        if len(self._arrivals) > 2 * WINDOW:  # a sender far ahead of our reports
+            floor = self._max - WINDOW
+            self._arrivals = {k: v for k, v in self._arrivals.items() if k > floor}
+
+    def feedback(self, sender_ssrc: int, media_ssrc: int) -> bytes | None:
+        """One RTPFB packet for the next ≤ MAX_PER_PACKET unreported sequence numbers
+        (call again for the rest), or None when nothing new arrived."""
+        if self._max < 0:
+            return None
+        start = max(self._next, self._max - WINDOW + 1)
+        if start > self._next:  # fell behind: forget what is beyond the window
+            self._arrivals = {k: v for k, v in self._arrivals.items() if k >= start}
+        while start <= self._max:
+            end = min(self._max, start + MAX_PER_PACKET - 1)
+            arrivals = [self._arrivals.pop(n, None) for n in range(start, end + 1)]
+            self._next = end + 1
+            if any(a is not None for a in arrivals):
+                break
+            start = end + 1  # nothing arrived in this span: nothing to report yet
+        else:
+            return None
+        packet = build(sender_ssrc, media_ssrc, start, self.fb_count, arrivals)
+        self.fb_count = (self.fb_count + 1) & 0xFF
+        return packet

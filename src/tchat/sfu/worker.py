@@ -30,7 +30,7 @@ from tchat.sfu import rtcp, sdp, twcc
 from tchat.sfu.dtls import DtlsEndpoint, DtlsState, SrtpSessions, fingerprint, make_context
 from tchat.sfu.forwarder import HIGH, DownTrack, Track, TwccSender
 from tchat.sfu.ice import Addr, IceLite, StunError, new_credentials, parse_request
-from tchat.sfu.rtp import DTLS_MAX, DTLS_MIN, RTP_MAX, RTP_MIN, STUN_MAX, is_rtcp
+from tchat.sfu.rtp import DTLS_MAX, DTLS_MIN, RTP_MAX, RTP_MIN, STUN_MAX, header_extension, is_rtcp
 from tchat.sfu.settings import SfuSettings
 
 log = logging.getLogger("tchat.sfu")
@@ -65,6 +65,9 @@ class Peer:
     connected_at: float | None = None
     closed: bool = False
     track_by_pt: dict[int, Track] = field(default_factory=dict)  # publisher
+    # publisher: transport-wide CC arrivals we feed back (None: not negotiated)
+    twcc_in: twcc.TwccReceiver | None = None
+    twcc_in_ext: int = 0
     downtracks: dict[int, tuple[Track, DownTrack]] = field(default_factory=dict)  # viewer
     rtp_in: int = 0
     media_at: float = 0.0  # when rtp_in last grew, checked once a second (publishers)
@@ -218,6 +221,10 @@ class SfuWorker(asyncio.DatagramProtocol):
             )
             room.tracks[m.kind] = track
             peer.track_by_pt[m.codec.payload_type] = track
+            if m.twcc_ext and peer.twcc_in is None:
+                # one transport-wide sequence across the bundle (browsers use one id)
+                peer.twcc_in_ext = m.twcc_ext
+                peer.twcc_in = twcc.TwccReceiver()
         log.info("whip room=%s peer=%s media=%s", room_name, peer.id, _describe(neg.media))
         return peer, neg.answer
 
@@ -324,8 +331,13 @@ class SfuWorker(asyncio.DatagramProtocol):
             self.drops["rtp_unknown_pt"] += 1
             return
         peer.rtp_in += 1
+        now = self.now()
+        if peer.twcc_in is not None:
+            value = header_extension(plain, peer.twcc_in_ext)
+            if value is not None and len(value) >= 2:
+                peer.twcc_in.on_packet((value[0] << 8) | value[1], now)
         try:
-            self.delivered += track.forward(plain, self.now())
+            self.delivered += track.forward(plain, now)
         except ValueError:
             self.drops["rtp_malformed"] += 1
 
@@ -533,6 +545,9 @@ class SfuWorker(asyncio.DatagramProtocol):
     def tick(self, now: float) -> None:
         if self.abr_peers:
             self._abr_tick(now)
+        for room in self.rooms.values():
+            if room.publisher is not None and room.publisher.twcc_in is not None:
+                self._publisher_feedback(room.publisher)
         for peer in list(self.handshaking):
             if now - peer.created_at > self.settings.connect_timeout_s:
                 self.close_peer(peer, "ICE/DTLS did not complete in time")
@@ -617,6 +632,27 @@ class SfuWorker(asyncio.DatagramProtocol):
         for _, dt in peer.downtracks.values():
             if dt.tw is not None:
                 dt.set_playout_delay(peer.playout_ext, 0, peer.abr.tier.target_delay_ms)
+
+    def _publisher_feedback(self, peer: Peer) -> None:
+        """Every tick: transport-cc feedback for what the publisher sent since the last."""
+        rx = peer.twcc_in
+        if rx is None or peer.srtp is None:
+            return
+        # media SSRC: any of the publisher's (browsers ignore it); a layer's when known
+        media = next(
+            (
+                layer.ssrc
+                for track in peer.room.tracks.values()
+                for layer in track.layers
+                if layer is not None
+            ),
+            0,
+        )
+        for _ in range(twcc.WINDOW // twcc.MAX_PER_PACKET):
+            packet = rx.feedback(SFU_SSRC, media)
+            if packet is None:
+                break
+            self._send_rtcp(peer, packet)
 
     def _receiver_reports(self, peer: Peer, now: float) -> None:
         """Once a second, tell the publisher what arrived: browsers adapt on RR loss."""
