@@ -369,3 +369,29 @@ async def test_two_servers_on_one_redis_serve_one_room_and_survive_redis_loss(
         for p, _ in viewers:
             p.close()
         pub.peer.close()
+
+
+async def test_redis_route_is_claimed_once_by_concurrent_publishes(
+    own_redis: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    """Two servers taking a WHIP of one room at the same moment: one claim wins."""
+    from tchat.sfu.routing import RedisRouting
+
+    url, _ = own_redis
+    a, b = RedisRouting(url), RedisRouting(url)
+    await a.start()
+    await b.start()
+    try:
+        won = await asyncio.gather(
+            *(r.set_route("race", r_id, None) for r, r_id in ((a, "x"), (b, "y")))
+        )
+        assert sorted(won) == [False, True]
+        winner = "x" if won[0] else "y"
+        assert await a.route("race") == winner
+        # a stale route (its instance died) is taken over by naming it
+        assert await b.set_route("race", "z", winner)
+        assert not await a.set_route("race", "w", winner)
+        assert await a.route("race") == "z"
+    finally:
+        await a.close()
+        await b.close()

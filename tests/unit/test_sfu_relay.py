@@ -208,7 +208,8 @@ async def test_memory_routing_routes_die_with_their_instance(
     a = InstanceRecord("a", 1, "h", "c", 2, 3)
     await r.put_instance(a)
     await r.put_instance(InstanceRecord("b", 1, "h", "c", 2, 4))
-    await r.set_route("room", "a")
+    assert await r.set_route("room", "a", None)
+    assert not await r.set_route("room", "b", None)  # claimed meanwhile: refused
     await r.clear_route("room", "b")  # not its route: kept
     assert await r.route("room") == "a"
     await r.remove_instance("a")

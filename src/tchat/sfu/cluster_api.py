@@ -163,7 +163,8 @@ def mount(app: FastAPI, settings: Settings) -> None:
             target = pick(insts, cluster.pending(insts), None)
             if target is None:
                 return json_error(503, "unavailable", "no SFU instance is up")
-            await cluster.routing.set_route(room, target.id)
+            if not await cluster.routing.set_route(room, target.id, current):
+                return json_error(409, "conflict", f"room {room!r} is going live elsewhere")
         except RoutingUnavailable as exc:
             return _unavailable(exc)
         status, data = await cluster.call(

@@ -68,7 +68,10 @@ class Routing(Protocol):
     async def remove_instance(self, instance_id: str) -> None: ...
     async def instances(self) -> list[InstanceRecord]: ...
     async def route(self, room: str) -> str | None: ...
-    async def set_route(self, room: str, instance_id: str) -> None: ...
+    async def set_route(self, room: str, instance_id: str, expected: str | None) -> bool:
+        """Point `room` at `instance_id` if its route is still `expected` (None: no
+        route); False when another publish claimed it first (compare-and-set)."""
+        ...
     async def clear_route(self, room: str, instance_id: str) -> None: ...
 
 
@@ -99,12 +102,27 @@ class MemoryRouting:
     async def route(self, room: str) -> str | None:
         return self._routes.get(room)
 
-    async def set_route(self, room: str, instance_id: str) -> None:
+    async def set_route(self, room: str, instance_id: str, expected: str | None) -> bool:
+        if self._routes.get(room) != expected:
+            return False
         self._routes[room] = instance_id
+        return True
 
     async def clear_route(self, room: str, instance_id: str) -> None:
         if self._routes.get(room) == instance_id:
             del self._routes[room]
+
+
+# compare-and-set of a room's route: two servers taking WHIPs of one room at once
+# must not both go live ("" stands for no route)
+_SET_ROUTE_IF = """
+local cur = redis.call('GET', KEYS[1])
+if (cur == false and ARGV[2] == '') or cur == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
 
 
 class RedisRouting:
@@ -167,11 +185,14 @@ class RedisRouting:
             return None
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
-    async def set_route(self, room: str, instance_id: str) -> None:
+    async def set_route(self, room: str, instance_id: str, expected: str | None) -> bool:
         try:
-            await self.client.set(PREFIX + "route:" + room, instance_id)
+            done = await self.client.eval(
+                _SET_ROUTE_IF, 1, PREFIX + "route:" + room, instance_id, expected or ""
+            )
         except (RedisError, OSError) as exc:
             raise RoutingUnavailable(f"redis: {exc}") from None
+        return bool(done)
 
     async def clear_route(self, room: str, instance_id: str) -> None:
         key = PREFIX + "route:" + room
