@@ -14,8 +14,12 @@ from tchat.sfu import api as sfu_api
 def _client(host: str) -> httpx.AsyncClient:
     app = FastAPI()
     app.state.components = []
-    app.state.sfu = SimpleNamespace(stats=lambda viewers=False: {"viewers": [] if viewers else 0})
     sfu_api.mount(app, load_settings())
+
+    async def stats(viewers: bool) -> dict[str, object]:
+        return {"viewers": [] if viewers else 0}
+
+    app.state.sfu_backend = SimpleNamespace(stats=stats)
     transport = httpx.ASGITransport(app=app, client=(host, 40000))
     return httpx.AsyncClient(transport=transport, base_url="http://test")
 

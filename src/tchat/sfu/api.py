@@ -1,4 +1,5 @@
-"""WHIP (RFC 9725) and WHEP signalling routes, and the SFU worker's lifespan.
+"""WHIP (RFC 9725) and WHEP signalling routes over an SFU backend: the worker in this
+process, or several instance processes (sfu/cluster_api.py).
 
 POST an SDP offer with a Bearer token → 201, the SDP answer and a Location whose
 DELETE ends the session. Errors are JSON: 400 bad SDP, 401 missing token, 403
@@ -8,9 +9,9 @@ wrong token, 404 unknown room/session, 409 room already published, 503 full.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Literal
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -21,9 +22,10 @@ from tchat.config import Settings
 from tchat.http import json_error
 from tchat.sfu.sdp import MAX_SDP_BYTES, SdpError
 from tchat.sfu.settings import SfuSettings
-from tchat.sfu.worker import SessionError, SfuWorker
+from tchat.sfu.worker import Peer, Role, SessionError, SfuWorker
 
 LAYERS = {"low": 0, "mid": 1, "high": 2}
+CODES = {400: "bad_sdp", 404: "not_found", 409: "conflict", 503: "unavailable"}
 
 
 class LayerRequest(BaseModel):
@@ -38,7 +40,7 @@ def _from_loopback(request: Request) -> bool:
         return False
 
 
-def _auth(request: Request, room: str, role: Literal["publisher", "viewer"]) -> JSONResponse | None:
+def _auth(request: Request, room: str, role: Role) -> JSONResponse | None:
     token = bearer(request.headers.get("authorization"))
     try:
         verify_token(request.app.state.secret, token, room, role)
@@ -72,12 +74,61 @@ def _created(answer: str, location: str) -> Response:
     )
 
 
-def mount(app: FastAPI, settings: Settings) -> None:
-    if settings.num_sfu_instances > 1:  # several instance processes: sfu/cluster_api.py
-        from tchat.sfu import cluster_api
+class SfuBackend(Protocol):
+    """What the routes need from the SFU: the in-process worker (`LocalSfu`) or the
+    instance processes of a cluster (`cluster_api.Cluster`). Failures raise
+    `SessionError` (status and message; `SdpError` for a bad offer)."""
 
-        cluster_api.mount(app, settings)
-        return
+    async def publish(self, room: str, offer: str) -> tuple[str, str]:
+        """(session id, SDP answer)."""
+        ...
+
+    async def view(self, room: str, offer: str, max_layer: int) -> tuple[str, str]: ...
+
+    async def end(self, room: str, session: str, role: Role) -> None: ...
+
+    async def set_layer(self, room: str, session: str, max_layer: int) -> None: ...
+
+    async def stats(self, viewers: bool) -> dict[str, object]: ...
+
+
+class LocalSfu:
+    """The SFU worker of this process as a backend."""
+
+    def __init__(self, worker: SfuWorker) -> None:
+        self.worker = worker
+
+    async def publish(self, room: str, offer: str) -> tuple[str, str]:
+        peer, answer = self.worker.add_publisher(room, offer)
+        return peer.id, answer
+
+    async def view(self, room: str, offer: str, max_layer: int) -> tuple[str, str]:
+        peer, answer = self.worker.add_viewer(room, offer, max_layer)
+        return peer.id, answer
+
+    def _peer(self, room: str, session: str, role: Role) -> Peer:
+        peer = self.worker.peers.get(session)
+        if peer is None or peer.room.name != room or peer.role != role:
+            raise SessionError(404, f"no {role} session {session!r} in room {room!r}")
+        return peer
+
+    async def end(self, room: str, session: str, role: Role) -> None:
+        self.worker.close_peer(self._peer(room, session, role), "DELETE")
+
+    async def set_layer(self, room: str, session: str, max_layer: int) -> None:
+        self.worker.set_max_layer(self._peer(room, session, "viewer"), max_layer)
+
+    async def stats(self, viewers: bool) -> dict[str, object]:
+        return self.worker.stats(viewers=viewers)
+
+
+def _failed(exc: SdpError | SessionError) -> JSONResponse:
+    if isinstance(exc, SdpError):
+        return json_error(400, "bad_sdp", str(exc))
+    return json_error(exc.status, CODES.get(exc.status, "unavailable"), str(exc))
+
+
+def _local_component(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     sfu_settings = SfuSettings.from_settings(settings)
 
     @asynccontextmanager
@@ -85,16 +136,26 @@ def mount(app: FastAPI, settings: Settings) -> None:
         worker = SfuWorker(sfu_settings)
         await worker.start()
         app.state.sfu = worker
+        app.state.sfu_backend = LocalSfu(worker)
         try:
             yield
         finally:
             await worker.stop()
 
-    app.state.components.append(component)
+    return component
 
-    def worker_of(request: Request) -> SfuWorker:
-        worker: SfuWorker = request.app.state.sfu
-        return worker
+
+def mount(app: FastAPI, settings: Settings) -> None:
+    if settings.num_sfu_instances > 1:  # several instance processes: sfu/cluster_api.py
+        from tchat.sfu import cluster_api
+
+        app.state.components.append(cluster_api.component(settings))
+    else:
+        app.state.components.append(_local_component(settings))
+
+    def backend_of(request: Request) -> SfuBackend:
+        backend: SfuBackend = request.app.state.sfu_backend
+        return backend
 
     @app.post("/whip/{room}", tags=["sfu"], status_code=201)
     async def whip(room: str, request: Request) -> Response:
@@ -105,14 +166,10 @@ def mount(app: FastAPI, settings: Settings) -> None:
         if isinstance(offer, Response):
             return offer
         try:
-            peer, answer = worker_of(request).add_publisher(room, offer)
-        except SdpError as exc:
-            return json_error(400, "bad_sdp", str(exc))
-        except SessionError as exc:
-            return json_error(
-                exc.status, "conflict" if exc.status == 409 else "unavailable", str(exc)
-            )
-        return _created(answer, f"/whip/{room}/{peer.id}")
+            session, answer = await backend_of(request).publish(room, offer)
+        except (SdpError, SessionError) as exc:
+            return _failed(exc)
+        return _created(answer, f"/whip/{room}/{session}")
 
     @app.post("/whep/{room}", tags=["sfu"], status_code=201)
     async def whep(room: str, request: Request, layer: str = "high") -> Response:
@@ -125,27 +182,23 @@ def mount(app: FastAPI, settings: Settings) -> None:
         if isinstance(offer, Response):
             return offer
         try:
-            peer, answer = worker_of(request).add_viewer(room, offer, LAYERS[layer])
-        except SdpError as exc:
-            return json_error(400, "bad_sdp", str(exc))
-        except SessionError as exc:
-            code = {404: "not_found", 503: "unavailable"}.get(exc.status, "conflict")
-            return json_error(exc.status, code, str(exc))
-        return _created(answer, f"/whep/{room}/{peer.id}")
+            session, answer = await backend_of(request).view(room, offer, LAYERS[layer])
+        except (SdpError, SessionError) as exc:
+            return _failed(exc)
+        return _created(answer, f"/whep/{room}/{session}")
 
-    async def _delete(room: str, session: str, request: Request, role: str) -> Response:
-        if denied := _auth(request, room, "publisher" if role == "publisher" else "viewer"):
+    async def _delete(room: str, session: str, request: Request, role: Role) -> Response:
+        if denied := _auth(request, room, role):
             return denied
-        worker = worker_of(request)
-        peer = worker.peers.get(session)
-        if peer is None or peer.room.name != room or peer.role != role:
-            return json_error(404, "not_found", f"no {role} session {session!r} in room {room!r}")
-        worker.close_peer(peer, "DELETE")
+        try:
+            await backend_of(request).end(room, session, role)
+        except SessionError as exc:
+            return _failed(exc)
         return Response(status_code=200)
 
     @app.delete("/whip/{room}/{session}", tags=["sfu"])
     async def whip_delete(room: str, session: str, request: Request) -> Response:
-        """End a publish session (its viewers end with it)."""
+        """End a publish session (its viewers end with it, on every instance)."""
         return await _delete(room, session, request, "publisher")
 
     @app.delete("/whep/{room}/{session}", tags=["sfu"])
@@ -158,18 +211,18 @@ def mount(app: FastAPI, settings: Settings) -> None:
         """Cap a viewer's simulcast layer; the switch happens on the next keyframe."""
         if denied := _auth(request, room, "viewer"):
             return denied
-        worker = worker_of(request)
-        peer = worker.peers.get(session)
-        if peer is None or peer.room.name != room or peer.role != "viewer":
-            return json_error(404, "not_found", f"no viewer session {session!r} in room {room!r}")
-        worker.set_max_layer(peer, body.max_layer)
+        try:
+            await backend_of(request).set_layer(room, session, body.max_layer)
+        except SessionError as exc:
+            return _failed(exc)
         return JSONResponse({"max_layer": body.max_layer})
 
     @app.get("/sfu/stats", tags=["sfu"], response_model=None)
     async def sfu_stats(request: Request, viewers: bool = False) -> dict[str, object] | Response:
-        """Counters of this worker: peers, delivered packets, dropped datagrams by reason;
-        `?viewers=true` adds each adaptive viewer's estimate, layer, tier and switches —
-        only to clients on the host itself, since it names sessions and addresses."""
+        """Counters of the SFU (with several instances: each instance's and their sums):
+        peers, delivered packets, dropped datagrams by reason; `?viewers=true` adds each
+        adaptive viewer's estimate, layer, tier and switches (one instance) — only to
+        clients on the host itself, since it names sessions and addresses."""
         if viewers and not _from_loopback(request):
             return json_error(403, "forbidden", "per-viewer stats are served on loopback only")
-        return worker_of(request).stats(viewers=viewers)
+        return await backend_of(request).stats(viewers)

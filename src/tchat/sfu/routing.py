@@ -72,6 +72,7 @@ class Routing(Protocol):
         """Point `room` at `instance_id` if its route is still `expected` (None: no
         route); False when another publish claimed it first (compare-and-set)."""
         ...
+
     async def clear_route(self, room: str, instance_id: str) -> None: ...
 
 
