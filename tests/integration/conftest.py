@@ -19,6 +19,8 @@ import pytest
 from tchat.devservices import all_services
 from tchat.devservices.seaweedfs import ACCESS_KEY, PORT, SECRET_KEY
 from tchat.perf.server import free_port
+from tchat.perf.sfu_load import MEDIA_CACHE
+from tchat.perf.sfu_media import PreparedMedia, prepare
 from tchat.storage import ObjectStore
 from tchat.storage.local import LocalStore
 from tchat.storage.s3 import S3Store
@@ -112,3 +114,9 @@ def server_factory(tmp_path: Path) -> Iterator[type[Server] | object]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def media() -> PreparedMedia:
+    """The synthetic publisher's H.264 layers and Opus (prepared once, cached on disk)."""
+    return prepare(MEDIA_CACHE)

@@ -1,11 +1,18 @@
-"""Shared steps of the SFU integration tests: tokens and joining a generator viewer."""
+"""Shared steps of the SFU integration tests: tokens, joining a generator viewer,
+waiting on a condition, checking a viewer's video across layer switches."""
 
 from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
 
 import httpx
 
 from tchat.auth import issue_token
+from tchat.perf.sfu_media import PreparedMedia
 from tchat.perf.webrtc_peer import ClientPeer
+from tchat.sfu.rtp import h264_keyframe_start
 
 SECRET = "integration-secret-0123456789abcdef"
 SDP = "application/sdp"
@@ -29,3 +36,55 @@ async def join_viewer(
     assert resp.status_code == 201, resp.text
     await peer.connect(resp.text)
     return str(resp.headers["location"])
+
+
+async def wait_for(cond: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met within the deadline")
+        await asyncio.sleep(0.05)
+
+
+async def assert_continuous_layer_switches(
+    client: httpx.AsyncClient,
+    room: str,
+    location: str,
+    peer: ClientPeer,
+    media: PreparedMedia,
+    steps: list[tuple[int, str]],
+    per_layer: int,
+    timeout_s: float,
+) -> None:
+    """Cap the viewer (`keep_packets`, decrypting) at each (layer, rid) of `steps` in turn
+    and check its video: one SSRC throughout, no sequence gap, the switches in that
+    order and each on a keyframe."""
+    layer_of = {
+        hash(p): rid for rid, frames in media.video.items() for f in frames for p in f.payloads
+    }
+    assert peer.packets is not None
+    packets = peer.packets
+
+    def video() -> list[tuple[int, int, bytes]]:
+        return [p for p in packets if hash(p[2]) in layer_of]
+
+    await wait_for(lambda: len(video()) >= 40, timeout_s)
+    for target, rid in steps:
+        put = await client.put(
+            f"{location}/layer", json={"max_layer": target}, headers=auth(room, "viewer")
+        )
+        assert put.status_code == 200, put.text
+        await wait_for(
+            lambda rid=rid: sum(layer_of[hash(p)] == rid for *_, p in video()) >= per_layer,
+            timeout_s,
+        )
+    vids = video()
+    assert len({ssrc for ssrc, *_ in vids}) == 1  # one SSRC across layers
+    seqs = [seq for _, seq, _ in vids]
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs)), "gap"
+    rids = [layer_of[hash(p)] for *_, p in vids]
+    switches = [i for i in range(1, len(rids)) if rids[i] != rids[i - 1]]
+    assert [rids[i] for i in switches] == [rid for _, rid in steps]
+    for i in switches:
+        assert h264_keyframe_start(vids[i][2]), "a switch must start on a keyframe"

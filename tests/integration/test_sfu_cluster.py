@@ -8,14 +8,13 @@ UDP, the relay between instances is real UDP, routing is in-process or real Redi
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import secrets
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +23,15 @@ import pytest
 
 from tchat.auth import issue_token
 from tchat.perf.server import free_port
-from tchat.perf.sfu_load import MEDIA_CACHE, SyntheticPublisher
-from tchat.perf.sfu_media import PreparedMedia, prepare
+from tchat.perf.sfu_load import SyntheticPublisher
+from tchat.perf.sfu_media import PreparedMedia
 from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu.dtls import DtlsState
 from tchat.sfu.rtp import h264_keyframe_start
 
-from .sfu_helpers import SECRET, auth, join_viewer
+from .sfu_helpers import SECRET, assert_continuous_layer_switches, auth, join_viewer, wait_for
 
-
-async def wait_for(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        await asyncio.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def media() -> PreparedMedia:
-    return prepare(MEDIA_CACHE)
+CLUSTER_WAIT_S = 20.0  # instance processes and the relay: a little more than one SFU
 
 
 def payloads(peer: ClientPeer) -> int:
@@ -135,9 +122,6 @@ async def test_layer_switch_on_an_edge_keeps_the_stream_continuous(
     server = server_factory(NUM_SFU_INSTANCES="2")
     room = "edge-switch"
     identity = Identity.create()
-    layer_of = {
-        hash(p): rid for rid, frames in media.video.items() for f in frames for p in f.payloads
-    }
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         pub = SyntheticPublisher(identity, media, ["l", "m", "h"])
         await pub.start(client, room, issue_token(SECRET, room, "publisher"))
@@ -148,28 +132,10 @@ async def test_layer_switch_on_an_edge_keeps_the_stream_continuous(
         peer = ClientPeer(identity, decrypt=True, keep_packets=True)
         location = await join_viewer(client, room, peer)
         assert instance_of(location) != origin
-        assert peer.packets is not None
-        packets = peer.packets
-
-        def video() -> list[tuple[int, int, bytes]]:
-            return [p for p in packets if hash(p[2]) in layer_of]
-
-        await wait_for(lambda: len(video()) >= 40)
-        for target, rid in ((2, "h"), (1, "m"), (0, "l")):
-            put = await client.put(
-                f"{location}/layer", json={"max_layer": target}, headers=auth(room, "viewer")
-            )
-            assert put.status_code == 200, put.text
-            await wait_for(lambda rid=rid: sum(layer_of[hash(p)] == rid for *_, p in video()) >= 80)
-        vids = video()
-        assert len({ssrc for ssrc, *_ in vids}) == 1
-        seqs = [seq for _, seq, _ in vids]
-        assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs)), "gap"
-        rids = [layer_of[hash(p)] for *_, p in vids]
-        switches = [i for i in range(1, len(rids)) if rids[i] != rids[i - 1]]
-        assert [rids[i] for i in switches] == ["h", "m", "l"]
-        for i in switches:
-            assert h264_keyframe_start(vids[i][2]), "a switch must start on a keyframe"
+        steps = [(2, "h"), (1, "m"), (0, "l")]
+        await assert_continuous_layer_switches(
+            client, room, location, peer, media, steps, 80, CLUSTER_WAIT_S
+        )
         assert peer.stats.decrypt_errors == 0
         peer.close()
         first.close()
@@ -197,7 +163,7 @@ async def test_killing_an_edge_loses_only_its_viewers_who_reconnect(
         on_edge = [p for p, loc in viewers if instance_of(loc) != origin]
         on_origin = [p for p, loc in viewers if instance_of(loc) == origin]
         assert len(on_edge) == 2 and len(on_origin) == 2
-        await wait_for(lambda: all(received(p) >= 100 for p, _ in viewers))
+        await wait_for(lambda: all(received(p) >= 100 for p, _ in viewers), CLUSTER_WAIT_S)
         edge_id = next(instance_of(loc) for _, loc in viewers if instance_of(loc) != origin)
         os.kill(_pid_of((await stats(client))["instances"], edge_id), signal.SIGKILL)
         await asyncio.sleep(1.0)
@@ -222,7 +188,7 @@ async def test_killing_an_edge_loses_only_its_viewers_who_reconnect(
             peer = ClientPeer(identity)
             await join_viewer(client, room, peer)
             again.append(peer)
-        await wait_for(lambda: all(received(p) >= 100 for p in again))
+        await wait_for(lambda: all(received(p) >= 100 for p in again), CLUSTER_WAIT_S)
         for p in on_origin + on_edge + again:
             p.close()
         await pub.stop(client, issue_token(SECRET, room, "publisher"))
@@ -243,7 +209,7 @@ async def test_killing_the_origin_ends_the_room_everywhere(
         for _ in range(4):
             peer = ClientPeer(identity)
             viewers.append((peer, await join_viewer(client, room, peer)))
-        await wait_for(lambda: all(received(p) >= 100 for p, _ in viewers))
+        await wait_for(lambda: all(received(p) >= 100 for p, _ in viewers), CLUSTER_WAIT_S)
         os.kill(_pid_of((await stats(client))["instances"], origin), signal.SIGKILL)
         on_edge = [p for p, loc in viewers if instance_of(loc) != origin]
         on_origin = [p for p, loc in viewers if instance_of(loc) == origin]
@@ -276,7 +242,7 @@ async def test_killing_the_origin_ends_the_room_everywhere(
         assert pub2.location
         viewer = ClientPeer(identity)
         await join_viewer(client, room, viewer)
-        await wait_for(lambda: received(viewer) >= 100)
+        await wait_for(lambda: received(viewer) >= 100, CLUSTER_WAIT_S)
         # the dead origin's recording ends as failed, not "recording" for ever; the new
         # publish records on its own origin
         states: list[str] = []

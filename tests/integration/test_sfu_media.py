@@ -8,8 +8,6 @@ deadlines; no timing is asserted here (that is tests/performance).
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,26 +22,12 @@ from aiortc import (
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 
 from tchat.auth import issue_token
-from tchat.perf.sfu_load import MEDIA_CACHE, SyntheticPublisher
-from tchat.perf.sfu_media import PreparedMedia, prepare
+from tchat.perf.sfu_load import SyntheticPublisher
+from tchat.perf.sfu_media import PreparedMedia
 from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu.rtp import h264_keyframe_start
 
-from .sfu_helpers import SDP, SECRET, auth, join_viewer
-
-
-async def wait_for(cond: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        await asyncio.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def media() -> PreparedMedia:
-    return prepare(MEDIA_CACHE)
+from .sfu_helpers import SDP, SECRET, assert_continuous_layer_switches, auth, join_viewer, wait_for
 
 
 async def _aiortc_publish(client: httpx.AsyncClient, room: str, codec: str) -> RTCPeerConnection:
@@ -173,36 +157,13 @@ async def test_layer_switch_keeps_sequence_continuous_and_starts_on_keyframe(
     server = server_factory()
     room = "switch"
     identity = Identity.create()
-    layer_of = {
-        hash(p): rid for rid, frames in media.video.items() for f in frames for p in f.payloads
-    }
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         pub = SyntheticPublisher(identity, media, ["l", "m", "h"])
         await pub.start(client, room, issue_token(SECRET, room, "publisher"))
         peer = ClientPeer(identity, decrypt=True, keep_packets=True)
         location = await join_viewer(client, room, peer)
-        assert peer.packets is not None
-        packets = peer.packets
-
-        def video() -> list[tuple[int, int, bytes]]:
-            return [p for p in packets if hash(p[2]) in layer_of]
-
-        await wait_for(lambda: len(video()) >= 40)
-        for target, rid in ((2, "h"), (1, "m")):
-            put = await client.put(
-                f"{location}/layer", json={"max_layer": target}, headers=auth(room, "viewer")
-            )
-            assert put.status_code == 200, put.text
-            await wait_for(lambda rid=rid: sum(layer_of[hash(p)] == rid for *_, p in video()) >= 40)
-        vids = video()
-        assert len({ssrc for ssrc, *_ in vids}) == 1  # one SSRC across layers
-        seqs = [seq for _, seq, _ in vids]
-        assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs)), "gap"
-        rids = [layer_of[hash(p)] for *_, p in vids]
-        switches = [i for i in range(1, len(rids)) if rids[i] != rids[i - 1]]
-        assert [rids[i] for i in switches] == ["h", "m"]
-        for i in switches:
-            assert h264_keyframe_start(vids[i][2]), "a switch must start on a keyframe"
+        steps = [(2, "h"), (1, "m")]
+        await assert_continuous_layer_switches(client, room, location, peer, media, steps, 40, 15)
         assert pub.restarts["h"] >= 1 and pub.restarts["m"] >= 1  # PLIs reached the publisher
         peer.close()
         await pub.stop(client, issue_token(SECRET, room, "publisher"))
