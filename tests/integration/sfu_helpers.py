@@ -10,6 +10,7 @@ from collections.abc import Callable
 import httpx
 
 from tchat.auth import issue_token
+from tchat.perf.sfu_load import whep_join
 from tchat.perf.sfu_media import PreparedMedia
 from tchat.perf.webrtc_peer import ClientPeer
 from tchat.sfu.rtp import h264_keyframe_start
@@ -25,17 +26,10 @@ def auth(room: str, role: str) -> dict[str, str]:
 async def join_viewer(
     client: httpx.AsyncClient, room: str, peer: ClientPeer, layer: str = "low"
 ) -> str:
-    """Open the peer, WHEP it into `room` at `layer`, connect; returns the session URL."""
+    """Open the peer, WHEP it into `room` at `layer`, connect; returns the session URL
+    (a refused WHEP raises with its status and body)."""
     await peer.open()
-    resp = await client.post(
-        f"/whep/{room}",
-        params={"layer": layer},
-        content=peer.offer(),
-        headers={**auth(room, "viewer"), "content-type": SDP},
-    )
-    assert resp.status_code == 201, resp.text
-    await peer.connect(resp.text)
-    return str(resp.headers["location"])
+    return await whep_join(client, room, issue_token(SECRET, room, "viewer"), peer, layer)
 
 
 async def wait_for(cond: Callable[[], bool], timeout_s: float = 15.0) -> None:

@@ -45,6 +45,7 @@ from tchat.perf.sfu_load import (
     ArrivalProbe,
     SyntheticPublisher,
     extra_latency_ms,
+    whep_join,
 )
 from tchat.perf.sfu_media import prepare
 from tchat.perf.webrtc_peer import Identity
@@ -157,16 +158,7 @@ async def _probe(client: httpx.AsyncClient, identity: Identity, watch: set[int])
     probe = ArrivalProbe(identity, watch)
     await probe.open()
     token = issue_token(SECRET, ROOM, "viewer", ttl_s=3600)
-    resp = await client.post(
-        f"/whep/{ROOM}",
-        params={"layer": LAYER},
-        content=probe.offer(),
-        headers={"authorization": f"Bearer {token}", "content-type": "application/sdp"},
-    )
-    if resp.status_code != 201:
-        raise RuntimeError(f"probe WHEP failed: {resp.status_code} {resp.text}")
-    await probe.connect(resp.text)
-    return probe, _instance_of(resp.headers["location"])
+    return probe, _instance_of(await whep_join(client, ROOM, token, probe, LAYER))
 
 
 async def _run(url: str, pid: int) -> dict[str, Any]:

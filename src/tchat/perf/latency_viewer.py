@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from tchat.perf.sfu_load import AUDIO_LAYER, read_stamp
+from tchat.perf.sfu_load import AUDIO_LAYER, read_stamp, whep_join
 from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu.rtp import h264_keyframe_start
 
@@ -110,16 +110,7 @@ async def run(
     rec.peer = peer
     await peer.open(bind)
     async with httpx.AsyncClient(base_url=url, timeout=15) as client:
-        resp = await client.post(
-            f"/whep/{room}",
-            params={"layer": layer},
-            content=peer.offer(),
-            headers={"authorization": f"Bearer {token}", "content-type": "application/sdp"},
-        )
-        if resp.status_code != 201:
-            raise RuntimeError(f"WHEP {resp.status_code}: {resp.text[:300]}")
-        location = resp.headers["location"]
-        await peer.connect(resp.text, timeout_s=15)
+        location = await whep_join(client, room, token, peer, layer, 15)
         playout: list[tuple[float, int]] = []
         end = time.monotonic() + duration_s
         while time.monotonic() < end:

@@ -147,6 +147,28 @@ class SyntheticPublisher:
             self._task.cancel()
 
 
+async def whep_join(
+    client: httpx.AsyncClient,
+    room: str,
+    token: str,
+    peer: ClientPeer,
+    layer: str,
+    timeout_s: float = 10.0,
+) -> str:
+    """WHEP the opened `peer` into `room` at `layer` and connect it (ICE, DTLS) within
+    `timeout_s`; returns the session URL. A refusal raises RuntimeError (status, body)."""
+    resp = await client.post(
+        f"/whep/{room}",
+        params={"layer": layer},
+        content=peer.offer(),
+        headers={"authorization": f"Bearer {token}", "content-type": "application/sdp"},
+    )
+    if resp.status_code != 201:
+        raise RuntimeError(f"WHEP {resp.status_code}: {resp.text[:300]}")
+    await peer.connect(resp.text, timeout_s=timeout_s)
+    return str(resp.headers["location"])
+
+
 class ArrivalProbe(ClientPeer):
     """A decrypting viewer noting when each payload of `watch` arrives (T068 cluster runs
     compare a viewer on the origin with one on an edge: the relay's extra latency)."""
@@ -209,15 +231,7 @@ async def open_viewer(
         await peer.open()
         start = time.monotonic()
         peer.stats.started = start
-        resp = await client.post(
-            f"/whep/{room}",
-            params={"layer": layer},
-            content=peer.offer(),
-            headers={"authorization": f"Bearer {token}", "content-type": "application/sdp"},
-        )
-        if resp.status_code != 201:
-            raise RuntimeError(f"WHEP {resp.status_code}: {resp.text[:200]}")
-        await peer.connect(resp.text, timeout_s=first_media_timeout_s)
+        await whep_join(client, room, token, peer, layer, first_media_timeout_s)
         remaining = start + first_media_timeout_s - time.monotonic()
         try:
             await asyncio.wait_for(peer.media_started.wait(), max(0.01, remaining))

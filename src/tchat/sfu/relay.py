@@ -32,7 +32,7 @@ from tchat.sfu.forwarder import HIGH, Track
 from tchat.sfu.ice import Addr
 from tchat.sfu.rtp import HEADER
 from tchat.sfu.settings import SfuSettings
-from tchat.sfu.worker import Peer, Room, SessionError, SfuWorker
+from tchat.sfu.worker import Peer, Room, SessionError, SfuWorker, track_for
 
 log = logging.getLogger("tchat.sfu.relay")
 MEDIA, PLI, NACK, DEMAND, KEEPALIVE, END, BYE = 1, 2, 3, 4, 5, 6, 7
@@ -274,15 +274,7 @@ class ClusterWorker(SfuWorker):
         room = Room(room_name)
         sub = EdgeSub(sid, room, origin, origin_id, media, [], self.now())
         for k, m in enumerate(media):
-            assert m.codec is not None
-            track = Track(
-                m.kind,
-                m.codec.mime,
-                m.codec.clock_rate,
-                rids=m.rids,
-                rid_ext=m.rid_ext,
-                request_keyframe=self._edge_pli(sub, k),
-            )
+            track = track_for(m, self._edge_pli(sub, k))
             sub.tracks.append(track)
             room.tracks[m.kind] = track
         self.rooms[room_name] = room

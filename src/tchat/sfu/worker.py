@@ -211,14 +211,7 @@ class SfuWorker(asyncio.DatagramProtocol):
         room.tracks = {}
         for m in neg.media:
             assert m.codec is not None
-            track = Track(
-                m.kind,
-                m.codec.mime,
-                m.codec.clock_rate,
-                rids=m.rids,
-                rid_ext=m.rid_ext,
-                request_keyframe=self._pli_sender(peer),
-            )
+            track = track_for(m, self._pli_sender(peer))
             room.tracks[m.kind] = track
             peer.track_by_pt[m.codec.payload_type] = track
             if m.twcc_ext and peer.twcc_in is None:
@@ -758,6 +751,19 @@ class SfuWorker(asyncio.DatagramProtocol):
             "delivered_packets": self.delivered,
             "drops": dict(self.drops),
         }
+
+
+def track_for(m: sdp.Media, request_keyframe: Callable[[int], None]) -> Track:
+    """The forwarding track of one published media (from a publisher, or a relay)."""
+    assert m.codec is not None
+    return Track(
+        m.kind,
+        m.codec.mime,
+        m.codec.clock_rate,
+        rids=m.rids,
+        rid_ext=m.rid_ext,
+        request_keyframe=request_keyframe,
+    )
 
 
 def _describe(media: list[sdp.Media]) -> str:
