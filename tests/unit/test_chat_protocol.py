@@ -56,6 +56,38 @@ def test_rate_limiter_bucket() -> None:
     assert sum(limiter.allow("a") for _ in range(10)) == 3  # never more than the burst
 
 
+def test_rate_limiter_forgets_idle_authors() -> None:
+    """Issue 14.2: a bucket idle for burst/rate seconds is full again and is forgotten
+    (the old prune kept every bucket below the burst, i.e. all of them)."""
+    now = [0.0]
+    limiter = RateLimiter(rate=5.0, burst=10, clock=lambda: now[0])
+    for i in range(5000):
+        limiter.allow(f"author-{i}")
+        now[0] += 0.0001  # 0.5 s in all: everyone still owes tokens
+    assert len(limiter) == 5000
+    now[0] += 2.0  # burst/rate: every bucket is full again
+    assert limiter.allow("newcomer")
+    assert len(limiter) == 1
+    # an author who was forgotten gets exactly what a remembered full bucket holds
+    assert sum(limiter.allow("author-1") for _ in range(20)) == 10
+
+
+def test_rate_limiter_bounded_and_still_limits_active_authors() -> None:
+    """More distinct authors than `max_keys` in one instant: the structure stays bounded
+    (the oldest go first), and an author active among them is still limited."""
+    now = [0.0]
+    limiter = RateLimiter(rate=5.0, burst=10, clock=lambda: now[0])
+    for i in range(limiter.max_keys + 50):
+        limiter.allow(f"a{i}")
+    assert len(limiter) == limiter.max_keys
+    assert "a0" not in limiter._buckets and f"a{limiter.max_keys + 49}" in limiter._buckets
+    spammer = [limiter.allow("spam") for _ in range(30)]
+    for i in range(1000):  # churn by others does not reset an active author
+        limiter.allow(f"b{i}")
+    spammer += [limiter.allow("spam") for _ in range(30)]
+    assert sum(spammer) == 10
+
+
 def test_ids_sortable_unique_and_timed() -> None:
     now = [1_800_000_000_000]
     gen = IdGenerator(node=5, clock_ms=lambda: now[0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -113,24 +114,47 @@ def error_frame(code: str, detail: str, nonce: str | None = None) -> dict[str, A
 
 
 class RateLimiter:
-    """Token bucket per key: `rate` per second, `burst` at once; the clock is injected."""
+    """Token bucket per key: `rate` per second, `burst` at once; the clock is injected.
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
+    Buckets are kept in least-recently-used order. A bucket idle for `burst / rate`
+    seconds is full again, so forgetting it changes nothing: each call forgets those
+    from the old end (amortised O(1), each bucket is forgotten once). Past `max_keys`
+    the least recently used bucket goes even if not full; its author gets at most one
+    fresh burst, and only after `max_keys` other authors posted since.
+    """
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float], max_keys: int = 100_000
+    ) -> None:
         self.rate = rate
         self.burst = float(burst)
         self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # key → (tokens, last time)
+        self.max_keys = max_keys
+        self.idle_s = self.burst / rate  # after this long a bucket is full
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # (tokens, last)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def allow(self, key: str) -> bool:
         now = self.clock()
-        tokens, last = self._buckets.get(key, (self.burst, now))
+        buckets = self._buckets
+        state = buckets.pop(key, None)
+        tokens, last = state if state is not None else (self.burst, now)
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         allowed = tokens >= 1.0
-        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
-        if len(self._buckets) > 100_000:  # forget idle authors (full buckets carry no state)
-            self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.burst}
+        buckets[key] = (tokens - 1.0 if allowed else tokens, now)  # now the newest
+        while buckets:
+            oldest, (_, seen) = next(iter(buckets.items()))
+            if now - seen < self.idle_s and len(buckets) <= self.max_keys:
+                break
+            del buckets[oldest]
         return allowed
 
     def retry_after(self, key: str) -> float:
-        tokens, _ = self._buckets.get(key, (self.burst, 0.0))
+        state = self._buckets.get(key)
+        if state is None:
+            return 0.0
+        tokens, last = state
+        tokens = min(self.burst, tokens + (self.clock() - last) * self.rate)
         return max(0.0, (1.0 - tokens) / self.rate)
