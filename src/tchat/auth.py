@@ -8,6 +8,8 @@ from typing import Literal, get_args
 
 import jwt
 
+from tchat.rooms import check_room
+
 Role = Literal["publisher", "viewer", "chat"]
 ROLES: tuple[str, ...] = get_args(Role)
 
@@ -44,8 +46,8 @@ def issue_token(
 ) -> str:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
-    if not room:
-        raise ValueError("room must not be empty")
+    if room != "*":
+        check_room(room)
     issued = time.time() if now is None else now
     claims = {
         "room": room,

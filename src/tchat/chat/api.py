@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -30,8 +29,8 @@ from tchat.chat.service import ChatService, Listener
 from tchat.chat.store import StoreUnavailable, make_store
 from tchat.config import Settings
 from tchat.metrics import CHAT_REJECTED
+from tchat.rooms import valid_room
 
-_ROOM = re.compile(ROOM_PATTERN)
 _closing: set[asyncio.Future[None]] = set()  # keeps close tasks alive until done
 RoomPath = Annotated[str, Path(pattern=ROOM_PATTERN, description="Room name.")]
 
@@ -112,7 +111,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
     async def room_socket(websocket: WebSocket, room: str, token: str | None = None) -> None:
         """Anyone reads; posting needs a chat/publisher token (query `token` or an auth frame)."""
         await websocket.accept()
-        if not _ROOM.match(room):
+        if not valid_room(room):
             await websocket.close(code=4400, reason="invalid room name")
             return
         service = chat(websocket)

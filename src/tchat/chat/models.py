@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-ROOM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+from tchat.rooms import ROOM_PATTERN
+
+__all__ = ["ROOM_PATTERN", "HistoryPage", "Message", "MessageOut"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from tchat.config import Settings
 from tchat.http import json_error
 from tchat.recording.catalog import STATES, Recording, UnknownRecording
 from tchat.recording.service import RECORDINGS_PREFIX, RecordingService
+from tchat.rooms import ROOM_RULE, valid_room
 from tchat.storage import NotFound, StoreError, validate_key
 from tchat.storage.local import LocalStore
 
@@ -50,6 +51,8 @@ def mount(app: FastAPI, settings: Settings) -> None:
         state: str | None = None,
         limit: int = Query(100, ge=1, le=1000),
     ) -> Response:
+        if room is not None and not valid_room(room):
+            return json_error(400, "bad_request", f"invalid room name: {ROOM_RULE}")
         if state is not None and state not in STATES:
             return json_error(400, "bad_request", f"state must be one of {', '.join(STATES)}")
         recs = _service(request).catalog.list(room=room, state=state, limit=limit)

@@ -16,6 +16,7 @@ from tchat.recording.catalog import Catalog, Recording, ended
 from tchat.recording.recorder import Recorder, RecorderOptions
 from tchat.recording.retention import Sweeper, lifecycle_days
 from tchat.recording.source import Source
+from tchat.rooms import check_room
 from tchat.storage import LifecycleResult, ObjectStore, StoreError, open_store
 
 log = logging.getLogger("tchat.recording")
@@ -119,8 +120,7 @@ class RecordingService:
         return failed
 
     def start(self, room: str, source: Source, *, rec_id: str | None = None) -> Recorder:
-        if not room:
-            raise ValueError("room must not be empty")
+        check_room(room)
         recorder = Recorder(
             room=room,
             source=source,

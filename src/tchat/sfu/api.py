@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from tchat.auth import TokenError, bearer, verify_token
 from tchat.config import Settings
 from tchat.http import json_error
+from tchat.rooms import ROOM_RULE, valid_room
 from tchat.sfu.sdp import MAX_SDP_BYTES, SdpError
 from tchat.sfu.settings import SfuSettings
 from tchat.sfu.worker import Peer, Role, SessionError, SfuWorker
@@ -41,6 +42,9 @@ def _from_loopback(request: Request) -> bool:
 
 
 def _auth(request: Request, room: str, role: Role) -> JSONResponse | None:
+    """The error response for a bad room name or token; None when the request may go on."""
+    if not valid_room(room):
+        return json_error(400, "bad_request", f"invalid room name: {ROOM_RULE}")
     token = bearer(request.headers.get("authorization"))
     try:
         verify_token(request.app.state.secret, token, room, role)

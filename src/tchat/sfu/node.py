@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from tchat.config import Settings
+from tchat.rooms import ROOM_PATTERN
 from tchat.sfu.relay import ClusterWorker, media_from_json
 from tchat.sfu.sdp import SdpError
 from tchat.sfu.settings import SfuSettings
@@ -41,7 +42,7 @@ def control_key(secret: str) -> str:
 
 
 class PublishBody(BaseModel):
-    room: str = Field(min_length=1, max_length=256)
+    room: str = Field(pattern=ROOM_PATTERN)
     offer: str = Field(max_length=64 * 1024)
 
 
@@ -58,7 +59,7 @@ class ViewBody(PublishBody):
 
 
 class RelayBody(BaseModel):
-    room: str = Field(min_length=1, max_length=256)
+    room: str = Field(pattern=ROOM_PATTERN)
     sid: int = Field(ge=1, lt=2**32)
     host: str
     port: int = Field(ge=1, le=65535)

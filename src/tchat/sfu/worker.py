@@ -26,6 +26,7 @@ from tchat.abr.controller import DECIDE_S, AbrConfig, ViewerAbr
 from tchat.abr.estimator import PacketFeedback
 from tchat.abr.policy import PolicyConfig
 from tchat.aio import cancel_and_wait
+from tchat.rooms import ROOM_RULE, valid_room
 from tchat.sfu import rtcp, sdp, twcc
 from tchat.sfu.dtls import DtlsEndpoint, DtlsState, SrtpSessions, fingerprint, make_context
 from tchat.sfu.forwarder import HIGH, DownTrack, Track, TwccSender
@@ -198,6 +199,7 @@ class SfuWorker(asyncio.DatagramProtocol):
             raise SessionError(503, f"SFU is overloaded ({self.load:.0%} of a core)")
 
     def add_publisher(self, room_name: str, offer: str) -> tuple[Peer, str]:
+        _check_room(room_name)
         self._check_capacity()
         room = self.rooms.get(room_name)
         if room is not None and room.publisher is not None and not room.publisher.closed:
@@ -222,6 +224,7 @@ class SfuWorker(asyncio.DatagramProtocol):
         return peer, neg.answer
 
     def add_viewer(self, room_name: str, offer: str, max_layer: int = HIGH) -> tuple[Peer, str]:
+        _check_room(room_name)
         self._check_capacity()
         room = self.rooms.get(room_name)
         if room is None or room.publisher is None or room.publisher.closed:
@@ -751,6 +754,11 @@ class SfuWorker(asyncio.DatagramProtocol):
             "delivered_packets": self.delivered,
             "drops": dict(self.drops),
         }
+
+
+def _check_room(name: str) -> None:
+    if not valid_room(name):
+        raise SessionError(400, f"invalid room name: {ROOM_RULE}")
 
 
 def track_for(m: sdp.Media, request_keyframe: Callable[[int], None]) -> Track:

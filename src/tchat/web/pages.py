@@ -25,14 +25,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tchat.auth import issue_token
 from tchat.config import Settings
 from tchat.http import json_error
+from tchat.rooms import ROOM_PATTERN
 
 STATIC = Path(__file__).parent / "static"
-ROOM_RE = r"^[A-Za-z0-9_.-]{1,64}$"
 _RECORDING_PAGE = re.compile(r"^/recordings/[A-Za-z0-9_-]{1,64}/?$")
 
 
 class TokenRequest(BaseModel):
-    room: str = Field(pattern=ROOM_RE)
+    room: str = Field(pattern=ROOM_PATTERN)
     role: Literal["viewer", "chat"] = "chat"
 
 
