@@ -14,6 +14,7 @@ from prometheus_client import make_asgi_app
 from tchat import __version__
 from tchat.chat import api as chat_api
 from tchat.config import Settings
+from tchat.http import BodyLimit
 from tchat.recording import api as recording_api
 from tchat.sfu import api as sfu_api
 from tchat.sfu import recording_sink
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def value_error(request: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"error": "bad_request", "detail": str(exc)}, status_code=400)
 
+    app.add_middleware(BodyLimit)  # every request body capped (64 KiB; chat less): 413
     app.mount("/metrics", make_asgi_app())
     _mount_capabilities(app, settings)
     return app

@@ -72,7 +72,7 @@ def serve(host: str | None, port: int | None, sfu_instances: int | None) -> None
         log_level="warning",
         access_log=False,
         ws="websockets-sansio",
-        ws_max_size=1024 * 1024,  # a larger frame is closed with 1009 before it is buffered
+        ws_max_size=64 * 1024,  # a larger frame is closed with 1009 before it is buffered
     )
 
 

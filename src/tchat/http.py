@@ -1,10 +1,144 @@
-"""HTTP helpers shared by the capabilities' routes."""
+"""HTTP helpers shared by the capabilities' routes: the error body, capped request bodies.
+
+Every request body is capped (issue 14.3): `BodyLimit`, an ASGI middleware, answers 413
+at once when Content-Length says too much, and cuts a streamed (chunked) body off when
+it passes the cap, replacing whatever the app was about to answer by the 413. Routes
+that need a smaller cap, or must check a token before reading anything, read the body
+themselves with `read_body`/`read_model` after their header checks.
+"""
 
 from __future__ import annotations
 
+import json
+from typing import TypeVar
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+MAX_BODY_BYTES = 64 * 1024  # the largest body any route takes (an SDP offer)
+M = TypeVar("M", bound=BaseModel)
 
 
 def json_error(status: int, code: str, detail: str) -> JSONResponse:
     """The error body every route uses: `{"error": code, "detail": why}`."""
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+class BodyTooLarge(Exception):
+    """A request body past its cap; the route answers `too_large(exc)` (413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+        self.limit = limit
+
+
+def too_large(exc: BodyTooLarge) -> JSONResponse:
+    return json_error(413, "payload_too_large", str(exc))
+
+
+def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, read only up to `limit` bytes; BodyTooLarge past it (nothing more is read)."""
+    length = declared_length(request.scope["headers"])
+    if length is not None and length > limit:
+        raise BodyTooLarge(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(limit)
+    return bytes(body)
+
+
+async def read_model(request: Request, model: type[M], limit: int) -> M:
+    """A JSON body validated as `model`: BodyTooLarge, or RequestValidationError (the app's
+    422, as if FastAPI had parsed the body itself)."""
+    raw = await read_body(request, limit)
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "msg": f"JSON decode error: {exc}"}]
+        ) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, object]:
+    """`openapi_extra` documenting a JSON body that a route reads itself (`read_model`)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+class BodyLimit:
+    """Cap every HTTP request body at `limit` bytes (413 `payload_too_large`)."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit
+        length = declared_length(scope["headers"])
+        if length is not None and length > limit:
+            await too_large(BodyTooLarge(limit))(scope, receive, send)
+            return
+        received = 0
+        exceeded = False
+        started = False
+
+        async def capped_receive() -> Message:
+            nonlocal received, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # the app sees a client gone; whatever it answers is replaced below
+                    exceeded = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if exceeded and not started:
+                started = True
+                await too_large(BodyTooLarge(limit))(scope, receive, send)
+                return
+            if exceeded:
+                return  # the rest of the app's (replaced) response
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, capped_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded and not started:  # the app stopped without answering
+            await too_large(BodyTooLarge(limit))(scope, receive, send)

@@ -28,6 +28,7 @@ from tchat.chat.protocol import (
 from tchat.chat.service import ChatService, Listener
 from tchat.chat.store import StoreUnavailable, make_store
 from tchat.config import Settings
+from tchat.http import BodyTooLarge, body_schema, read_model, too_large
 from tchat.metrics import CHAT_REJECTED
 from tchat.rooms import valid_room
 
@@ -86,21 +87,33 @@ def mount(app: FastAPI, settings: Settings) -> None:
             "next_before": str(messages[-1].id) if len(messages) == limit else None,
         }
 
-    @router.post("/rooms/{room}/messages", status_code=201, response_model=MessageOut)
+    # the JSON of the longest text, every character escaped (\uXXXX), and some room
+    body_limit = max(4096, settings.chat_max_chars * 6 + 512)
+
+    @router.post(
+        "/rooms/{room}/messages",
+        status_code=201,
+        response_model=MessageOut,
+        openapi_extra=body_schema(PostBody),
+    )
     async def post_message(
         request: Request,
         room: RoomPath,
-        body: PostBody,
         authorization: Annotated[str | None, Header()] = None,
     ) -> Any:
-        """Post with `Authorization: Bearer <chat or publisher token>`; 201 once stored."""
+        """Post `{"text": …}` with `Authorization: Bearer <chat or publisher token>`; 201
+        once stored. The token is checked before the body is read; bodies over a few KiB
+        get 413."""
         try:
             grant = verify_token(request.app.state.secret, bearer(authorization), room, "chat")
+            body = await read_model(request, PostBody, body_limit)
             message = await chat(request).post(
                 room, grant.identity, validate_text(body.text, settings.chat_max_chars)
             )
         except TokenError as exc:
             return JSONResponse({"error": "unauthorized", "detail": str(exc)}, 401)
+        except BodyTooLarge as exc:
+            return too_large(exc)
         except ProtocolError as exc:
             CHAT_REJECTED.labels(exc.code).inc()
             status = {"rate_limited": 429, "store_unavailable": 503}.get(exc.code, 400)

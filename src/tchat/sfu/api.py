@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from tchat.auth import TokenError, bearer, verify_token
 from tchat.config import Settings
-from tchat.http import json_error
+from tchat.http import BodyTooLarge, body_schema, json_error, read_body, read_model, too_large
 from tchat.rooms import ROOM_RULE, valid_room
 from tchat.sfu.sdp import MAX_SDP_BYTES, SdpError
 from tchat.sfu.settings import SfuSettings
@@ -58,11 +58,10 @@ async def _offer(request: Request) -> str | JSONResponse:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/sdp":
         return json_error(415, "unsupported_media_type", "send the offer as application/sdp")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_SDP_BYTES:
-            return json_error(400, "bad_sdp", f"SDP offer larger than {MAX_SDP_BYTES} bytes")
+    try:
+        body = await read_body(request, MAX_SDP_BYTES)
+    except BodyTooLarge as exc:
+        return too_large(exc)
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
@@ -210,13 +209,17 @@ def mount(app: FastAPI, settings: Settings) -> None:
         """End a viewer session."""
         return await _delete(room, session, request, "viewer")
 
-    @app.put("/whep/{room}/{session}/layer", tags=["sfu"])
-    async def whep_layer(room: str, session: str, body: LayerRequest, request: Request) -> Response:
-        """Cap a viewer's simulcast layer; the switch happens on the next keyframe."""
+    @app.put("/whep/{room}/{session}/layer", tags=["sfu"], openapi_extra=body_schema(LayerRequest))
+    async def whep_layer(room: str, session: str, request: Request) -> Response:
+        """Cap a viewer's simulcast layer (`{"max_layer": 0-2}`); the switch happens on the
+        next keyframe."""
         if denied := _auth(request, room, "viewer"):
             return denied
         try:
+            body = await read_model(request, LayerRequest, 1024)
             await backend_of(request).set_layer(room, session, body.max_layer)
+        except BodyTooLarge as exc:
+            return too_large(exc)
         except SessionError as exc:
             return _failed(exc)
         return JSONResponse({"max_layer": body.max_layer})

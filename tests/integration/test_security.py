@@ -1,0 +1,134 @@
+"""Issue 14 against a real `tchat serve`: bodies capped and refused before they are read,
+room names checked at every entry, half-open WHEP sessions limited, local-only routes
+not served to the public listener, tokens re-checked, HLS behind the viewer gate."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from tchat.auth import issue_token
+from tchat.perf.sfu_load import SyntheticPublisher
+from tchat.perf.webrtc_peer import ClientPeer, Identity
+
+from .sfu_helpers import SDP, SECRET, auth
+
+DEADLINE_S = 15.0  # generous: the box is shared; an unread body never answers at all
+
+
+async def raw_exchange(port: int, head: str, parts: list[bytes]) -> tuple[int, bytes]:
+    """Send a request head and some body bytes, then wait for the answer without sending
+    the rest: (status, response bytes). A server that reads the whole body first never
+    answers, and this raises TimeoutError."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.encode() + b"".join(parts))
+        await writer.drain()
+        head_bytes = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        length = next(
+            (int(v) for k, _, v in (h.partition(":") for h in lines) if k.lower() == "content-length"),
+            0,
+        )
+        body = await asyncio.wait_for(reader.readexactly(length), DEADLINE_S)
+        return int(lines[0].split()[1]), body
+    finally:
+        writer.close()
+
+
+def chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+async def test_bodies_capped_and_refused_before_they_are_read(server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14.3: a 100 MB declared body, or a chunked one that never ends, gets its
+    401/413 at once; the server does not wait to read it (before: it read it all)."""
+    server = server_factory()
+    port = server.port
+    token = issue_token(SECRET, "r", "chat")
+    post = "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n{extra}"
+    # declared too large: 413 from the Content-Length alone, whatever the route
+    for path in ("/rooms/r/messages", "/whip/r", "/dev/token", "/no/such/route"):
+        head = post.format(path=path, ctype="application/json", extra="")
+        status, body = await raw_exchange(
+            port, head + "Content-Length: 100000000\r\n\r\n", [b"x" * 1024]
+        )
+        assert status == 413 and b"payload_too_large" in body, (path, status, body)
+    # chunked, no token: 401 without reading the body (it never ends)
+    chunked = "Transfer-Encoding: chunked\r\n"
+    for path, ctype in (("/rooms/r/messages", "application/json"), ("/whip/r", SDP)):
+        head = post.format(path=path, ctype=ctype, extra=chunked) + "\r\n"
+        status, body = await raw_exchange(port, head, [chunk(b"{" + b" " * 1000)])
+        assert status == 401, (path, status, body)
+    head = "PUT /whep/r/s/layer HTTP/1.1\r\nHost: x\r\n" + chunked + "\r\n"
+    status, _ = await raw_exchange(port, head, [chunk(b"{" + b" " * 1000)])
+    assert status == 401
+    # chunked past the route's cap, with a valid token: 413 once the cap is passed
+    bearer = f"Authorization: Bearer {token}\r\n"
+    cases = [
+        ("/rooms/r/messages", "application/json", 8 * 1024),  # chat: a few KiB
+        ("/whip/r", SDP, 70 * 1024),  # SDP: 64 KiB
+        ("/dev/token", "application/json", 70 * 1024),  # every other route: 64 KiB
+    ]
+    for path, ctype, size in cases:
+        head = post.format(path=path, ctype=ctype, extra=chunked + bearer) + "\r\n"
+        whip_token = issue_token(SECRET, "r", "publisher")
+        if path == "/whip/r":
+            head = head.replace(token, whip_token)
+        parts = [chunk(b" " * 1024) for _ in range(size // 1024)]
+        status, body = await raw_exchange(port, head, parts)
+        assert status == 413 and b"payload_too_large" in body, (path, status, body)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        # still answering, and a post of normal size works
+        r = await client.post(
+            "/rooms/r/messages", json={"text": "hi"}, headers={"authorization": f"Bearer {token}"}
+        )
+        assert r.status_code == 201, r.text
+        bad = await client.post(
+            "/rooms/r/messages", json={"txt": "hi"}, headers={"authorization": f"Bearer {token}"}
+        )
+        assert bad.status_code == 422, bad.text
+
+
+async def test_room_name_checked_at_every_entry(server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14.12: `a\\nb` (with a wildcard token that matches it) is a clean 400 at WHIP,
+    WHEP, DELETE, layer and recordings, and leaves nothing behind: the room's neighbours
+    and a valid room still work (before: a session was made, the Location header failed,
+    and the orphan blocked the room)."""
+    server = server_factory()
+    star_pub = {"authorization": f"Bearer {issue_token(SECRET, '*', 'publisher')}"}
+    offer = ClientPeer(Identity.create()).offer(rids=["h"], publish=True)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        for room in ("a\nb", "a\r\nX-Injected: 1", "a b", "-x", "x" * 65):
+            q = quote(room, safe="")
+            for method, path in (
+                ("POST", f"/whip/{q}"),
+                ("POST", f"/whep/{q}"),
+                ("DELETE", f"/whip/{q}/abc"),
+                ("PUT", f"/whep/{q}/abc/layer"),
+            ):
+                r = await client.request(
+                    method, path, content=offer, headers={**star_pub, "content-type": SDP}
+                )
+                assert r.status_code == 400, (room, method, path, r.status_code, r.text)
+                assert r.json()["error"] == "bad_request" and "room" in r.json()["detail"]
+            r = await client.get("/recordings", params={"room": room})
+            assert r.status_code == 400 and r.json()["error"] == "bad_request", r.text
+            r = await client.get(f"/rooms/{q}/messages")
+            assert r.status_code in (400, 422), r.text
+        stats = (await client.get("/sfu/stats")).json()
+        assert stats["peers"] == 0 and stats["rooms"] == 0
+        r = await client.post("/whip/a", content=offer, headers={**star_pub, "content-type": SDP})
+        assert r.status_code == 201, r.text
+
+
+async def _publish(client: httpx.AsyncClient, room: str) -> SyntheticPublisher:
+    from tchat.perf.sfu_media import prepare
+    from tchat.perf.sfu_load import MEDIA_CACHE
+
+    pub = SyntheticPublisher(Identity.create(), prepare(MEDIA_CACHE), ["l"])
+    await pub.start(client, room, issue_token(SECRET, room, "publisher"))
+    return pub
