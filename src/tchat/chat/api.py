@@ -116,8 +116,11 @@ def mount(app: FastAPI, settings: Settings) -> None:
             return too_large(exc)
         except ProtocolError as exc:
             CHAT_REJECTED.labels(exc.code).inc()
-            status = {"rate_limited": 429, "store_unavailable": 503}.get(exc.code, 400)
-            return JSONResponse({"error": exc.code, "detail": exc.detail}, status)
+            status = {"rate_limited": 429, "store_unavailable": 503, "store_busy": 503}.get(
+                exc.code, 400
+            )
+            headers = {"Retry-After": "1"} if exc.code == "store_busy" else None
+            return JSONResponse({"error": exc.code, "detail": exc.detail}, status, headers)
         return message.to_json()
 
     @router.websocket("/rooms/{room}/ws")

@@ -19,12 +19,13 @@ from tchat.bus import Bus, BusUnavailable
 from tchat.chat.ids import IdGenerator, id_time_ms
 from tchat.chat.models import Message
 from tchat.chat.protocol import ProtocolError, RateLimiter, encode
-from tchat.chat.store import ChatStore, StoreUnavailable
+from tchat.chat.store import ChatStore, IdTaken, StoreBusy, StoreUnavailable
 from tchat.metrics import CHAT_LISTENERS, CHAT_MESSAGES, CHAT_WRITE_SECONDS
 
 log = logging.getLogger("tchat.chat")
 
 QUEUE_FRAMES = 1024
+ID_ATTEMPTS = 3  # a fresh id after a collision; three in a row means something is wrong
 
 
 class Listener:
@@ -92,17 +93,27 @@ class ChatService:
         await self.store.close()
 
     async def post(self, room: str, author: str, text: str) -> Message:
-        """Store and fan out; raises ProtocolError (rate_limited, store_unavailable)."""
+        """Store and fan out; raises ProtocolError (rate_limited, store_busy,
+        store_unavailable)."""
         if not self.limiter.allow(author):
             wait = self.limiter.retry_after(author)
             raise ProtocolError("rate_limited", f"too many messages; retry in {wait:.1f}s")
-        message_id = self.ids.next_id()
-        message = Message(message_id, room, author, text, id_time_ms(message_id) / 1000.0)
         started = time.perf_counter()
-        try:
-            await self.store.append(message)
-        except StoreUnavailable as exc:
-            raise ProtocolError("store_unavailable", str(exc)) from None
+        for attempt in range(ID_ATTEMPTS):
+            message_id = self.ids.next_id()
+            message = Message(message_id, room, author, text, id_time_ms(message_id) / 1000.0)
+            try:
+                await self.store.append(message)
+                break
+            except IdTaken as exc:
+                # another writer drew the same id: post again under a fresh one
+                log.warning("chat id collision (attempt %d): %s", attempt + 1, exc)
+            except StoreBusy as exc:
+                raise ProtocolError("store_busy", str(exc)) from None
+            except StoreUnavailable as exc:
+                raise ProtocolError("store_unavailable", str(exc)) from None
+        else:
+            raise ProtocolError("store_unavailable", "message ids keep colliding; retry")
         CHAT_WRITE_SECONDS.observe(time.perf_counter() - started)
         CHAT_MESSAGES.labels(self.store.name).inc()
         frame = encode({"type": "message", "message": message.to_json()})

@@ -4,6 +4,10 @@ Writers enqueue; one writer task drains the queue into a single transaction per
 batch on a dedicated thread and resolves every waiter only after COMMIT, so an
 acknowledged message is on disk (WAL, synchronous=NORMAL: survives a process
 crash). Reads use their own connection on another thread.
+
+The queue is bounded (`max_queue`): past it `append` raises StoreBusy at once rather
+than let waiting writes grow without limit. A message whose (room, id) is stored
+already fails with IdTaken instead of being acknowledged and dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 
 from tchat.aio import cancel_and_wait
 from tchat.chat.models import Message
-from tchat.chat.store import StoreUnavailable
+from tchat.chat.store import IdTaken, StoreBusy, StoreUnavailable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -27,16 +31,25 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_expiry ON messages (expires_at);
 """
 MAX_BATCH = 512
+MAX_QUEUE = 10_000
+_INSERT = "INSERT INTO messages VALUES (?,?,?,?,?,?)"
+Row = tuple[str, int, str, str, float, float]
 
 
 class SqliteChatStore:
     name = "sqlite"
 
-    def __init__(self, path: Path, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        ttl_s: float,
+        clock: Callable[[], float] = time.time,
+        max_queue: int = MAX_QUEUE,
+    ) -> None:
         self.path = path
         self.ttl_s = ttl_s
         self._clock = clock
-        self._queue: asyncio.Queue[tuple[Message, asyncio.Future[None]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Message, asyncio.Future[None]]] = asyncio.Queue(max_queue)
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="chat-sqlite-w")
         self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="chat-sqlite-r")
         self._wconn: sqlite3.Connection | None = None
@@ -91,7 +104,12 @@ class SqliteChatStore:
         if self._writer is None or self._writer.done():
             raise StoreUnavailable("sqlite store is not running")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((message, done))
+        try:
+            self._queue.put_nowait((message, done))
+        except asyncio.QueueFull:
+            raise StoreBusy(
+                f"sqlite store busy: {self._queue.maxsize} writes waiting; retry shortly"
+            ) from None
         await done
 
     async def _write_loop(self) -> None:
@@ -115,15 +133,32 @@ class SqliteChatStore:
                 pass  # _settle reports it to the batch's waiters; the loop goes on
             await _settle(job, batch)
 
-    def _insert(self, rows: list[tuple[str, int, str, str, float, float]]) -> None:
-        assert self._wconn is not None
-        self._wconn.execute("BEGIN")
+    def _insert(self, rows: list[Row]) -> set[int]:
+        """Commit the rows; returns the indexes of those whose (room, id) was taken
+        (not stored). The batch goes in one statement; only when an id collides is it
+        retried row by row to find which."""
+        conn = self._wconn
+        assert conn is not None
+        conn.execute("BEGIN")
         try:
-            self._wconn.executemany("INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?)", rows)
-            self._wconn.execute("COMMIT")
+            conn.execute("SAVEPOINT batch")
+            try:
+                conn.executemany(_INSERT, rows)
+                taken: set[int] = set()
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK TO batch")
+                taken = {
+                    i
+                    for i, row in enumerate(rows)
+                    if conn.execute(_INSERT.replace("INSERT", "INSERT OR IGNORE"), row).rowcount
+                    == 0
+                }
+            conn.execute("RELEASE batch")
+            conn.execute("COMMIT")
         except BaseException:
-            self._wconn.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
             raise
+        return taken
 
     async def history(self, room: str, limit: int, before: int | None = None) -> list[Message]:
         if self._rconn is None:
@@ -174,18 +209,21 @@ class SqliteChatStore:
 
 
 async def _settle(
-    job: asyncio.Future[None], batch: list[tuple[Message, asyncio.Future[None]]]
+    job: asyncio.Future[set[int]], batch: list[tuple[Message, asyncio.Future[None]]]
 ) -> None:
     """Resolve a batch's waiters with the outcome of its (finished or finishing) commit."""
+    taken: set[int] = set()
     try:
-        await job
+        taken = await job
         error: Exception | None = None
     except Exception as exc:  # any failure of the commit fails the batch, never the loop
         error = StoreUnavailable(f"sqlite write failed: {type(exc).__name__}: {exc}")
-    for _, fut in batch:
+    for i, (message, fut) in enumerate(batch):
         if fut.done():
             continue
-        if error is None:
-            fut.set_result(None)
-        else:
+        if error is not None:
             fut.set_exception(error)
+        elif i in taken:
+            fut.set_exception(IdTaken(f"message id {message.id} is taken in {message.room!r}"))
+        else:
+            fut.set_result(None)

@@ -11,6 +11,15 @@ class StoreUnavailable(Exception):
     """The store cannot be reached now; the operation may succeed later."""
 
 
+class StoreBusy(StoreUnavailable):
+    """The store's write queue is full: refused at once (HTTP 503 + Retry-After)."""
+
+
+class IdTaken(Exception):
+    """A message with this room and id is stored already (two writers drew one id): the
+    message was NOT stored; the caller posts it again under a fresh id."""
+
+
 class ChatStore(Protocol):
     name: str
 
@@ -21,7 +30,8 @@ class ChatStore(Protocol):
     async def close(self) -> None: ...
 
     async def append(self, message: Message) -> None:
-        """Return only once the store has the message durably; raise StoreUnavailable."""
+        """Return only once the store has the message durably; raise StoreUnavailable
+        (StoreBusy when too many writes wait), or IdTaken (never overwrite, never drop)."""
 
     async def history(self, room: str, limit: int, before: int | None = None) -> list[Message]:
         """Newest first, ids < before when given; raise StoreUnavailable."""
