@@ -5,7 +5,6 @@ not served to the public listener, tokens re-checked, HLS behind the viewer gate
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -14,7 +13,7 @@ from tchat.auth import issue_token
 from tchat.perf.sfu_load import SyntheticPublisher
 from tchat.perf.webrtc_peer import ClientPeer, Identity
 
-from .sfu_helpers import SDP, SECRET, auth
+from .sfu_helpers import SDP, SECRET
 
 DEADLINE_S = 15.0  # generous: the box is shared; an unread body never answers at all
 
@@ -29,10 +28,8 @@ async def raw_exchange(port: int, head: str, parts: list[bytes]) -> tuple[int, b
         await writer.drain()
         head_bytes = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
         lines = head_bytes.decode("latin-1").split("\r\n")
-        length = next(
-            (int(v) for k, _, v in (h.partition(":") for h in lines) if k.lower() == "content-length"),
-            0,
-        )
+        fields = dict(h.lower().partition(":")[::2] for h in lines[1:] if h)
+        length = int(fields.get("content-length", "0"))
         body = await asyncio.wait_for(reader.readexactly(length), DEADLINE_S)
         return int(lines[0].split()[1]), body
     finally:
@@ -126,8 +123,8 @@ async def test_room_name_checked_at_every_entry(server_factory) -> None:  # type
 
 
 async def _publish(client: httpx.AsyncClient, room: str) -> SyntheticPublisher:
-    from tchat.perf.sfu_media import prepare
     from tchat.perf.sfu_load import MEDIA_CACHE
+    from tchat.perf.sfu_media import prepare
 
     pub = SyntheticPublisher(Identity.create(), prepare(MEDIA_CACHE), ["l"])
     await pub.start(client, room, issue_token(SECRET, room, "publisher"))
