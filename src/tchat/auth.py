@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -52,7 +53,8 @@ def issue_token(
     claims = {
         "room": room,
         "role": role,
-        "sub": identity or f"{role}-{int(issued * 1000) % 1_000_000}",
+        # unique unless given: rate limits and moderation go by identity
+        "sub": identity or f"{role}-{secrets.token_hex(8)}",
         "iat": int(issued),
         "exp": int(issued + ttl_s),
     }

@@ -7,12 +7,16 @@ from this class; a unit test keeps the doc file equal to the code.
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tchat.files import private_dir
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 
@@ -79,7 +83,8 @@ class Settings(BaseSettings):
     secret: str = Field(
         "",
         alias="TCHAT_SECRET",
-        description="HMAC secret signing tokens (empty: generated once into DATA_DIR/secret).",
+        description="HMAC secret signing tokens, ≥ 32 random bytes (empty: generated once "
+        "into DATA_DIR/secret).",
     )
     token_ttl: Duration = Field(
         86400.0, gt=0, alias="TCHAT_TOKEN_TTL", description="Lifetime of issued tokens."
@@ -328,6 +333,13 @@ class Settings(BaseSettings):
         60.0, gt=0, alias="TEST_DURATION_SECONDS", description="Performance test duration."
     )
 
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        if value:
+            check_secret(value)
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _log_level(cls, value: object) -> str:
@@ -362,7 +374,7 @@ class Settings(BaseSettings):
             import os
             import secrets
 
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             try:  # created 0600 in one step; of two processes starting together, one wins
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
@@ -373,11 +385,44 @@ class Settings(BaseSettings):
         for _ in range(50):  # the winner may still be writing
             secret = path.read_text().strip()
             if secret:
-                return secret
+                try:
+                    return check_secret(secret)
+                except ValueError as exc:
+                    raise SettingsError(f"{path}: {exc}; remove it or set TCHAT_SECRET") from None
             import time
 
             time.sleep(0.01)
         raise SettingsError(f"{path} is empty; remove it or set TCHAT_SECRET")
+
+
+MIN_SECRET_BYTES = 32
+MIN_SECRET_BITS = 128.0
+
+
+def check_secret(secret: str) -> str:
+    """Refuse a signing secret that is short or visibly weak; ValueError says which.
+
+    A string's entropy cannot be measured, only estimated from its characters: we require
+    32 bytes and a character-statistics estimate (length × Shannon entropy of its
+    character frequencies) of 128 bits, which refuses short, repeated and small-alphabet
+    secrets but cannot tell a random string from a memorable one. The generated default
+    (32 random bytes) and `openssl rand -base64 32` have 256 bits.
+    """
+    size = len(secret.encode())
+    if size < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"the secret has {size} bytes; use at least {MIN_SECRET_BYTES} random bytes "
+            "(openssl rand -base64 32), or leave it empty to have one generated"
+        )
+    counts = Counter(secret)
+    n = len(secret)
+    estimate = max(0.0, -n * sum(c / n * math.log2(c / n) for c in counts.values()))
+    if estimate < MIN_SECRET_BITS:
+        raise ValueError(
+            f"the secret looks weak (about {estimate:.0f} bits: repeated or few distinct "
+            "characters); use random bytes (openssl rand -base64 32)"
+        )
+    return secret
 
 
 class SettingsError(Exception):
@@ -398,7 +443,8 @@ def describe_error(exc: ValidationError) -> str:
         field = Settings.model_fields.get(name)
         env = field.alias if field and field.alias else name.upper()
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"invalid setting {env}={err.get('input')!r}: {msg}")
+        shown = "<hidden>" if env == "TCHAT_SECRET" else repr(err.get("input"))
+        parts.append(f"invalid setting {env}={shown}: {msg}")
     return "; ".join(parts)
 
 

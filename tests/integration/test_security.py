@@ -5,9 +5,15 @@ not served to the public listener, tokens re-checked, HLS behind the viewer gate
 from __future__ import annotations
 
 import asyncio
+import json
+import time
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
+import jwt
+import pytest
+import websockets
 
 from tchat.auth import issue_token
 from tchat.perf.sfu_load import SyntheticPublisher
@@ -129,3 +135,46 @@ async def _publish(client: httpx.AsyncClient, room: str) -> SyntheticPublisher:
     pub = SyntheticPublisher(Identity.create(), prepare(MEDIA_CACHE), ["l"])
     await pub.start(client, room, issue_token(SECRET, room, "publisher"))
     return pub
+
+
+async def test_chat_socket_closes_when_its_token_expires(server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14.8: the grant is re-checked after the handshake: at the token's expiry the
+    socket closes with 4401 "token expired" (before: a post 3.5 s after expiry was acked)."""
+    server = server_factory()
+    token = issue_token(SECRET, "exp", "chat", ttl_s=3)
+    url = server.url.replace("http://", "ws://") + f"/rooms/exp/ws?token={token}"
+    async with websockets.connect(url) as ws:
+        frames = [json.loads(await asyncio.wait_for(ws.recv(), DEADLINE_S))]
+        assert frames[0]["type"] == "hello" and frames[0]["can_post"] is True
+        await ws.send(json.dumps({"type": "post", "text": "in time", "nonce": "a"}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            async with asyncio.timeout(DEADLINE_S):
+                while True:
+                    frames.append(json.loads(await ws.recv()))
+                    if time.time() > jwt.decode(token, options={"verify_signature": False})["exp"]:
+                        # past expiry: a post must not be acked
+                        await ws.send(json.dumps({"type": "post", "text": "late", "nonce": "b"}))
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    assert any(f["type"] == "ack" and f["nonce"] == "a" for f in frames)
+    assert not any(f["type"] == "ack" and f["nonce"] == "b" for f in frames)
+
+
+def test_databases_and_secret_are_private(server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14.8: the chat and recording databases (and their WAL files) are 0600, like
+    the generated secret; the data directory 0700."""
+    server = server_factory(TCHAT_SECRET="")
+    data = Path(server.env["TCHAT_DATA_DIR"])
+    token = issue_token((data / "secret").read_text().strip(), "p", "chat")
+    r = httpx.post(
+        f"{server.url}/rooms/p/messages",
+        json={"text": "hi"},
+        headers={"authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    files = sorted(p.name for p in data.iterdir() if p.is_file())
+    assert {"secret", "chat.sqlite3", "recordings.sqlite3"} <= set(files), files
+    for name in files:
+        mode = (data / name).stat().st_mode & 0o777
+        assert mode & 0o077 == 0, f"{name} is {mode:o}"
+    assert data.stat().st_mode & 0o077 == 0

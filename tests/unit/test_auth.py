@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from tchat.auth import TokenError, bearer, issue_token, verify_token
@@ -39,3 +41,14 @@ def test_bearer() -> None:
     assert bearer("bearer  abc ") == "abc"
     assert bearer("Basic abc") is None
     assert bearer(None) is None
+
+
+def test_default_identities_are_unique() -> None:
+    """Issue 14.8: rate limits go by identity; tokens made in one millisecond (the old
+    `role-ms%1e6` default) must not share one."""
+    now = time.time()
+    subs = {
+        verify_token(SECRET, issue_token(SECRET, "r", "chat", now=now), "r", "chat").identity
+        for _ in range(2000)
+    }
+    assert len(subs) == 2000

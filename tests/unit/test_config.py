@@ -81,3 +81,35 @@ def test_configuration_doc_matches_code() -> None:
     assert doc.read_text() == configuration_markdown(), (
         "docs/configuration.md is stale: run `tchat config --markdown > docs/configuration.md`"
     )
+
+
+@pytest.mark.parametrize(
+    "secret,why",
+    [
+        ("x", "has 1 bytes"),
+        ("s" * 64, "looks weak"),
+        ("password" * 4, "looks weak"),
+    ],
+)
+def test_weak_secrets_refused_without_echoing_them(secret: str, why: str) -> None:
+    """Issue 14.8: TCHAT_SECRET needs ≥ 32 bytes and a plausible entropy estimate; the
+    error names the variable but never prints the value."""
+    with pytest.raises(SettingsError) as err:
+        load_settings(TCHAT_SECRET=secret)
+    assert "TCHAT_SECRET" in str(err.value) and why in str(err.value)
+    assert secret not in str(err.value)
+
+
+def test_strong_secrets_accepted(tmp_path: Path) -> None:
+    import secrets
+
+    for value in (
+        secrets.token_urlsafe(32),
+        secrets.token_hex(32),
+        "integration-secret-0123456789abcdef",
+    ):
+        assert load_settings(TCHAT_SECRET=value).token_secret() == value
+    generated = load_settings(TCHAT_DATA_DIR=str(tmp_path / "d")).token_secret()
+    assert len(generated) >= 43  # 32 random bytes, base64url
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "d" / "secret").stat().st_mode & 0o777 == 0o600

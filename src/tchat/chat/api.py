@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -33,6 +34,7 @@ from tchat.metrics import CHAT_REJECTED
 from tchat.rooms import valid_room
 
 _closing: set[asyncio.Future[None]] = set()  # keeps close tasks alive until done
+CLOSE_TOKEN_EXPIRED = 4401  # the socket's token expired: reconnect with a fresh one
 RoomPath = Annotated[str, Path(pattern=ROOM_PATTERN, description="Room name.")]
 
 
@@ -144,11 +146,31 @@ def mount(app: FastAPI, settings: Settings) -> None:
             except TokenError as exc:
                 await send(error_frame("unauthorized", str(exc)))
 
-        def overflow() -> None:
-            CHAT_REJECTED.labels("slow_listener").inc()
-            task = asyncio.ensure_future(websocket.close(code=1013, reason="listener too slow"))
+        def close_soon(code: int, reason: str) -> None:
+            task = asyncio.ensure_future(websocket.close(code=code, reason=reason))
             _closing.add(task)
             task.add_done_callback(_closing.discard)
+
+        def overflow() -> None:
+            CHAT_REJECTED.labels("slow_listener").inc()
+            close_soon(1013, "listener too slow")
+
+        expiry: asyncio.TimerHandle | None = None
+
+        def watch_expiry(g: Grant) -> None:
+            """Close with CLOSE_TOKEN_EXPIRED when the grant's token expires."""
+            nonlocal expiry
+            if expiry is not None:
+                expiry.cancel()
+            expiry = asyncio.get_running_loop().call_later(
+                max(0.0, g.expires_at - time.time()),
+                close_soon,
+                CLOSE_TOKEN_EXPIRED,
+                "token expired",
+            )
+
+        if grant is not None:
+            watch_expiry(grant)
 
         def hello(can_post: bool) -> dict[str, Any]:
             return {
@@ -177,6 +199,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
                     elif isinstance(frame, Auth):
                         try:
                             grant = verify_token(secret, frame.token, room, "chat")
+                            watch_expiry(grant)
                             await send(hello(True))
                         except TokenError as exc:
                             raise ProtocolError("unauthorized", str(exc)) from None
@@ -186,6 +209,12 @@ def mount(app: FastAPI, settings: Settings) -> None:
                             raise ProtocolError(
                                 "unauthorized", "posting needs a chat token (auth frame)"
                             )
+                        if time.time() >= grant.expires_at:  # checked on every post
+                            CHAT_REJECTED.labels("token_expired").inc()
+                            detail = "the token expired; reconnect with a fresh one"
+                            await send(error_frame("token_expired", detail, nonce))
+                            await websocket.close(CLOSE_TOKEN_EXPIRED, "token expired")
+                            break
                         message = await service.post(room, grant.identity, frame.text)
                         await send({"type": "ack", "nonce": nonce, "id": str(message.id)})
                 except ProtocolError as exc:
@@ -194,6 +223,8 @@ def mount(app: FastAPI, settings: Settings) -> None:
         except WebSocketDisconnect:
             pass
         finally:
+            if expiry is not None:
+                expiry.cancel()
             await service.leave(room, listener)
 
     app.include_router(router)

@@ -22,6 +22,7 @@ from pathlib import Path
 from tchat.aio import cancel_and_wait
 from tchat.chat.models import Message
 from tchat.chat.store import IdTaken, StoreBusy, StoreUnavailable
+from tchat.files import private_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -68,7 +69,7 @@ class SqliteChatStore:
         return conn
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # 0600: messages are not for other users of the host
         loop = asyncio.get_running_loop()
 
         def open_writer() -> sqlite3.Connection:

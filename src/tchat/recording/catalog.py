@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from tchat.files import private_file
+
 State = Literal["recording", "finalizing", "available", "failed", "expired"]
 STATES: tuple[str, ...] = get_args(State)
 
@@ -109,7 +111,7 @@ class Catalog:
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)  # 0600, like the secret
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
         self._lock = threading.Lock()
         with self._lock:
