@@ -6,7 +6,7 @@ set -euo pipefail
 if [ "${1:-all}" = run ]; then
   pkgs=(ffmpeg python3-venv)
 else
-  pkgs=(redis-server ffmpeg chromium maven openjdk-17-jre-headless python3-venv iproute2)
+  pkgs=(redis-server ffmpeg chromium maven openjdk-17-jre-headless python3-venv iproute2 nginx)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -41,16 +41,39 @@ def serve(host: str | None, port: int | None, sfu_instances: int | None) -> None
     settings = _load(TCHAT_HOST=host, TCHAT_PORT=port, NUM_SFU_INSTANCES=sfu_instances)
     import uvicorn
 
+    from tchat.admin import admin_url, bind_admin_socket
     from tchat.app import create_app
     from tchat.logs import setup_logging
 
     setup_logging(settings.log_level)
+    if settings.admin_port == settings.port:
+        click.echo("tchat: TCHAT_ADMIN_PORT must differ from TCHAT_PORT", err=True)
+        sys.exit(2)
     app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        ws="websockets-sansio",
+        ws_max_size=64 * 1024,  # a larger frame is closed with 1009 before it is buffered
+    )
+    public = config.bind_socket()
+    try:
+        admin = bind_admin_socket(settings.admin_port)
+    except OSError as exc:
+        click.echo(f"tchat: admin listener 127.0.0.1:{settings.admin_port}: {exc}", err=True)
+        sys.exit(2)
+    app.state.admin_port = admin.getsockname()[1]
     base = settings.base_url
     click.echo(f"tchat {__version__} serving on {base}")
     click.echo(f"  pages    {base}/  studio {base}/studio  watch {base}/watch/{{room}}")
+    click.echo(f"  admin    {admin_url(app.state.admin_port)} (this host only; never proxy it)")
     click.echo(
-        "  tokens   watch page gets chat tokens from /dev/token (local use)"
+        "  tokens   watch page gets chat tokens from the admin listener's /dev/token"
         if settings.dev_tokens_enabled
         else "  tokens   /dev/token off: viewers paste a token (tchat token --role chat)"
     )
@@ -63,17 +86,7 @@ def serve(host: str | None, port: int | None, sfu_instances: int | None) -> None
     click.echo(
         f"  store    chat={settings.chat_store} storage={settings.storage} data={settings.data_dir}"
     )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-        ws="websockets-sansio",
-        ws_max_size=64 * 1024,  # a larger frame is closed with 1009 before it is buffered
-    )
+    uvicorn.Server(config).run(sockets=[public, admin])
 
 
 @main.command()

@@ -70,6 +70,15 @@ class Settings(BaseSettings):
     # --- server -------------------------------------------------------------------
     host: str = Field("127.0.0.1", alias="TCHAT_HOST", description="Address the HTTP server binds.")
     port: int = Field(8080, ge=1, le=65535, alias="TCHAT_PORT", description="HTTP port.")
+    admin_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        alias="TCHAT_ADMIN_PORT",
+        description="Port of the admin listener, always on 127.0.0.1, the only one serving "
+        "local-only routes (/dev/token, /sfu/stats?viewers=true); never proxy it (0: any free "
+        "port, printed at start).",
+    )
     public_url: str = Field(
         "",
         alias="TCHAT_PUBLIC_URL",
@@ -315,8 +324,9 @@ class Settings(BaseSettings):
     web_dev_tokens: Literal["auto", "on", "off"] = Field(
         "auto",
         alias="WEB_DEV_TOKENS",
-        description="POST /dev/token hands viewer/chat tokens to anyone: auto = only when "
-        "bound to loopback with no TCHAT_PUBLIC_URL.",
+        description="POST /dev/token hands viewer/chat tokens to anyone who asks: auto = on "
+        "the admin listener, when bound to loopback with no TCHAT_PUBLIC_URL; on = on every "
+        "listener (never behind a public proxy); off.",
     )
 
     # --- performance suite (T070 and all) ----------------------------------------------

@@ -61,9 +61,12 @@ class Server:
     def __init__(self, tmp: Path, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_port = free_port()
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"  # local-only routes
         self.env = {
             **os.environ,
             "TCHAT_PORT": str(self.port),
+            "TCHAT_ADMIN_PORT": str(self.admin_port),
             "TCHAT_DATA_DIR": str(tmp / "data"),
             "TCHAT_SECRET": "integration-secret-0123456789abcdef",
             **env,

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -16,6 +19,7 @@ import pytest
 import websockets
 
 from tchat.auth import issue_token
+from tchat.perf.server import free_port
 from tchat.perf.sfu_load import SyntheticPublisher
 from tchat.perf.webrtc_peer import ClientPeer, Identity
 
@@ -178,3 +182,74 @@ def test_databases_and_secret_are_private(server_factory) -> None:  # type: igno
         mode = (data / name).stat().st_mode & 0o777
         assert mode & 0o077 == 0, f"{name} is {mode:o}"
     assert data.stat().st_mode & 0o077 == 0
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[Callable[[int], str]]:
+    """A real nginx reverse proxy with the default `proxy_pass` (Host: 127.0.0.1:PORT, no
+    forwarding headers) in front of a port; returns its URL."""
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(exe).exists():
+        pytest.fail("nginx is not installed: run scripts/setup-system.sh")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(upstream: int) -> str:
+        port = free_port()
+        root = tmp_path / f"nginx-{port}"
+        root.mkdir()
+        (root / "nginx.conf").write_text(
+            f"""
+            worker_processes 1;
+            pid {root}/nginx.pid;
+            error_log {root}/error.log;
+            events {{ worker_connections 64; }}
+            http {{
+              access_log off;
+              client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;
+              fastcgi_temp_path {root}/f; uwsgi_temp_path {root}/u; scgi_temp_path {root}/s;
+              server {{
+                listen 127.0.0.1:{port};
+                location / {{ proxy_pass http://127.0.0.1:{upstream}; }}
+              }}
+            }}
+            """
+        )
+        proc = subprocess.Popen(
+            [exe, "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"]
+        )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"nginx did not proxy: {(root / 'error.log').read_text()[-1000:]}")
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_local_only_routes_not_served_through_a_reverse_proxy(server_factory, nginx) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14.9: behind nginx's default proxy_pass (loopback peer, Host 127.0.0.1:PORT),
+    /dev/token and /sfu/stats?viewers=true are refused; the admin listener, which a proxy
+    never forwards to, still serves them to this host (before: both answered through the
+    proxy)."""
+    server = server_factory()
+    proxied = nginx(server.port)
+    body = {"room": "demo", "role": "chat"}
+    assert httpx.get(proxied + "/sfu/stats", timeout=10).status_code == 200  # it proxies
+    r = httpx.post(proxied + "/dev/token", json=body, timeout=10)
+    assert r.status_code == 403 and r.json()["error"] == "forbidden", r.text
+    r = httpx.get(proxied + "/sfu/stats", params={"viewers": "true"}, timeout=10)
+    assert r.status_code == 403, r.text
+    live = httpx.get(proxied + "/live", timeout=10).json()
+    assert live["dev_token_url"] == server.admin_url + "/dev/token"
+    r = httpx.post(live["dev_token_url"], json=body, timeout=10)
+    assert r.status_code == 200 and r.json()["identity"].startswith("dev-"), r.text
+    r = httpx.get(server.admin_url + "/sfu/stats", params={"viewers": "true"}, timeout=10)
+    assert r.status_code == 200 and r.json()["viewers"] == []

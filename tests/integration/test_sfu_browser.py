@@ -184,7 +184,9 @@ async def test_chromium_simulcast_publisher_to_chromium_viewer(
             ),
         )
         assert high["video"]["keyframes"] > low["video"]["keyframes"]
-        stats = (await client.get("/sfu/stats", params={"viewers": "true"})).json()
+        stats = (
+            await client.get(server.admin_url + "/sfu/stats", params={"viewers": "true"})
+        ).json()
         assert stats["viewers_connected"] == 1
         # Chrome negotiated transport-cc: its own TWCC feedback drives the estimate
         assert stats["adaptive_viewers"] == 1 and "twcc_malformed" not in stats["drops"]

@@ -34,10 +34,11 @@ import httpx
 import pytest
 
 from tchat.abr.policy import TIERS, oscillations
+from tchat.admin import admin_url
 from tchat.auth import issue_token
 from tchat.perf.netlab import NetLab, can_create_namespaces
 from tchat.perf.results import percentile
-from tchat.perf.server import serve_process
+from tchat.perf.server import free_port, serve_process
 from tchat.perf.sfu_load import AUDIO_LAYER, MEDIA_CACHE, SyntheticPublisher
 from tchat.perf.sfu_media import LATENCY_LAYERS, prepare
 from tchat.perf.webrtc_peer import Identity
@@ -97,7 +98,7 @@ async def _viewer(lab: NetLab, index: int, port: int, duration: float) -> dict[s
     return result
 
 
-async def _scenario(lab: NetLab, url: str) -> dict[str, Any]:
+async def _scenario(lab: NetLab, url: str, admin: str) -> dict[str, Any]:
     port = int(url.rsplit(":", 1)[1])
     media = prepare(MEDIA_CACHE, layers=LATENCY_LAYERS, cbr=True)
     stats: list[dict[str, Any]] = []
@@ -107,7 +108,7 @@ async def _scenario(lab: NetLab, url: str) -> dict[str, Any]:
         publisher = SyntheticPublisher(Identity.create(), media, ["l", "m", "h"], stamp=True)
         await publisher.start(client, ROOM, issue_token(SECRET, ROOM, "publisher", ttl_s=3600))
         await asyncio.sleep(3.0)  # the SFU measures each layer's rate over ≥ 2 s
-        poller = asyncio.create_task(_poll_stats(url, stop, stats))
+        poller = asyncio.create_task(_poll_stats(admin, stop, stats))  # per-viewer: admin only
 
         async def hysteresis() -> dict[str, Any]:
             link = lab.links[3]
@@ -150,9 +151,10 @@ def lab_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             "SFU_PUBLIC_IP": lab.links[0].host_ip,  # a host address every namespace routes to
             # T071 measures recording; here its FFmpeg would only steal one of two cores
             "SFU_RECORD": "false",
+            "TCHAT_ADMIN_PORT": str(admin_port := free_port()),
         }
         with serve_process(tmp_path_factory.mktemp("latency"), SECRET, env) as (_, url):
-            out = asyncio.run(_scenario(lab, url))
+            out = asyncio.run(_scenario(lab, url, admin_url(admin_port)))
         out["links"] = [(link.host_ip, link.ns_ip) for link in lab.links]
         yield out
     finally:

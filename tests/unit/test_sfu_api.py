@@ -10,25 +10,32 @@ from fastapi import FastAPI
 from tchat.config import load_settings
 from tchat.sfu import api as sfu_api
 
+ADMIN_PORT = 8099
 
-def _client(host: str) -> httpx.AsyncClient:
+
+def _client(peer: str, port: int = 8080) -> httpx.AsyncClient:
     app = FastAPI()
     app.state.components = []
+    app.state.admin_port = ADMIN_PORT
     sfu_api.mount(app, load_settings())
 
     async def stats(viewers: bool) -> dict[str, object]:
         return {"viewers": [] if viewers else 0}
 
     app.state.sfu_backend = SimpleNamespace(stats=stats)
-    transport = httpx.ASGITransport(app=app, client=(host, 40000))
-    return httpx.AsyncClient(transport=transport, base_url="http://test")
+    transport = httpx.ASGITransport(app=app, client=(peer, 40000))
+    return httpx.AsyncClient(transport=transport, base_url=f"http://127.0.0.1:{port}")
 
 
-async def test_per_viewer_stats_only_from_loopback() -> None:
-    """They name sessions (whose DELETE/PUT a token holder could use) and addresses."""
-    async with _client("203.0.113.7") as remote:
-        assert (await remote.get("/sfu/stats")).json() == {"viewers": 0}
-        denied = await remote.get("/sfu/stats", params={"viewers": "true"})
-        assert denied.status_code == 403 and denied.json()["error"] == "forbidden"
-    async with _client("127.0.0.1") as local:
-        assert (await local.get("/sfu/stats", params={"viewers": "true"})).json() == {"viewers": []}
+async def test_per_viewer_stats_only_on_the_admin_listener() -> None:
+    """They name sessions (whose DELETE/PUT a token holder could use) and addresses. A
+    reverse proxy on this host connects from loopback with Host 127.0.0.1:8080: neither
+    the peer address nor Host tells it from a local user; the listener does."""
+    for peer in ("203.0.113.7", "127.0.0.1"):
+        async with _client(peer) as public:
+            assert (await public.get("/sfu/stats")).json() == {"viewers": 0}
+            denied = await public.get("/sfu/stats", params={"viewers": "true"})
+            assert denied.status_code == 403 and denied.json()["error"] == "forbidden"
+            assert "admin listener" in denied.json()["detail"]
+    async with _client("127.0.0.1", ADMIN_PORT) as admin:
+        assert (await admin.get("/sfu/stats", params={"viewers": "true"})).json() == {"viewers": []}

@@ -16,10 +16,14 @@ SECRET = "unit-secret-0123456789abcdef0123"
 HTML = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 
 
+ADMIN_PORT = 8099
+
+
 def app_with(settings: Settings) -> FastAPI:
     app = FastAPI()
     app.state.components = []
     app.state.secret = SECRET
+    app.state.admin_port = ADMIN_PORT
     app.state.sfu = SimpleNamespace(live_rooms=lambda: {})
 
     @app.get("/recordings/{rec_id}")
@@ -30,9 +34,10 @@ def app_with(settings: Settings) -> FastAPI:
     return app
 
 
-def client(settings: Settings) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app_with(settings))
-    return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080")
+def client(settings: Settings, port: int = 8080, peer: str = "127.0.0.1") -> httpx.AsyncClient:
+    """A client of the public listener (8080), or of the admin one (port=ADMIN_PORT)."""
+    transport = httpx.ASGITransport(app=app_with(settings), client=(peer, 40000))
+    return httpx.AsyncClient(transport=transport, base_url=f"http://127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize(
@@ -65,30 +70,72 @@ async def test_recording_page_for_browsers_json_for_api_clients() -> None:
             r = await c.get(path)
             assert r.status_code == 200 and script in r.text, path
         assert (await c.get("/static/common.js")).status_code == 200
-        assert (await c.get("/live")).json() == {"rooms": [], "dev_tokens": True}
+        assert (await c.get("/live")).json() == {
+            "rooms": [],
+            "dev_tokens": True,
+            "dev_token_url": f"http://127.0.0.1:{ADMIN_PORT}/dev/token",
+        }
 
 
 async def test_dev_token_issues_chat_tokens_only_when_enabled() -> None:
-    async with client(load_settings()) as c:
+    async with client(load_settings(), port=ADMIN_PORT) as c:
         r = await c.post("/dev/token", json={"room": "demo", "role": "chat"})
         assert r.status_code == 200
         verify_token(SECRET, r.json()["token"], "demo", "chat")
         # never a publisher token, and a bad room name is a 422 with the reason
         assert (await c.post("/dev/token", json={"room": "demo", "role": "publisher"})).is_error
         assert (await c.post("/dev/token", json={"room": "a b", "role": "chat"})).status_code == 422
-    async with client(load_settings(TCHAT_HOST="0.0.0.0")) as c:
+    async with client(load_settings(TCHAT_HOST="0.0.0.0"), port=ADMIN_PORT) as c:
         r = await c.post("/dev/token", json={"room": "demo", "role": "chat"})
         assert r.status_code == 403 and r.json()["error"] == "forbidden"
-    # on loopback defaults, still only for requests addressed to this machine directly:
-    # not through a reverse proxy, nor from a page whose name was rebound to 127.0.0.1
+    # on loopback defaults, only on the admin listener, addressed by a loopback name: not
+    # on the public one (what a reverse proxy on this host forwards to: loopback peer,
+    # Host 127.0.0.1:8080), nor from a page whose name was rebound to 127.0.0.1
+    body = {"room": "demo", "role": "chat"}
     async with client(load_settings()) as c:
-        body = {"room": "demo", "role": "chat"}
-        for headers in ({"host": "evil.example"}, {"x-forwarded-for": "203.0.113.9"}):
-            r = await c.post("/dev/token", json=body, headers=headers)
-            assert r.status_code == 403, headers
-        assert (
-            await c.post("/dev/token", json=body, headers={"host": "localhost:8080"})
-        ).is_success
+        r = await c.post("/dev/token", json=body)
+        assert r.status_code == 403 and "admin listener" in r.json()["detail"]
+    async with client(load_settings(), port=ADMIN_PORT) as c:
+        r = await c.post("/dev/token", json=body, headers={"host": "evil.example"})
+        assert r.status_code == 403
+        assert (await c.post("/dev/token", json=body, headers={"host": "localhost"})).is_success
+
+
+async def test_dev_tokens_one_identity_per_address_and_rate_limited() -> None:
+    """Issue 14.8: fresh tokens do not buy a fresh chat rate limit (one identity per source
+    address), and issuing them is itself limited per address."""
+    body = {"room": "demo", "role": "chat"}
+    async with client(load_settings(WEB_DEV_TOKENS="on"), peer="203.0.113.5") as c:
+        ids = set()
+        codes = []
+        for _ in range(pages.DEV_TOKEN_BURST + 5):
+            r = await c.post("/dev/token", json=body)
+            codes.append(r.status_code)
+            if r.status_code == 200:
+                ids.add(verify_token(SECRET, r.json()["token"], "demo", "chat").identity)
+        assert codes.count(200) == pages.DEV_TOKEN_BURST and codes.count(429) == 5
+        assert len(ids) == 1
+    async with client(load_settings(WEB_DEV_TOKENS="on"), peer="203.0.113.6") as c:
+        other = verify_token(SECRET, (await c.post("/dev/token", json=body)).json()["token"],
+                             "demo", "chat").identity  # fmt: skip
+        assert other not in ids
+
+
+async def test_dev_token_cors_only_for_own_pages() -> None:
+    """The pages (public listener's origin) may call the admin listener; other origins not."""
+    async with client(load_settings(), port=ADMIN_PORT) as c:
+        own = {"origin": "http://127.0.0.1:8080"}
+        pre = await c.options(
+            "/dev/token", headers={**own, "access-control-request-method": "POST"}
+        )
+        assert pre.headers["access-control-allow-origin"] == "http://127.0.0.1:8080"
+        r = await c.post("/dev/token", json={"room": "d", "role": "chat"}, headers=own)
+        assert r.headers["access-control-allow-origin"] == "http://127.0.0.1:8080"
+        evil = {"origin": "http://evil.example"}
+        pre = await c.options("/dev/token", headers=evil)
+        assert "access-control-allow-origin" not in pre.headers
+        r = await c.post("/dev/token", json={"room": "d", "role": "chat"}, headers=evil)
+        assert "access-control-allow-origin" not in r.headers
 
 
 def test_token_url_points_at_the_page_with_the_token_in_the_fragment(

@@ -8,7 +8,6 @@ wrong token, 404 unknown room/session, 409 room already published, 503 full.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
@@ -17,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from tchat.admin import admin_only
 from tchat.auth import TokenError, bearer, verify_token
 from tchat.config import Settings
 from tchat.http import BodyTooLarge, body_schema, json_error, read_body, read_model, too_large
@@ -31,14 +31,6 @@ CODES = {400: "bad_sdp", 404: "not_found", 409: "conflict", 503: "unavailable"}
 
 class LayerRequest(BaseModel):
     max_layer: int = Field(ge=0, le=2, description="Highest simulcast layer: 0 low … 2 high.")
-
-
-def _from_loopback(request: Request) -> bool:
-    host = request.client.host if request.client else ""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _auth(request: Request, room: str, role: Role) -> JSONResponse | None:
@@ -229,7 +221,8 @@ def mount(app: FastAPI, settings: Settings) -> None:
         """Counters of the SFU (with several instances: each instance's and their sums):
         peers, delivered packets, dropped datagrams by reason; `?viewers=true` adds each
         adaptive viewer's estimate, layer, tier and switches (one instance) — only to
-        clients on the host itself, since it names sessions and addresses."""
-        if viewers and not _from_loopback(request):
-            return json_error(403, "forbidden", "per-viewer stats are served on loopback only")
+        clients on the host itself (the admin listener), since it names sessions and
+        addresses."""
+        if viewers and (denied := admin_only(request, "per-viewer stats")):
+            return denied
         return await backend_of(request).stats(viewers)

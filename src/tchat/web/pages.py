@@ -12,7 +12,9 @@ and no public URL, or WEB_DEV_TOKENS=on), `POST /dev/token` for viewer/chat toke
 
 from __future__ import annotations
 
+import hmac
 import re
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,12 +24,16 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tchat.admin import LOCAL_NAMES, admin_only, admin_url
 from tchat.auth import issue_token
+from tchat.chat.protocol import RateLimiter
 from tchat.config import Settings
-from tchat.http import json_error
+from tchat.http import BodyTooLarge, body_schema, json_error, read_model, too_large
 from tchat.rooms import ROOM_PATTERN
 
 STATIC = Path(__file__).parent / "static"
+DEV_TOKENS_PER_S = 0.5  # per source address, after a burst of
+DEV_TOKEN_BURST = 20
 _RECORDING_PAGE = re.compile(r"^/recordings/[A-Za-z0-9_-]{1,64}/?$")
 
 
@@ -81,16 +87,6 @@ def _live_recording_id(app: FastAPI, live: Any, room: str) -> str | None:
     return recs[0].id if recs else None
 
 
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
-
-
-def _local_request(request: Request) -> bool:
-    """Addressed to this machine by name (Host) and not relayed by a proxy."""
-    host = request.headers.get("host", "").rsplit(":", 1)[0].lower()
-    relayed = "x-forwarded-for" in request.headers or "forwarded" in request.headers
-    return host in LOCAL_HOSTS and not relayed
-
-
 class RecordingPageMiddleware:
     """`GET /recordings/{id}` from a browser navigation (Accept: text/html) gets the replay
     page; everything else passes through untouched to the JSON API."""
@@ -128,27 +124,81 @@ def mount(app: FastAPI, settings: Settings) -> None:
     async def watch(room: str) -> Response:
         return _page("watch.html")
 
+    def dev_token_url(request: Request) -> str | None:
+        """Where the pages get dev tokens: the admin listener (auto), here (on), nowhere."""
+        if not dev_tokens:
+            return None
+        port = getattr(request.app.state, "admin_port", None)
+        if settings.web_dev_tokens == "on" or port is None:
+            return "/dev/token"
+        return admin_url(port) + "/dev/token"
+
     @app.get("/live", tags=["web"])
     async def live(request: Request) -> JSONResponse:
-        """Rooms live now (publisher connected), most watched first."""
+        """Rooms live now (publisher connected), most watched first; where the pages get
+        dev tokens (`dev_token_url`, null when off)."""
         return JSONResponse(
-            {"rooms": live_rooms(request.app), "dev_tokens": dev_tokens},
+            {
+                "rooms": live_rooms(request.app),
+                "dev_tokens": dev_tokens,
+                "dev_token_url": dev_token_url(request),
+            },
             headers={"Cache-Control": "no-store"},
         )
 
-    @app.post("/dev/token", tags=["web"])
-    async def dev_token(body: TokenRequest, request: Request) -> Response:
-        """Local development only: a viewer or chat token for anyone who asks (never a
-        publisher token). 403 unless WEB_DEV_TOKENS allows it."""
+    # the pages are served by the public listener and ask the admin one: a cross-origin
+    # request, allowed for this server's own page origins only
+    own_origins = {
+        settings.base_url.rstrip("/"),
+        *(f"http://{name}:{settings.port}" for name in LOCAL_NAMES),
+    }
+    issued = RateLimiter(DEV_TOKENS_PER_S, DEV_TOKEN_BURST, time.monotonic)
+
+    def cors(request: Request) -> dict[str, str]:
+        origin = request.headers.get("origin", "")
+        if origin in own_origins:
+            return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        return {"Vary": "Origin"}
+
+    def with_cors(response: Response, request: Request) -> Response:
+        response.headers.update(cors(request))
+        return response
+
+    @app.options("/dev/token", include_in_schema=False)
+    async def dev_token_preflight(request: Request) -> Response:
+        headers = cors(request)
+        if "Access-Control-Allow-Origin" in headers:
+            headers["Access-Control-Allow-Methods"] = "POST"
+            headers["Access-Control-Allow-Headers"] = "content-type"
+            headers["Access-Control-Max-Age"] = "600"
+        return Response(status_code=204, headers=headers)
+
+    @app.post("/dev/token", tags=["web"], openapi_extra=body_schema(TokenRequest))
+    async def dev_token(request: Request) -> Response:
+        """Local development only: a viewer or chat token (never a publisher token) for
+        anyone who asks, `{"room", "role"}`. With WEB_DEV_TOKENS=auto only on the admin
+        listener; 403 when off. The token's identity is one per source address (`dev-…`),
+        so chat rate limits hold per address however many tokens it takes; issuing is
+        rate-limited per address too (429)."""
         if not dev_tokens:
-            return json_error(
-                403,
-                "forbidden",
-                "dev tokens are off (server not on loopback defaults); paste a token",
-            )
-        if settings.web_dev_tokens == "auto" and not _local_request(request):
-            # a reverse proxy on this host, or a DNS-rebound page, is not local use
-            return json_error(403, "forbidden", "dev tokens are served to local requests only")
+            detail = "dev tokens are off (server not on loopback defaults); paste a token"
+            return with_cors(json_error(403, "forbidden", detail), request)
+        if settings.web_dev_tokens == "auto" and (denied := admin_only(request, "dev tokens")):
+            return with_cors(denied, request)
+        client = request.client.host if request.client else "unknown"
+        if not issued.allow(client):
+            wait = max(1, round(issued.retry_after(client)))
+            denied = json_error(429, "rate_limited", f"too many dev tokens; retry in {wait}s")
+            denied.headers["Retry-After"] = str(wait)
+            return with_cors(denied, request)
+        try:
+            body = await read_model(request, TokenRequest, 1024)
+        except BodyTooLarge as exc:
+            return with_cors(too_large(exc), request)
         secret: str = request.app.state.secret
-        token = issue_token(secret, body.room, body.role, ttl_s=settings.token_ttl)
-        return JSONResponse({"token": token, "room": body.room, "role": body.role})
+        identity = "dev-" + hmac.new(secret.encode(), client.encode(), "sha256").hexdigest()[:12]
+        token = issue_token(secret, body.room, body.role, identity, ttl_s=settings.token_ttl)
+        return JSONResponse(
+            {"token": token, "room": body.room, "role": body.role, "identity": identity},
+            headers=cors(request),
+        )

@@ -38,13 +38,16 @@ export function tokenFromHash() {
 }
 
 // A viewer/chat token: the fragment's, one remembered for the room, or one the server
-// hands out in local development (POST /dev/token); "" when none is available.
+// hands out in local development (POST /dev/token on its admin listener, whose URL
+// /live gives); "" when none is available.
 export async function viewerToken(room) {
   const key = `tchat:token:${room}`;
   const given = tokenFromHash() || sessionStorage.getItem(key);
   if (given) return given;
   try {
-    const resp = await fetch("/dev/token", {
+    const url = (await getJson("/live")).dev_token_url;
+    if (!url) return "";
+    const resp = await fetch(url, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ room, role: "chat" }),
