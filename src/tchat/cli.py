@@ -60,6 +60,9 @@ def serve(host: str | None, port: int | None, sfu_instances: int | None) -> None
         access_log=False,
         ws="websockets-sansio",
         ws_max_size=64 * 1024,  # a larger frame is closed with 1009 before it is buffered
+        # the client address a proxy names in X-Forwarded-For, from these peers only
+        proxy_headers=True,
+        forwarded_allow_ips=settings.trusted_proxies,
     )
     public = config.bind_socket()
     try:

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     token_ttl: Duration = Field(
         86400.0, gt=0, alias="TCHAT_TOKEN_TTL", description="Lifetime of issued tokens."
     )
+    trusted_proxies: str = Field(
+        "127.0.0.1",
+        alias="TCHAT_TRUSTED_PROXIES",
+        description="Peers whose X-Forwarded-For names the client (per-address limits, dev "
+        "tokens): comma-separated addresses, or * for any.",
+    )
     log_level: str = Field(
         "info", alias="LOG_LEVEL", description="Log verbosity: debug, info, warn, error."
     )
@@ -266,11 +272,34 @@ class Settings(BaseSettings):
         alias="SFU_MAX_PEERS",
         description="WHIP/WHEP sessions per SFU worker before 503.",
     )
+    sfu_max_connecting_per_identity: int = Field(
+        4,
+        ge=1,
+        alias="SFU_MAX_CONNECTING_PER_IDENTITY",
+        description="WHIP/WHEP sessions one token identity may have connecting (ICE/DTLS not "
+        "done) at once; more get 429.",
+    )
+    sfu_max_connecting_per_address: int = Field(
+        16,
+        ge=1,
+        alias="SFU_MAX_CONNECTING_PER_ADDRESS",
+        description="WHIP/WHEP sessions one client address may have connecting at once; more "
+        "get 429.",
+    )
+    sfu_publisher_reserve: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        alias="SFU_PUBLISHER_RESERVE",
+        description="Share of SFU_MAX_PEERS only publishers may use: viewers get 503 past the "
+        "rest.",
+    )
     sfu_max_load: float = Field(
         0.9,
         gt=0,
         alias="SFU_MAX_LOAD",
-        description="Refuse new sessions (503) while the worker uses more CPU than this, in cores.",
+        description="Refuse new sessions (503) while the SFU's own work (its datagram and "
+        "timer handlers; a node process's CPU) exceeds this, in cores.",
     )
     sfu_record: bool = Field(
         True,

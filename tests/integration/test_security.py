@@ -253,3 +253,52 @@ def test_local_only_routes_not_served_through_a_reverse_proxy(server_factory, ng
     assert r.status_code == 200 and r.json()["identity"].startswith("dev-"), r.text
     r = httpx.get(server.admin_url + "/sfu/stats", params={"viewers": "true"}, timeout=10)
     assert r.status_code == 200 and r.json()["viewers"] == []
+
+
+async def test_half_open_sessions_limited_and_publishers_keep_a_share(server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14.4: WHEP offers that never connect are limited per token identity and per
+    client address (429 with Retry-After), and viewers cannot take the publishers' share
+    of SFU_MAX_PEERS (before: one viewer token made 759 half-open peers, and WHIP got 503).
+    The client address is the X-Forwarded-For of a trusted proxy (here loopback, the
+    default TCHAT_TRUSTED_PROXIES)."""
+    server = server_factory(
+        SFU_MAX_PEERS="12",
+        SFU_MAX_CONNECTING_PER_ADDRESS="6",
+        SFU_CONNECT_TIMEOUT="120s",  # nothing here connects; the box may be slow
+    )
+    offer = ClientPeer(Identity.create()).offer()
+    pub_offer = ClientPeer(Identity.create()).offer(rids=["h"], publish=True)
+
+    async def post(path: str, role: str, who: str, addr: str, body: str) -> httpx.Response:
+        room = path.rsplit("/", 1)[1]
+        headers = {
+            "authorization": f"Bearer {issue_token(SECRET, room, role, who)}",
+            "content-type": SDP,
+            "x-forwarded-for": addr,
+        }
+        return await client.post(path, content=body, headers=headers)
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        assert (
+            await post("/whip/half", "publisher", "p", "10.0.0.1", pub_offer)
+        ).status_code == 201
+        for _ in range(4):  # SFU_MAX_CONNECTING_PER_IDENTITY defaults to 4
+            assert (
+                await post("/whep/half", "viewer", "alice", "10.0.0.1", offer)
+            ).status_code == 201
+        r = await post("/whep/half", "viewer", "alice", "10.0.0.9", offer)
+        assert r.status_code == 429 and r.json()["error"] == "too_many_sessions", r.text
+        assert "token" in r.json()["detail"] and int(r.headers["retry-after"]) > 0
+        assert (await post("/whep/half", "viewer", "bob", "10.0.0.1", offer)).status_code == 201
+        r = await post("/whep/half", "viewer", "carol", "10.0.0.1", offer)  # 6 from 10.0.0.1
+        assert r.status_code == 429 and "address" in r.json()["detail"], r.text
+        for i in range(5):  # fill the viewers' share: 11 of 12 sessions
+            r = await post("/whep/half", "viewer", f"v{i}", f"10.0.1.{i}", offer)
+            assert r.status_code == 201, r.text
+        r = await post("/whep/half", "viewer", "dave", "10.0.2.1", offer)
+        assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
+        r = await post("/whip/second", "publisher", "p2", "10.0.2.2", pub_offer)
+        assert r.status_code == 201, r.text  # the publishers' reserve
+        r = await post("/whip/third", "publisher", "p3", "10.0.2.3", pub_offer)
+        assert r.status_code == 503, r.text
+        assert (await client.get("/sfu/stats")).json()["peers"] == 12

@@ -4,6 +4,7 @@ teardown, demultiplexing of junk."""
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 from aioice import stun
@@ -77,6 +78,81 @@ def test_overload_refuses_new_sessions(identity: Identity) -> None:
     cpu[0] += 0.3
     w.tick(clock.t)
     w.add_viewer("r", ClientPeer(identity).offer())
+
+
+def test_load_is_the_sfus_own_work_not_the_process(identity: Identity) -> None:
+    """Issue 14.4: CPU this process spends outside the SFU's handlers (HTTP, chat) does not
+    count; time in its datagram handlers does. Before, the gate read the process's CPU, so
+    an HTTP flood made every WHIP a 503."""
+    clock = Clock()
+    w = SfuWorker(SfuSettings(max_load=0.9), clock=clock)
+    w.tick(clock.t)
+    start = time.process_time()
+    deadline = time.monotonic() + 60
+    while time.process_time() - start < 1.2 and time.monotonic() < deadline:
+        sum(i * i for i in range(10_000))  # "HTTP" work: a second of this process's CPU
+    assert time.process_time() - start >= 1.2
+    clock.t += 1.0
+    w.tick(clock.t)
+    assert w.load < 0.5
+    w.add_publisher("r", ClientPeer(identity).offer(publish=True))
+    # the SFU's own handlers: a busy clock that advances 0.2 s per reading
+    busy = [0.0]
+
+    def busy_clock() -> float:
+        busy[0] += 0.1
+        return busy[0]
+
+    w = SfuWorker(SfuSettings(max_load=0.9), clock=clock, busy_clock=busy_clock)
+    w.add_publisher("r", ClientPeer(identity).offer(publish=True))
+    w.tick(clock.t)
+    for _ in range(10):
+        w.datagram_received(b"\xff junk", ("127.0.0.1", 9))  # 0.1 s each
+    clock.t += 1.0
+    w.tick(clock.t)
+    assert w.load >= 0.95
+    with pytest.raises(SessionError, match="overloaded"):
+        w.add_viewer("r", ClientPeer(identity).offer())
+
+
+def test_viewers_leave_a_share_to_publishers(identity: Identity) -> None:
+    """Issue 14.4: viewers are refused at SFU_MAX_PEERS less the publishers' reserve."""
+    w = make(Clock(), max_peers=20, publisher_reserve=0.1)
+    w.add_publisher("r", ClientPeer(identity).offer(publish=True))
+    for _ in range(17):
+        w.add_viewer("r", ClientPeer(identity).offer())
+    with pytest.raises(SessionError) as full:
+        w.add_viewer("r", ClientPeer(identity).offer())
+    assert full.value.status == 503 and len(w.peers) == 18
+    w.add_publisher("r2", ClientPeer(identity).offer(publish=True))
+    w.add_publisher("r3", ClientPeer(identity).offer(publish=True))
+    with pytest.raises(SessionError):
+        w.add_publisher("r4", ClientPeer(identity).offer(publish=True))
+
+
+def test_connecting_sessions_limited_per_identity_and_address(identity: Identity) -> None:
+    """Issue 14.4: a token, or an address, holds only so many sessions that have not
+    connected yet (each holds a DTLS context and a slot for SFU_CONNECT_TIMEOUT)."""
+    clock = Clock()
+    w = make(clock, max_connecting_per_identity=2, max_connecting_per_address=3)
+    w.add_publisher("r", ClientPeer(identity).offer(publish=True), "pub", "10.0.0.1")
+    offer = ClientPeer(identity).offer()
+    a = [w.add_viewer("r", offer, owner="a", source="10.0.0.2")[0] for _ in range(2)]
+    with pytest.raises(SessionError) as same_token:
+        w.add_viewer("r", offer, owner="a", source="10.0.0.9")
+    assert same_token.value.status == 429 and "token" in str(same_token.value)
+    w.add_viewer("r", offer, owner="b", source="10.0.0.2")
+    with pytest.raises(SessionError) as same_address:
+        w.add_viewer("r", offer, owner="c", source="10.0.0.2")
+    assert same_address.value.status == 429 and "address" in str(same_address.value)
+    w.add_viewer("r", offer, owner="c", source="10.0.0.3")  # others are not affected
+    w.close_peer(a[0], "DELETE")  # a session that ends frees its slot
+    w.add_viewer("r", offer, owner="a", source="10.0.0.2")
+    clock.t += 16  # and so does one that never connects (all of them here)
+    w.tick(clock.t)
+    assert not w.connecting and not w.peers
+    w.add_publisher("r", ClientPeer(identity).offer(publish=True), "a", "10.0.0.2")
+    w.add_viewer("r", offer, owner="a", source="10.0.0.2")
 
 
 def test_unfinished_handshake_and_lost_consent_close_sessions(identity: Identity) -> None:

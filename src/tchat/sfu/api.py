@@ -3,7 +3,9 @@ process, or several instance processes (sfu/cluster_api.py).
 
 POST an SDP offer with a Bearer token → 201, the SDP answer and a Location whose
 DELETE ends the session. Errors are JSON: 400 bad SDP, 401 missing token, 403
-wrong token, 404 unknown room/session, 409 room already published, 503 full.
+wrong token, 404 unknown room/session, 409 room already published, 413 offer over
+64 KiB, 429 too many sessions of this token or address still connecting, 503 full
+(Retry-After on 429 and 503).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from tchat.admin import admin_only
-from tchat.auth import TokenError, bearer, verify_token
+from tchat.auth import Grant, TokenError, bearer, verify_token
 from tchat.config import Settings
 from tchat.http import BodyTooLarge, body_schema, json_error, read_body, read_model, too_large
 from tchat.rooms import ROOM_RULE, valid_room
@@ -26,24 +28,40 @@ from tchat.sfu.settings import SfuSettings
 from tchat.sfu.worker import Peer, Role, SessionError, SfuWorker
 
 LAYERS = {"low": 0, "mid": 1, "high": 2}
-CODES = {400: "bad_sdp", 404: "not_found", 409: "conflict", 503: "unavailable"}
+CODES = {
+    400: "bad_sdp",
+    404: "not_found",
+    409: "conflict",
+    429: "too_many_sessions",
+    503: "unavailable",
+}
 
 
 class LayerRequest(BaseModel):
     max_layer: int = Field(ge=0, le=2, description="Highest simulcast layer: 0 low … 2 high.")
 
 
-def _auth(request: Request, room: str, role: Role) -> JSONResponse | None:
-    """The error response for a bad room name or token; None when the request may go on."""
+def _grant(request: Request, room: str, role: Role) -> Grant | JSONResponse:
+    """The token's grant, or the error response for a bad room name or token."""
     if not valid_room(room):
         return json_error(400, "bad_request", f"invalid room name: {ROOM_RULE}")
     token = bearer(request.headers.get("authorization"))
     try:
-        verify_token(request.app.state.secret, token, room, role)
+        return verify_token(request.app.state.secret, token, room, role)
     except TokenError as exc:
         status = 401 if token is None else 403
         return json_error(status, "unauthorized" if status == 401 else "forbidden", str(exc))
-    return None
+
+
+def _auth(request: Request, room: str, role: Role) -> JSONResponse | None:
+    """The error response for a bad room name or token; None when the request may go on."""
+    grant = _grant(request, room, role)
+    return grant if isinstance(grant, JSONResponse) else None
+
+
+def _source(request: Request) -> str:
+    """The client address (a trusted proxy's X-Forwarded-For, see TCHAT_TRUSTED_PROXIES)."""
+    return request.client.host if request.client else ""
 
 
 async def _offer(request: Request) -> str | JSONResponse:
@@ -74,11 +92,16 @@ class SfuBackend(Protocol):
     instance processes of a cluster (`cluster_api.Cluster`). Failures raise
     `SessionError` (status and message; `SdpError` for a bad offer)."""
 
-    async def publish(self, room: str, offer: str) -> tuple[str, str]:
-        """(session id, SDP answer)."""
+    async def publish(
+        self, room: str, offer: str, owner: str = "", source: str = ""
+    ) -> tuple[str, str]:
+        """(session id, SDP answer). `owner` (token identity) and `source` (client
+        address) count against the limits on sessions still connecting."""
         ...
 
-    async def view(self, room: str, offer: str, max_layer: int) -> tuple[str, str]: ...
+    async def view(
+        self, room: str, offer: str, max_layer: int, owner: str = "", source: str = ""
+    ) -> tuple[str, str]: ...
 
     async def end(self, room: str, session: str, role: Role) -> None: ...
 
@@ -93,12 +116,16 @@ class LocalSfu:
     def __init__(self, worker: SfuWorker) -> None:
         self.worker = worker
 
-    async def publish(self, room: str, offer: str) -> tuple[str, str]:
-        peer, answer = self.worker.add_publisher(room, offer)
+    async def publish(
+        self, room: str, offer: str, owner: str = "", source: str = ""
+    ) -> tuple[str, str]:
+        peer, answer = self.worker.add_publisher(room, offer, owner, source)
         return peer.id, answer
 
-    async def view(self, room: str, offer: str, max_layer: int) -> tuple[str, str]:
-        peer, answer = self.worker.add_viewer(room, offer, max_layer)
+    async def view(
+        self, room: str, offer: str, max_layer: int, owner: str = "", source: str = ""
+    ) -> tuple[str, str]:
+        peer, answer = self.worker.add_viewer(room, offer, max_layer, owner, source)
         return peer.id, answer
 
     def _peer(self, room: str, session: str, role: Role) -> Peer:
@@ -120,7 +147,10 @@ class LocalSfu:
 def _failed(exc: SdpError | SessionError) -> JSONResponse:
     if isinstance(exc, SdpError):
         return json_error(400, "bad_sdp", str(exc))
-    return json_error(exc.status, CODES.get(exc.status, "unavailable"), str(exc))
+    response = json_error(exc.status, CODES.get(exc.status, "unavailable"), str(exc))
+    if exc.status in (429, 503):
+        response.headers["Retry-After"] = "2"
+    return response
 
 
 def _local_component(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
@@ -155,13 +185,16 @@ def mount(app: FastAPI, settings: Settings) -> None:
     @app.post("/whip/{room}", tags=["sfu"], status_code=201)
     async def whip(room: str, request: Request) -> Response:
         """Publish: SDP offer in (Opus, H.264/VP8, ≤ 3 simulcast rids), answer out."""
-        if denied := _auth(request, room, "publisher"):
-            return denied
+        grant = _grant(request, room, "publisher")
+        if isinstance(grant, Response):
+            return grant
         offer = await _offer(request)
         if isinstance(offer, Response):
             return offer
         try:
-            session, answer = await backend_of(request).publish(room, offer)
+            session, answer = await backend_of(request).publish(
+                room, offer, grant.identity, _source(request)
+            )
         except (SdpError, SessionError) as exc:
             return _failed(exc)
         return _created(answer, f"/whip/{room}/{session}")
@@ -169,15 +202,18 @@ def mount(app: FastAPI, settings: Settings) -> None:
     @app.post("/whep/{room}", tags=["sfu"], status_code=201)
     async def whep(room: str, request: Request, layer: str = "high") -> Response:
         """Watch: SDP offer in (recvonly), answer out; `?layer=low|mid|high` caps quality."""
-        if denied := _auth(request, room, "viewer"):
-            return denied
+        grant = _grant(request, room, "viewer")
+        if isinstance(grant, Response):
+            return grant
         if layer not in LAYERS:
             return json_error(400, "bad_request", "layer must be low, mid or high")
         offer = await _offer(request)
         if isinstance(offer, Response):
             return offer
         try:
-            session, answer = await backend_of(request).view(room, offer, LAYERS[layer])
+            session, answer = await backend_of(request).view(
+                room, offer, LAYERS[layer], grant.identity, _source(request)
+            )
         except (SdpError, SessionError) as exc:
             return _failed(exc)
         return _created(answer, f"/whep/{room}/{session}")

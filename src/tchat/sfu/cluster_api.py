@@ -100,7 +100,9 @@ class Cluster:
         return data
 
     # --- the routes' backend (api.SfuBackend) ------------------------------------------
-    async def publish(self, room: str, offer: str) -> tuple[str, str]:
+    async def publish(
+        self, room: str, offer: str, owner: str = "", source: str = ""
+    ) -> tuple[str, str]:
         try:
             insts = await self.routing.instances()
             by_id = {i.id: i for i in insts}
@@ -114,10 +116,13 @@ class Cluster:
                 raise SessionError(409, f"room {room!r} is going live elsewhere")
         except RoutingUnavailable as exc:
             raise _unavailable(exc) from None
-        data = await self._ok("POST", target, "/publish", {"room": room, "offer": offer})
+        body = {"room": room, "offer": offer, "owner": owner, "source": source}
+        data = await self._ok("POST", target, "/publish", body)
         return f"{target.id}.{data['peer']}", str(data["answer"])
 
-    async def view(self, room: str, offer: str, max_layer: int) -> tuple[str, str]:
+    async def view(
+        self, room: str, offer: str, max_layer: int, owner: str = "", source: str = ""
+    ) -> tuple[str, str]:
         try:
             insts = await self.routing.instances()
             origin_id = await self.routing.route(room)
@@ -128,7 +133,13 @@ class Cluster:
             raise SessionError(404, f"room {room!r} has no publisher")
         target = pick(insts, self.pending(insts), origin.id)
         assert target is not None  # the origin itself is a candidate
-        body: dict[str, Any] = {"room": room, "offer": offer, "max_layer": max_layer}
+        body: dict[str, Any] = {
+            "room": room,
+            "offer": offer,
+            "max_layer": max_layer,
+            "owner": owner,
+            "source": source,
+        }
         if target.id != origin.id:
             body["origin"] = {
                 "id": origin.id,

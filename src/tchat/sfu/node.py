@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from typing import Any
 
 import httpx
@@ -44,6 +45,8 @@ def control_key(secret: str) -> str:
 class PublishBody(BaseModel):
     room: str = Field(pattern=ROOM_PATTERN)
     offer: str = Field(max_length=64 * 1024)
+    owner: str = Field("", max_length=256)  # token identity (limits on connecting sessions)
+    source: str = Field("", max_length=64)  # client address
 
 
 class Origin(BaseModel):
@@ -90,7 +93,7 @@ def control_app(worker: ClusterWorker, key: str, instance_id: str) -> FastAPI:
     @app.post("/publish")
     async def publish(body: PublishBody) -> Any:
         try:
-            peer, answer = worker.add_publisher(body.room, body.offer)
+            peer, answer = worker.add_publisher(body.room, body.offer, body.owner, body.source)
         except (SdpError, SessionError) as exc:
             return _error(exc)
         return {"peer": peer.id, "answer": answer}
@@ -130,7 +133,9 @@ def control_app(worker: ClusterWorker, key: str, instance_id: str) -> FastAPI:
                     users[0] -= 1
                     if not users[0]:
                         joining.pop(body.room, None)
-            peer, answer = worker.add_viewer(body.room, body.offer, body.max_layer)
+            peer, answer = worker.add_viewer(
+                body.room, body.offer, body.max_layer, body.owner, body.source
+            )
         except (SdpError, SessionError) as exc:
             sub = worker.edge_subs.get(body.room)
             if sub is not None and not sub.room.viewers:  # pulled for this viewer only
@@ -189,7 +194,8 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> None:
     if args.udp_port is not None:
         sfu = SfuSettings(**{**_fields(sfu), "udp_port": args.udp_port})
     key = os.environ.get(KEY_ENV) or control_key(settings.token_secret())
-    worker = ClusterWorker(sfu, relay_host=sfu.udp_host)
+    # this process runs the SFU only: its CPU is the SFU's work (admission, placement)
+    worker = ClusterWorker(sfu, relay_host=sfu.udp_host, cpu_clock=time.process_time)
     await worker.start()
     recording = None
     if settings.sfu_record:  # publishes land on origins; record them where the media is

@@ -153,8 +153,9 @@ class ClusterWorker(SfuWorker):
         settings: SfuSettings,
         relay_host: str = "127.0.0.1",
         clock: Callable[[], float] | None = None,
+        cpu_clock: Callable[[], float] | None = None,
     ) -> None:
-        super().__init__(settings, clock=clock)
+        super().__init__(settings, clock=clock, cpu_clock=cpu_clock)
         self.relay_host = relay_host
         self.relay_port = 0
         self.relay_transport: asyncio.DatagramTransport | None = None
@@ -367,17 +368,26 @@ class ClusterWorker(SfuWorker):
                 return
             self._origin_datagram(kind, origin, k, i, data[PREFIX.size :])
 
-    def add_publisher(self, room_name: str, offer: str) -> tuple[Peer, str]:
+    def add_publisher(
+        self, room_name: str, offer: str, owner: str = "", source: str = ""
+    ) -> tuple[Peer, str]:
         if room_name in self.edge_subs:  # the room moved here: stop relaying the old one
             self.end_edge(room_name, "publisher moved")
-        return super().add_publisher(room_name, offer)
+        return super().add_publisher(room_name, offer, owner, source)
 
-    def add_viewer(self, room_name: str, offer: str, max_layer: int = HIGH) -> tuple[Peer, str]:
+    def add_viewer(
+        self,
+        room_name: str,
+        offer: str,
+        max_layer: int = HIGH,
+        owner: str = "",
+        source: str = "",
+    ) -> tuple[Peer, str]:
         sub = self.edge_subs.get(room_name)
         if sub is None:
-            return super().add_viewer(room_name, offer, max_layer)
-        self._check_capacity()
-        peer, answer = self._join_viewer(sub.room, sub.media, offer, max_layer)
+            return super().add_viewer(room_name, offer, max_layer, owner, source)
+        self._check_capacity("viewer", owner, source)
+        peer, answer = self._join_viewer(sub.room, sub.media, offer, max_layer, owner, source)
         self.send_demand(sub)
         return peer, answer
 

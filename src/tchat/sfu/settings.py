@@ -20,6 +20,9 @@ class SfuSettings:
     idle_timeout_s: float = 30.0
     sr_interval_s: float = 1.0
     max_peers: int = 20000
+    max_connecting_per_identity: int = 4
+    max_connecting_per_address: int = 16
+    publisher_reserve: float = 0.05
     max_load: float = 0.9
     abr: bool = True
     abr_up_after_s: float = 5.0
@@ -33,6 +36,14 @@ class SfuSettings:
     def candidate_ip(self) -> str:
         return self.public_ip or self.udp_host
 
+    @property
+    def max_viewers(self) -> int:
+        """Sessions at which viewers are refused: the rest is kept for publishers."""
+        reserve = (
+            max(1, round(self.max_peers * self.publisher_reserve)) if self.publisher_reserve else 0
+        )
+        return max(1, self.max_peers - reserve)
+
     @classmethod
     def from_settings(cls, settings: Settings) -> SfuSettings:
         return cls(
@@ -44,6 +55,9 @@ class SfuSettings:
             idle_timeout_s=settings.sfu_idle_timeout,
             sr_interval_s=settings.sfu_sr_interval,
             max_peers=settings.sfu_max_peers,
+            max_connecting_per_identity=settings.sfu_max_connecting_per_identity,
+            max_connecting_per_address=settings.sfu_max_connecting_per_address,
+            publisher_reserve=settings.sfu_publisher_reserve,
             max_load=settings.sfu_max_load,
             abr=settings.sfu_abr,
             abr_up_after_s=settings.sfu_abr_up_after,

@@ -59,6 +59,8 @@ class Peer:
     dtls: DtlsEndpoint
     media: list[sdp.Media]
     created_at: float
+    owner: str = ""  # the token identity that made the session
+    source: str = ""  # the HTTP client address that made it
     max_layer: int = HIGH
     addr: Addr | None = None
     srtp: SrtpSessions | None = None
@@ -97,12 +99,19 @@ class SfuWorker(asyncio.DatagramProtocol):
         self,
         settings: SfuSettings,
         clock: Callable[[], float] | None = None,
-        cpu_clock: Callable[[], float] = time.process_time,
+        cpu_clock: Callable[[], float] | None = None,
+        busy_clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.settings = settings
+        # The admission gate's load is the SFU's own work. In `tchat serve`'s process the
+        # loop also serves HTTP and chat, whose floods must not refuse every WHIP: there it
+        # is the time spent in our datagram and timer handlers (`busy`, on busy_clock). A
+        # process that only runs the SFU (a cluster node) passes its CPU clock instead.
         self._cpu_clock = cpu_clock
-        self._cpu_mark: tuple[float, float] | None = None  # (now, cpu seconds) a second ago
-        self.load = 0.0  # this process's CPU over the last second, in cores
+        self._busy_clock = busy_clock
+        self.busy = 0.0  # seconds spent in the SFU's handlers
+        self._cpu_mark: tuple[float, float] | None = None  # (now, work seconds) a second ago
+        self.load = 0.0  # the SFU's work over the last second, in cores
         self.cert = RTCCertificate.generateCertificate()
         self.fingerprint = fingerprint(self.cert)
         self.ctx = make_context(self.cert)
@@ -111,6 +120,8 @@ class SfuWorker(asyncio.DatagramProtocol):
         self.by_ufrag: dict[str, Peer] = {}
         self.by_addr: dict[Addr, Peer] = {}
         self.handshaking: set[Peer] = set()
+        # sessions still connecting, per token identity and per client address
+        self.connecting: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.connect_times: list[float] = []
         self.delivered = 0  # RTP packets sent to viewers (not counting NACK answers)
@@ -174,7 +185,16 @@ class SfuWorker(asyncio.DatagramProtocol):
     def _local(self, ufrag: str, pwd: str) -> sdp.LocalParams:
         return sdp.LocalParams(ufrag, pwd, self.fingerprint, self.settings.candidate_ip, self.port)
 
-    def _new_peer(self, room: Room, role: Role, neg: sdp.Negotiated, ufrag: str, pwd: str) -> Peer:
+    def _new_peer(
+        self,
+        room: Room,
+        role: Role,
+        neg: sdp.Negotiated,
+        ufrag: str,
+        pwd: str,
+        owner: str = "",
+        source: str = "",
+    ) -> Peer:
         now = self.now()
         peer = Peer(
             id=secrets.token_urlsafe(12),
@@ -184,23 +204,49 @@ class SfuWorker(asyncio.DatagramProtocol):
             dtls=DtlsEndpoint(self.ctx, server=True, remote_fingerprints=neg.remote_fingerprints),
             media=neg.media,
             created_at=now,
+            owner=owner,
+            source=source,
         )
         self.peers[peer.id] = peer
         self.by_ufrag[ufrag] = peer
         self.handshaking.add(peer)
+        self.connecting.update(_connecting_keys(peer))
         return peer
 
-    def _check_capacity(self) -> None:
-        if len(self.peers) >= self.settings.max_peers:
-            raise SessionError(503, f"SFU is full ({self.settings.max_peers} sessions)")
-        if self.load > self.settings.max_load:
+    def _handshake_over(self, peer: Peer) -> None:
+        if peer in self.handshaking:
+            self.handshaking.discard(peer)
+            for key in _connecting_keys(peer):
+                self.connecting[key] -= 1
+                if self.connecting[key] <= 0:
+                    del self.connecting[key]  # the counter holds connecting sessions only
+
+    def _check_capacity(self, role: Role, owner: str = "", source: str = "") -> None:
+        """503 when full (viewers leave a share to publishers) or overloaded; 429 when the
+        token identity or the client address already has too many sessions connecting:
+        a session holds a DTLS context and a peer slot until it connects or times out."""
+        cfg = self.settings
+        limit = cfg.max_peers if role == "publisher" else cfg.max_viewers
+        if len(self.peers) >= limit:
+            raise SessionError(503, f"SFU is full ({len(self.peers)} sessions)")
+        if self.load > cfg.max_load:
             # past one core, new sessions' handshakes queue behind media and time out,
             # and everyone's packets start to drop: refuse instead (the client retries)
             raise SessionError(503, f"SFU is overloaded ({self.load:.0%} of a core)")
+        if owner and self.connecting["id:" + owner] >= cfg.max_connecting_per_identity:
+            raise SessionError(
+                429, f"{cfg.max_connecting_per_identity} sessions of this token are connecting"
+            )
+        if source and self.connecting["ip:" + source] >= cfg.max_connecting_per_address:
+            raise SessionError(
+                429, f"{cfg.max_connecting_per_address} sessions from this address are connecting"
+            )
 
-    def add_publisher(self, room_name: str, offer: str) -> tuple[Peer, str]:
+    def add_publisher(
+        self, room_name: str, offer: str, owner: str = "", source: str = ""
+    ) -> tuple[Peer, str]:
         _check_room(room_name)
-        self._check_capacity()
+        self._check_capacity("publisher", owner, source)
         room = self.rooms.get(room_name)
         if room is not None and room.publisher is not None and not room.publisher.closed:
             raise SessionError(409, f"room {room_name!r} already has a publisher")
@@ -208,7 +254,7 @@ class SfuWorker(asyncio.DatagramProtocol):
         neg = sdp.negotiate_whip(offer, self._local(ufrag, pwd))
         room = room or Room(room_name)
         self.rooms[room_name] = room
-        peer = self._new_peer(room, "publisher", neg, ufrag, pwd)
+        peer = self._new_peer(room, "publisher", neg, ufrag, pwd, owner, source)
         room.publisher = peer
         room.tracks = {}
         for m in neg.media:
@@ -223,16 +269,29 @@ class SfuWorker(asyncio.DatagramProtocol):
         log.info("whip room=%s peer=%s media=%s", room_name, peer.id, _describe(neg.media))
         return peer, neg.answer
 
-    def add_viewer(self, room_name: str, offer: str, max_layer: int = HIGH) -> tuple[Peer, str]:
+    def add_viewer(
+        self,
+        room_name: str,
+        offer: str,
+        max_layer: int = HIGH,
+        owner: str = "",
+        source: str = "",
+    ) -> tuple[Peer, str]:
         _check_room(room_name)
-        self._check_capacity()
+        self._check_capacity("viewer", owner, source)
         room = self.rooms.get(room_name)
         if room is None or room.publisher is None or room.publisher.closed:
             raise SessionError(404, f"room {room_name!r} has no publisher")
-        return self._join_viewer(room, room.publisher.media, offer, max_layer)
+        return self._join_viewer(room, room.publisher.media, offer, max_layer, owner, source)
 
     def _join_viewer(
-        self, room: Room, media: list[sdp.Media], offer: str, max_layer: int
+        self,
+        room: Room,
+        media: list[sdp.Media],
+        offer: str,
+        max_layer: int,
+        owner: str = "",
+        source: str = "",
     ) -> tuple[Peer, str]:
         """A viewer of `room`, whose source is `media` (the publisher's, or the relay's)."""
         sources = {m.kind: m.codec for m in media if m.codec is not None}
@@ -241,7 +300,7 @@ class SfuWorker(asyncio.DatagramProtocol):
         neg = sdp.negotiate_whep(
             offer, self._local(ufrag, pwd), sources, ssrcs, twcc=self.settings.abr
         )
-        peer = self._new_peer(room, "viewer", neg, ufrag, pwd)
+        peer = self._new_peer(room, "viewer", neg, ufrag, pwd, owner, source)
         peer.max_layer = max_layer
         room.viewers[peer.id] = peer
         return peer, neg.answer
@@ -265,7 +324,7 @@ class SfuWorker(asyncio.DatagramProtocol):
         for addr in peer.ice.candidates:
             if self.by_addr.get(addr) is peer:
                 del self.by_addr[addr]
-        self.handshaking.discard(peer)
+        self._handshake_over(peer)
         self.abr_peers.discard(peer)
         for track, dt in peer.downtracks.values():
             track.remove(dt)
@@ -289,6 +348,13 @@ class SfuWorker(asyncio.DatagramProtocol):
 
     # -- datagrams --------------------------------------------------------------------
     def datagram_received(self, data: bytes, addr: Addr) -> None:
+        started = self._busy_clock()
+        try:
+            self._datagram(data, addr)
+        finally:
+            self.busy += self._busy_clock() - started
+
+    def _datagram(self, data: bytes, addr: Addr) -> None:
         if not data:
             self.drops["empty"] += 1
             return
@@ -453,7 +519,7 @@ class SfuWorker(asyncio.DatagramProtocol):
 
     def _connected(self, peer: Peer) -> None:
         now = self.now()
-        self.handshaking.discard(peer)
+        self._handshake_over(peer)
         peer.srtp = peer.dtls.srtp
         peer.connected_at = now
         self.connect_times.append(now - peer.created_at)
@@ -528,6 +594,7 @@ class SfuWorker(asyncio.DatagramProtocol):
         last_tick = self.now()
         while True:
             await asyncio.sleep(PACE_S if self._probing else TICK_S)
+            started = self._busy_clock()
             try:
                 now = self.now()
                 if now - last_tick >= TICK_S - PACE_S / 2:
@@ -537,6 +604,7 @@ class SfuWorker(asyncio.DatagramProtocol):
                     self._abr_pad(now)
             except Exception:
                 log.exception("sfu timer failed")
+            self.busy += self._busy_clock() - started
 
     def tick(self, now: float) -> None:
         if self.abr_peers:
@@ -555,10 +623,10 @@ class SfuWorker(asyncio.DatagramProtocol):
                     self._sendto(out, peer.addr)
         if now - self._last_second >= 1.0:
             self._last_second = now
-            cpu = self._cpu_clock()
+            work = self._cpu_clock() if self._cpu_clock is not None else self.busy
             if self._cpu_mark is not None and now > self._cpu_mark[0]:
-                self.load = (cpu - self._cpu_mark[1]) / (now - self._cpu_mark[0])
-            self._cpu_mark = (now, cpu)
+                self.load = (work - self._cpu_mark[1]) / (now - self._cpu_mark[0])
+            self._cpu_mark = (now, work)
             for peer in list(self.peers.values()):
                 if peer.ice.consent_expired(now, self.settings.consent_timeout_s):
                     self.close_peer(peer, "ICE consent expired")
@@ -754,6 +822,15 @@ class SfuWorker(asyncio.DatagramProtocol):
             "delivered_packets": self.delivered,
             "drops": dict(self.drops),
         }
+
+
+def _connecting_keys(peer: Peer) -> list[str]:
+    keys = []
+    if peer.owner:
+        keys.append("id:" + peer.owner)
+    if peer.source:
+        keys.append("ip:" + peer.source)
+    return keys
 
 
 def _check_room(name: str) -> None:
