@@ -9,7 +9,7 @@ from aioice import stun
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from tchat.sfu.dtls import DtlsEndpoint, DtlsState, fingerprint, make_context, split_records
-from tchat.sfu.ice import IceLite, StunError, parse_request
+from tchat.sfu.ice import UNCONFIRMED_ALLOWANCE, IceLite, StunError, parse_request
 from tchat.sfu.rtp import (
     RtpError,
     h264_keyframe_start,
@@ -64,7 +64,7 @@ def test_ice_lite_answers_and_nominates() -> None:
     ice = IceLite("ours", "o" * 22, "theirs", created_at=0.0)
     msg, ufrag = parse_request(_request("ours:theirs", "o" * 22))
     assert ufrag == "ours"
-    resp = stun.parse_message(ice.handle(msg, ("127.0.0.1", 5000), now=1.0))
+    resp = stun.parse_message(ice.handle(msg, ("127.0.0.1", 5000), now=1.0)[0])
     assert resp.message_class == stun.Class.RESPONSE
     assert resp.attributes["XOR-MAPPED-ADDRESS"] == ("127.0.0.1", 5000)
     assert resp.check_message_integrity(b"o" * 22)
@@ -73,6 +73,58 @@ def test_ice_lite_answers_and_nominates() -> None:
     ice.handle(msg, ("127.0.0.1", 5000), now=2.0)
     assert ice.nominated == ("127.0.0.1", 5000)
     assert not ice.consent_expired(31.0, 30.0) and ice.consent_expired(32.5, 30.0)
+
+
+def _answer(check: bytes, pwd: str, txid: bytes | None = None) -> stun.Message:
+    req = stun.parse_message(check)
+    resp = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, txid or req.transaction_id)
+    resp.attributes["XOR-MAPPED-ADDRESS"] = ("127.0.0.1", 1)
+    resp.add_message_integrity(pwd.encode())
+    return stun.parse_message(bytes(resp))
+
+
+def test_address_confirmed_only_by_answering_our_check() -> None:
+    """Issue 14.6: an authenticated check (even with USE-CANDIDATE) does not prove its source
+    receives; answering our check, with a fresh transaction id and the peer's password, does."""
+    ice = IceLite("ours", "o" * 22, "theirs", created_at=0.0, remote_pwd="t" * 22)
+    a = ("127.0.0.1", 5000)
+    data = _request("ours:theirs", "o" * 22, use=True)
+    msg, _ = parse_request(data)
+    _response, check = ice.handle(msg, a, now=1.0, size=len(data))
+    assert ice.nominated == a and a not in ice.confirmed
+    req = stun.parse_message(check)
+    assert req.message_class == stun.Class.REQUEST
+    assert req.attributes["USERNAME"] == "theirs:ours" and "ICE-CONTROLLED" in req.attributes
+    assert req.check_message_integrity(b"t" * 22)
+    assert not ice.handle_response(_answer(check, "t" * 22, txid=bytes(12)), a)  # not ours
+    assert not ice.handle_response(_answer(check, "x" * 22), a)  # not signed by the peer
+    assert not ice.handle_response(_answer(check, "t" * 22), ("127.0.0.1", 6000))  # elsewhere
+    assert ice.handle_response(_answer(check, "t" * 22), a)
+    assert a in ice.confirmed
+    msg, _ = parse_request(data)
+    assert len(ice.handle(msg, a, now=2.0, size=len(data))) == 1  # confirmed: no more checks
+
+
+def test_unconfirmed_address_gets_no_more_than_it_sent() -> None:
+    """A spoofed source (which never answers) gets our answers and checks within the bytes
+    the requests carried plus one allowance, however many requests come."""
+    ice = IceLite("ours", "o" * 22, "theirs", created_at=0.0, remote_pwd="t" * 22)
+    victim = ("192.0.2.1", 9)
+    data = _request("ours:theirs", "o" * 22, use=True)
+    sent = received = 0
+    for i in range(200):
+        msg, _ = parse_request(data)
+        out = ice.handle(msg, victim, now=i * 0.3, size=len(data))
+        received += len(data)
+        sent += sum(len(d) for d in out)
+        assert sent <= received + UNCONFIRMED_ALLOWANCE
+    assert victim not in ice.confirmed and ice.nominated == victim
+    for port in range(7):  # at most MAX_ADDRESSES addresses per session
+        msg, _ = parse_request(data)
+        ice.handle(msg, ("192.0.2.1", 100 + port), now=100.0, size=len(data))
+    with pytest.raises(StunError, match="too many addresses"):
+        msg, _ = parse_request(data)
+        ice.handle(msg, ("192.0.2.2", 1), now=100.0, size=len(data))
 
 
 @pytest.mark.parametrize(

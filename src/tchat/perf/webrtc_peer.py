@@ -1,7 +1,8 @@
 """Lightweight real WebRTC endpoints for tests and the load generator.
 
 `ClientPeer` does what a browser does on the wire, minus codecs: it is the full,
-controlling ICE agent (binding requests with USE-CANDIDATE and consent checks),
+controlling ICE agent (binding requests with USE-CANDIDATE and consent checks, and
+answers to the SFU's checks),
 the DTLS client, and an SRTP endpoint that sends receiver reports. As a viewer it
 counts RTP packets from their clear-text headers (bulk) or also decrypts them and
 checks sequence continuity and payload integrity (sampled); as a publisher it
@@ -241,6 +242,21 @@ class ClientPeer(asyncio.DatagramProtocol):
         msg.add_message_integrity(self._remote_pwd.encode())
         self._send(bytes(msg))
 
+    def _answer_check(self, msg: stun.Message, addr: tuple[str, int]) -> None:
+        """Answer the SFU's connectivity check, as browsers do: it sends media only to an
+        address that answered one."""
+        if (
+            msg.message_method != stun.Method.BINDING
+            or msg.attributes.get("USERNAME") != f"{self.ufrag}:{self._remote_ufrag}"
+            or not msg.check_message_integrity(self.pwd.encode())
+        ):
+            return
+        resp = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, msg.transaction_id)
+        resp.attributes["XOR-MAPPED-ADDRESS"] = addr
+        resp.add_message_integrity(self.pwd.encode())
+        if self.transport is not None and not self.closed:
+            self.transport.sendto(bytes(resp), addr)
+
     def _send(self, data: bytes) -> None:
         if self.transport is not None and self.remote is not None and not self.closed:
             self.transport.sendto(data, self.remote)
@@ -311,7 +327,9 @@ class ClientPeer(asyncio.DatagramProtocol):
                 msg = stun.parse_message(data)
             except ValueError:
                 return
-            if (
+            if msg.message_class == stun.Class.REQUEST:
+                self._answer_check(msg, addr)
+            elif (
                 msg.message_class == stun.Class.RESPONSE
                 and msg.check_message_integrity(self._remote_pwd.encode())
                 and self._stun_ok is not None

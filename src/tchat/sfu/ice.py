@@ -1,8 +1,18 @@
-"""ICE-lite (RFC 8445 §2.5): answer authenticated binding requests, track nomination.
+"""ICE-lite (RFC 8445 §2.5): answer authenticated binding requests, track nomination,
+and send media only to an address that proved it receives.
 
-`aioice.stun` parses and builds the messages; it keeps no ICE state, this does.
-A lite agent never sends checks: the peer (full agent, controlling) nominates and
-keeps sending consent checks (RFC 7675) that we time out on.
+`aioice.stun` parses and builds the messages; it keeps no ICE state, this does. The
+peer (full agent, controlling) nominates and keeps sending consent checks (RFC 7675)
+that we time out on.
+
+An authenticated check proves the sender knows the session's credentials, not that
+its source address is where it lives: a viewer can spoof the source of one check
+with USE-CANDIDATE and, if we followed it, turn its stream on any victim. So an
+address becomes usable for media only once it answered a binding request of ours,
+which carries a fresh transaction id and the peer's own credentials (browsers,
+libnice, aioice answer checks from a lite agent like any other). Until then all we
+send it is our answers and our check, within what it sent us plus one allowance
+(`UNCONFIRMED_ALLOWANCE`), and at most `MAX_ADDRESSES` addresses per session.
 """
 
 from __future__ import annotations
@@ -33,9 +43,36 @@ def parse_request(data: bytes) -> tuple[stun.Message, str]:
     return msg, username.split(":", 1)[0]
 
 
+MAX_ADDRESSES = 8  # addresses one session may check from
+UNCONFIRMED_ALLOWANCE = 256  # bytes beyond what it sent that an unconfirmed address may get
+CHECK_RETRY_S = 0.5  # a lost check is sent again on a later request, not sooner
+_CONTROLLED_TIEBREAKER = 0  # we never take the controlling role
+
+
+def parse_response(data: bytes) -> stun.Message | None:
+    """A binding success response, or None (anything else is not one of ours)."""
+    try:
+        msg = stun.parse_message(data)
+    except Exception:
+        return None
+    if msg.message_method != stun.Method.BINDING or msg.message_class != stun.Class.RESPONSE:
+        return None
+    return msg
+
+
 def new_credentials() -> tuple[str, str]:
     """(ufrag, pwd): ufrag of ≥ 4 and pwd of ≥ 22 ice-chars (RFC 8839)."""
     return secrets.token_hex(4), secrets.token_hex(16)
+
+
+@dataclass(slots=True)
+class _Unconfirmed:
+    """An address that checked in but has not answered us yet."""
+
+    received: int = 0  # bytes of its authenticated requests
+    sent: int = 0  # bytes we sent it (answers and checks)
+    check: bytes = b""  # transaction id of our outstanding check
+    check_at: float = -1.0
 
 
 @dataclass(slots=True)
@@ -44,18 +81,25 @@ class IceLite:
     local_pwd: str
     remote_ufrag: str
     created_at: float
+    remote_pwd: str = ""
     nominated: Addr | None = None
     last_check: float = -1.0
     candidates: set[Addr] = field(default_factory=set)
+    confirmed: set[Addr] = field(default_factory=set)  # answered one of our checks
+    unconfirmed: dict[Addr, _Unconfirmed] = field(default_factory=dict)
 
-    def handle(self, msg: stun.Message, addr: Addr, now: float) -> bytes:
-        """The success response to an authenticated request; raises StunError otherwise."""
+    def handle(self, msg: stun.Message, addr: Addr, now: float, size: int = 0) -> list[bytes]:
+        """What to send `addr` for an authenticated request of `size` bytes: the success
+        response and, while `addr` is unconfirmed, our check when the budget allows.
+        Raises StunError for a request we drop."""
         if not msg.check_message_integrity(self.local_pwd.encode()):
             raise StunError("bad MESSAGE-INTEGRITY")
         if msg.attributes["USERNAME"] != f"{self.local_ufrag}:{self.remote_ufrag}":
             raise StunError("USERNAME does not match the session")
         if "ICE-CONTROLLING" not in msg.attributes:
             raise StunError("a lite agent only answers a controlling peer")
+        if addr not in self.candidates and len(self.candidates) >= MAX_ADDRESSES:
+            raise StunError("too many addresses for one session")
         self.last_check = now
         self.candidates.add(addr)
         if "USE-CANDIDATE" in msg.attributes:
@@ -67,7 +111,42 @@ class IceLite:
         )
         resp.attributes["XOR-MAPPED-ADDRESS"] = addr
         resp.add_message_integrity(self.local_pwd.encode())
-        return bytes(resp)
+        out = [bytes(resp)]
+        if addr in self.confirmed or not self.remote_pwd:
+            return out
+        state = self.unconfirmed.setdefault(addr, _Unconfirmed())
+        state.received += size
+        state.sent += len(out[0])
+        if state.check and now - state.check_at < CHECK_RETRY_S:
+            return out
+        check = self._check()
+        if state.sent + len(check) <= state.received + UNCONFIRMED_ALLOWANCE:
+            parsed = stun.parse_message(check)
+            state.check, state.check_at = parsed.transaction_id, now
+            state.sent += len(check)
+            out.append(check)
+        return out
+
+    def _check(self) -> bytes:
+        """Our binding request to the peer, with its credentials (RFC 8445 §7.2.2)."""
+        msg = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+        msg.attributes["USERNAME"] = f"{self.remote_ufrag}:{self.local_ufrag}"
+        msg.attributes["PRIORITY"] = 1
+        msg.attributes["ICE-CONTROLLED"] = _CONTROLLED_TIEBREAKER
+        msg.add_message_integrity(self.remote_pwd.encode())
+        return bytes(msg)
+
+    def handle_response(self, msg: stun.Message, addr: Addr) -> bool:
+        """True when `msg` answers our outstanding check of `addr` (same transaction id,
+        signed with the peer's password): `addr` is confirmed from now on."""
+        state = self.unconfirmed.get(addr)
+        if state is None or not state.check or msg.transaction_id != state.check:
+            return False
+        if not msg.check_message_integrity(self.remote_pwd.encode()):
+            return False
+        del self.unconfirmed[addr]
+        self.confirmed.add(addr)
+        return True
 
     def consent_expired(self, now: float, timeout_s: float) -> bool:
         last = self.last_check if self.last_check >= 0 else self.created_at

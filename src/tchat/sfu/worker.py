@@ -1,10 +1,13 @@
 """The SFU worker: one UDP port for every peer, rooms, sessions, timers.
 
 `SfuWorker` is the asyncio shell around the sans-I/O cores. Datagrams are
-demultiplexed by their first byte (RFC 7983): STUN goes to the session whose ICE
-ufrag is in USERNAME, DTLS and SRTP/SRTCP to the session that owns the source
-address (learnt from an authenticated STUN check). Anything else is dropped and
-counted in `drops`; nothing a peer sends can raise out of `datagram_received`.
+demultiplexed by their first byte (RFC 7983): STUN requests go to the session whose
+ICE ufrag is in USERNAME, STUN responses, DTLS and SRTP/SRTCP to the session that owns
+the source address (learnt from an authenticated STUN check). DTLS is handled, and
+media sent, only with an address that answered our own check (sfu/ice.py: a spoofed
+check must not aim a stream at a victim); DTLS arriving before that is held. Anything
+else is dropped and counted in `drops`; nothing a peer sends can raise out of
+`datagram_received`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ from tchat.rooms import ROOM_RULE, valid_room
 from tchat.sfu import rtcp, sdp, twcc
 from tchat.sfu.dtls import DtlsEndpoint, DtlsState, SrtpSessions, fingerprint, make_context
 from tchat.sfu.forwarder import HIGH, DownTrack, Track, TwccSender
-from tchat.sfu.ice import Addr, IceLite, StunError, new_credentials, parse_request
+from tchat.sfu.ice import (
+    Addr,
+    IceLite,
+    StunError,
+    new_credentials,
+    parse_request,
+    parse_response,
+)
 from tchat.sfu.rtp import DTLS_MAX, DTLS_MIN, RTP_MAX, RTP_MIN, STUN_MAX, header_extension, is_rtcp
 from tchat.sfu.settings import SfuSettings
 
@@ -40,6 +50,9 @@ TICK_S = 0.1
 PACE_S = 0.02  # timer step while a bandwidth probe pads (paced, not 100 ms bursts)
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 SFU_SSRC = 0x7C4A7000  # sender SSRC of our own RTCP (PLI towards publishers)
+STUN_BINDING_SUCCESS = b"\x01\x01"
+MAX_HELD_DTLS = 8  # a client's first flight is 1-2 datagrams
+MAX_HELD_BYTES = 2048  # of a datagram held (DTLS records fit the path MTU)
 
 
 class SessionError(Exception):
@@ -72,6 +85,8 @@ class Peer:
     twcc_in: twcc.TwccReceiver | None = None
     twcc_in_ext: int = 0
     downtracks: dict[int, tuple[Track, DownTrack]] = field(default_factory=dict)  # viewer
+    # DTLS from an address not confirmed yet (a handshake overtaking our check's answer)
+    held: list[tuple[Addr, bytes]] = field(default_factory=list)
     rtp_in: int = 0
     media_at: float = 0.0  # when rtp_in last grew, checked once a second (publishers)
     rtp_seen: int = 0
@@ -200,7 +215,7 @@ class SfuWorker(asyncio.DatagramProtocol):
             id=secrets.token_urlsafe(12),
             room=room,
             role=role,
-            ice=IceLite(ufrag, pwd, neg.remote_ufrag, created_at=now),
+            ice=IceLite(ufrag, pwd, neg.remote_ufrag, created_at=now, remote_pwd=neg.remote_pwd),
             dtls=DtlsEndpoint(self.ctx, server=True, remote_fingerprints=neg.remote_fingerprints),
             media=neg.media,
             created_at=now,
@@ -472,23 +487,44 @@ class SfuWorker(asyncio.DatagramProtocol):
                 peer.abr.on_feedback(now, packets)
 
     def _stun(self, data: bytes, addr: Addr) -> None:
+        if data[:2] == STUN_BINDING_SUCCESS:
+            self._stun_response(data, addr)
+            return
         try:
             msg, ufrag = parse_request(data)
             peer = self.by_ufrag.get(ufrag)
             if peer is None:
                 raise StunError("unknown ufrag")
-            response = peer.ice.handle(msg, addr, self.now())
+            owner = self.by_addr.get(addr)
+            if owner is not None and owner is not peer:
+                raise StunError("addr taken")
+            replies = peer.ice.handle(msg, addr, self.now(), len(data))
         except StunError as exc:
             self.drops["stun_" + str(exc).split(":")[0].replace(" ", "_")[:32]] += 1
             return
-        owner = self.by_addr.get(addr)
-        if owner is not None and owner is not peer:
-            self.drops["stun_addr_taken"] += 1
-            return
         self.by_addr[addr] = peer
-        if peer.ice.nominated == addr and peer.addr != addr:
+        self._follow(peer, addr)
+        for reply in replies:
+            self._sendto(reply, addr)
+
+    def _stun_response(self, data: bytes, addr: Addr) -> None:
+        """The answer to our check: `addr` receives what we send it (ice.py)."""
+        peer = self.by_addr.get(addr)
+        msg = parse_response(data)
+        if peer is None or msg is None or not peer.ice.handle_response(msg, addr):
+            self.drops["stun_response_unexpected"] += 1
+            return
+        self._follow(peer, addr)
+        held = [d for a, d in peer.held if a == addr]
+        peer.held = [(a, d) for a, d in peer.held if a != addr]
+        for d in held:
+            self._dtls(d, addr)
+
+    def _follow(self, peer: Peer, addr: Addr) -> None:
+        """Media goes to the nominated address once it is confirmed; until then it stays
+        where it was."""
+        if peer.ice.nominated == addr and peer.addr != addr and addr in peer.ice.confirmed:
             self._select(peer, addr)
-        self._sendto(response, addr)
 
     def _select(self, peer: Peer, addr: Addr) -> None:
         peer.addr = addr
@@ -501,6 +537,12 @@ class SfuWorker(asyncio.DatagramProtocol):
         peer = self.by_addr.get(addr)
         if peer is None:
             self.drops["dtls_unknown_peer"] += 1
+            return
+        if addr not in peer.ice.confirmed:
+            if len(peer.held) < MAX_HELD_DTLS and len(data) <= MAX_HELD_BYTES:
+                peer.held.append((addr, data))  # handled once addr answers our check
+            else:
+                self.drops["dtls_unconfirmed"] += 1
             return
         if peer.addr is None:
             self._select(peer, addr)  # DTLS may overtake the nominating check
