@@ -23,7 +23,7 @@ from fastapi import FastAPI
 
 from tchat.config import Settings
 from tchat.recording.service import RecordingService
-from tchat.sfu.node import KEY_HEADER, control_key
+from tchat.sfu.control import ControlAuth, control_key
 from tchat.sfu.routing import InstanceRecord, Routing, RoutingUnavailable, make_routing, pick
 from tchat.sfu.supervisor import LocalInstance, Supervisor
 from tchat.sfu.worker import Role, SessionError
@@ -46,7 +46,7 @@ class Cluster:
             base_udp_port=settings.sfu_udp_port,
             max_load=settings.sfu_max_load,
         )
-        self.client = httpx.AsyncClient(timeout=10.0, headers={KEY_HEADER: self.key})
+        self.client = httpx.AsyncClient(timeout=10.0, auth=ControlAuth(self.key))
         self._placed: list[tuple[float, str]] = []
 
     async def start(self) -> None:

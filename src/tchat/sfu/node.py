@@ -1,8 +1,8 @@
 """One SFU instance as its own process: `python -m tchat.sfu.node`.
 
 A `ClusterWorker` (media UDP port + relay UDP port) and a small internal control API
-(HTTP on SFU_UDP_HOST, every request carrying the control key derived from the
-token secret) that the signalling processes call. On start it prints one JSON line
+(HTTP on SFU_UDP_HOST, every request signed with the control key derived from the
+token secret: sfu/control.py) that the signalling processes call. On start it prints one JSON line
 with its ports; it exits when its stdin closes (the supervising `tchat serve` died).
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -21,25 +19,21 @@ import time
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from tchat.config import Settings
 from tchat.rooms import ROOM_PATTERN
+from tchat.sfu.control import ControlAuth, ControlVerifier, SignedOnly, control_key
 from tchat.sfu.relay import ClusterWorker, media_from_json
 from tchat.sfu.sdp import SdpError
 from tchat.sfu.settings import SfuSettings
 from tchat.sfu.worker import SessionError
 
 log = logging.getLogger("tchat.sfu.node")
-KEY_HEADER = "x-tchat-sfu-key"
 KEY_ENV = "TCHAT_SFU_CONTROL_KEY"
-
-
-def control_key(secret: str) -> str:
-    """The key instances and signalling share; derived so the token secret never travels."""
-    return hmac.new(secret.encode(), b"tchat-sfu-control", hashlib.sha256).hexdigest()
+FINALIZE_BUDGET_S = 20.0  # on exit, recordings this node holds may finalize this long
 
 
 class PublishBody(BaseModel):
@@ -81,14 +75,9 @@ def _error(exc: Exception) -> JSONResponse:
 
 def control_app(worker: ClusterWorker, key: str, instance_id: str) -> FastAPI:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    client = httpx.AsyncClient(timeout=5.0, headers={KEY_HEADER: key})
+    client = httpx.AsyncClient(timeout=5.0, auth=ControlAuth(key))
     joining: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # room → lock, users
-
-    @app.middleware("http")
-    async def check_key(request: Request, call_next: Any) -> Any:
-        if not hmac.compare_digest(request.headers.get(KEY_HEADER, ""), key):
-            return JSONResponse({"status": 403, "detail": "bad control key"}, status_code=403)
-        return await call_next(request)
+    app.add_middleware(SignedOnly, verifier=ControlVerifier(key))  # every request signed
 
     @app.post("/publish")
     async def publish(body: PublishBody) -> Any:
@@ -231,7 +220,12 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> None:
     await serving
     await worker.stop()
     if recording is not None:
-        await recording.close()  # finalizes what the stopped publishes left recording
+        # finalize what the stopped publishes left recording, within the time the
+        # supervisor waits for us (STOP_TIMEOUT_S) before it kills
+        try:
+            await asyncio.wait_for(recording.close(), FINALIZE_BUDGET_S)
+        except TimeoutError:
+            log.error("recordings did not finalize within %.0f s", FINALIZE_BUDGET_S)
 
 
 def _fields(s: SfuSettings) -> dict[str, Any]:

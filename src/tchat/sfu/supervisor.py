@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import httpx
 
 from tchat.aio import cancel_and_wait
-from tchat.sfu.node import KEY_ENV, KEY_HEADER
+from tchat.sfu.control import ControlAuth
+from tchat.sfu.node import FINALIZE_BUDGET_S, KEY_ENV
 from tchat.sfu.routing import InstanceRecord, Routing, RoutingUnavailable
 
 log = logging.getLogger("tchat.sfu.supervisor")
@@ -31,6 +32,8 @@ HEARTBEAT_S = 1.0
 # after that its record is left to expire (a hung instance leaves routing)
 MAX_MISSED_STATS = 5
 START_TIMEOUT_S = 30.0
+# a node stopping finalizes its recordings (bounded by FINALIZE_BUDGET_S) before it exits
+STOP_TIMEOUT_S = FINALIZE_BUDGET_S + 5.0
 RESTART_BACKOFF_S = 1.0
 
 
@@ -41,6 +44,20 @@ class LocalInstance:
     proc: asyncio.subprocess.Process
     stats: dict[str, object]
     missed: int = 0
+
+
+async def end(proc: asyncio.subprocess.Process, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Stop a node: EOF on its stdin, then SIGKILL only if it is still there `timeout_s`
+    later (it exits once its recordings finalized, within FINALIZE_BUDGET_S)."""
+    if proc.returncode is None:
+        if proc.stdin is not None:
+            proc.stdin.close()  # the node exits cleanly on EOF
+        try:
+            await asyncio.wait_for(proc.wait(), timeout_s)
+        except TimeoutError:
+            log.error("sfu node pid=%d did not stop in %.0f s; killing it", proc.pid, timeout_s)
+            proc.kill()
+            await proc.wait()
 
 
 class Supervisor:
@@ -63,7 +80,7 @@ class Supervisor:
         self.instances: dict[int, LocalInstance] = {}
         self.restarts = 0
         self._generation = 0
-        self._client = httpx.AsyncClient(timeout=2.0, headers={KEY_HEADER: key})
+        self._client = httpx.AsyncClient(timeout=2.0, auth=ControlAuth(key))
         self._task: asyncio.Task[None] | None = None
         # restarts run beside the heartbeats: a spawn takes seconds on a busy host, longer
         # than the live instances' heartbeat TTL
@@ -80,23 +97,13 @@ class Supervisor:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task, *self._restarting.values())
+        await asyncio.gather(*(end(inst.proc) for inst in self.instances.values()))
         for inst in self.instances.values():
-            await self._end(inst)
             try:
                 await self.routing.remove_instance(inst.record.id)
             except RoutingUnavailable:
                 pass
         await self._client.aclose()
-
-    async def _end(self, inst: LocalInstance) -> None:
-        if inst.proc.returncode is None:
-            if inst.proc.stdin is not None:
-                inst.proc.stdin.close()  # the node exits cleanly on EOF
-            try:
-                await asyncio.wait_for(inst.proc.wait(), 5)
-            except TimeoutError:
-                inst.proc.kill()
-                await inst.proc.wait()
 
     async def _spawn(self, index: int) -> LocalInstance:
         self._generation += 1
