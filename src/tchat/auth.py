@@ -61,8 +61,8 @@ def issue_token(
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def verify_token(secret: str, token: str | None, room: str, role: str) -> Grant:
-    """Return the grant or raise TokenError naming what is wrong."""
+def decode_token(secret: str, token: str | None) -> Grant:
+    """The grant of a genuine, unexpired token, whatever room and role it names."""
     if not token:
         raise TokenError("missing token")
     try:
@@ -71,12 +71,17 @@ def verify_token(secret: str, token: str | None, room: str, role: str) -> Grant:
         raise TokenError("token expired") from None
     except jwt.InvalidTokenError as exc:
         raise TokenError(f"invalid token: {exc}") from None
-    grant = Grant(
+    return Grant(
         room=str(claims.get("room", "")),
         role=str(claims.get("role", "")),
         identity=str(claims.get("sub", "")),
         expires_at=float(claims["exp"]),
     )
+
+
+def verify_token(secret: str, token: str | None, room: str, role: str) -> Grant:
+    """Return the grant or raise TokenError naming what is wrong."""
+    grant = decode_token(secret, token)
     if not grant.allows(room, role):
         raise TokenError(
             f"token for room {grant.room!r} as {grant.role!r} does not allow {role!r} in {room!r}"

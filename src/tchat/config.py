@@ -204,6 +204,25 @@ class Settings(BaseSettings):
         alias="RECORDING_UPLOAD_BUFFER_BYTES",
         description="Closed segments one recording may keep on disk while storage is down.",
     )
+    recording_access: Literal["public", "private"] = Field(
+        "public",
+        alias="RECORDING_ACCESS",
+        description="Who may list recordings and fetch HLS (live and recorded): public = "
+        "anyone; private = the holder of a viewer token for the room, like WHEP (signed "
+        "/cdn URLs).",
+    )
+    recording_url_ttl: Duration = Field(
+        6 * 3600.0,
+        gt=0,
+        alias="RECORDING_URL_TTL",
+        description="Private mode: longest life of a signed HLS URL (never past its token).",
+    )
+    recording_s3_presign: bool = Field(
+        False,
+        alias="RECORDING_S3_PRESIGN",
+        description="Private mode with STORAGE=s3: playlists point at presigned S3 URLs for "
+        "segments (the bucket must be reachable by viewers) instead of /cdn.",
+    )
     ffmpeg: str = Field("ffmpeg", alias="FFMPEG", description="FFmpeg executable.")
 
     # --- SFU and load (T068) ---------------------------------------------------------

@@ -72,6 +72,7 @@ async def test_recording_page_for_browsers_json_for_api_clients() -> None:
         assert (await c.get("/static/common.js")).status_code == 200
         assert (await c.get("/live")).json() == {
             "rooms": [],
+            "access": "public",
             "dev_tokens": True,
             "dev_token_url": f"http://127.0.0.1:{ADMIN_PORT}/dev/token",
         }

@@ -4,10 +4,12 @@
 `GET /cdn/recordings/...`: objects straight from the store with their content
 type and cache header (segments immutable, live playlists no-cache). In front
 of S3 a real CDN would take this path's place; the URLs keep the same shape.
+RECORDING_ACCESS=private puts all of it behind a viewer token (recording/access.py).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -15,24 +17,70 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from tchat.auth import Grant, TokenError, bearer, decode_token
 from tchat.config import Settings
 from tchat.http import json_error
+from tchat.recording.access import SIGNED, check_signed, hls_key, signed_path
 from tchat.recording.catalog import STATES, Recording, UnknownRecording
 from tchat.recording.service import RECORDINGS_PREFIX, RecordingService
 from tchat.rooms import ROOM_RULE, valid_room
-from tchat.storage import NotFound, StoreError, validate_key
+from tchat.storage import NotFound, ObjectStore, StoreError, validate_key
 from tchat.storage.local import LocalStore
+from tchat.storage.s3 import S3Store
 
 CDN_PATH = "/cdn/"
 
 
-def recording_json(rec: Recording, base_url: str) -> dict[str, Any]:
+class Access:
+    """The HLS door of one deployment (recording/access.py): public, or private (a viewer
+    token for the room; signed /cdn URLs that never outlive it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.private = settings.recording_access == "private"
+        self.ttl_s = settings.recording_url_ttl
+        self.presign = self.private and settings.recording_s3_presign and settings.storage == "s3"
+        self.base_url = settings.base_url
+        self._key: bytes | None = None
+
+    def key(self, request: Request) -> bytes:
+        if self._key is None:
+            self._key = hls_key(request.app.state.secret)
+        return self._key
+
+    def grant(self, request: Request) -> Grant | JSONResponse | None:
+        """Private mode: the caller's token (Bearer header or `?token=`) or the 401/403;
+        public mode: None (no token needed)."""
+        if not self.private:
+            return None
+        token = bearer(request.headers.get("authorization")) or request.query_params.get("token")
+        try:
+            grant = decode_token(request.app.state.secret, token)
+        except TokenError as exc:
+            status = 401 if not token else 403
+            return json_error(status, "unauthorized" if status == 401 else "forbidden", str(exc))
+        if not grant.allows(grant.room, "viewer"):
+            return json_error(403, "forbidden", f"a {grant.role!r} token cannot watch")
+        return grant
+
+    def playlist_url(self, request: Request, rec: Recording, grant: Grant | None) -> str:
+        if grant is None:
+            return f"{self.base_url}{CDN_PATH}{rec.playlist_key}"
+        expires = int(min(time.time() + self.ttl_s, grant.expires_at))
+        return (
+            f"{self.base_url}{CDN_PATH}{signed_path(self.key(request), rec.playlist_key, expires)}"
+        )
+
+
+def recording_json(
+    rec: Recording, base_url: str, playlist_url: str | None = None
+) -> dict[str, Any]:
     out = rec.to_json()
     # Live ones are watchable as they grow; a failed one keeps what was stored.
     playable = rec.state in ("recording", "finalizing") or (
         rec.state in ("available", "failed") and rec.segment_count > 0
     )
-    out["playlist_url"] = f"{base_url}{CDN_PATH}{rec.playlist_key}" if playable else None
+    url = playlist_url or f"{base_url}{CDN_PATH}{rec.playlist_key}"
+    out["playlist_url"] = url if playable else None
     return out
 
 
@@ -41,8 +89,22 @@ def _service(request: Request) -> RecordingService:
     return service
 
 
+def _presigned_playlist(store: ObjectStore, key: str, body: bytes, ttl_s: float) -> bytes:
+    """The playlist with each segment URI replaced by a presigned S3 URL (S3Store only)."""
+    assert isinstance(store, S3Store)
+    prefix = key.rsplit("/", 1)[0] + "/"
+    lines = []
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            line = store.presigned_url(prefix + line, int(ttl_s))
+        lines.append(line)
+    return ("\n".join(lines) + "\n").encode()
+
+
 def mount(app: FastAPI, settings: Settings) -> None:
     base_url = settings.base_url
+    access = Access(settings)
+    app.state.recording_access = access
 
     @app.get("/recordings", tags=["recording"])
     async def list_recordings(
@@ -51,23 +113,57 @@ def mount(app: FastAPI, settings: Settings) -> None:
         state: str | None = None,
         limit: int = Query(100, ge=1, le=1000),
     ) -> Response:
+        """Recordings, newest first. With RECORDING_ACCESS=private: a viewer token (Bearer
+        or `?token=`) is needed, and lists its room's recordings only."""
         if room is not None and not valid_room(room):
             return json_error(400, "bad_request", f"invalid room name: {ROOM_RULE}")
         if state is not None and state not in STATES:
             return json_error(400, "bad_request", f"state must be one of {', '.join(STATES)}")
+        grant = access.grant(request)
+        if isinstance(grant, JSONResponse):
+            return grant
+        if grant is not None and grant.room != "*":
+            if room is not None and room != grant.room:
+                return json_error(403, "forbidden", f"the token is for room {grant.room!r}")
+            room = grant.room
         recs = _service(request).catalog.list(room=room, state=state, limit=limit)
-        return JSONResponse({"recordings": [recording_json(r, base_url) for r in recs]})
+        return JSONResponse(
+            {
+                "recordings": [
+                    recording_json(r, base_url, access.playlist_url(request, r, grant))
+                    for r in recs
+                ]
+            }
+        )
 
     @app.get("/recordings/{rec_id}", tags=["recording"])
     async def get_recording(request: Request, rec_id: str) -> Response:
+        """One recording and its playlist URL (signed for the token's lifetime in private
+        mode, where a viewer token for its room is needed)."""
+        grant = access.grant(request)
+        if isinstance(grant, JSONResponse):
+            return grant
         try:
             rec = _service(request).get(rec_id)
         except UnknownRecording:
             return json_error(404, "not_found", f"no recording {rec_id!r}")
-        return JSONResponse(recording_json(rec, base_url))
+        if grant is not None and not grant.allows(rec.room, "viewer"):
+            return json_error(403, "forbidden", f"the token is for room {grant.room!r}")
+        return JSONResponse(recording_json(rec, base_url, access.playlist_url(request, rec, grant)))
 
     @app.api_route(CDN_PATH + "{key:path}", methods=["GET", "HEAD"], tags=["recording"])
     async def cdn(request: Request, key: str) -> Response:
+        """Objects of recordings: `/cdn/recordings/…` (public mode) or the signed
+        `/cdn/s/<expiry>.<signature>/recordings/…` a recording's playlist_url gives."""
+        if key.startswith(SIGNED):
+            signed, why = check_signed(access.key(request), key, time.time())
+            if signed is None:
+                return json_error(403, "forbidden", why)
+            key = signed
+        elif access.private and key.startswith(RECORDINGS_PREFIX):
+            return json_error(
+                403, "forbidden", "recordings are private: use the playlist_url of the recording"
+            )
         if not key.startswith(RECORDINGS_PREFIX):
             return json_error(404, "not_found", f"no object {key!r}")
         try:
@@ -80,21 +176,25 @@ def mount(app: FastAPI, settings: Settings) -> None:
             if info is None:
                 return json_error(404, "not_found", f"no object {key!r}")
             headers = {"Cache-Control": info.cache_control, "Access-Control-Allow-Origin": "*"}
-            if isinstance(store, LocalStore) and not key.endswith(".m3u8"):
+            playlist = key.endswith(".m3u8")
+            if isinstance(store, LocalStore) and not playlist:
                 # sendfile, ranges and ETag from the file itself. Not for live playlists:
                 # one replaced between FileResponse's stat and its read would not match
                 # the Content-Length already sent.
                 return FileResponse(
                     store.path_of(key), media_type=info.content_type, headers=headers
                 )
-            body = b"" if request.method == "HEAD" else await store.get(key)
+            if request.method == "HEAD":
+                headers["Content-Length"] = str(info.size)
+                return Response(b"", media_type=info.content_type, headers=headers)
+            body = await store.get(key)
+            if playlist and access.presign:
+                body = _presigned_playlist(store, key, body, access.ttl_s)
         except NotFound:
             return json_error(404, "not_found", f"no object {key!r}")
         except StoreError as exc:
             return json_error(502, "storage_unavailable", str(exc))
-        if request.method == "HEAD":
-            headers["Content-Length"] = str(info.size)
-        # GET: the length of the body read, which may be a newer playlist than head saw
+        # the length of the body read, which may be a newer playlist than head saw
         return Response(body, media_type=info.content_type, headers=headers)
 
     app.state.components.append(_component(settings))

@@ -113,6 +113,16 @@ class S3Store:
         await self.put_bytes(key, data, content_type=content_type, cache_control=cache_control)
         return len(data)
 
+    def presigned_url(self, key: str, ttl_s: int) -> str:
+        """A GET URL for `key` valid `ttl_s` seconds (SigV4 query; signed locally, ≤ 7 days)."""
+        validate_key(key)
+        url: str = self._client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": key},
+            ExpiresIn=max(1, min(ttl_s, 7 * 86400)),
+        )
+        return url
+
     async def get(self, key: str) -> bytes:
         def read() -> bytes:
             body = self._client.get_object(Bucket=self.bucket, Key=validate_key(key))["Body"]

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tchat.admin import LOCAL_NAMES, admin_only, admin_url
-from tchat.auth import issue_token
+from tchat.auth import Grant, issue_token
 from tchat.chat.protocol import RateLimiter
 from tchat.config import Settings
 from tchat.http import BodyTooLarge, body_schema, json_error, read_model, too_large
@@ -135,11 +135,21 @@ def mount(app: FastAPI, settings: Settings) -> None:
 
     @app.get("/live", tags=["web"])
     async def live(request: Request) -> JSONResponse:
-        """Rooms live now (publisher connected), most watched first; where the pages get
-        dev tokens (`dev_token_url`, null when off)."""
+        """Rooms live now (publisher connected), most watched first (RECORDING_ACCESS=private:
+        only those a viewer token opens); where the pages get dev tokens (`dev_token_url`,
+        null when off)."""
+        rooms = live_rooms(request.app)
+        access = getattr(request.app.state, "recording_access", None)
+        private = access is not None and access.private
+        if access is not None and private:  # only rooms the viewer token (Bearer, ?token=) opens
+            grant = access.grant(request)
+            rooms = [
+                r for r in rooms if isinstance(grant, Grant) and grant.allows(r["room"], "viewer")
+            ]
         return JSONResponse(
             {
-                "rooms": live_rooms(request.app),
+                "rooms": rooms,
+                "access": "private" if private else "public",
                 "dev_tokens": dev_tokens,
                 "dev_token_url": dev_token_url(request),
             },

@@ -25,8 +25,11 @@ export async function failure(resp) {
   return new HttpError(resp.status, code, detail);
 }
 
-export async function getJson(url) {
-  const resp = await fetch(url, { headers: { accept: "application/json" } });
+// GET JSON; with a token (RECORDING_ACCESS=private needs one for recordings and /live).
+export async function getJson(url, token = "") {
+  const headers = { accept: "application/json" };
+  if (token) headers.authorization = `Bearer ${token}`;
+  const resp = await fetch(url, { headers });
   if (!resp.ok) throw await failure(resp);
   return resp.json();
 }

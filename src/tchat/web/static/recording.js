@@ -1,6 +1,6 @@
 // Replay: the recording's HLS VOD through hls.js, and the room's chat shown as the video
 // reaches each message's time (program date time of the playing fragment + offset).
-import { $, clock, duration, getJson, header, showError } from "/static/common.js";
+import { $, clock, duration, getJson, header, showError, tokenFromHash } from "/static/common.js";
 import { history, renderMessage } from "/static/chat.js";
 
 header("");
@@ -42,8 +42,12 @@ function sync(rec) {
 async function start() {
   let rec;
   try {
-    rec = await getJson(`/recordings/${encodeURIComponent(id)}`);
+    // private deployments (RECORDING_ACCESS=private): the link carries a viewer token
+    rec = await getJson(`/recordings/${encodeURIComponent(id)}`, tokenFromHash());
   } catch (err) {
+    if (err.status === 401 || err.status === 403) {
+      return fail(`This recording is private: open its link with a viewer token (#token=…). ${err.message}`);
+    }
     return fail(err.status === 404 ? `No recording "${id}".` : `Cannot load the recording: ${err.message}`);
   }
   $("#title").textContent = `Recording of ${rec.room}`;

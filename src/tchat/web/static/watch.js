@@ -125,7 +125,8 @@ async function hlsFallback(why) {
   setStatus(`HLS (${why})`);
   let url = null;
   try {
-    const recs = (await getJson(`/recordings?room=${encodeURIComponent(room)}&state=recording&limit=1`)).recordings;
+    const query = `/recordings?room=${encodeURIComponent(room)}&state=recording&limit=1`;
+    const recs = (await getJson(query, state.token)).recordings; // private mode: the token
     url = recs.length ? recs[0].playlist_url : null;
   } catch (err) { fail(`Cannot list recordings: ${err.message}`); return; }
   if (!url) { fail(`${why}, and room "${room}" has no live recording to fall back to.`); return; }
