@@ -7,14 +7,14 @@ PERF_PROFILE ?= ci
 export PERF_PROFILE
 
 .PHONY: help setup system venv web-deps run test test-web test-unit test-integration lint perf-ci \
-        test-all test-chat test-load test-latency test-recording report \
+        test-all test-chat test-load test-latency test-recording test-abuse report \
         services-up services-down services-status down clean
 
 help:
 	@echo "make run            set up, then serve tchat on embedded defaults (127.0.0.1:8080)"
 	@echo "make test           set up, start services, lint, unit + integration + CI perf profiles"
 	@echo "make test-all       every performance suite (PERF_PROFILE=full for the guide's sizes)"
-	@echo "make test-chat|test-load|test-latency|test-recording   one suite"
+	@echo "make test-chat|test-load|test-latency|test-recording|test-abuse   one suite"
 	@echo "make test-web       the pages in headless Chromium (screenshots, web.json)"
 	@echo "make report         render reports/latest/index.html"
 	@echo "make services-up|services-down|services-status   Cassandra, Redis, SeaweedFS"
@@ -77,7 +77,7 @@ perf-ci:
 	@bash scripts/perf-suite.sh --ci-available
 
 test-all: services-up
-	@rc=0; for s in chat load latency recording; do bash scripts/perf-suite.sh $$s || rc=1; done; \
+	@rc=0; for s in chat load latency recording abuse; do bash scripts/perf-suite.sh $$s || rc=1; done; \
 	  $(MAKE) --no-print-directory report; exit $$rc
 
 test-chat: services-up
@@ -91,6 +91,10 @@ test-latency: venv
 
 test-recording: services-up
 	@bash scripts/perf-suite.sh recording
+
+# floods of what unauthenticated clients, viewers and chat users can send (~1 min, loopback)
+test-abuse: venv
+	@bash scripts/perf-suite.sh abuse
 
 report: venv
 	$(TCHAT) perf report

@@ -5,7 +5,8 @@
 set -uo pipefail
 PY=${PY:-.venv/bin/python}
 declare -A ISSUE=([load]="#5 (SFU, T068)" [latency]="#7 (adaptive latency, T069)"
-                  [chat]="#3 (chat, T070)" [recording]="#4 (recording, T071)")
+                  [chat]="#3 (chat, T070)" [recording]="#4 (recording, T071)"
+                  [abuse]="#14 (abuse resistance)")
 
 run_suite() {
   local suite=$1 file=tests/performance/test_$1.py
@@ -26,7 +27,7 @@ run_suite() {
 if [ "${1:-}" = "--ci-available" ]; then
   export PERF_PROFILE=ci
   rc=0
-  for s in chat recording load latency; do
+  for s in chat recording load latency abuse; do
     if [ -f "tests/performance/test_$s.py" ]; then
       run_suite "$s" || rc=1
     else

@@ -17,6 +17,7 @@ _GUIDE = {  # the guide's "Performance Benchmarks" rows, for context next to our
     "chat": "T070: 100K msg/s, P99 <5ms",
     "recording": "T071: 10 segments, <5s first",
     "web": "issue 8: pages in a real browser (figures, no guide target)",
+    "abuse": "issue 14: floods; amplification, RSS growth, service kept (no guide target)",
 }
 
 _CSS = """

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SUITES = ("load", "latency", "chat", "recording", "web")
+SUITES = ("load", "latency", "chat", "recording", "web", "abuse")
 REPORTS_DIR = Path(os.environ.get("TCHAT_REPORTS_DIR", "reports"))
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
