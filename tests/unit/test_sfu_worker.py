@@ -255,3 +255,47 @@ def test_publisher_gets_transport_cc_feedback_every_tick(identity: Identity) -> 
     sent.clear()
     w.tick(clock.t + 0.1)
     assert sent == []  # nothing new: no feedback
+
+
+def test_dtls_from_an_unconfirmed_address_waits_for_its_answer(identity: Identity) -> None:
+    """Issue 14.6: a handshake that overtakes the answer to our check is held, then handled
+    once the address answers; media goes nowhere before (peer.addr stays None)."""
+    from types import SimpleNamespace
+
+    from aiortc.sdp import SessionDescription
+
+    from tchat.sfu.dtls import DtlsEndpoint
+
+    w = make(Clock())
+    sent: list[tuple[bytes, tuple[str, int]]] = []
+    w.transport = SimpleNamespace(sendto=lambda d, a: sent.append((d, a)))  # type: ignore[assignment]
+    client = ClientPeer(identity)
+    pub, answer = w.add_publisher("r", client.offer(publish=True))
+    ice = SessionDescription.parse(answer).media[0].ice
+    assert ice is not None
+    addr = ("127.0.0.1", 5555)
+    check = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    check.attributes["USERNAME"] = f"{ice.usernameFragment}:{client.ufrag}"
+    check.attributes["ICE-CONTROLLING"] = 1
+    check.attributes["USE-CANDIDATE"] = None
+    check.add_message_integrity(str(ice.password).encode())
+    w.datagram_received(bytes(check), addr)
+    (response, _), (ours, _) = sent
+    assert stun.parse_message(response).message_class == stun.Class.RESPONSE
+    ours_msg = stun.parse_message(ours)
+    assert ours_msg.message_class == stun.Class.REQUEST
+    assert pub.addr is None  # nominated, not confirmed
+    dtls = DtlsEndpoint(
+        identity.ctx, server=False, remote_fingerprints=[("sha-256", w.fingerprint)]
+    )
+    dtls.start()
+    sent.clear()
+    for datagram in dtls.datagrams_to_send():
+        w.datagram_received(datagram, addr)
+    assert sent == [] and pub.held  # held, not answered
+    reply = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, ours_msg.transaction_id)
+    reply.attributes["XOR-MAPPED-ADDRESS"] = addr
+    reply.add_message_integrity(client.pwd.encode())
+    w.datagram_received(bytes(reply), addr)
+    assert addr in pub.ice.confirmed and pub.addr == addr and not pub.held
+    assert any(d[0] == 22 for d, a in sent if a == addr)  # the server's handshake flight
