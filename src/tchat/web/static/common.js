@@ -94,6 +94,7 @@ export function explain(err, room) {
     if (err.status === 403) return `Token rejected: ${err.message}`;
     if (err.status === 404) return `Room "${room}" is offline.`;
     if (err.status === 409) return `Room "${room}" is already live from another publisher.`;
+    if (err.status === 429) return `Too many connections are starting from here: ${err.message}. Retrying…`;
     if (err.status === 503) return `The server is busy: ${err.message}. Try again shortly.`;
     return `Error ${err.status}: ${err.message}`;
   }

@@ -91,6 +91,10 @@ async function watch() {
       setStatus("offline");
       fail(`Room "${room}" is offline. Waiting for it to go live…`);
       state.retry = setTimeout(watch, OFFLINE_RETRY_MS);
+    } else if (err instanceof HttpError && err.status === 429) {
+      setStatus("busy"); // too many sessions of this token/address still connecting
+      fail(explain(err, room));
+      state.retry = setTimeout(watch, OFFLINE_RETRY_MS);
     } else if (err instanceof HttpError && (err.status === 401 || err.status === 403)) {
       setStatus("no access");
       $("#tokenform").hidden = false;
