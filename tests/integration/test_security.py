@@ -76,17 +76,17 @@ async def test_bodies_capped_and_refused_before_they_are_read(server_factory) ->
     # chunked past the route's cap, with a valid token: 413 once the cap is passed
     bearer = f"Authorization: Bearer {token}\r\n"
     cases = [
-        ("/rooms/r/messages", "application/json", 8 * 1024),  # chat: a few KiB
-        ("/whip/r", SDP, 70 * 1024),  # SDP: 64 KiB
-        ("/dev/token", "application/json", 70 * 1024),  # every other route: 64 KiB
+        (port, "/rooms/r/messages", "application/json", 8 * 1024),  # chat: a few KiB
+        (port, "/whip/r", SDP, 70 * 1024),  # SDP: 64 KiB
+        (server.admin_port, "/dev/token", "application/json", 70 * 1024),  # others: 64 KiB
     ]
-    for path, ctype, size in cases:
+    for to, path, ctype, size in cases:
         head = post.format(path=path, ctype=ctype, extra=chunked + bearer) + "\r\n"
         whip_token = issue_token(SECRET, "r", "publisher")
         if path == "/whip/r":
             head = head.replace(token, whip_token)
         parts = [chunk(b" " * 1024) for _ in range(size // 1024)]
-        status, body = await raw_exchange(port, head, parts)
+        status, body = await raw_exchange(to, head, parts)
         assert status == 413 and b"payload_too_large" in body, (path, status, body)
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         # still answering, and a post of normal size works
