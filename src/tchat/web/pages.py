@@ -13,6 +13,8 @@ and no public URL, or WEB_DEV_TOKENS=on), `POST /dev/token` for viewer/chat toke
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,8 +45,10 @@ def _page(name: str) -> FileResponse:
     )
 
 
-def live_rooms(app: FastAPI) -> list[dict[str, Any]]:
-    """Rooms whose publisher is connected, with their viewer count and live recording."""
+def live_rooms(app: FastAPI, presence: bool = True) -> list[dict[str, Any]]:
+    """Rooms whose publisher is connected, with their viewer count (WHEP sessions on this
+    server), live recording and, from presence, `watching` (WHEP + HLS pages, every
+    instance) and `chatting` (chat sockets, every instance)."""
     cluster = getattr(app.state, "sfu_cluster", None)
     per_worker: list[dict[str, dict[str, Any]]]
     if cluster is not None:  # the instances' last heartbeats (≤ 1 s old); this server's only
@@ -62,10 +66,13 @@ def live_rooms(app: FastAPI) -> list[dict[str, Any]]:
                 agg["live_for_s"] = r["live_for_s"]
     live = getattr(app.state, "live_recording", None)
     out = []
+    chat = getattr(app.state, "chat", None)
     for room in merged.values():
         if room["live_for_s"] is None:  # edge viewers of a room whose origin is gone
             continue
         room["recording_id"] = _live_recording_id(app, live, room["room"])
+        if chat is not None and presence:  # across instances: WHEP + HLS watchers, chat sockets
+            room.update(chat.presence.of(room["room"]))
         out.append(room)
     return sorted(out, key=lambda r: (-r["viewers"], r["room"]))
 
@@ -114,6 +121,17 @@ class RecordingPageMiddleware:
 def mount(app: FastAPI, settings: Settings) -> None:
     dev_tokens = settings.dev_tokens_enabled
     app.add_middleware(RecordingPageMiddleware)
+
+    @asynccontextmanager
+    async def component(app: FastAPI) -> AsyncIterator[None]:
+        chat = getattr(app.state, "chat", None)
+        if chat is not None:  # presence counts this server's WHEP viewers per room
+            chat.presence.watchers = lambda: {
+                r["room"]: r["viewers"] for r in live_rooms(app, presence=False)
+            }
+        yield
+
+    app.state.components.append(component)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
