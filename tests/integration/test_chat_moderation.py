@@ -112,8 +112,9 @@ async def test_delete_leaves_a_tombstone_and_reaches_listeners(make_service: Mak
     stored = await service.store.get_message(r, sent[1].id)  # the row stays, tombstoned
     assert stored is not None and stored.message.text == "m1"
     assert stored.deleted_by == "host" and stored.deleted_at == pytest.approx(time.time(), abs=30)
-    again = await refused("already_deleted", act(service, r, "mod", "moderator", "delete",
-                                                 message_id=str(sent[1].id)))  # fmt: skip
+    again = await refused(
+        "already_deleted", act(service, r, "mod", "moderator", "delete", message_id=str(sent[1].id))
+    )
     assert again.status == 409 and "host" in again.detail
     log = await service.store.read_log(r, 10, None)
     assert [(e.action, e.actor, e.actor_role) for e in log] == [("delete", "host", "broadcaster")]
@@ -244,43 +245,52 @@ async def test_bad_input_is_refused_and_changes_nothing(make_service: MakeServic
     theirs = await service.post(other, "ivy", "in the other room")
     await service.post(r, "host", "hi from the broadcaster", role="publisher")
     await service.post(r, "mod2", "hi from a moderator", role="moderator")
-    unknown = await refused("unknown_message", act(service, r, "host", "publisher", "delete",
-                                                   message_id=str(mine.id + 12345)))  # fmt: skip
+    unknown = await refused(
+        "unknown_message",
+        act(service, r, "host", "publisher", "delete", message_id=str(mine.id + 12345)),
+    )
     assert unknown.status == 404
     # a message of another room is not found in this one, and stays where it is
-    await refused("unknown_message", act(service, r, "host", "publisher", "delete",
-                                         message_id=str(theirs.id)))  # fmt: skip
-    await refused("unknown_message", act(service, r, "host", "publisher", "timeout",
-                                         message_id=str(theirs.id), seconds=60))  # fmt: skip
+    await refused(
+        "unknown_message", act(service, r, "host", "publisher", "delete", message_id=str(theirs.id))
+    )
+    await refused(
+        "unknown_message",
+        act(service, r, "host", "publisher", "timeout", message_id=str(theirs.id), seconds=60),
+    )
     for seconds in (0, -5, MAX_TIMEOUT_S + 1, 1.5, "60", True):
-        await refused("bad_duration", act(service, r, "host", "publisher", "timeout",
-                                          target="hal", seconds=seconds))  # fmt: skip
+        await refused(
+            "bad_duration",
+            act(service, r, "host", "publisher", "timeout", target="hal", seconds=seconds),
+        )
     await refused("bad_message_id", act(service, r, "host", "publisher", "delete", message_id="x"))
     await refused("bad_target", act(service, r, "host", "publisher", "ban", target=""))
     await refused("bad_target", act(service, r, "host", "publisher", "ban"))
     await refused("unknown_action", act(service, r, "host", "publisher", "nuke"))
     # a moderator acting on the broadcaster (by identity or through a message), on another
     # moderator, or on itself; a chat token acting at all
-    mod = await refused("target_is_broadcaster", act(service, r, "mod", "moderator", "ban",
-                                                     target="host"))  # fmt: skip
+    mod = await refused(
+        "target_is_broadcaster", act(service, r, "mod", "moderator", "ban", target="host")
+    )
     assert mod.status == 403
-    await refused("target_is_broadcaster", act(service, r, "mod", "moderator", "timeout",
-                                               target="host", seconds=60))  # fmt: skip
+    await refused(
+        "target_is_broadcaster",
+        act(service, r, "mod", "moderator", "timeout", target="host", seconds=60),
+    )
     host_msg = (await service.store.history(r, 10))[1]
     assert host_msg.author == "host"
-    await refused("target_is_broadcaster", act(service, r, "mod", "moderator", "delete",
-                                               message_id=str(host_msg.id)))  # fmt: skip
-    await refused("target_is_moderator", act(service, r, "mod", "moderator", "ban",
-                                             target="mod2"))  # fmt: skip
+    await refused(
+        "target_is_broadcaster",
+        act(service, r, "mod", "moderator", "delete", message_id=str(host_msg.id)),
+    )
+    await refused("target_is_moderator", act(service, r, "mod", "moderator", "ban", target="mod2"))
     await refused("target_is_self", act(service, r, "mod", "moderator", "ban", target="mod"))
     await refused("not_moderator", act(service, r, "hal", "chat", "ban", target="ivy"))
     await refused("not_moderator", act(service, r, "hal", "viewer", "clear"))
     # the broadcaster may act on a moderator
     await act(service, r, "host", "publisher", "timeout", target="mod2", seconds=60)
     await refused("actor_restricted", act(service, r, "mod2", "moderator", "ban", target="hal"))
-    assert await visible(service, r) == [
-        "mine", "hi from the broadcaster", "hi from a moderator"
-    ]  # fmt: skip
+    assert await visible(service, r) == ["mine", "hi from the broadcaster", "hi from a moderator"]
     assert await visible(service, other) == ["in the other room"]
     assert [e.action for e in await service.store.read_log(r, 50, None)] == ["timeout"]
 

@@ -37,6 +37,7 @@ from tchat.chat.moderation import (
 from tchat.chat.service import ChatService
 
 RoomPath = Annotated[str, Path(pattern=ROOM_PATTERN, description="Room name.")]
+Auth = Annotated[str | None, Header(description="Bearer <moderator or publisher token>")]
 Reason = Field(None, description="Why (kept in the moderation log), ≤ 200 characters.")
 DeleteRecent = Field(
     False, description="Also delete the target's messages among the room's last 200."
@@ -196,8 +197,6 @@ def mount(app: FastAPI) -> None:
         except ModerationError as exc:
             return JSONResponse(exc.body(), exc.status)
         return JSONResponse(entry)
-
-    Auth = Annotated[str | None, Header(description="Bearer <moderator or publisher token>")]
 
     @router.post("/rooms/{room}/moderation/delete", response_model=LogEntryOut, responses=ERRORS)
     async def delete(
