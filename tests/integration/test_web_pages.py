@@ -339,6 +339,11 @@ async def test_broadcaster_moderates_a_phone_viewer_in_chromium(  # type: ignore
     await phone.get_by_text("Not sent: you are timed out").wait_for(timeout=10_000)
     texts = [m["text"] for m in httpx.get(f"{base}/rooms/{room}/messages").json()["messages"]]
     assert "let me talk" not in texts and "you are all terrible" in texts
+    # recordings replay the chat through the same history() (recording.js): hidden there too
+    replayed = await studio.evaluate(
+        "async r => (await (await import('/static/chat.js')).history(r)).map(m => m.id)", room
+    )
+    assert spam_id not in replayed and rude_id in replayed
     assert await phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     await studio.get_by_text(f"{phone_identity}: timed out until").wait_for(timeout=10_000)
     await screenshot(phone, "moderation-phone-timed-out")
