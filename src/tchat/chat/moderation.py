@@ -624,4 +624,11 @@ def deleted_frame(ids: list[int]) -> dict[str, Any]:
 
 
 def restriction_frame(identity: str, row: StateRow | None) -> dict[str, Any]:
-    return {"type": "restriction", **restriction_json(identity, row)}
+    """What every listener of the room hears (not which moderator acted: that is in the
+    log, for moderators)."""
+    return {
+        "type": "restriction",
+        "identity": identity,
+        "kind": row.kind if row is not None else None,
+        "until": row.until if row is not None else None,
+    }
