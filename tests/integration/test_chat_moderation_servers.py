@@ -276,10 +276,23 @@ async def until_accepted(
 async def test_two_instances_enforce_and_delete_within_a_second(
     pair: tuple[Any, Any], http: httpx.AsyncClient
 ) -> None:
+    """Each effect on the other instance is timed from the action's request (total) and from
+    the acting instance's answer (the action is set: stored, applied, published); the
+    second is the cross-instance delay the 1 s bound is about. Both are printed."""
     a, b = pair
     room = new_room()
     host = bearer(room, "publisher", "host")
-    figures: dict[str, float] = {}
+    figures: dict[str, tuple[float, float]] = {}  # effect → (from request, after answer)
+
+    async def action(server: Any, kind: str, body: dict[str, Any]) -> tuple[float, float]:
+        t0 = time.monotonic()
+        r = await http.post(f"{server.url}/rooms/{room}/moderation/{kind}", headers=host, json=body)
+        assert r.status_code == 200, r.text
+        return t0, time.monotonic()
+
+    def note(name: str, t0: float, t1: float, effect: float) -> None:
+        figures[name] = (effect - t0, max(0.0, effect - t1))
+
     async with (
         websockets.connect(ws_url(a, room)) as on_a,
         websockets.connect(ws_url(b, room)) as on_b,
@@ -297,46 +310,38 @@ async def test_two_instances_enforce_and_delete_within_a_second(
         for ws in (on_a, on_b):
             await recv(ws, "message")
 
-        # a deletion on A reaches the clients of both
-        started = time.monotonic()
-        r = await http.post(
-            f"{a.url}/rooms/{room}/moderation/delete", headers=host, json={"message_id": message_id}
-        )
-        assert r.status_code == 200
-        for name, ws in (("a", on_a), ("b", on_b)):
-            assert (await recv(ws, "deleted"))["ids"] == [message_id]
-            figures[f"delete_reaches_{name}_s"] = time.monotonic() - started
+        # a deletion on A reaches the clients of both (readers timestamp the frame on arrival)
+        async def arrival(ws: Any) -> float:
+            frame = await recv(ws, "deleted", timeout=15)
+            assert frame["ids"] == [message_id]
+            return time.monotonic()
+
+        readers = [asyncio.create_task(arrival(ws)) for ws in (on_a, on_b)]
+        t0, t1 = await action(a, "delete", {"message_id": message_id})
+        for name, effect in zip(("a", "b"), await asyncio.gather(*readers), strict=True):
+            note(f"delete_reaches_{name}", t0, t1, effect)
         history = (await http.get(f"{b.url}/rooms/{room}/messages")).json()["messages"]
         assert message_id not in [m["id"] for m in history]
 
-        # a ban on A is enforced on B
-        started = time.monotonic()
-        r = await http.post(
-            f"{a.url}/rooms/{room}/moderation/ban", headers=host, json={"target": "vic"}
+        # a ban on A is enforced on B, its lifting too; a timeout on B is enforced on A
+        t0, t1 = await action(a, "ban", {"target": "vic"})
+        note(
+            "ban_enforced_on_b",
+            t0,
+            t1,
+            t0 + await until_refused(http, b, room, "vic", t0, "banned"),
         )
-        assert r.status_code == 200
-        figures["ban_enforced_on_b_s"] = await until_refused(
-            http, b, room, "vic", started, "banned"
-        )
-        started = time.monotonic()
-        await http.post(
-            f"{a.url}/rooms/{room}/moderation/unban", headers=host, json={"target": "vic"}
-        )
-        figures["unban_on_b_s"] = await until_accepted(http, b, room, "vic", started)
-        # a timeout on B is enforced on A
-        started = time.monotonic()
-        r = await http.post(
-            f"{b.url}/rooms/{room}/moderation/timeout",
-            headers=host,
-            json={"target": "vic", "seconds": 60},
-        )
-        assert r.status_code == 200
-        figures["timeout_enforced_on_a_s"] = await until_refused(
-            http, a, room, "vic", started, "timed_out"
-        )
-    print("cross-instance figures (s):", {k: round(v, 4) for k, v in figures.items()})
-    slow = {k: v for k, v in figures.items() if v >= 1.0}
-    assert not slow, f"not within 1 s: {slow}"
+        t0, t1 = await action(a, "unban", {"target": "vic"})
+        note("unban_on_b", t0, t1, t0 + await until_accepted(http, b, room, "vic", t0))
+        t0, t1 = await action(b, "timeout", {"target": "vic", "seconds": 60})
+        refused = await until_refused(http, a, room, "vic", t0, "timed_out")
+        note("timeout_enforced_on_a", t0, t1, t0 + refused)
+    print(
+        "cross-instance figures, s (from the request, after the acting instance answered):",
+        {k: (round(total, 4), round(after, 4)) for k, (total, after) in figures.items()},
+    )
+    slow = {k: after for k, (_, after) in figures.items() if after >= 1.0}
+    assert not slow, f"not within 1 s of the action: {slow}"
 
 
 async def test_restarted_instance_knows_every_restriction(
@@ -412,12 +417,19 @@ async def test_presence_is_summed_across_instances_and_pushed_every_2s(
     room = new_room()
 
     async def until_presence(ws: Any, watching: int, chatting: int) -> dict[str, Any]:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            frame = await recv(ws, "presence", timeout=20)
-            if (frame["watching"], frame["chatting"]) == (watching, chatting):
-                return frame
-        raise AssertionError(f"presence never reached {watching}/{chatting}")
+        seen = []
+        try:
+            async with asyncio.timeout(30):
+                while True:
+                    frame = await recv(ws, "presence", timeout=30)
+                    seen.append((frame["watching"], frame["chatting"]))
+                    if seen[-1] == (watching, chatting):
+                        return frame
+        except TimeoutError:
+            logs = "\n".join(s.log.read_text()[-1500:] for s in (a, b))
+            raise AssertionError(
+                f"presence never reached {watching}/{chatting} in 30 s; saw {seen}\n{logs}"
+            ) from None
 
     async with (
         websockets.connect(ws_url(a, room)) as a1,

@@ -493,13 +493,15 @@ class Moderation:
         entry = LogEntry(
             action_id, room, identity, ROLE_NAMES[role], action.kind, target, detail, now
         )
+        for row in rows:
+            st.apply(row)
+        # the effect is stored: publish it now, then log it (one round trip less before
+        # other instances and the clients see it)
+        await self._publish(room, rows, frames)
         try:
             await self.store.append_log(entry)
         except StoreUnavailable as exc:
             log.warning("moderation log entry not stored (the action is): %s", exc)
-        for row in rows:
-            st.apply(row)
-        await self._publish(room, rows, frames)
         return entry
 
     def _may_act_on(
