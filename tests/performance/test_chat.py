@@ -661,8 +661,9 @@ def two_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         "CHAT_BURST": "1000",
     }
     with (
-        serve_process(tmp_path_factory.mktemp("mod-a"), SECRET, env) as (_, a),
-        serve_process(tmp_path_factory.mktemp("mod-b"), SECRET, env) as (_, b),
+        # two servers reaching Cassandra at once on a busy box may take a while to start
+        serve_process(tmp_path_factory.mktemp("mod-a"), SECRET, env, ready_s=120) as (_, a),
+        serve_process(tmp_path_factory.mktemp("mod-b"), SECRET, env, ready_s=120) as (_, b),
     ):
         yield a, b
 
