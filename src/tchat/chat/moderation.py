@@ -316,6 +316,7 @@ class Moderation:
         """The room's state: from memory, else loaded from the store (once, shared)."""
         st = self._rooms.get(room)
         if st is not None:
+            st.used_at = self.clock()
             return st
         pending = self._loading.get(room)
         if pending is not None:
