@@ -11,12 +11,14 @@ import jwt
 
 from tchat.rooms import check_room
 
-Role = Literal["publisher", "viewer", "chat"]
+Role = Literal["publisher", "viewer", "chat", "moderator"]
 ROLES: tuple[str, ...] = get_args(Role)
 
-# A publisher may also chat and watch its own room; a chat token may also watch.
+# A publisher (the broadcaster) may also chat, moderate and watch its own room; a
+# moderator may chat, moderate and watch, never publish; a chat token may also watch.
 _GRANTS: dict[str, frozenset[str]] = {
-    "publisher": frozenset({"publisher", "viewer", "chat"}),
+    "publisher": frozenset({"publisher", "viewer", "chat", "moderator"}),
+    "moderator": frozenset({"moderator", "chat", "viewer"}),
     "chat": frozenset({"chat", "viewer"}),
     "viewer": frozenset({"viewer"}),
 }

@@ -96,7 +96,7 @@ def serve(host: str | None, port: int | None, sfu_instances: int | None) -> None
 @click.option("--room", required=True, help="Room the token is for ('*' for any room).")
 @click.option(
     "--role",
-    type=click.Choice(["publisher", "viewer", "chat"]),
+    type=click.Choice(["publisher", "viewer", "chat", "moderator"]),
     required=True,
     help="What the holder may do.",
 )
@@ -106,7 +106,8 @@ def serve(host: str | None, port: int | None, sfu_instances: int | None) -> None
     "--url",
     "page_url",
     is_flag=True,
-    help="Print the page that uses it (studio for publishers, watch page otherwise), "
+    help="Print the page that uses it (studio for publishers, watch page otherwise: a "
+    "moderator gets the moderation controls there), "
     "token in the URL fragment, then the token.",
 )
 def token(room: str, role: str, identity: str, ttl: str | None, page_url: bool) -> None:

@@ -273,3 +273,103 @@ def write_results(
     ]
     test.evaluate()
     results.write()
+
+
+async def tab_to(page: Page, selector: str, presses: int = 80) -> None:
+    """Press Tab until the element matching `selector` has focus (keyboard reachability)."""
+    target = await page.query_selector(selector)
+    assert target is not None, selector
+    for _ in range(presses):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("el => document.activeElement === el", target):
+            return
+    raise AssertionError(f"{selector} is not reachable with Tab")
+
+
+async def test_broadcaster_moderates_a_phone_viewer_in_chromium(  # type: ignore[no-untyped-def]
+    server_factory, browser: Browser
+) -> None:
+    """The studio deletes a phone viewer's message and times the phone user out; the phone
+    sees the message vanish and the timeout banner, and its next post is refused. Slow
+    mode shows its wait; a moderator token on the watch page brings the controls."""
+    server = server_factory()
+    base, room = server.url, "modroom"
+    errors: list[str] = []
+    studio = await new_page(browser, DESKTOP, errors)
+    await studio.goto(
+        f"{base}/studio?room={room}#token={issue_token(SECRET, room, 'publisher', 'host')}"
+    )
+    await studio.wait_for_function("window.tchatChat.canModerate === true", timeout=20_000)
+    phone = await new_page(browser, PHONE, errors)
+    await phone.goto(f"{base}/watch/{room}")  # a chat token from /dev/token (local use)
+    await phone.wait_for_function("!document.querySelector('#say').disabled", timeout=20_000)
+    phone_identity = await phone.evaluate("window.tchatChat.identity")
+
+    async def say(page: Page, text: str) -> str:
+        await page.focus("#say")
+        await page.keyboard.type(text)
+        await page.keyboard.press("Enter")
+        await studio.wait_for_function("t => window.tchatChat.arrivals.has(t)", arg=text)
+        return str(await studio.evaluate(
+            "t => [...window.tchatChat.messages.values()].find(m => m.text === t).id", text
+        ))  # fmt: skip
+
+    # -- delete: keyboard only in the studio, the message vanishes on the phone -------------
+    spam_id = await say(phone, "buy cheap followers")
+    await phone.wait_for_selector(f"#chat li[data-id='{spam_id}']")
+    await tab_to(studio, f"#chat li[data-id='{spam_id}'] button[data-action='delete']")
+    started = time.monotonic()
+    await studio.keyboard.press("Enter")
+    await phone.wait_for_selector(f"#chat li[data-id='{spam_id}']", state="detached")
+    vanished_s = time.monotonic() - started
+    await studio.wait_for_selector(f"#chat li[data-id='{spam_id}']", state="detached")
+    history = httpx.get(f"{base}/rooms/{room}/messages").json()["messages"]
+    assert spam_id not in [m["id"] for m in history]
+
+    # -- timeout 10 min: the banner on the phone, its next post refused ----------------------
+    rude_id = await say(phone, "you are all terrible")
+    await tab_to(studio, f"#chat li[data-id='{rude_id}'] button[data-action='timeout']")
+    await studio.keyboard.press("Enter")
+    banner = phone.locator("#chat .banner")
+    await banner.wait_for(state="visible", timeout=10_000)
+    assert "You are timed out until" in (await banner.text_content() or "")
+    await phone.focus("#say")
+    await phone.keyboard.type("let me talk")
+    await phone.keyboard.press("Enter")
+    await phone.get_by_text("Not sent: you are timed out").wait_for(timeout=10_000)
+    texts = [m["text"] for m in httpx.get(f"{base}/rooms/{room}/messages").json()["messages"]]
+    assert "let me talk" not in texts and "you are all terrible" in texts
+    # recordings replay the chat through the same history() (recording.js): hidden there too
+    replayed = await studio.evaluate(
+        "async r => (await (await import('/static/chat.js')).history(r)).map(m => m.id)", room
+    )
+    assert spam_id not in replayed and rude_id in replayed
+    assert await phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    await studio.get_by_text(f"{phone_identity}: timed out until").wait_for(timeout=10_000)
+    await screenshot(phone, "moderation-phone-timed-out")
+
+    # -- slow mode, toggled with the keyboard; another viewer sees the wait -------------------
+    await tab_to(studio, "#chat-slow")
+    await studio.keyboard.press("Space")
+    viewer = await new_page(browser, PHONE, errors)
+    await viewer.goto(f"{base}/watch/{room}")
+    await viewer.wait_for_function("window.tchatChat.slowModeS === 10", timeout=20_000)
+    await viewer.wait_for_function("!document.querySelector('#say').disabled", timeout=20_000)
+    await say(viewer, "first in slow mode")
+    await viewer.get_by_text("Slow mode: you can post again in").wait_for(timeout=10_000)
+    assert await viewer.evaluate("document.querySelector('#chat form button').disabled")
+    await screenshot(viewer, "moderation-phone-slow-mode")
+
+    # -- a moderator token in the watch page's fragment: the controls are there too ----------
+    mod = await new_page(browser, PHONE, errors)
+    await mod.goto(f"{base}/watch/{room}#token={issue_token(SECRET, room, 'moderator', 'mia')}")
+    await mod.wait_for_function("window.tchatChat.canModerate === true", timeout=20_000)
+    await mod.wait_for_selector("#chat li button[data-action='ban']")
+    assert not await mod.is_hidden("#chat .chat-tools")
+    assert await mod.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    await screenshot(mod, "moderation-watch-moderator")
+    # presence: the pages in chat, shown by the studio
+    await studio.wait_for_function("window.tchatStudio.presence.chatting >= 4", timeout=15_000)
+    await screenshot(studio, "moderation-studio")
+    assert not errors, errors
+    print(f"deleted message vanished on the phone {vanished_s * 1000:.0f} ms after Enter")

@@ -41,7 +41,7 @@ from tchat.chat.ids import IdGenerator, id_time_ms
 from tchat.chat.models import Message
 from tchat.config import parse_host_port
 from tchat.perf.chat_load import WriterConfig, WriterResult, run_writers
-from tchat.perf.results import SuiteResults, TestResult, percentile
+from tchat.perf.results import SuiteResults, TestResult, percentile, unmet_targets
 from tchat.perf.server import serve_process
 
 from .conftest import PROFILE, assert_targets, sized
@@ -474,3 +474,298 @@ def TestChatEndToEnd(chat_server: str, record: TestResult) -> None:
 
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+# --- moderation: what the post path's checks cost; enforcement across instances -------------
+MOD_SLICES = int(sized("CHAT_MODERATION_SLICES", 20, 40))  # per side, interleaved A B B A …
+MOD_SLICE_S = sized("CHAT_MODERATION_SLICE_SECONDS", 0.5, 0.5)
+MOD_PACED_S = sized("CHAT_MODERATION_PACED_SECONDS", 20, 60)
+MOD_TRIALS = int(sized("CHAT_MODERATION_TRIALS", 20, 50))
+
+
+def _bounds(record: TestResult, gates: dict[str, str], targets: dict[str, str]) -> None:
+    """`gates` fail every run (CI included), `targets` are the reported verdicts. Where
+    TestResult has no separate gates yet (tchat.perf.results before the gates/targets
+    split), the gates are the enforced targets and the targets' verdicts go to notes."""
+    if hasattr(record, "gates"):
+        record.gates.update(gates)
+        record.targets.update(targets)
+        return
+    record.targets.update(gates)
+    for name, bound in targets.items():
+        value = record.metrics.get(name)
+        met = value is not None and not unmet_targets({name: value}, {name: bound})
+        record.notes.append(f"verdict {name} {bound}: {'met' if met else 'NOT met'} ({value})")
+
+
+def TestChatModerationCost(record: TestResult) -> None:
+    """The write path (ChatService.post → CQL store → bus) with the moderation checks on
+    and off, side by side in one run: two services on the same store, bus and connections,
+    one with the checks and one without. Throughput: closed-loop slices of 0.5 s through
+    one or the other, interleaved A B B A; latency: one paced run in which each message
+    goes through a randomly chosen side, so both sides see the same moments of the box."""
+    import random
+
+    from tchat.bus.memory import MemoryBus
+    from tchat.chat.moderation import Moderation
+    from tchat.chat.moderation_models import RESTRICT, ROLE, StateRow
+    from tchat.chat.service import ChatService
+
+    room = f"mod-{uuid.uuid4().hex[:8]}"
+    writers = WRITERS
+    order = [i % 4 in (1, 2) for i in range(2 * MOD_SLICES)]  # checks on? A B B A A B B A …
+    quiesce_s = wait_until_quiet(timeout_s=30.0)
+
+    async def run() -> dict[str, Any]:
+        store = new_store(max_in_flight=max(writers, 64))
+        bus = MemoryBus()
+        checked = ChatService(store, bus, 1e9, 10**9, node_id=901)
+        await checked.start()
+        await store.wait_connected(30)
+        # the same store, bus and driver connections, without the checks (not started:
+        # its store and bus are the ones started above)
+        unchecked = ChatService(store, bus, 1e9, 10**9, node_id=902, moderation=False)
+        side = {True: checked, False: unchecked}
+        moderation = checked.moderation
+        assert isinstance(moderation, Moderation)
+        # a room with a history of moderation: 1,000 bans, 1,000 timeouts, 10 moderators
+        st = await moderation.state(room)
+        now = time.time()
+        for i in range(1000):
+            st.apply(StateRow(room, RESTRICT + f"banned{i}", "ban", 0, None, "host", now, i + 1))
+            st.apply(
+                StateRow(room, RESTRICT + f"timed{i}", "timeout", 600, now + 600, "host", now, i)
+            )
+        for i in range(10):
+            st.apply(StateRow(room, ROLE + f"mod{i}", "moderator", 0, None, "host", now, i))
+        gc.freeze()
+
+        async def closed_slice(on: bool, seconds: float) -> tuple[int, float, float]:
+            service = side[on]
+            end = time.perf_counter() + seconds
+            done = [0]
+
+            async def writer(w: int) -> None:
+                while time.perf_counter() < end:
+                    await service.post(room, f"w{w}", "moderation cost")
+                    done[0] += 1
+
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            await asyncio.gather(*(writer(w) for w in range(writers)))
+            return done[0], time.perf_counter() - t0, time.process_time() - cpu0
+
+        async def paced(seconds: float, rng: random.Random) -> dict[bool, list[float]]:
+            lat: dict[bool, list[float]] = {True: [], False: []}
+            start = time.perf_counter() + 0.05
+            interval = 1.0 / RATE
+
+            async def writer(w: int) -> None:
+                next_at = start + (w / writers) * interval
+                while next_at < start + seconds:
+                    await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                    next_at += interval
+                    on = rng.random() < 0.5
+                    t0 = time.perf_counter()
+                    await side[on].post(room, f"w{w}", "moderation cost")
+                    lat[on].append((time.perf_counter() - t0) * 1000.0)
+
+            await asyncio.gather(*(writer(w) for w in range(writers)))
+            return lat
+
+        try:
+            for on in (False, True):  # warm-up, not measured
+                await closed_slice(on, 1.0)
+            await paced(2.0, random.Random(0))
+            totals = {on: [0, 0.0, 0.0] for on in (False, True)}  # messages, seconds, cpu
+            per_slice: dict[bool, list[float]] = {False: [], True: []}
+            for on in order:
+                n, elapsed, cpu = await closed_slice(on, MOD_SLICE_S)
+                totals[on][0] += n
+                totals[on][1] += elapsed
+                totals[on][2] += cpu
+                per_slice[on].append(n / elapsed)
+            lat = await paced(MOD_PACED_S, random.Random(1))
+            # the check itself, in a tight loop (CPU time per call, median of 5 repeats)
+            per_call = []
+            for _ in range(5):
+                cpu0 = time.process_time()
+                for i in range(20_000):
+                    await moderation.check_post(room, f"w{i % writers}", "chat")
+                per_call.append((time.process_time() - cpu0) / 20_000)
+            return {
+                "totals": totals,
+                "per_slice": per_slice,
+                "lat": lat,
+                "check_ns": statistics.median(per_call) * 1e9,
+            }
+        finally:
+            await checked.close()
+
+    out = asyncio.run(run())
+    totals, lat = out["totals"], out["lat"]
+    rate = {on: totals[on][0] / totals[on][1] for on in (False, True)}
+    cpu_us = 1e6 * totals[False][2] / max(totals[False][0], 1)
+    p99 = {on: percentile(lat[on], 99) or 0.0 for on in (False, True)}
+    p50 = {on: percentile(lat[on], 50) or 0.0 for on in (False, True)}
+    record.metrics = {
+        "write_path_msg_s_checks_off": round(rate[False], 1),
+        "write_path_msg_s_checks_on": round(rate[True], 1),
+        "moderation_throughput_cost_pct": round(
+            100.0 * (rate[False] - rate[True]) / rate[False], 2
+        ),
+        "slice_median_msg_s_checks_off": round(statistics.median(out["per_slice"][False]), 1),
+        "slice_median_msg_s_checks_on": round(statistics.median(out["per_slice"][True]), 1),
+        "p99_write_ms_checks_off": _r(p99[False]),
+        "p99_write_ms_checks_on": _r(p99[True]),
+        "moderation_p99_cost_pct": round(100.0 * (p99[True] - p99[False]) / p99[False], 2),
+        "p50_write_ms_checks_off": _r(p50[False]),
+        "p50_write_ms_checks_on": _r(p50[True]),
+        "paced_messages_checks_off": len(lat[False]),
+        "paced_messages_checks_on": len(lat[True]),
+        "write_path_cpu_us_per_msg": round(cpu_us, 2),
+        "moderation_check_ns": round(out["check_ns"], 1),
+        "moderation_check_cpu_share_pct": round(100.0 * out["check_ns"] / 1000.0 / cpu_us, 3),
+        "quiesce_wait_s": round(quiesce_s, 1),
+    }
+    record.series = {
+        f"slice_msg_s_{'on' if on else 'off'}": [[i, v] for i, v in enumerate(vals)]
+        for on, vals in out["per_slice"].items()
+    }
+    _bounds(
+        record,
+        gates={"moderation_check_cpu_share_pct": "<= 5"},
+        targets={"moderation_throughput_cost_pct": "<= 5", "moderation_p99_cost_pct": "<= 5"},
+    )
+    record.notes.append(
+        f"ChatService.post (rate limit → moderation check → CQL append → bus) in the test "
+        f"process, {writers} writers, one room holding 1,000 bans, 1,000 timeouts and 10 "
+        "moderators (the writers unrestricted, slow mode off), two services on one store: "
+        "with the checks and without. Throughput: closed loop, "
+        f"{MOD_SLICES} slices of {MOD_SLICE_S:g} s per side interleaved A B B A, messages / "
+        f"seconds summed per side; latency: one paced run of {MOD_PACED_S:g} s at {RATE:g} "
+        "msg/s per writer, each message through a random side, p99 per side. cost_pct = "
+        "(on - off) / off (throughput: (off - on) / off). The CI gate is the check's own CPU "
+        "(tight loop, median of 5) as a share of the write path's CPU per message (process "
+        "CPU / messages of the slices without checks): robust on a busy 2-core box; the A/B "
+        "figures are verdicts, noisy when other work shares the cores."
+    )
+    assert_targets(record)
+
+
+@pytest.fixture(scope="module")
+def two_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    env = {
+        "CHAT_STORE": "cql",
+        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "CHAT_RATE_PER_S": "1000",
+        "CHAT_BURST": "1000",
+    }
+    with (
+        # two servers reaching Cassandra at once on a busy box may take a while to start
+        serve_process(tmp_path_factory.mktemp("mod-a"), SECRET, env, ready_s=120) as (_, a),
+        serve_process(tmp_path_factory.mktemp("mod-b"), SECRET, env, ready_s=120) as (_, b),
+    ):
+        yield a, b
+
+
+def TestChatModerationAcrossInstances(two_servers: tuple[str, str], record: TestResult) -> None:
+    """Two `tchat serve` on one Redis and one CQL store: a ban or timeout set on one
+    refuses the other's next post, an unban lets it post again, a deletion on A reaches
+    B's clients — how long each takes, from the action's request and from the acting
+    instance's answer (the action is set: stored, applied, published)."""
+    import httpx
+
+    a, b = two_servers
+    room = f"modx-{uuid.uuid4().hex[:8]}"
+    host = {"authorization": f"Bearer {issue_token(SECRET, room, 'publisher', 'host')}"}
+    kinds = ("enforce", "lift", "delete")
+
+    async def run() -> dict[str, list[tuple[float, float]]]:
+        got: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
+        ws_b = b.replace("http://", "ws://") + f"/rooms/{room}/ws"
+        async with httpx.AsyncClient(timeout=10) as http, websockets.connect(ws_b) as on_b:
+            await on_b.recv()  # hello
+
+            async def post(server: str, who: str) -> httpx.Response:
+                tok = issue_token(SECRET, room, "chat", who)
+                return await http.post(
+                    f"{server}/rooms/{room}/messages",
+                    json={"text": "x"},
+                    headers={"authorization": f"Bearer {tok}"},
+                )
+
+            async def act(server: str, kind: str, body: dict[str, Any]) -> tuple[float, float]:
+                t0 = time.perf_counter()
+                r = await http.post(
+                    f"{server}/rooms/{room}/moderation/{kind}", json=body, headers=host
+                )
+                assert r.status_code == 200, r.text
+                return t0, time.perf_counter()
+
+            async def until(server: str, who: str, refused: bool) -> float:
+                deadline = time.perf_counter() + 10
+                while time.perf_counter() < deadline:
+                    if ((await post(server, who)).status_code != 201) == refused:
+                        return time.perf_counter()
+                    await asyncio.sleep(0.002)
+                raise AssertionError(f"{who} not {'refused' if refused else 'accepted'} in 10 s")
+
+            def note(kind: str, t0: float, t1: float, effect: float) -> None:
+                got[kind].append(((effect - t0) * 1000.0, max(0.0, effect - t1) * 1000.0))
+
+            async def deleted(message: str) -> float:
+                async with asyncio.timeout(15):
+                    while True:
+                        frame = json.loads(await on_b.recv())
+                        if frame["type"] == "deleted" and frame["ids"] == [message]:
+                            return time.perf_counter()
+
+            for i in range(MOD_TRIALS):
+                who = f"vic{i}"
+                assert (await post(b, who)).status_code == 201
+                kind, src, dst = ("ban", a, b) if i % 2 == 0 else ("timeout", b, a)
+                body = {"target": who, "seconds": 60} if kind == "timeout" else {"target": who}
+                t0, t1 = await act(src, kind, body)
+                note("enforce", t0, t1, await until(dst, who, True))
+                t0, t1 = await act(src, "unban", {"target": who})
+                note("lift", t0, t1, await until(dst, who, False))
+                message = (await post(a, f"poster{i}")).json()["id"]
+                reader = asyncio.create_task(deleted(message))
+                t0, t1 = await act(a, "delete", {"message_id": message})
+                note("delete", t0, t1, await reader)
+        return got
+
+    got = asyncio.run(run())
+    names = {
+        "enforce": "enforce_other_instance",
+        "lift": "lift_other_instance",
+        "delete": "delete_reaches_other_instance",
+    }
+    record.metrics = {"trials": MOD_TRIALS}
+    for kind, name in names.items():
+        total = [t for t, _ in got[kind]]
+        after = [x for _, x in got[kind]]
+        record.metrics |= {
+            f"{name}_p50_ms": _r(percentile(after, 50)),
+            f"{name}_max_ms": _r(max(after)),
+            f"{name}_from_request_p50_ms": _r(percentile(total, 50)),
+            f"{name}_from_request_max_ms": _r(max(total)),
+        }
+    record.series = {
+        f"{names[k]}_ms": [[i, x] for i, (_, x) in enumerate(v)] for k, v in got.items()
+    }
+    _bounds(
+        record,
+        gates={f"{name}_max_ms": "<= 1000" for name in names.values()},
+        targets={f"{name}_from_request_max_ms": "<= 1000" for name in names.values()},
+    )
+    record.notes.append(
+        "Two tchat serve (CHAT_STORE=cql, one Redis). *_ms = from the acting instance's "
+        "answer (the action stored, applied and published) to the effect on the other "
+        "instance; *_from_request_ms = from the action's request start (adds the action's own "
+        "store writes). enforce = the first refused post (HTTP, polled every ~2 ms; bans set "
+        "on A and checked on B, timeouts set on B and checked on A, alternating); lift = "
+        "unban → the first accepted post; delete = the `deleted` frame on a WebSocket of B "
+        "(timestamped on arrival). One shared 2-core box."
+    )
+    assert_targets(record)

@@ -15,18 +15,23 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from tchat.auth import Grant, TokenError, bearer, verify_token
 from tchat.bus import make_bus
+from tchat.chat import moderation_api
 from tchat.chat.models import ROOM_PATTERN, HistoryPage, MessageOut
+from tchat.chat.moderation import ModerationError, parse_action
 from tchat.chat.protocol import (
     Auth,
+    Moderate,
     Ping,
     Post,
     ProtocolError,
+    Watch,
     decode_frame,
     encode,
     error_frame,
     validate_text,
 )
 from tchat.chat.service import ChatService, Listener
+from tchat.chat.shared import make_shared
 from tchat.chat.store import StoreUnavailable, make_store
 from tchat.config import Settings
 from tchat.http import BodyTooLarge, body_schema, read_model, too_large
@@ -53,6 +58,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
             settings.chat_rate_per_s,
             settings.chat_burst,
             node_id=settings.chat_node_id,
+            shared=make_shared(settings.redis_url),
         )
         await service.start()
         app.state.chat = service
@@ -80,10 +86,15 @@ def mount(app: FastAPI, settings: Settings) -> None:
             return JSONResponse(
                 {"error": "bad_request", "detail": "before is not a message id"}, 400
             )
+        service = chat(request)
         try:
-            messages = await chat(request).store.history(room, limit, cursor)
+            # a cleared room's history starts after the clear (moderation)
+            after = await moderation_api.cleared_before(service, room)
+            messages = await service.store.history(room, limit, cursor, after)
         except StoreUnavailable as exc:
             return JSONResponse({"error": "store_unavailable", "detail": str(exc)}, 503)
+        except ModerationError as exc:
+            return JSONResponse(exc.body(), exc.status)
         return {
             "messages": [m.to_json() for m in messages],
             "next_before": str(messages[-1].id) if len(messages) == limit else None,
@@ -110,12 +121,15 @@ def mount(app: FastAPI, settings: Settings) -> None:
             grant = verify_token(request.app.state.secret, bearer(authorization), room, "chat")
             body = await read_model(request, PostBody, body_limit)
             message = await chat(request).post(
-                room, grant.identity, validate_text(body.text, settings.chat_max_chars)
+                room, grant.identity, validate_text(body.text, settings.chat_max_chars), grant.role
             )
         except TokenError as exc:
             return JSONResponse({"error": "unauthorized", "detail": str(exc)}, 401)
         except BodyTooLarge as exc:
             return too_large(exc)
+        except ModerationError as exc:  # banned, timed out, slow mode: with until/retry_after
+            CHAT_REJECTED.labels(exc.code).inc()
+            return JSONResponse(exc.body(), exc.status)
         except ProtocolError as exc:
             CHAT_REJECTED.labels(exc.code).inc()
             status = {"rate_limited": 429, "store_unavailable": 503, "store_busy": 503}.get(
@@ -172,18 +186,21 @@ def mount(app: FastAPI, settings: Settings) -> None:
         if grant is not None:
             watch_expiry(grant)
 
-        def hello(can_post: bool) -> dict[str, Any]:
-            return {
+        async def hello() -> dict[str, Any]:
+            frame = {
                 "type": "hello",
                 "room": room,
-                "can_post": can_post,
+                "can_post": grant is not None,
                 "max_chars": settings.chat_max_chars,
             }
+            # moderation: role, own restriction, slow mode; presence (chat/moderation_api.py)
+            return frame | await moderation_api.hello_fields(service, room, grant)
 
         listener = Listener(websocket.send_text, overflow)
+        watching = False
         try:  # joined inside: a client gone before hello must still leave the room
             await service.join(room, listener)
-            await send(hello(grant is not None))
+            await send(await hello())
             while True:
                 event = await websocket.receive()
                 if event["type"] == "websocket.disconnect":
@@ -200,9 +217,9 @@ def mount(app: FastAPI, settings: Settings) -> None:
                         try:
                             grant = verify_token(secret, frame.token, room, "chat")
                             watch_expiry(grant)
-                            await send(hello(True))
                         except TokenError as exc:
                             raise ProtocolError("unauthorized", str(exc)) from None
+                        await send(await hello())
                     elif isinstance(frame, Post):
                         nonce = frame.nonce
                         if grant is None:
@@ -215,16 +232,31 @@ def mount(app: FastAPI, settings: Settings) -> None:
                             await send(error_frame("token_expired", detail, nonce))
                             await websocket.close(CLOSE_TOKEN_EXPIRED, "token expired")
                             break
-                        message = await service.post(room, grant.identity, frame.text)
+                        message = await service.post(room, grant.identity, frame.text, grant.role)
                         await send({"type": "ack", "nonce": nonce, "id": str(message.id)})
+                    elif isinstance(frame, Moderate):
+                        nonce = frame.nonce
+                        entry = await moderation_api.act(
+                            service, room, grant, parse_action(frame.action, frame.args)
+                        )
+                        await send({"type": "moderated", "nonce": nonce, "entry": entry})
+                    elif isinstance(frame, Watch) and not watching:
+                        watching = True  # an HLS watch page: counted as watching (presence)
+                        service.presence.hls_join(room)
                 except ProtocolError as exc:
                     CHAT_REJECTED.labels(exc.code).inc()
-                    await send(error_frame(exc.code, exc.detail, nonce))
+                    err = error_frame(exc.code, exc.detail, nonce)
+                    if isinstance(exc, ModerationError):
+                        err |= exc.fields
+                    await send(err)
         except WebSocketDisconnect:
             pass
         finally:
             if expiry is not None:
                 expiry.cancel()
+            if watching:
+                service.presence.hls_leave(room)
             await service.leave(room, listener)
 
     app.include_router(router)
+    moderation_api.mount(app)

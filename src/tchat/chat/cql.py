@@ -15,12 +15,22 @@ TimeWindowCompactionStrategy with 1-day windows drops whole expired SSTables.
 
 The driver routes token-aware (shard-aware on ScyllaDB), statements are prepared,
 requests are async with a bounded number in flight per process.
+
+Moderation (tchat.chat.moderation):
+
+    messages.deleted_by, deleted_at        — a deleted message's tombstone (the row stays;
+                                              the update carries the row's remaining TTL)
+    moderation_state ((room), name)         — a room's restrictions, slow mode, clear mark,
+                                              roles: one partition read loads a room;
+                                              timeouts are written USING TTL = their length
+    moderation_log ((room), id DESC)        — every action, kept CHAT_TTL like messages
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import logging
 import math
 import time
@@ -30,6 +40,7 @@ from typing import Any
 from tchat.aio import cancel_and_wait
 from tchat.chat.ids import id_time_ms
 from tchat.chat.models import Message
+from tchat.chat.moderation_models import LogEntry, StateRow, StoredMessage
 from tchat.chat.store import StoreUnavailable
 from tchat.config import Settings
 
@@ -56,6 +67,7 @@ def schema_statements(
         f"""CREATE TABLE IF NOT EXISTS {keyspace}.messages (
               room text, win int, bucket int, id bigint,
               author text, text text, created_at timestamp,
+              deleted_by text, deleted_at double,
               PRIMARY KEY ((room, win, bucket), id)
             ) WITH CLUSTERING ORDER BY (id DESC)
               AND default_time_to_live = {ttl_s}
@@ -66,7 +78,22 @@ def schema_statements(
               room text, win int, PRIMARY KEY (room, win)
             ) WITH CLUSTERING ORDER BY (win DESC)
               AND default_time_to_live = {ttl_s + math.ceil(window_s)}""",
+        f"""CREATE TABLE IF NOT EXISTS {keyspace}.moderation_state (
+              room text, name text, kind text, num bigint, until double,
+              set_by text, set_at double, version bigint,
+              PRIMARY KEY (room, name)
+            )""",
+        f"""CREATE TABLE IF NOT EXISTS {keyspace}.moderation_log (
+              room text, id bigint, actor text, actor_role text, action text,
+              target text, detail text, created_at double,
+              PRIMARY KEY (room, id)
+            ) WITH CLUSTERING ORDER BY (id DESC)
+              AND default_time_to_live = {ttl_s}""",
     ]
+
+
+# Tables made before moderation get the tombstone columns.
+MESSAGE_COLUMNS = {"deleted_by": "text", "deleted_at": "double"}
 
 
 class CqlChatStore:
@@ -103,6 +130,13 @@ class CqlChatStore:
         self._select_before: Any = None
         self._select_windows: Any = None
         self._select_windows_before: Any = None
+        self._get_message: Any = None
+        self._tombstone: Any = None
+        self._put_state: Any = None
+        self._load_state: Any = None
+        self._append_log: Any = None
+        self._read_log: Any = None
+        self._read_log_before: Any = None
         self._known_windows: set[tuple[str, int]] = set()
         self._windows_cache: dict[str, tuple[float, list[int]]] = {}
         # group commit: partition → queued (params, text size, waiter); partitions in flight
@@ -180,6 +214,7 @@ class CqlChatStore:
                 self.keyspace, self.ttl_s, self.replication_factor, self.window_s
             ):
                 session.execute(statement, timeout=30)
+            _add_missing_columns(session, self.keyspace)
             ks = self.keyspace
             self._insert = session.prepare(
                 f"INSERT INTO {ks}.messages (room, win, bucket, id, author, text, created_at) "
@@ -188,7 +223,7 @@ class CqlChatStore:
             self._insert_window = session.prepare(
                 f"INSERT INTO {ks}.room_windows (room, win) VALUES (?, ?)"
             )
-            cols = "id, author, text"
+            cols = "id, author, text, deleted_at"
             where = f"FROM {ks}.messages WHERE room = ? AND win = ? AND bucket = ?"
             self._select = session.prepare(f"SELECT {cols} {where} LIMIT ?")
             self._select_before = session.prepare(f"SELECT {cols} {where} AND id < ? LIMIT ?")
@@ -207,10 +242,43 @@ class CqlChatStore:
             self._select_windows_before = session.prepare(
                 f"SELECT win FROM {ks}.room_windows WHERE room = ? AND win <= ? LIMIT ?"
             )
+            self._prepare_moderation(session)
         except Exception:
             cluster.shutdown()
             raise
         self._cluster, self._session = cluster, session
+
+    def _prepare_moderation(self, session: Any) -> None:
+        ks = self.keyspace
+        key = "WHERE room = ? AND win = ? AND bucket = ? AND id = ?"
+        self._get_message = session.prepare(
+            f"SELECT author, text, deleted_by, deleted_at, TTL(text) AS ttl "
+            f"FROM {ks}.messages {key}"
+        )
+        self._tombstone = session.prepare(
+            f"UPDATE {ks}.messages USING TTL ? SET deleted_by = ?, deleted_at = ? {key}"
+        )
+        self._put_state = session.prepare(
+            f"INSERT INTO {ks}.moderation_state "
+            "(room, name, kind, num, until, set_by, set_at, version) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+        )
+        self._load_state = session.prepare(
+            f"SELECT room, name, kind, num, until, set_by, set_at, version "
+            f"FROM {ks}.moderation_state WHERE room = ?"
+        )
+        self._append_log = session.prepare(
+            f"INSERT INTO {ks}.moderation_log "
+            "(room, id, actor, actor_role, action, target, detail, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        log_cols = "id, room, actor, actor_role, action, target, detail, created_at"
+        self._read_log = session.prepare(
+            f"SELECT {log_cols} FROM {ks}.moderation_log WHERE room = ? LIMIT ?"
+        )
+        self._read_log_before = session.prepare(
+            f"SELECT {log_cols} FROM {ks}.moderation_log WHERE room = ? AND id < ? LIMIT ?"
+        )
 
     async def close(self) -> None:
         if self._connector:
@@ -344,13 +412,30 @@ class CqlChatStore:
         finally:
             self._flushing.discard(partition)
 
-    async def history(self, room: str, limit: int, before: int | None = None) -> list[Message]:
+    async def history(
+        self, room: str, limit: int, before: int | None = None, after: int | None = None
+    ) -> list[Message]:
+        """Visible messages (not deleted, id > after), newest first, ids < before."""
         found: list[Message] = []
         horizon = self._clock() - self.ttl_s
+        floor = id_time_ms(after) / 1000.0 if after is not None else None
         for win in await self._windows(room, before):
             if (win + 1) * self.window_s < horizon:
                 break  # everything older has expired
-            found.extend(await self._read_window(room, win, limit - len(found), before))
+            if floor is not None and (win + 1) * self.window_s <= floor:
+                break  # everything older is cleared
+            cursor = before
+            while len(found) < limit:  # deleted rows are skipped: read on until enough
+                need = limit - len(found)
+                rows = await self._read_window(room, win, need, cursor)
+                for message, deleted in rows:
+                    if after is not None and message.id <= after:
+                        return found
+                    if not deleted:
+                        found.append(message)
+                if len(rows) < need:
+                    break  # this window has nothing older
+                cursor = rows[-1][0].id
             if len(found) >= limit:
                 break
         return found[:limit]
@@ -375,7 +460,7 @@ class CqlChatStore:
 
     async def _read_window(
         self, room: str, win: int, limit: int, before: int | None
-    ) -> list[Message]:
+    ) -> list[tuple[Message, bool]]:
         """Newest `limit` rows of one window: a small read per bucket, then more only from
         buckets that may still hold rows newer than the merged cut-off (rare)."""
         per_bucket = min(limit, -(-2 * limit // self.buckets) + 2)
@@ -411,7 +496,71 @@ class CqlChatStore:
                 pages[b] = pages[b] + rows
                 asked[b] += limit
         # created_at is the id's own time (ms), the exact value the writer stored
-        return [Message(r.id, room, r.author, r.text, id_time_ms(r.id) / 1000.0) for r in merged]
+        return [
+            (Message(r.id, room, r.author, r.text, id_time_ms(r.id) / 1000.0),
+             r.deleted_at is not None)
+            for r in merged
+        ]  # fmt: skip
+
+    # --- moderation (tchat.chat.moderation.ModerationStore) --------------------------------
+    def _message_key(self, room: str, message_id: int) -> tuple[str, int, int, int] | None:
+        win = self.window_of(id_time_ms(message_id) / 1000.0)
+        if not -(2**31) <= win < 2**31:
+            return None  # no window can hold it: not a message of ours
+        return (room, win, bucket_of(message_id, self.buckets), message_id)
+
+    async def get_message(self, room: str, message_id: int) -> StoredMessage | None:
+        key = self._message_key(room, message_id)
+        if key is None:
+            return None
+        rows = await self._run(self._get_message, key)
+        if not rows or rows[0].text is None:
+            return None
+        r = rows[0]
+        message = Message(message_id, room, r.author, r.text, id_time_ms(message_id) / 1000.0)
+        return StoredMessage(message, r.deleted_by, r.deleted_at, r.ttl)
+
+    async def tombstone(self, room: str, messages: list[StoredMessage], by: str, at: float) -> None:
+        writes = []
+        for stored in messages:
+            key = self._message_key(room, stored.message.id)
+            assert key is not None
+            ttl = max(1, stored.ttl_s if stored.ttl_s is not None else self.ttl_s)
+            writes.append(self._run(self._tombstone, (ttl, by, at, *key)))
+        await asyncio.gather(*writes)
+
+    async def put_state(self, row: StateRow, ttl_s: int | None) -> None:
+        await self._run(
+            self._put_state,
+            (row.room, row.key, row.kind, row.value, row.until, row.by, row.at, row.version,
+             max(1, ttl_s) if ttl_s is not None else 0),
+        )  # fmt: skip
+
+    async def load_state(self, room: str) -> list[StateRow]:
+        rows = await self._run(self._load_state, (room,))
+        return [
+            StateRow(r.room, r.name, r.kind or "", r.num or 0, r.until, r.set_by or "",
+                     r.set_at or 0.0, r.version or 0)
+            for r in rows
+        ]  # fmt: skip
+
+    async def append_log(self, entry: LogEntry) -> None:
+        await self._run(
+            self._append_log,
+            (entry.room, entry.id, entry.actor, entry.actor_role, entry.action, entry.target,
+             entry.detail_text(), entry.created_at),
+        )  # fmt: skip
+
+    async def read_log(self, room: str, limit: int, before: int | None) -> list[LogEntry]:
+        if before is None:
+            rows = await self._run(self._read_log, (room, limit))
+        else:
+            rows = await self._run(self._read_log_before, (room, before, limit))
+        return [
+            LogEntry(r.id, r.room, r.actor, r.actor_role, r.action, r.target,
+                     json.loads(r.detail or "{}"), r.created_at or 0.0)
+            for r in rows
+        ]  # fmt: skip
 
     async def count_partition(self, room: str, win: int, bucket: int) -> int:
         rows = await self._run(
@@ -433,6 +582,24 @@ class CqlChatStore:
             ),
         )
         return int(rows[0].ttl) if rows and rows[0].ttl is not None else None
+
+
+def _add_missing_columns(session: Any, keyspace: str) -> None:
+    """ALTER a messages table made before moderation (CREATE IF NOT EXISTS keeps it as is)."""
+    rows = session.execute(
+        "SELECT column_name FROM system_schema.columns "
+        "WHERE keyspace_name = %s AND table_name = 'messages'",
+        (keyspace,),
+    )
+    have = {r.column_name for r in rows}
+    for column, kind in MESSAGE_COLUMNS.items():
+        if column in have:
+            continue
+        try:
+            session.execute(f"ALTER TABLE {keyspace}.messages ADD {column} {kind}", timeout=30)
+        except Exception as exc:  # another instance added it meanwhile
+            if "exist" not in str(exc).lower() and "conflict" not in str(exc).lower():
+                raise
 
 
 def _row_id(row: Any) -> int:

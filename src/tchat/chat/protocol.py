@@ -1,7 +1,9 @@
 """The chat WebSocket protocol, sans-I/O: frames in, decisions and frames out.
 
 Client → server frames (JSON text): `{"type": "auth", "token": …}`,
-`{"type": "post", "text": …, "nonce": …}`, `{"type": "ping"}`.
+`{"type": "post", "text": …, "nonce": …}`, `{"type": "ping"}`,
+`{"type": "moderate", "action": …, "nonce": …, …}` (arguments checked by
+`chat/moderation.py`), `{"type": "watch", "transport": "hls"}` (presence).
 Server → client: `hello`, `message`, `ack` (after the store has the message),
 `error` (`code`, `detail`, echoing `nonce`), `pong`. Errors never close the
 connection except where the WebSocket protocol itself does (1007, 1009).
@@ -45,7 +47,19 @@ class Ping:
     pass
 
 
-Frame = Auth | Post | Ping
+@dataclass(frozen=True, slots=True)
+class Moderate:
+    action: str
+    args: dict[str, Any]
+    nonce: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    transport: str
+
+
+Frame = Auth | Post | Ping | Moderate | Watch
 
 
 def decode_frame(data: str | bytes, max_chars: int) -> Frame:
@@ -80,7 +94,22 @@ def decode_frame(data: str | bytes, max_chars: int) -> Frame:
         return Auth(token)
     if kind == "ping":
         return Ping()
-    raise ProtocolError("unknown_type", f"unknown frame type {kind!r}; expected post, auth, ping")
+    if kind == "moderate":
+        nonce = obj.get("nonce")
+        if nonce is not None and (not isinstance(nonce, str) or len(nonce) > MAX_NONCE_CHARS):
+            raise ProtocolError("bad_nonce", f"nonce must be a string of ≤ {MAX_NONCE_CHARS} chars")
+        action = obj.get("action")
+        if not isinstance(action, str):
+            raise ProtocolError("unknown_action", "moderate frame needs an action string")
+        return Moderate(action, obj, nonce)
+    if kind == "watch":
+        if obj.get("transport") != "hls":
+            raise ProtocolError("malformed_frame", 'watch frame needs "transport": "hls"')
+        return Watch("hls")
+    raise ProtocolError(
+        "unknown_type",
+        f"unknown frame type {kind!r}; expected post, auth, ping, moderate, watch",
+    )
 
 
 def validate_text(text: object, max_chars: int) -> str:

@@ -5,6 +5,10 @@ bus (in-process, or Redis between instances) as one pre-encoded frame, written t
 every local listener's bounded queue without awaiting it (websockets' broadcast
 model). A listener whose queue fills up is too slow: it is closed with 1013
 rather than let it hold memory or delay the room.
+
+Moderation (`chat/moderation.py`) checks each post against the room's restrictions
+held in memory, and its events travel on the bus channel MOD_CHANNEL, which every
+instance subscribes to; presence (`chat/presence.py`) counts and pushes every 2 s.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from tchat.aio import cancel_and_wait
 from tchat.bus import Bus, BusUnavailable
 from tchat.chat.ids import IdGenerator, id_time_ms
 from tchat.chat.models import Message
+from tchat.chat.moderation import MOD_CHANNEL, Moderation
+from tchat.chat.presence import Presence
 from tchat.chat.protocol import ProtocolError, RateLimiter, encode
+from tchat.chat.shared import MemoryShared, Shared
 from tchat.chat.store import ChatStore, IdTaken, StoreBusy, StoreUnavailable
 from tchat.metrics import CHAT_LISTENERS, CHAT_MESSAGES, CHAT_WRITE_SECONDS
 
@@ -69,6 +76,8 @@ class ChatService:
         burst: int,
         clock: Callable[[], float] = time.monotonic,
         node_id: int | None = None,
+        shared: Shared | None = None,
+        moderation: bool = True,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -76,10 +85,28 @@ class ChatService:
         self.ids = IdGenerator(node_id)
         self.limiter = RateLimiter(rate_per_s, burst, clock)
         self._rooms: dict[str, set[Listener]] = {}
+        self.shared: Shared = shared or MemoryShared()
+        # moderation=False only for measuring what the checks cost (tests/performance)
+        self.moderation: Moderation | None = (
+            Moderation(
+                store,
+                self._send,
+                lambda: self.ids.next_id(),
+                gate=self.shared if self.shared.name == "redis" else None,
+            )
+            if moderation
+            else None
+        )
+        self.presence = Presence(self.shared, self.listener_counts, self._deliver)
 
     async def start(self) -> None:
         await self.store.start()
         await self.bus.start(self._deliver)
+        await self.bus.subscribe(MOD_CHANNEL)  # every instance hears every room's actions
+        await self.shared.start()
+        if self.moderation is not None:
+            await self.moderation.start()
+        await self.presence.start()
         if self.node_id is None:
             # Ids from two instances must never collide: a collision would overwrite an
             # acknowledged message. The bus hands out distinct node numbers when it can.
@@ -89,31 +116,28 @@ class ChatService:
         log.info("chat ids from node %d", self.ids.node)
 
     async def close(self) -> None:
+        await self.presence.close()
+        if self.moderation is not None:
+            await self.moderation.close()
+        await self.shared.close()
         await self.bus.close()
         await self.store.close()
 
-    async def post(self, room: str, author: str, text: str) -> Message:
+    async def post(self, room: str, author: str, text: str, role: str = "chat") -> Message:
         """Store and fan out; raises ProtocolError (rate_limited, store_busy,
-        store_unavailable)."""
+        store_unavailable) or ModerationError (banned, timed_out, slow_mode)."""
         if not self.limiter.allow(author):
             wait = self.limiter.retry_after(author)
             raise ProtocolError("rate_limited", f"too many messages; retry in {wait:.1f}s")
+        if self.moderation is not None:
+            await self.moderation.check_post(room, author, role)
         started = time.perf_counter()
-        for attempt in range(ID_ATTEMPTS):
-            message_id = self.ids.next_id()
-            message = Message(message_id, room, author, text, id_time_ms(message_id) / 1000.0)
-            try:
-                await self.store.append(message)
-                break
-            except IdTaken as exc:
-                # another writer drew the same id: post again under a fresh one
-                log.warning("chat id collision (attempt %d): %s", attempt + 1, exc)
-            except StoreBusy as exc:
-                raise ProtocolError("store_busy", str(exc)) from None
-            except StoreUnavailable as exc:
-                raise ProtocolError("store_unavailable", str(exc)) from None
-        else:
-            raise ProtocolError("store_unavailable", "message ids keep colliding; retry")
+        try:
+            message = await self._append(room, author, text)
+        except ProtocolError:
+            if self.moderation is not None:
+                self.moderation.release_post(room, author)
+            raise
         CHAT_WRITE_SECONDS.observe(time.perf_counter() - started)
         CHAT_MESSAGES.labels(self.store.name).inc()
         frame = encode({"type": "message", "message": message.to_json()})
@@ -124,6 +148,22 @@ class ChatService:
             log.warning("fan-out beyond this instance failed: %s", exc)
             self._deliver(room, frame)
         return message
+
+    async def _append(self, room: str, author: str, text: str) -> Message:
+        """Store a new message, under a fresh id if another writer drew the same one."""
+        for attempt in range(ID_ATTEMPTS):
+            message_id = self.ids.next_id()
+            message = Message(message_id, room, author, text, id_time_ms(message_id) / 1000.0)
+            try:
+                await self.store.append(message)
+                return message
+            except IdTaken as exc:
+                log.warning("chat id collision (attempt %d): %s", attempt + 1, exc)
+            except StoreBusy as exc:
+                raise ProtocolError("store_busy", str(exc)) from None
+            except StoreUnavailable as exc:
+                raise ProtocolError("store_unavailable", str(exc)) from None
+        raise ProtocolError("store_unavailable", "message ids keep colliding; retry")
 
     async def join(self, room: str, listener: Listener) -> None:
         listeners = self._rooms.setdefault(room, set())
@@ -146,6 +186,23 @@ class ChatService:
     def listener_count(self, room: str) -> int:
         return len(self._rooms.get(room, ()))
 
+    def listener_counts(self) -> dict[str, int]:
+        return {room: len(listeners) for room, listeners in self._rooms.items()}
+
+    async def _send(self, channel: str, payload: str) -> None:
+        """Publish on the bus; if it is down, at least this instance gets it."""
+        try:
+            await self.bus.publish(channel, payload)
+        except BusUnavailable as exc:
+            log.warning("bus publish on %s failed: %s", channel, exc)
+            self._deliver(channel, payload)
+
     def _deliver(self, room: str, frame: str) -> None:
+        if room == MOD_CHANNEL:
+            if self.moderation is not None:
+                target, frames = self.moderation.on_event(frame)
+                for event in frames if target and target != MOD_CHANNEL else ():
+                    self._deliver(target, encode(event))
+            return
         for listener in tuple(self._rooms.get(room, ())):
             listener.offer(frame)

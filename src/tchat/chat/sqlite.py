@@ -8,32 +8,57 @@ crash). Reads use their own connection on another thread.
 The queue is bounded (`max_queue`): past it `append` raises StoreBusy at once rather
 than let waiting writes grow without limit. A message whose (room, id) is stored
 already fails with IdTaken instead of being acknowledged and dropped.
+
+Moderation (tchat.chat.moderation): a deleted message keeps its row with a tombstone
+(deleted_by, deleted_at) and history skips it; a room's moderation state rows and
+its log live in their own tables, written on the writer thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from tchat.aio import cancel_and_wait
 from tchat.chat.models import Message
+from tchat.chat.moderation_models import LogEntry, StateRow, StoredMessage
 from tchat.chat.store import IdTaken, StoreBusy, StoreUnavailable
 from tchat.files import private_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
   room TEXT NOT NULL, id INTEGER NOT NULL, author TEXT NOT NULL, text TEXT NOT NULL,
-  created_at REAL NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (room, id)
+  created_at REAL NOT NULL, expires_at REAL NOT NULL,
+  deleted_by TEXT, deleted_at REAL, PRIMARY KEY (room, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_expiry ON messages (expires_at);
+CREATE TABLE IF NOT EXISTS moderation_state (
+  room TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, num INTEGER NOT NULL,
+  until REAL, set_by TEXT NOT NULL, set_at REAL NOT NULL, version INTEGER NOT NULL,
+  expires_at REAL, PRIMARY KEY (room, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS moderation_log (
+  room TEXT NOT NULL, id INTEGER NOT NULL, actor TEXT NOT NULL, actor_role TEXT NOT NULL,
+  action TEXT NOT NULL, target TEXT, detail TEXT NOT NULL, created_at REAL NOT NULL,
+  expires_at REAL NOT NULL, PRIMARY KEY (room, id)
+) WITHOUT ROWID;
 """
+# Databases made before moderation get the tombstone columns (SQLite: ADD COLUMN is cheap).
+_MIGRATIONS = {
+    "deleted_by": "ALTER TABLE messages ADD COLUMN deleted_by TEXT",
+    "deleted_at": "ALTER TABLE messages ADD COLUMN deleted_at REAL",
+}
 MAX_BATCH = 512
 MAX_QUEUE = 10_000
-_INSERT = "INSERT INTO messages VALUES (?,?,?,?,?,?)"
+_INSERT = (
+    "INSERT INTO messages (room, id, author, text, created_at, expires_at) VALUES (?,?,?,?,?,?)"
+)
 Row = tuple[str, int, str, str, float, float]
 
 
@@ -75,6 +100,10 @@ class SqliteChatStore:
         def open_writer() -> sqlite3.Connection:
             conn = self._open()
             conn.executescript(_SCHEMA)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+            for column, statement in _MIGRATIONS.items():
+                if column not in have:
+                    conn.execute(statement)
             return conn
 
         self._wconn = await loop.run_in_executor(self._writer_thread, open_writer)
@@ -161,39 +190,129 @@ class SqliteChatStore:
             raise
         return taken
 
-    async def history(self, room: str, limit: int, before: int | None = None) -> list[Message]:
+    async def history(
+        self, room: str, limit: int, before: int | None = None, after: int | None = None
+    ) -> list[Message]:
+        """Visible messages (not deleted, id > after), newest first, ids < before."""
+        now = self._now()
+        sql = (
+            "SELECT id, room, author, text, created_at FROM messages WHERE room = ? "
+            "AND expires_at > ? AND deleted_at IS NULL"
+        )
+        args: list[object] = [room, now]
+        if before is not None:
+            sql += " AND id < ?"
+            args.append(before)
+        if after is not None:
+            sql += " AND id > ?"
+            args.append(after)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [Message(*row) for row in await self._read(sql, args)]
+
+    async def _read(self, sql: str, args: list[object]) -> list[Any]:
         if self._rconn is None:
             raise StoreUnavailable("sqlite store is not running")
-        now = self._now()
 
-        def query() -> list[tuple[int, str, str, str, float]]:
+        def query() -> list[Any]:
             assert self._rconn is not None
-            sql = (
-                "SELECT id, room, author, text, created_at FROM messages WHERE room = ? "
-                "AND expires_at > ?"
-            )
-            args: list[object] = [room, now]
-            if before is not None:
-                sql += " AND id < ?"
-                args.append(before)
-            sql += " ORDER BY id DESC LIMIT ?"
-            args.append(limit)
             return self._rconn.execute(sql, args).fetchall()
 
         try:
-            rows = await asyncio.get_running_loop().run_in_executor(self._reader_thread, query)
+            return await asyncio.get_running_loop().run_in_executor(self._reader_thread, query)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite read failed: {exc}") from None
-        return [Message(*row) for row in rows]
+
+    async def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """One statement over rows in one transaction, on the writer thread (between the
+        message batches)."""
+        if self._wconn is None or self._writer is None or self._writer.done():
+            raise StoreUnavailable("sqlite store is not running")
+
+        def write() -> None:
+            assert self._wconn is not None
+            self._wconn.execute("BEGIN")
+            try:
+                self._wconn.executemany(sql, rows)
+                self._wconn.execute("COMMIT")
+            except BaseException:
+                self._wconn.execute("ROLLBACK")
+                raise
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._writer_thread, write)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite write failed: {exc}") from None
+
+    # --- moderation (tchat.chat.moderation.ModerationStore) --------------------------------
+    async def get_message(self, room: str, message_id: int) -> StoredMessage | None:
+        rows = await self._read(
+            "SELECT id, room, author, text, created_at, deleted_by, deleted_at FROM messages "
+            "WHERE room = ? AND id = ? AND expires_at > ?",
+            [room, message_id, self._now()],
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return StoredMessage(Message(*r[:5]), r[5], r[6])
+
+    async def tombstone(self, room: str, messages: list[StoredMessage], by: str, at: float) -> None:
+        await self._write(
+            "UPDATE messages SET deleted_by = ?, deleted_at = ? WHERE room = ? AND id = ?",
+            [(by, at, room, s.message.id) for s in messages],
+        )
+
+    async def put_state(self, row: StateRow, ttl_s: int | None) -> None:
+        expires = None if ttl_s is None else self._now() + ttl_s
+        await self._write(
+            "INSERT OR REPLACE INTO moderation_state VALUES (?,?,?,?,?,?,?,?,?)",
+            [(row.room, row.key, row.kind, row.value, row.until, row.by, row.at, row.version,
+              expires)],
+        )  # fmt: skip
+
+    async def load_state(self, room: str) -> list[StateRow]:
+        rows = await self._read(
+            "SELECT room, name, kind, num, until, set_by, set_at, version FROM moderation_state "
+            "WHERE room = ? AND (expires_at IS NULL OR expires_at > ?)",
+            [room, self._now()],
+        )
+        return [StateRow(*r) for r in rows]
+
+    async def append_log(self, entry: LogEntry) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO moderation_log VALUES (?,?,?,?,?,?,?,?,?)",
+            [(entry.room, entry.id, entry.actor, entry.actor_role, entry.action, entry.target,
+              entry.detail_text(), entry.created_at, entry.created_at + self.ttl_s)],
+        )  # fmt: skip
+
+    async def read_log(self, room: str, limit: int, before: int | None) -> list[LogEntry]:
+        sql = (
+            "SELECT id, room, actor, actor_role, action, target, detail, created_at "
+            "FROM moderation_log WHERE room = ? AND expires_at > ?"
+        )
+        args: list[object] = [room, self._now()]
+        if before is not None:
+            sql += " AND id < ?"
+            args.append(before)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [
+            LogEntry(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7])
+            for r in await self._read(sql, args)
+        ]
 
     async def purge_expired(self) -> int:
         now = self._now()
 
         def purge() -> int:
             assert self._wconn is not None
-            return self._wconn.execute(
-                "DELETE FROM messages WHERE expires_at <= ?", (now,)
-            ).rowcount
+            n = self._wconn.execute("DELETE FROM messages WHERE expires_at <= ?", (now,)).rowcount
+            self._wconn.execute("DELETE FROM moderation_log WHERE expires_at <= ?", (now,))
+            self._wconn.execute(
+                "DELETE FROM moderation_state WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                (now,),
+            )
+            return n
 
         return await asyncio.get_running_loop().run_in_executor(self._writer_thread, purge)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from tchat.chat.models import Message
+from tchat.chat.moderation_models import LogEntry, StateRow, StoredMessage
 
 
 class StoreUnavailable(Exception):
@@ -33,10 +34,30 @@ class ChatStore(Protocol):
         """Return only once the store has the message durably; raise StoreUnavailable
         (StoreBusy when too many writes wait), or IdTaken (never overwrite, never drop)."""
 
-    async def history(self, room: str, limit: int, before: int | None = None) -> list[Message]:
-        """Newest first, ids < before when given; raise StoreUnavailable."""
+    async def history(
+        self, room: str, limit: int, before: int | None = None, after: int | None = None
+    ) -> list[Message]:
+        """Newest first, ids < before and > after when given, deleted messages left out;
+        raise StoreUnavailable."""
 
     async def healthy(self) -> bool: ...
+
+    # --- moderation (tchat.chat.moderation) ---------------------------------------------
+    async def get_message(self, room: str, message_id: int) -> StoredMessage | None:
+        """The message `message_id` of `room` with its tombstone; None if not in the room."""
+
+    async def tombstone(self, room: str, messages: list[StoredMessage], by: str, at: float) -> None:
+        """Mark messages deleted (who, when); their rows stay."""
+
+    async def put_state(self, row: StateRow, ttl_s: int | None) -> None:
+        """Upsert a moderation state row; `ttl_s` = seconds it lives (None: until replaced)."""
+
+    async def load_state(self, room: str) -> list[StateRow]: ...
+
+    async def append_log(self, entry: LogEntry) -> None: ...
+
+    async def read_log(self, room: str, limit: int, before: int | None) -> list[LogEntry]:
+        """The room's moderation log, newest first, ids < before when given."""
 
 
 def make_store(settings: object) -> ChatStore:

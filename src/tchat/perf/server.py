@@ -22,7 +22,7 @@ def free_port() -> int:
 
 @contextmanager
 def serve_process(
-    data_dir: Path, secret: str, env: dict[str, str] | None = None
+    data_dir: Path, secret: str, env: dict[str, str] | None = None, ready_s: float = 30.0
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
     full_env = {
@@ -41,7 +41,7 @@ def serve_process(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + ready_s
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"tchat serve exited with {proc.returncode}")
@@ -51,7 +51,7 @@ def serve_process(
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("tchat serve did not answer in 30 s")
+                raise RuntimeError(f"tchat serve did not answer in {ready_s:g} s")
             time.sleep(0.1)
         yield proc, url
     finally:

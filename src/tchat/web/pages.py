@@ -15,6 +15,8 @@ from __future__ import annotations
 import hmac
 import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,7 +52,22 @@ def _page(name: str) -> FileResponse:
 
 
 def live_rooms(app: FastAPI) -> list[dict[str, Any]]:
-    """Rooms whose publisher is connected, with their viewer count and live recording."""
+    """Rooms whose publisher is connected, with their viewer count (WHEP sessions on this
+    server), live recording and, from presence, `watching` (WHEP + HLS pages, every
+    instance) and `chatting` (chat sockets, every instance)."""
+    live = getattr(app.state, "live_recording", None)
+    chat = getattr(app.state, "chat", None)
+    out = []
+    for room in _sfu_rooms(app):
+        room["recording_id"] = _live_recording_id(app, live, room["room"])
+        if chat is not None:
+            room.update(chat.presence.of(room["room"]))
+        out.append(room)
+    return sorted(out, key=lambda r: (-r["viewers"], r["room"]))
+
+
+def _sfu_rooms(app: FastAPI) -> list[dict[str, Any]]:
+    """Live rooms of this server's SFU (worker or cluster) with their WHEP viewers."""
     cluster = getattr(app.state, "sfu_cluster", None)
     per_worker: list[dict[str, dict[str, Any]]]
     if cluster is not None:  # the instances' last heartbeats (≤ 1 s old); this server's only
@@ -66,14 +83,8 @@ def live_rooms(app: FastAPI) -> list[dict[str, Any]]:
             agg["viewers"] += r["viewers"]
             if r["live_for_s"] is not None:
                 agg["live_for_s"] = r["live_for_s"]
-    live = getattr(app.state, "live_recording", None)
-    out = []
-    for room in merged.values():
-        if room["live_for_s"] is None:  # edge viewers of a room whose origin is gone
-            continue
-        room["recording_id"] = _live_recording_id(app, live, room["room"])
-        out.append(room)
-    return sorted(out, key=lambda r: (-r["viewers"], r["room"]))
+    # edge viewers of a room whose origin is gone are not a live room
+    return [room for room in merged.values() if room["live_for_s"] is not None]
 
 
 def _live_recording_id(app: FastAPI, live: Any, room: str) -> str | None:
@@ -110,6 +121,15 @@ class RecordingPageMiddleware:
 def mount(app: FastAPI, settings: Settings) -> None:
     dev_tokens = settings.dev_tokens_enabled
     app.add_middleware(RecordingPageMiddleware)
+
+    @asynccontextmanager
+    async def component(app: FastAPI) -> AsyncIterator[None]:
+        chat = getattr(app.state, "chat", None)
+        if chat is not None:  # presence counts this server's WHEP viewers per room
+            chat.presence.watchers = lambda: {r["room"]: r["viewers"] for r in _sfu_rooms(app)}
+        yield
+
+    app.state.components.append(component)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

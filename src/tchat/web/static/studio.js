@@ -1,11 +1,14 @@
-// Studio: go live over WHIP from the camera and microphone, simulcast, live stats, stop.
+// Studio: go live over WHIP from the camera and microphone, simulcast, live stats, stop;
+// the room's chat with moderation controls (the publisher token is the broadcaster's).
 import { $, explain, getJson, header, kbps, showError, signal, tokenFromHash } from "/static/common.js";
+import { ChatPanel } from "/static/chat.js";
 
 header("/studio");
 const params = new URLSearchParams(location.search);
 const state = { pc: null, stream: null, session: null, last: new Map(), timer: null };
 // figures the browser tests read: join time (ms, Go live → connected), layers sent
-window.tchatStudio = { joinMs: null, layers: {}, viewers: 0, live: false };
+window.tchatStudio = { joinMs: null, layers: {}, viewers: 0, live: false,
+  presence: { watching: 0, chatting: 0 } };
 
 $("#room").value = params.get("room") || "demo";
 $("#token").value = tokenFromHash() || sessionStorage.getItem("tchat:publisher") || "";
@@ -16,6 +19,18 @@ const obs = () => {
 obs();
 $("#room").addEventListener("input", obs);
 $("#token").addEventListener("input", obs);
+
+// The chat opens with the page (no need to be live) and follows the room and token fields.
+const chat = new ChatPanel($("#chat"), $("#room").value);
+window.tchatChat = chat;
+chat.onPresence = (p) => { window.tchatStudio.presence = p; };
+const chatToken = () => $("#token").value.trim();
+chat.start(chatToken());
+const rejoin = () => {
+  if ($("#room").checkValidity()) chat.restart($("#room").value, chatToken());
+};
+$("#room").addEventListener("change", rejoin);
+$("#token").addEventListener("change", rejoin);
 
 function setStatus(text, live = false) {
   $("#status").textContent = text;
@@ -111,7 +126,9 @@ async function stats() {
     const me = live.rooms.find((r) => r.room === $("#room").value);
     window.tchatStudio.viewers = me ? me.viewers : 0;
     const total = rows.reduce((a, l) => a + l.kbps, 0);
+    const p = window.tchatStudio.presence;
     $("#stats").innerHTML = `<div>viewers<b id="viewers">${window.tchatStudio.viewers}</b></div>
+      <div>watching · in chat<b id="presence">${p.watching} · ${p.chatting}</b></div>
       <div>sending<b>${total} kbit/s</b></div>
       <div>joined in<b>${window.tchatStudio.joinMs ?? "…"} ms</b></div>`;
   } catch { /* the next second tries again */ }

@@ -1,4 +1,5 @@
 // Watch: WHEP player (quality, latency), chat beside it, HLS fallback on the live recording.
+// A moderator token in the fragment (#token=…) also brings the chat's moderation controls.
 import { $, explain, getJson, header, HttpError, kbps, rememberToken, showError, signal,
   viewerToken } from "/static/common.js";
 import { ChatPanel } from "/static/chat.js";
@@ -145,6 +146,7 @@ async function hlsFallback(why) {
     hls.attachMedia(video);
   }
   window.tchatWatch.transport = "hls";
+  chat.setWatching("hls"); // presence: WHEP sessions are counted by the SFU, HLS pages say so
   video.addEventListener("playing", () => {
     if (window.tchatWatch.joinMs === null) window.tchatWatch.joinMs = Math.round(performance.now() - t0);
   }, { once: true });
