@@ -22,7 +22,7 @@ async def test_store_busy_is_503_with_retry_after() -> None:
     chat_api.mount(app, load_settings())
     app.state.secret = SECRET
 
-    async def post(room: str, author: str, text: str) -> None:
+    async def post(room: str, author: str, text: str, role: str = "chat") -> None:
         raise ProtocolError("store_busy", "sqlite store busy")
 
     app.state.chat = SimpleNamespace(post=post)
