@@ -7,6 +7,7 @@ from this class; a unit test keeps the doc file equal to the code.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -74,7 +75,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path(".tchat/data"),
         alias="TCHAT_DATA_DIR",
-        description="Directory for the embedded defaults (SQLite file, recordings, secret).",
+        description="Directory for the embedded defaults (SQLite file, recordings, secret); "
+        "a relative path is taken from the directory tchat starts in.",
     )
     secret: str = Field(
         "",
@@ -328,6 +330,22 @@ class Settings(BaseSettings):
         60.0, gt=0, alias="TEST_DURATION_SECONDS", description="Performance test duration."
     )
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_dir(cls, value: Path) -> Path:
+        # Resolved once, against the working directory of the command that loads the
+        # settings (`tchat serve`): FFmpeg and the SFU instance processes are given
+        # paths under it while running elsewhere (FFmpeg in its recording's directory).
+        return Path(os.path.abspath(value.expanduser()))
+
+    @field_validator("ffmpeg")
+    @classmethod
+    def _absolute_program(cls, value: str) -> str:
+        # a bare name is looked up on PATH wherever it runs; a relative path is not
+        if os.sep in value:
+            return os.path.abspath(os.path.expanduser(value))
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _log_level(cls, value: object) -> str:
@@ -359,7 +377,6 @@ class Settings(BaseSettings):
             return self.secret
         path = self.data_dir / "secret"
         if not path.exists():
-            import os
             import secrets
 
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -81,3 +81,23 @@ def test_configuration_doc_matches_code() -> None:
     assert doc.read_text() == configuration_markdown(), (
         "docs/configuration.md is stale: run `tchat config --markdown > docs/configuration.md`"
     )
+
+
+def test_paths_are_resolved_once_against_the_starting_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FFmpeg runs in its recording's directory and SFU instances are separate processes:
+    a relative TCHAT_DATA_DIR (the default) or FFMPEG path must not mean something else
+    there (issue 12: `make run` recorded nothing)."""
+    monkeypatch.chdir(tmp_path)
+    for env in ("TCHAT_DATA_DIR", "FFMPEG"):
+        monkeypatch.delenv(env, raising=False)
+    s = load_settings()
+    assert s.data_dir == tmp_path / ".tchat" / "data"
+    assert s.ffmpeg == "ffmpeg"  # a bare name is looked up on PATH wherever it runs
+    s = load_settings(TCHAT_DATA_DIR="rel/data", FFMPEG="bin/ffmpeg")
+    assert s.data_dir == tmp_path / "rel" / "data"
+    assert s.ffmpeg == str(tmp_path / "bin" / "ffmpeg")
+    monkeypatch.chdir("/")
+    assert s.data_dir == tmp_path / "rel" / "data"  # resolved once, not on each use
+    assert load_settings(TCHAT_DATA_DIR="/abs/data").data_dir == Path("/abs/data")

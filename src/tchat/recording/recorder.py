@@ -146,7 +146,7 @@ class Recorder:
         self.source = source
         self.store = store
         self.catalog = catalog
-        self.workdir = workdir / self.id
+        self.workdir = workdir.absolute() / self.id
         self.opts = options
         self.clock = clock
         self.queue = UploadQueue(options.max_buffer_bytes)

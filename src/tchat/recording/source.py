@@ -113,14 +113,15 @@ class SdpSource:
         idle_timeout_s: int = 2,
         codec_args: list[str] | None = None,
     ) -> None:
-        self.sdp_path = sdp_path
+        # absolute: FFmpeg runs in the recording's own directory, not ours
+        self.sdp_path = sdp_path.absolute()
         # output codecs: copy, but Opus must become AAC for MPEG-TS HLS in browsers
         self.codec_args = codec_args or ["-c", "copy"]
         self.streams = streams
         self.keyframe = keyframe
         self.idle_timeout_s = idle_timeout_s
-        sdp_path.parent.mkdir(parents=True, exist_ok=True)
-        sdp_path.write_text(render_sdp(streams))
+        self.sdp_path.parent.mkdir(parents=True, exist_ok=True)
+        self.sdp_path.write_text(render_sdp(streams))
 
     def input_args(self) -> list[str]:
         # `-listen_timeout`: FFmpeg 5.1 ends a quiet RTP input cleanly (exit 0, ENDLIST);
