@@ -186,6 +186,13 @@ class Settings(BaseSettings):
         alias="RECORDING_UPLOAD_BUFFER_BYTES",
         description="Closed segments one recording may keep on disk while storage is down.",
     )
+    recording_disk_budget_bytes: int = Field(
+        1024 * 1024 * 1024,
+        ge=1_000_000,
+        alias="RECORDING_DISK_BUDGET_BYTES",
+        description="Closed segments all recordings together may keep on disk waiting for "
+        "storage (DATA_DIR/recorder); a segment beyond it is lost, and the recording says so.",
+    )
     ffmpeg: str = Field("ffmpeg", alias="FFMPEG", description="FFmpeg executable.")
 
     # --- SFU and load (T068) ---------------------------------------------------------

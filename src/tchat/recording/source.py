@@ -26,6 +26,15 @@ class Source(Protocol):
         """Ask the sender for a keyframe now (RTCP PLI for WebRTC); may be a no-op."""
         ...
 
+    def run_started(self) -> None:
+        """A (new) FFmpeg process reads the input from now on."""
+        ...
+
+    def media_started_at(self) -> float | None:
+        """Wall time of the first packet this FFmpeg run received, if the source knows it
+        (the keyframe schedule runs from it: FFmpeg's segment boundaries do)."""
+        ...
+
 
 class UdpMpegTsSource:
     def __init__(self, port: int, *, idle_timeout_s: float = 1.5, host: str = "127.0.0.1") -> None:
@@ -53,6 +62,12 @@ class UdpMpegTsSource:
     def request_keyframe(self) -> None:
         return None  # an MPEG-TS sender keeps its own GOP (1 s for the synthetic source)
 
+    def run_started(self) -> None:
+        return None
+
+    def media_started_at(self) -> float | None:
+        return None
+
 
 class UrlSource:
     def __init__(self, url: str, *, options: list[str] | None = None) -> None:
@@ -63,6 +78,12 @@ class UrlSource:
         return [*self.options, "-i", self.url]
 
     def request_keyframe(self) -> None:
+        return None
+
+    def run_started(self) -> None:
+        return None
+
+    def media_started_at(self) -> float | None:
         return None
 
 
@@ -112,6 +133,8 @@ class SdpSource:
         keyframe: Callable[[], None] | None = None,
         idle_timeout_s: int = 2,
         codec_args: list[str] | None = None,
+        media_started: Callable[[], float | None] | None = None,
+        on_run: Callable[[], None] | None = None,
     ) -> None:
         # absolute: FFmpeg runs in the recording's own directory, not ours
         self.sdp_path = sdp_path.absolute()
@@ -119,6 +142,8 @@ class SdpSource:
         self.codec_args = codec_args or ["-c", "copy"]
         self.streams = streams
         self.keyframe = keyframe
+        self.media_started = media_started
+        self.on_run = on_run
         self.idle_timeout_s = idle_timeout_s
         self.sdp_path.parent.mkdir(parents=True, exist_ok=True)
         self.sdp_path.write_text(render_sdp(streams))
@@ -142,6 +167,13 @@ class SdpSource:
     def request_keyframe(self) -> None:
         if self.keyframe is not None:
             self.keyframe()
+
+    def run_started(self) -> None:
+        if self.on_run is not None:
+            self.on_run()
+
+    def media_started_at(self) -> float | None:
+        return self.media_started() if self.media_started is not None else None
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
