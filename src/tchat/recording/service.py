@@ -25,6 +25,7 @@ log = logging.getLogger("tchat.recording")
 
 RECORDINGS_PREFIX = "recordings/"
 SWEEP_INTERVAL_S = 600.0
+STORAGE_START_WAIT_S = 3.0  # start-up waits this long for storage, then goes on
 
 
 def options_from(settings: Settings) -> RecorderOptions:
@@ -60,6 +61,7 @@ class RecordingService:
         self.lifecycle: LifecycleResult | None = None
         self._sweep_task: asyncio.Task[None] | None = None
         self._resumes = False  # only the process that owns the catalog resumes (open())
+        self._storage_task: asyncio.Task[None] | None = None
 
     async def open(
         self, *, sweep_interval_s: float | None = SWEEP_INTERVAL_S, fail_orphans: bool = True
@@ -67,12 +69,24 @@ class RecordingService:
         """Ready the store; storage being down is logged, not fatal (uploads queue).
         `fail_orphans=False` for an SFU instance process, which shares the catalog with
         the server and its sibling instances: their live recordings are not orphans."""
-        await self.ensure_storage()
+        try:
+            # storage down must not hold the server's start: the check goes on behind
+            await asyncio.wait_for(asyncio.shield(self._storage_check()), STORAGE_START_WAIT_S)
+        except TimeoutError:
+            log.error(
+                "storage did not answer at start-up; checked again in the background",
+                extra=kv(store=self.store.name, waited_s=STORAGE_START_WAIT_S),
+            )
         if fail_orphans:
             self._fail_orphans()
             self.resume_left_behind()
         if sweep_interval_s:
             self._sweep_task = asyncio.create_task(self._sweep_loop(sweep_interval_s))
+
+    def _storage_check(self) -> asyncio.Task[None]:
+        if self._storage_task is None or self._storage_task.done():
+            self._storage_task = asyncio.create_task(self.ensure_storage())
+        return self._storage_task
 
     async def ensure_storage(self) -> None:
         """Create the bucket and apply the lifecycle rule, once they succeed."""
@@ -102,7 +116,7 @@ class RecordingService:
     async def _sweep_loop(self, interval_s: float) -> None:
         while True:
             try:
-                await self.ensure_storage()
+                await self._storage_check()
                 await self.sweeper.sweep()
                 if self._resumes:
                     self.resume_left_behind()
@@ -210,7 +224,7 @@ class RecordingService:
             with contextlib.suppress(Exception):
                 await recorder.wait()
         # an unfinished resume goes on at the next start (its files and manifest stay)
-        await cancel_and_wait(self._sweep_task, *self.resuming.values())
+        await cancel_and_wait(self._sweep_task, self._storage_task, *self.resuming.values())
         await self.store.close()
         self.catalog.close()
 
