@@ -79,6 +79,17 @@ def test_layer_plan_starts_on_what_flows_and_changes_only_when_asked() -> None:
     assert plan.at_boundary() is None and plan.current == 0
 
 
+def test_layer_plan_prefers_layers_up_to_its_cap() -> None:
+    """A transcoded (VP8) recording is 640×360: decoding the top layer is CPU for nothing."""
+    plan = LayerPlan(upgrade_after_s=1.0, max_layer=1)
+    plan.tick([0, 1, 2], 0.0)
+    assert plan.start() == 1
+    plan.tick([0, 1, 2], 5.0)
+    assert plan.pending is None  # never up to 2
+    plan.tick([2], 6.0)  # only the top layer flows: better than nothing
+    assert plan.at_boundary() == 2
+
+
 @pytest.fixture
 def receiver() -> Any:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
