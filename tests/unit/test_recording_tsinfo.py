@@ -114,8 +114,12 @@ def test_durations_and_layer_changes_from_the_segment_itself() -> None:
     info = scan(segment([(v % (1 << 33), es) for v, es in video], audio))
     assert info.video is not None and info.audio is not None
     assert info.frame_interval == pytest.approx(1 / 30)
-    # from the first timestamp (audio) to the end of the last video frame
-    assert info.duration(last=False) == pytest.approx(0.5 + 3 / 30)
+    # from the first timestamp (audio) to where the next segment starts: here the audio
+    # goes on after the video's last frame, up to its last AAC frame (which may reach
+    # into the next segment: not counted)
+    assert info.duration(last=False) == pytest.approx((49_000 + 3 * 1920) / 90_000)
+    only_video = scan(segment([(v % (1 << 33), es) for v, es in video], audio[:1]))
+    assert only_video.duration(last=False) == pytest.approx(0.5 + 3 / 30)
     # the last segment of a recording ends with whatever ends last (the audio here)
     assert info.duration(last=True) == pytest.approx((49_000 + 4 * 1024 * 90_000 / 48_000) / 90_000)
     assert [sps_size(s) for s in info.sps] == [(320, 180), (640, 360)]

@@ -55,11 +55,11 @@ def test_rtp_stream_and_codecs_from_negotiated_codecs() -> None:
 
 
 def test_layer_plan_starts_on_what_flows_and_changes_only_when_asked() -> None:
-    plan = LayerPlan(upgrade_after_s=2.0)
+    plan = LayerPlan(steady_s=2.0, start_steady_s=1.0)
     plan.tick([], 0.0)
-    assert plan.start() is None  # nothing flows yet
+    assert plan.start(0.0) is None  # nothing flows yet
     plan.tick([0, 1], 0.5)  # the top layer (2) is not there: limited by bandwidth
-    assert plan.start() == 1
+    assert plan.start(0.5) == 1  # nothing steady yet: the best that flows
     plan.tick([0, 1, 2], 1.0)
     assert plan.pending is None and plan.at_boundary() is None  # 2 flows, not steadily yet
     plan.tick([0, 1, 2], 2.9)
@@ -71,7 +71,9 @@ def test_layer_plan_starts_on_what_flows_and_changes_only_when_asked() -> None:
     # the top layer stops (the uplink dropped it): down at the next boundary, to the best
     plan.tick([0, 1], 10.0)
     assert plan.pending == 1
-    plan.tick([0, 1, 2], 10.5)  # back before the boundary: stay
+    plan.tick([0, 1, 2], 10.5)  # it flickers back: still down, it is not steady
+    assert plan.pending == 1
+    plan.tick([0, 1, 2], 12.5)  # back for 2 s: stay after all
     assert plan.pending is None and plan.at_boundary() is None
     plan.tick([0], 20.0)
     assert plan.at_boundary() == 0
@@ -79,11 +81,18 @@ def test_layer_plan_starts_on_what_flows_and_changes_only_when_asked() -> None:
     assert plan.at_boundary() is None and plan.current == 0
 
 
+def test_layer_plan_starts_on_a_steady_layer_rather_than_one_that_just_appeared() -> None:
+    plan = LayerPlan(start_steady_s=1.0)
+    plan.tick([0], 0.0)
+    plan.tick([0, 1, 2], 1.2)  # h and f only just started (a 400 kbit/s uplink probes them)
+    assert plan.start(1.2) == 0
+
+
 def test_layer_plan_prefers_layers_up_to_its_cap() -> None:
     """A transcoded (VP8) recording is 640×360: decoding the top layer is CPU for nothing."""
-    plan = LayerPlan(upgrade_after_s=1.0, max_layer=1)
+    plan = LayerPlan(steady_s=1.0, max_layer=1)
     plan.tick([0, 1, 2], 0.0)
-    assert plan.start() == 1
+    assert plan.start(0.0) == 1
     plan.tick([0, 1, 2], 5.0)
     assert plan.pending is None  # never up to 2
     plan.tick([2], 6.0)  # only the top layer flows: better than nothing
@@ -238,3 +247,26 @@ def test_sink_without_recordable_media_attaches_nothing() -> None:
     )
     sink, streams = RecorderSink.attach(peer, lambda: 0.0, lambda: 40000)
     assert streams == [] and track.downtracks == [] and sink.sock is None
+
+
+def test_stream_time_is_ffmpegs_timeline(receiver: socket.socket) -> None:
+    """The recorder times its boundary keyframe requests by what FFmpeg has received:
+    the video's RTP time since the first packet sent, running on with the clock in a gap
+    (a queue on the publisher's uplink makes wall time a poor guess of it)."""
+    video = Track("video", "video/H264", 90000, request_keyframe=lambda ssrc: None)
+    room = SimpleNamespace(name="r", tracks={"video": video})
+    peer: Any = SimpleNamespace(media=[Media("0", "video", H264)], room=room)
+    now = [100.0]
+    port = receiver.getsockname()[1]
+    sink, _ = RecorderSink.attach(peer, lambda: now[0], lambda: port)
+    video.forward(rtp(0x10, 1, 4_000_000_000, KEY), now[0])
+    assert sink.stream_time(now[0]) == 0.0  # nothing sent yet: FFmpeg's time has not begun
+    sink.enable(now[0])
+    video.forward(rtp(0x10, 2, 4_294_960_000, KEY), now[0])  # near the 32-bit wrap
+    assert sink.stream_time(now[0]) == 0.0
+    now[0] += 3.0  # arrived late (a queue): FFmpeg's time is the RTP time, not the clock
+    video.forward(rtp(0x10, 3, (4_294_960_000 + 90_000) & 0xFFFFFFFF, DELTA), now[0])
+    assert sink.stream_time(now[0]) == pytest.approx(1.0)
+    assert sink.stream_time(now[0] + 0.05) == pytest.approx(1.0)
+    assert sink.stream_time(now[0] + 2.1) == pytest.approx(3.0)  # a gap: runs on
+    sink.detach()

@@ -360,9 +360,12 @@ class Recorder:
                     break
                 self._sample_cpu(proc.pid, run)
                 now = self.clock()
-                # FFmpeg's boundaries count from its first packet: the source may know when
-                anchor = self.source.media_started_at() or run.media_start or run.started_at
-                if run.keyframes.due(now - anchor):
+                # FFmpeg's boundaries are on its media timeline: the source may know where
+                # that is; else wall time since the first segment's start (or FFmpeg's)
+                stream_t = self.source.stream_time()
+                if stream_t is None:
+                    stream_t = now - (run.media_start or run.started_at)
+                if run.keyframes.due(stream_t):
                     self.source.request_keyframe()
                 if (
                     not self.segments

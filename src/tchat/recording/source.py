@@ -30,9 +30,10 @@ class Source(Protocol):
         """A (new) FFmpeg process reads the input from now on."""
         ...
 
-    def media_started_at(self) -> float | None:
-        """Wall time of the first packet this FFmpeg run received, if the source knows it
-        (the keyframe schedule runs from it: FFmpeg's segment boundaries do)."""
+    def stream_time(self) -> float | None:
+        """Seconds of media this FFmpeg run has received, on FFmpeg's own timeline, if the
+        source knows it (its segment boundaries are on that timeline; the recorder
+        times its keyframe requests by it)."""
         ...
 
 
@@ -65,7 +66,7 @@ class UdpMpegTsSource:
     def run_started(self) -> None:
         return None
 
-    def media_started_at(self) -> float | None:
+    def stream_time(self) -> float | None:
         return None
 
 
@@ -83,7 +84,7 @@ class UrlSource:
     def run_started(self) -> None:
         return None
 
-    def media_started_at(self) -> float | None:
+    def stream_time(self) -> float | None:
         return None
 
 
@@ -133,7 +134,7 @@ class SdpSource:
         keyframe: Callable[[], None] | None = None,
         idle_timeout_s: int = 2,
         codec_args: list[str] | None = None,
-        media_started: Callable[[], float | None] | None = None,
+        stream_time: Callable[[], float | None] | None = None,
         on_run: Callable[[], None] | None = None,
     ) -> None:
         # absolute: FFmpeg runs in the recording's own directory, not ours
@@ -142,7 +143,7 @@ class SdpSource:
         self.codec_args = codec_args or ["-c", "copy"]
         self.streams = streams
         self.keyframe = keyframe
-        self.media_started = media_started
+        self._stream_time = stream_time
         self.on_run = on_run
         self.idle_timeout_s = idle_timeout_s
         self.sdp_path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,8 +173,8 @@ class SdpSource:
         if self.on_run is not None:
             self.on_run()
 
-    def media_started_at(self) -> float | None:
-        return self.media_started() if self.media_started is not None else None
+    def stream_time(self) -> float | None:
+        return self._stream_time() if self._stream_time is not None else None
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:

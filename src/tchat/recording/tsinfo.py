@@ -37,7 +37,8 @@ class StreamSpan:
 
     first: int
     pts: list[int] = field(default_factory=list)
-    last_frame: int = 0  # duration of the last access unit (90 kHz), when known
+    last_frame: int = 0  # duration of what the last PES holds (90 kHz), when known
+    unit: int = 0  # duration of one access unit: a video frame, an AAC frame
 
     @property
     def end(self) -> int:
@@ -57,15 +58,16 @@ class SegmentInfo:
         return value + (diff - _WRAP if diff >= _WRAP // 2 else diff)
 
     def duration(self, *, last: bool) -> float:
-        """Seconds from the first timestamp to the end of the last video frame (`last`:
-        the end of whichever stream ends last); 0.0 if the segment has no media."""
+        """Seconds from the first timestamp to where the next segment starts: the end of
+        the last video frame, or of the audio when the video stopped early (its last AAC
+        frame may reach into the next segment: not counted, so durations do not
+        overlap). `last`: the end of whichever stream ends last. 0.0 without media."""
         spans = [s for s in (self.video, self.audio) if s is not None and s.pts]
         if not spans:
             return 0.0
         start = min(self._rel(s, min(s.pts)) for s in spans)
-        ends = [self._rel(s, s.end) for s in spans] if last or self.video is None else []
-        if self.video is not None and self.video.pts:
-            ends.append(self._rel(self.video, self.video.end))
+        ends = [self._rel(s, s.end if last else s.end - (s.unit if s is self.audio else 0))
+                for s in spans]  # fmt: skip
         return max(0, max(ends) - start) / PTS_HZ
 
     @property
@@ -198,11 +200,12 @@ def scan(data: bytes) -> SegmentInfo:
     if info.video is not None and info.video.pts:
         ordered = sorted(info.video.pts)
         steps = [b - a for a, b in itertools.pairwise(ordered) if b > a]
-        info.video.last_frame = int(statistics.median(steps)) if steps else 0
+        info.video.last_frame = info.video.unit = int(statistics.median(steps)) if steps else 0
     if info.audio is not None and audio_pes:
         samples, rate = _adts_frames(b"".join(next(iter(audio_pes.values()))))
         if rate:
             info.audio.last_frame = samples * PTS_HZ // rate
+            info.audio.unit = 1024 * PTS_HZ // rate
     for unit in nal_units(b"".join(video_es)):
         if unit[0] & 0x1F == 7 and (not info.sps or info.sps[-1] != unit):
             info.sps.append(unit)

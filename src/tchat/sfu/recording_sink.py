@@ -50,8 +50,11 @@ log = logging.getLogger("tchat.sfu.recording")
 
 RECORDABLE = {"video/h264": "H264", "video/vp8": "VP8", "audio/opus": "opus"}
 UPGRADE_STEADY_S = 2.0  # a better layer flows this long before the recording moves to it
+START_STEADY_S = 1.0  # the first layer: the best one flowing this long, if there is one
 AUDIO_WAIT_S = 3.0  # audio waits this long for the video's first keyframe, then goes alone
 TICK_S = 0.25  # how often the sink looks at which layers flow
+FLOWING_S = 0.5  # a layer silent this long has stopped (for the recording's choice)
+GAP_S = 0.1  # no video for longer than this: the media time runs on with the wall clock
 LISTEN_TIMEOUT_S = 20.0  # FFmpeg must bind its RTP ports within this (else: no media)
 AUDIO_ARGS = ["-c:a", "aac", "-b:a", "128k"]
 # VP8 → H.264 for HLS, on a fixed 640×360 canvas (letterboxed): a layer change or a
@@ -102,11 +105,16 @@ def _identity(data: bytes) -> bytes:
 class LayerPlan:
     """Which simulcast layer the recording takes, sans I/O (layers by index, 0 lowest).
 
-    `tick(live, now)` with the layers flowing now; `start()` picks the first layer;
-    `at_boundary()` returns the layer to move to at a segment boundary, if any.
+    `tick(flowing, now)` with the layers flowing now; `start(now)` picks the first
+    layer; `at_boundary()` returns the layer to move to at a segment boundary, if any.
+    A layer counts as steady once it has flowed without a break for `steady_s`: the
+    recording starts on the best steady layer (else the best flowing), moves up only to
+    a steady one, and once its own layer has stopped it moves down even if that layer
+    flickers back (an uplink that cannot carry it turns it on and off).
     """
 
-    upgrade_after_s: float = UPGRADE_STEADY_S
+    steady_s: float = UPGRADE_STEADY_S
+    start_steady_s: float = START_STEADY_S
     max_layer: int = 2  # preferred at most (a transcoded VP8 publish: the middle layer)
     current: int = -1
     pending: int | None = None
@@ -116,21 +124,29 @@ class LayerPlan:
         under = [i for i in layers if i <= self.max_layer]
         return max(under) if under else min(layers) if layers else None
 
-    def tick(self, live: list[int], now: float) -> None:
-        self.live_since = {i: self.live_since.get(i, now) for i in live}
+    def _steady(self, now: float, for_s: float) -> list[int]:
+        return [i for i, t in self.live_since.items() if now - t >= for_s]
+
+    def tick(self, flowing: list[int], now: float) -> None:
+        self.live_since = {i: self.live_since.get(i, now) for i in flowing}
         if self.current < 0:
             return
-        if self.current not in self.live_since:
-            # our layer stopped (the publisher's uplink dropped it): the best that flows
-            self.pending = self._best(list(self.live_since))
+        steady = self._steady(now, self.steady_s)
+        since = self.live_since.get(self.current)
+        down = self.pending is not None and self.pending < self.current
+        if since is None or (down and now - since < self.steady_s):
+            others = [i for i in self.live_since if i != self.current]
+            target = self._best([i for i in steady if i != self.current])
+            self.pending = target if target is not None else self._best(others)
             return
-        steady = [i for i, t in self.live_since.items() if now - t >= self.upgrade_after_s]
         best = self._best(steady)
         self.pending = best if best is not None and best > self.current else None
 
-    def start(self) -> int | None:
-        """The best layer flowing now (None: none yet); the recording starts on it."""
-        best = self._best(list(self.live_since))
+    def start(self, now: float) -> int | None:
+        """The layer the recording starts on (None: nothing flows yet)."""
+        best = self._best(self._steady(now, self.start_steady_s))
+        if best is None:
+            best = self._best(list(self.live_since))
         if best is None:
             return None
         self.current = best
@@ -168,6 +184,11 @@ class RecorderSink:
     _skips: deque[int] = field(default_factory=deque)  # extended seqs of padding, rising
     _skipped: int = 0
     _ref: int = -1  # highest extended sequence number sent
+    # FFmpeg's media timeline: the first and the last video RTP timestamp sent (extended)
+    _ts_first: int = -1
+    _ts_last: int = -1
+    _ts_at: float = 0.0  # worker clock when the last video packet went out
+    _clock_rate: int = 90000
 
     @classmethod
     def attach(
@@ -206,6 +227,7 @@ class RecorderSink:
             )
             if media.kind == "video":
                 sink.rids = list(track.rids) or ["-"]
+                sink._clock_rate = track.clock_rate
                 if stream.encoding.startswith("VP8/") and len(track.rids) > 1:
                     # transcoded to 640×360: decoding a bigger layer is CPU for nothing
                     sink.plan.max_layer = len(track.rids) - 2
@@ -230,7 +252,7 @@ class RecorderSink:
         """A new FFmpeg run: nothing until it listens, then a fresh start on a keyframe."""
         self.enabled_at = self.media_started = None
         self._audio_open = False
-        self._video_seq = self._ref = -1
+        self._video_seq = self._ref = self._ts_first = self._ts_last = -1
         self._skips.clear()
         self._skipped = 0
         pair = self.tracks.get("video")
@@ -257,17 +279,24 @@ class RecorderSink:
             track.keyframe_wanted(dt, now)
 
     def tick(self, now: float) -> None:
-        """Every TICK_S: which layers flow, the first layer, repeated keyframe requests."""
+        """Every TICK_S from the publish on: which layers flow; once FFmpeg listens, the
+        first layer, repeated keyframe requests, the audio's wait."""
         pair = self.tracks.get("video")
+        if pair is not None:
+            flowing = [
+                layer.index
+                for layer in pair[0].layers
+                if layer is not None and now - layer.last_seen <= FLOWING_S
+            ]
+            self.plan.tick(flowing, now)
         if self.enabled_at is None:
             return
         if pair is None:
             self._audio_open = True
             return
         track, dt = pair
-        self.plan.tick(track.available(now), now)
         if self.plan.current < 0:
-            layer = self.plan.start()
+            layer = self.plan.start(now)
             if layer is not None:
                 log.info("recording room=%s starts on layer %s", self.room, self._rid(layer))
                 track.switch_at_keyframe(dt, layer, now)
@@ -275,6 +304,16 @@ class RecorderSink:
             track.keyframe_wanted(dt, now)  # still waiting: ask again (rate-limited)
         if not self._audio_open and now - self.enabled_at >= AUDIO_WAIT_S:
             self._audio_open = True  # no video keyframe yet: do not hold the audio back
+
+    def stream_time(self, now: float) -> float:
+        """Seconds of video FFmpeg has received, on its timeline (its RTP input starts at
+        the first packet's timestamp; 0 until then): a keyframe asked for once this
+        passed a segment boundary is stamped after it, so FFmpeg cuts there. During a
+        gap the time runs on with the clock, as the next keyframe's rebased one will."""
+        if self._ts_first < 0:
+            return 0.0
+        media = (self._ts_last - self._ts_first) / self._clock_rate
+        return media + max(0.0, now - self._ts_at - GAP_S)
 
     def _rid(self, layer: int) -> str:
         return self.rids[layer] if 0 <= layer < len(self.rids) else str(layer)
@@ -320,6 +359,14 @@ class RecorderSink:
             if self._video_seq < 0 or (seq - self._video_seq) & 0xFFFF < 0x8000:
                 self._video_seq = seq
             self._audio_open = True
+            ts = int.from_bytes(data[4:8], "big")
+            if self._ts_first < 0:
+                self._ts_first = self._ts_last = ts
+            else:
+                delta = (ts - self._ts_last) & 0xFFFFFFFF
+                if delta < 0x80000000:  # forward (a late packet does not move it back)
+                    self._ts_last += delta
+            self._ts_at = self.clock()
         elif not self._audio_open:
             return  # audio starts with the video's first keyframe: aligned in FFmpeg
         if self.media_started is None:
@@ -377,7 +424,7 @@ class LiveRecording:
                 streams,
                 keyframe=lambda: sink.request_keyframe(worker.now()),
                 codec_args=codec_args(streams),
-                media_started=lambda: sink.media_started,
+                stream_time=lambda: sink.stream_time(worker.now()),
                 on_run=lambda: self._gate(peer.id, sink, video_port),
             )
             recorder = self.service.start(peer.room.name, source)
@@ -407,13 +454,20 @@ class LiveRecording:
         )
 
     async def _run_sink(self, sink: RecorderSink, port: int) -> None:
-        if not await wait_udp_listener(port, LISTEN_TIMEOUT_S):
-            log.warning("recording room=%s: FFmpeg did not listen on %d", sink.room, port)
-            return  # the recorder's no-media timeout reports it
-        sink.enable(self.worker.now())
+        ticks = asyncio.create_task(self._tick(sink))  # the layers' history starts now
+        try:
+            if not await wait_udp_listener(port, LISTEN_TIMEOUT_S):
+                log.warning("recording room=%s: FFmpeg did not listen on %d", sink.room, port)
+                return  # the recorder's no-media timeout reports it
+            sink.enable(self.worker.now())
+            await ticks
+        finally:
+            ticks.cancel()
+
+    async def _tick(self, sink: RecorderSink) -> None:
         while sink.tracks:
-            await asyncio.sleep(TICK_S)
             sink.tick(self.worker.now())
+            await asyncio.sleep(TICK_S)
 
     def _stop(self, peer: Peer) -> None:
         task = self._tasks.pop(peer.id, None)
