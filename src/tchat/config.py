@@ -169,10 +169,11 @@ class Settings(BaseSettings):
         description="How long recordings are kept after they end.",
     )
     recording_first_segment_seconds: float = Field(
-        2.0,
+        1.0,
         gt=0,
         alias="RECORDING_FIRST_SEGMENT_SECONDS",
-        description="Length of the first HLS segments (first upload within seconds).",
+        description="Length of the first two HLS segments (the first is stored within "
+        "seconds of going live).",
     )
     recording_no_media_timeout: Duration = Field(
         10.0,

@@ -52,14 +52,15 @@ async def screenshot(page: Page, name: str) -> None:
     await page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
 
 
-# Plays the recording page's video to its end at normal speed; the page resolves with
-# what the browser saw (time reached, frames decoded, hls.js errors, replayed chat).
-PLAY_THROUGH = """async (deadlineMs) => {
+# Plays the recording page's video to its end (at `rate`, 1 = normal speed); resolves
+# with what the browser saw (time reached, frames decoded, hls.js errors, replayed chat).
+PLAY_THROUGH = """async ([deadlineMs, rate]) => {
   const v = document.querySelector('video');
   const t0 = performance.now();
   while (!(v.duration > 0) && performance.now() - t0 < deadlineMs) {
     await new Promise(r => setTimeout(r, 100));
   }
+  v.playbackRate = rate;
   await v.play();
   while (!v.ended && performance.now() - t0 < deadlineMs) {
     await new Promise(r => setTimeout(r, 200));

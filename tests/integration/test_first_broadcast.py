@@ -189,9 +189,8 @@ async def test_first_broadcast_as_the_readme_says(make_run: MakeRun, browser: Br
 
     # -- it plays through, and the chat replays -----------------------------------------------
     rec = await recording_detail(base)
-    played: dict[str, Any] = await home.evaluate(
-        PLAY_THROUGH, int(rec["duration_s"] * 1000 * 3 + 30_000)
-    )
+    deadline = int(rec["duration_s"] * 1000 * 3 + 30_000)
+    played: dict[str, Any] = await home.evaluate(PLAY_THROUGH, [deadline, 1])  # as a user
     await screenshot(home, "first-broadcast-replay")
     assert played["ended"], played
     assert played["currentTime"] >= rec["duration_s"] - 0.5, (played, rec)

@@ -121,7 +121,8 @@ async def test_better_layer_at_a_boundary_plays_through_in_hlsjs(server_factory)
         errors: list[str] = []
         page = await new_page(browser, errors)
         await page.goto(f"{server.url}/recordings/{done['id']}")
-        played = await page.evaluate(PLAY_THROUGH, int(done["duration_s"] * 3000 + 30_000))
+        deadline = int(done["duration_s"] * 3000 + 30_000)
+        played = await page.evaluate(PLAY_THROUGH, [deadline, 2])  # whole, double speed
         await browser.close()
     assert played["ended"] and played["currentTime"] >= done["duration_s"] - 0.5, played
     assert played["width"] == LAYER_WIDTH["h"], played  # the end is the top layer

@@ -54,7 +54,7 @@ class RecorderOptions:
     ffmpeg: str = "ffmpeg"
     segment_s: float = 6.0
     # First segments end after init_s so the first upload happens within seconds.
-    init_s: float = 2.0
+    init_s: float = 1.0
     retention_s: float = 30 * 86400.0
     no_media_timeout_s: float = 10.0
     max_restarts: int = 3
@@ -131,6 +131,7 @@ class _Run:
     tracker: SegmentTracker = field(default_factory=SegmentTracker)
     started_at: float = 0.0
     media_start: float | None = None  # wall time of the run's first packet (first PDT)
+    media_at: float | None = None  # when the source first reported media sent to FFmpeg
     keyframes: KeyframeSchedule | None = None
     cpu_s: float = 0.0
     stderr: deque[str] = field(default_factory=lambda: deque(maxlen=8))
@@ -212,6 +213,10 @@ class Recorder:
         stats.uploaded_at, stats.attempts = at, job.attempts + 1
         if self.first_segment_uploaded_at is None:
             self.first_segment_uploaded_at = at
+            log.info(
+                "first segment stored",
+                extra=kv(id=self.id, after_s=round(at - self.recording.started_at, 3)),
+            )
         # Once finalizing, every republished playlist is the final one (ENDLIST).
         self._publish_playlist(final=self._final)
 
@@ -363,14 +368,17 @@ class Recorder:
                 # FFmpeg's boundaries are on its media timeline: the source may know where
                 # that is; else wall time since the first segment's start (or FFmpeg's)
                 stream_t = self.source.stream_time()
+                if stream_t and run.media_at is None:
+                    run.media_at = now  # media reaches FFmpeg from now on
                 if stream_t is None:
                     stream_t = now - (run.media_start or run.started_at)
                 if run.keyframes.due(stream_t):
                     self.source.request_keyframe()
-                if (
-                    not self.segments
-                    and now - self.recording.started_at > self.opts.no_media_timeout_s
-                ):
+                # no segment this long after the start — or after the media began to
+                # reach FFmpeg, when the source says so (a slow FFmpeg start-up on a busy
+                # machine is not the publisher's silence)
+                since = max(self.recording.started_at, run.media_at or 0.0)
+                if not self.segments and now - since > self.opts.no_media_timeout_s:
                     raise _NoMedia()
                 if self._stop.is_set() and signalled_at is None:
                     proc.send_signal(signal.SIGTERM)  # FFmpeg closes the segment, writes ENDLIST
