@@ -1,6 +1,6 @@
 """The recording records what flows (issue 12 item 1) and its HLS is exact (issue 13
 item 8), with a real `tchat serve`, the synthetic simulcast publisher (real H.264 and
-Opus over ICE/DTLS/SRTP), FFmpeg, ffprobe and hls.js in Chromium.
+Opus over ICE/DTLS/SRTP) or Chromium, FFmpeg, ffprobe and hls.js in Chromium.
 
 - The top layer offered but never sent (an uplink that cannot carry it): the
   recording starts within seconds on the best layer that flows and stays on it.
@@ -9,7 +9,9 @@ Opus over ICE/DTLS/SRTP), FFmpeg, ffprobe and hls.js in Chromium.
   segment boundary — that segment marked #EXT-X-DISCONTINUITY, every segment one
   picture size — and hls.js plays it to the end.
 
-Both check every #EXTINF against ffprobe (within one frame) and the final playlist
+- Chromium offering VP8 only: the recording is H.264 (transcoded) + AAC and plays.
+
+All check every #EXTINF against ffprobe (within one frame) and the final playlist
 (VOD + ENDLIST).
 """
 
@@ -134,3 +136,49 @@ def pytest_approx(value: float) -> Any:
     import pytest
 
     return pytest.approx(value, abs=0.01)
+
+
+async def test_vp8_publish_is_recorded_as_h264(server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Chromium's studio page made to offer VP8 only (its H.264 filtered out of the codec
+    preferences): the recording is H.264 (transcoded, 640×360) + AAC and plays."""
+    server = server_factory(LOG_LEVEL="info")
+    room = "vp8"
+    token = issue_token(SECRET, room, "publisher", "studio")
+    async with async_playwright() as pw:
+        browser = await launch(pw)
+        errors: list[str] = []
+        studio = await new_page(browser, errors)
+        await studio.add_init_script(
+            """const scp = RTCRtpTransceiver.prototype.setCodecPreferences;
+            RTCRtpTransceiver.prototype.setCodecPreferences = function (codecs) {
+              return scp.call(this, codecs.filter(c => c.mimeType === 'video/VP8'));
+            };"""
+        )
+        await studio.goto(f"{server.url}/studio?room={room}#token={token}")
+        await studio.click("#golive")
+        await studio.wait_for_function("window.tchatStudio.live", timeout=30_000)
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            live = await recording(client, room, 30, state="recording")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # some seconds of stored recording
+                r = await client.get(live["playlist_url"])
+                if r.text.count("#EXTINF") >= 4:
+                    break
+                await asyncio.sleep(0.25)
+            await studio.click("#stop")
+            done = await recording(client, room, 60, id=live["id"], state="available")
+            playlist = (await client.get(done["playlist_url"])).text
+        player = await new_page(browser, errors)
+        await player.goto(f"{server.url}/recordings/{done['id']}")
+        played = await player.evaluate(PLAY_THROUGH, [int(done["duration_s"] * 3000 + 30_000), 2])
+        await browser.close()
+    assert "video:VP8/90000" in server.log.read_text()  # it really was VP8
+    objects = Path(server.env["TCHAT_DATA_DIR"]) / "objects" / f"recordings/{done['id']}"
+    probed = await probe_all([objects / ln for ln in playlist.splitlines() if ln.endswith(".ts")])
+    check_recording(playlist, probed)
+    assert {p.video_codec for p in probed} == {"h264"}
+    assert {p.audio_codec for p in probed} == {"aac"}
+    assert {p.sizes[0] for p in probed} == {(640, 360)}, [p.sizes for p in probed]
+    assert played["ended"] and played["width"] == 640, played
+    assert not [e for e in played["hlsErrors"] if e.startswith("fatal")], played
+    assert not errors, errors
