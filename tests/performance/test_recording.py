@@ -525,7 +525,7 @@ def TestVP8TranscodeCost(record: TestResult, tmp_path_factory: pytest.TempPathFa
     from tchat.recording.source import RtpStream, SdpSource, free_rtp_port
     from tchat.sfu.recording_sink import codec_args
 
-    seconds = int(sized("RECORDING_VP8_SECONDS", 30, 60))
+    seconds = int(sized("RECORDING_VP8_SECONDS", 20, 60))
     clip = _vp8_clip(MEDIA_CACHE, seconds)
     tmp = tmp_path_factory.mktemp("vp8")
     settings = make_settings("local", tmp / "data")
