@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from dataclasses import replace
@@ -28,6 +29,7 @@ from tchat.devservices.seaweedfs import ACCESS_KEY, SECRET_KEY
 from tchat.perf.sfu_load import MEDIA_CACHE, SyntheticPublisher
 from tchat.perf.sfu_media import prepare
 from tchat.perf.webrtc_peer import Identity
+from tchat.recording.catalog import Recording
 from tchat.recording.playlist import parse, validate
 from tchat.recording.resume import MANIFEST
 from tchat.recording.service import RecordingService
@@ -171,5 +173,28 @@ async def test_global_disk_budget_refuses_segments_with_a_clear_reason(
         # what was kept stays within the budget (one segment's worth of slack at most)
         biggest = max(s.size_bytes for s in a.segments + b.segments)
         assert service.budget.used() <= 1_000_000 + biggest
+    finally:
+        await service.close()
+
+
+async def test_the_sweep_resumes_only_finished_recordings(tmp_path: Path) -> None:
+    """A recording still `recording` may be an SFU instance process's live one: the
+    periodic sweep leaves it; only the start-up pass (nothing records yet) resumes it."""
+    settings = load_settings(TCHAT_DATA_DIR=str(tmp_path / "data"), FFMPEG=FFMPEG)
+    service = RecordingService(settings, options=OPTIONS)
+    await service.open(sweep_interval_s=None)
+    try:
+        rec = service.catalog.put(Recording("live0000000000ab", "r", "recording", 1.0))
+        run = service.workdir / rec.id / "run-0"
+        run.mkdir(parents=True)
+        (run / "seg_00000.ts").write_bytes(b"\x47" + bytes(187))
+        entry = {"n": 0, "key": rec.prefix + "seg_00000.ts", "file": "run-0/seg_00000.ts",
+                 "duration": 1.0, "pdt": None, "disc": False, "size": 188}  # fmt: skip
+        (service.workdir / rec.id / MANIFEST).write_text(json.dumps(entry) + "\n")
+        assert service.resume_left_behind(states=("failed",)) == 0
+        assert service.catalog.get(rec.id).state == "recording"
+        assert service.resume_left_behind() == 1
+        await wait_for(lambda: service.catalog.get(rec.id).state == "available", 30)
+        assert await service.store.get(rec.prefix + "seg_00000.ts") == b"\x47" + bytes(187)
     finally:
         await service.close()

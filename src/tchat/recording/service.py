@@ -119,7 +119,9 @@ class RecordingService:
                 await self._storage_check()
                 await self.sweeper.sweep()
                 if self._resumes:
-                    self.resume_left_behind()
+                    # only finished (failed) ones: a live recording may belong to an SFU
+                    # instance process sharing the catalog
+                    self.resume_left_behind(states=("failed",))
             except Exception:
                 log.exception("retention sweep failed")
             await asyncio.sleep(interval_s)
@@ -149,12 +151,15 @@ class RecordingService:
                 if state in ("available", "expired"):
                     shutil.rmtree(path, ignore_errors=True)
 
-    def resume_left_behind(self) -> int:
+    def resume_left_behind(
+        self, states: tuple[str, ...] = ("recording", "finalizing", "failed")
+    ) -> int:
         """Finish the upload of every recording whose segments a previous recorder left in
         DATA_DIR/recorder (killed, or storage down past the finalize wait); returns how
-        many were started. Runs at start-up and on each sweep."""
+        many were started. Runs at start-up (every state: nothing else is recording
+        yet) and on each sweep (failed ones)."""
         started = 0
-        for state in ("recording", "finalizing", "failed"):
+        for state in states:
             for rec in self.catalog.list(state=state, limit=10_000):
                 if rec.id in self.recorders or rec.id in self.resuming:
                     continue
