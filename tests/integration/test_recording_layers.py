@@ -94,7 +94,7 @@ async def test_top_layer_absent_records_from_the_layers_that_flow(server_factory
     log = server.log.read_text()
     assert "starts on layer m" in log, log[-3000:]
     # within seconds of the publish, whatever the top layer does (a busy machine included)
-    assert first_s < 15, first_s
+    assert first_s < 30, first_s
     assert done["duration_s"] >= 6
 
 

@@ -29,7 +29,7 @@ async def test_chromium_publisher_behind_a_400kbit_uplink_is_recorded(tmp_path: 
     assert played["frames"] > 0
     # the recording starts within seconds even though the top layer cannot flow (a
     # generous bound: the 5 s target is the performance suite's)
-    assert run.first_segment_s < 20, run
+    assert run.first_segment_s < 30, run
     assert run.layers and run.layers[0][1] == 0.0, run.layers  # logged from the start
     assert 1280 not in run.widths, run.widths  # f (1280×720) does not fit 400 kbit/s
     assert run.recording["duration_s"] >= 12, run.recording
