@@ -4,7 +4,13 @@ Profiles (PERF_PROFILE, see tests/performance/conftest.py):
   ci   — one 20 s synthetic stream per store, 3 concurrent 15 s streams per store
          (this 2-core box, about 2 minutes for the whole file)
   full — the guide's sizes: a 60 s stream, 10 concurrent 60 s streams
-Env overrides: RECORDING_STREAM_SECONDS, RECORDING_CONCURRENT, RECORDING_CONCURRENT_SECONDS.
+Env overrides: RECORDING_STREAM_SECONDS, RECORDING_CONCURRENT, RECORDING_CONCURRENT_SECONDS,
+RECORDING_UPLINK_SECONDS, RECORDING_VP8_SECONDS.
+
+Issue 12 adds TestRecordingShapedUplink (Chromium publishing from a network namespace
+behind a tc-tbf uplink of 400 kbit/s, 1 and 3 Mbit/s: first segment within 5 s of Go
+live, layers and switches reported, the recording plays through in hls.js; needs root)
+and TestVP8TranscodeCost (FFmpeg's CPU per recorded minute for a VP8 publish).
 
 Each store gets one recorded stream (module fixture) that several tests read:
 start latency, segment generation, upload times, availability and playlist

@@ -164,6 +164,12 @@ class Resumer:
         manifest = read_manifest((self.workdir / MANIFEST).read_text(errors="replace"))
         pending = [e for e in manifest.kept if (self.workdir / e.file).is_file()]
         rec = self.rec
+        if not manifest.kept:  # nothing closed was kept: nothing to make available
+            why = rec.detail or "the server stopped before any segment was kept"
+            done = ended(rec, "failed", rec.ended_at or self.clock(), self.retention_s, detail=why)
+            self.catalog.put(done)
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            return done
         if rec.state != "finalizing":
             end = rec.ended_at or self._end_of(manifest)
             rec = transition(rec, "finalizing", ended_at=end)

@@ -181,7 +181,7 @@ class RecorderSink:
     _audio_open: bool = False
     # padding-only packets of the recorded layer leave holes in the rewritten numbering;
     # FFmpeg's RTP input would wait on each: the video is renumbered without them
-    _skips: deque[int] = field(default_factory=deque)  # extended seqs of padding, rising
+    _skips: deque[int] = field(default_factory=lambda: deque(maxlen=4096))  # padding seqs
     _skipped: int = 0
     _ref: int = -1  # highest extended sequence number sent
     # FFmpeg's media timeline: the first and the last video RTP timestamp sent (extended)
