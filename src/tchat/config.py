@@ -8,6 +8,7 @@ from this class; a unit test keeps the doc file equal to the code.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -87,7 +88,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path(".tchat/data"),
         alias="TCHAT_DATA_DIR",
-        description="Directory for the embedded defaults (SQLite file, recordings, secret).",
+        description="Directory for the embedded defaults (SQLite file, recordings, secret); "
+        "a relative path is taken from the directory tchat starts in.",
     )
     secret: str = Field(
         "",
@@ -187,10 +189,11 @@ class Settings(BaseSettings):
         description="How long recordings are kept after they end.",
     )
     recording_first_segment_seconds: float = Field(
-        2.0,
+        1.0,
         gt=0,
         alias="RECORDING_FIRST_SEGMENT_SECONDS",
-        description="Length of the first HLS segments (first upload within seconds).",
+        description="Length of the first two HLS segments (the first is stored within "
+        "seconds of going live).",
     )
     recording_no_media_timeout: Duration = Field(
         10.0,
@@ -222,6 +225,13 @@ class Settings(BaseSettings):
         alias="RECORDING_S3_PRESIGN",
         description="Private mode with STORAGE=s3: playlists point at presigned S3 URLs for "
         "segments (the bucket must be reachable by viewers) instead of /cdn.",
+    )
+    recording_disk_budget_bytes: int = Field(
+        1024 * 1024 * 1024,
+        ge=1_000_000,
+        alias="RECORDING_DISK_BUDGET_BYTES",
+        description="Closed segments all recordings together may keep on disk waiting for "
+        "storage (DATA_DIR/recorder); a segment beyond it is lost, and the recording says so.",
     )
     ffmpeg: str = Field("ffmpeg", alias="FFMPEG", description="FFmpeg executable.")
 
@@ -398,6 +408,22 @@ class Settings(BaseSettings):
             check_secret(value)
         return value
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_dir(cls, value: Path) -> Path:
+        # Resolved once, against the working directory of the command that loads the
+        # settings (`tchat serve`): FFmpeg and the SFU instance processes are given
+        # paths under it while running elsewhere (FFmpeg in its recording's directory).
+        return Path(os.path.abspath(value.expanduser()))
+
+    @field_validator("ffmpeg")
+    @classmethod
+    def _absolute_program(cls, value: str) -> str:
+        # a bare name is looked up on PATH wherever it runs; a relative path is not
+        if os.sep in value:
+            return os.path.abspath(os.path.expanduser(value))
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _log_level(cls, value: object) -> str:
@@ -429,7 +455,6 @@ class Settings(BaseSettings):
             return self.secret
         path = self.data_dir / "secret"
         if not path.exists():
-            import os
             import secrets
 
             private_dir(path.parent)

@@ -89,6 +89,7 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
+        self.kill()  # not left running behind a failed test
         raise RuntimeError(f"tchat serve did not answer: {self.log.read_text()[-2000:]}")
 
     def kill(self) -> None:

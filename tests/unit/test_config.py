@@ -113,3 +113,23 @@ def test_strong_secrets_accepted(tmp_path: Path) -> None:
     assert len(generated) >= 43  # 32 random bytes, base64url
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "d" / "secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_paths_are_resolved_once_against_the_starting_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FFmpeg runs in its recording's directory and SFU instances are separate processes:
+    a relative TCHAT_DATA_DIR (the default) or FFMPEG path must not mean something else
+    there (issue 12: `make run` recorded nothing)."""
+    monkeypatch.chdir(tmp_path)
+    for env in ("TCHAT_DATA_DIR", "FFMPEG"):
+        monkeypatch.delenv(env, raising=False)
+    s = load_settings()
+    assert s.data_dir == tmp_path / ".tchat" / "data"
+    assert s.ffmpeg == "ffmpeg"  # a bare name is looked up on PATH wherever it runs
+    s = load_settings(TCHAT_DATA_DIR="rel/data", FFMPEG="bin/ffmpeg")
+    assert s.data_dir == tmp_path / "rel" / "data"
+    assert s.ffmpeg == str(tmp_path / "bin" / "ffmpeg")
+    monkeypatch.chdir("/")
+    assert s.data_dir == tmp_path / "rel" / "data"  # resolved once, not on each use
+    assert load_settings(TCHAT_DATA_DIR="/abs/data").data_dir == Path("/abs/data")

@@ -15,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-CACHE_DIR = Path(os.environ.get("TCHAT_CACHE_DIR", Path.home() / ".cache" / "tchat"))
-STATE_DIR = Path(os.environ.get("TCHAT_STATE_DIR", ".tchat"))
+# absolute from the start: services run with their own data directory as working directory
+CACHE_DIR = Path(os.environ.get("TCHAT_CACHE_DIR", Path.home() / ".cache" / "tchat")).absolute()
+STATE_DIR = Path(os.environ.get("TCHAT_STATE_DIR", ".tchat")).absolute()
 
 
 class ServiceError(Exception):

@@ -77,6 +77,13 @@ class NetLab:
         _run("tc", "qdisc", "change", "dev", link.host_if, "root", "tbf", *tbf_args(rate_bps))
         link.rate_bps = rate_bps
 
+    def shape_uplink(self, link: Link, rate_bps: int) -> None:
+        """Shape the namespace → host direction too (what a publisher in the namespace
+        sends): tbf on the namespace's end of the veth pair."""
+        ns_if = f"{self.prefix}n{link.index}"
+        _run(*self.exec_args(link), "tc", "qdisc", "replace", "dev", ns_if, "root", "tbf",
+             *tbf_args(rate_bps))  # fmt: skip
+
     def exec_args(self, link: Link) -> list[str]:
         """Prefix that runs a command inside the link's namespace."""
         return ["ip", "netns", "exec", link.netns]

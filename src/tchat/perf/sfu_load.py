@@ -54,6 +54,7 @@ class SyntheticPublisher:
         rids: list[str],
         stamp: bool = False,
         bind: str = "127.0.0.1",
+        start_after: dict[str, float] | None = None,
     ) -> None:
         # stamp: append (layer, send time) to every payload, for publish-to-receive latency
         # at viewers on this host (one clock); the H.264 is then no longer decodable
@@ -61,6 +62,9 @@ class SyntheticPublisher:
         self.bind = bind
         self.media = media
         self.rids = rids  # lowest first
+        # seconds after the first packet before a layer starts (rids not given: at once;
+        # float("inf"): offered but never sent, like a top layer the uplink cannot carry)
+        self.start_after = start_after or {}
         self.peer = ClientPeer(identity, on_pli=self._on_pli)
         self.ssrcs = {rid: (0x10000 + i) * 7919 for i, rid in enumerate(rids)}
         self.audio_ssrc = 0x5EED
@@ -122,6 +126,8 @@ class SyntheticPublisher:
             while t0 + frame_n / FPS <= now:
                 ts = (frame_n * 90000 // FPS) & 0xFFFFFFFF
                 for index, rid in enumerate(self.rids):
+                    if frame_n / FPS < self.start_after.get(rid, 0.0):
+                        continue
                     frames = self.media.video[rid]
                     frame = frames[self.cursor[rid] % len(frames)]
                     if self.stamp:

@@ -1,8 +1,10 @@
 """The recordings catalog: a state machine (pure) and its SQLite home.
 
 States: recording → finalizing → available | failed; available/failed → expired.
-A recording can fail straight from `recording` (no media, FFmpeg gave up). The
-transition table is the only place that says what may follow what.
+A recording can fail straight from `recording` (no media, FFmpeg gave up), and a
+failed one whose segments still wait on disk goes back to `finalizing` when a later
+process resumes their upload (resume.py). The transition table is the only place
+that says what may follow what.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "recording": frozenset({"finalizing", "failed"}),
     "finalizing": frozenset({"available", "failed"}),
     "available": frozenset({"expired"}),
-    "failed": frozenset({"expired"}),
+    "failed": frozenset({"finalizing", "expired"}),
     "expired": frozenset(),
 }
 

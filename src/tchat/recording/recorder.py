@@ -1,17 +1,21 @@
 """One recording: FFmpeg remuxes the source to HLS on disk; closed segments go to storage.
 
-FFmpeg (`-c copy`, so no transcode) writes `seg_NNNNN.ts` into a private working
-directory, each renamed into place only when complete (`temp_file`). The recorder
-reads FFmpeg's playlist every `poll_s`, hands each closed segment to the uploader,
-and publishes its own playlist listing only segments already stored. If FFmpeg
-dies it is restarted in a fresh directory (a DISCONTINUITY marks the seam); every
-completed segment is kept.
+FFmpeg (`-c copy` unless the source asks for a transcode) writes `seg_NNNNN.ts` into
+a private working directory, each renamed into place only when complete
+(`temp_file`). The recorder reads FFmpeg's playlist every `poll_s`, reads each
+closed segment (`tsinfo`: its true duration, a new SPS = a DISCONTINUITY), notes it
+in the recording's manifest (`segments.jsonl`, so a later process can finish the
+upload: `resume.py`), hands it to the uploader, and publishes its own playlist
+listing only segments already stored (EVENT while live, VOD + ENDLIST at the end).
+If FFmpeg dies it is restarted in a fresh directory (a DISCONTINUITY marks the
+seam); every completed segment is kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 import signal
@@ -37,8 +41,9 @@ from tchat.recording.playlist import (
     target_duration_for,
 )
 from tchat.recording.source import Source
+from tchat.recording.tsinfo import SegmentInfo, TsError, scan, sps_size
 from tchat.recording.uploader import Uploader
-from tchat.recording.uploadqueue import LostSegment, UploadJob, UploadQueue
+from tchat.recording.uploadqueue import Budget, LostSegment, UploadJob, UploadQueue
 from tchat.storage import ObjectStore
 
 log = logging.getLogger("tchat.recording.recorder")
@@ -49,7 +54,7 @@ class RecorderOptions:
     ffmpeg: str = "ffmpeg"
     segment_s: float = 6.0
     # First segments end after init_s so the first upload happens within seconds.
-    init_s: float = 2.0
+    init_s: float = 1.0
     retention_s: float = 30 * 86400.0
     no_media_timeout_s: float = 10.0
     max_restarts: int = 3
@@ -57,6 +62,9 @@ class RecorderOptions:
     stop_grace_s: float = 10.0
     finalize_timeout_s: float = 30.0
     max_buffer_bytes: int = 256 * 1024 * 1024
+
+
+MANIFEST = "segments.jsonl"  # in the recording's working directory (resume.py reads it)
 
 
 @dataclass
@@ -123,6 +131,7 @@ class _Run:
     tracker: SegmentTracker = field(default_factory=SegmentTracker)
     started_at: float = 0.0
     media_start: float | None = None  # wall time of the run's first packet (first PDT)
+    media_at: float | None = None  # when the source first reported media sent to FFmpeg
     keyframes: KeyframeSchedule | None = None
     cpu_s: float = 0.0
     stderr: deque[str] = field(default_factory=lambda: deque(maxlen=8))
@@ -140,21 +149,24 @@ class Recorder:
         options: RecorderOptions,
         clock: Callable[[], float] = time.time,
         rec_id: str | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.id = rec_id or uuid.uuid4().hex[:16]
         self.room = room
         self.source = source
         self.store = store
         self.catalog = catalog
-        self.workdir = workdir / self.id
+        self.workdir = workdir.absolute() / self.id
         self.opts = options
         self.clock = clock
-        self.queue = UploadQueue(options.max_buffer_bytes)
+        self.queue = UploadQueue(options.max_buffer_bytes, budget=budget)
         self.uploader = Uploader(store, self.queue, self._uploaded, clock)
         self.segments: list[SegmentUpload] = []
         self.published: list[Segment] = []
         self._pending: dict[str, Segment] = {}
         self._discontinuity_next = False
+        self._last_sps: bytes | None = None  # of the last segment: a new one is a new layer
+        self.video_sizes: list[tuple[int, str]] = []  # (segment, "W×H") at each change
         self._final = False
         self.events: list[str] = []
         self.restarts = 0
@@ -201,6 +213,10 @@ class Recorder:
         stats.uploaded_at, stats.attempts = at, job.attempts + 1
         if self.first_segment_uploaded_at is None:
             self.first_segment_uploaded_at = at
+            log.info(
+                "first segment stored",
+                extra=kv(id=self.id, after_s=round(at - self.recording.started_at, 3)),
+            )
         # Once finalizing, every republished playlist is the final one (ENDLIST).
         self._publish_playlist(final=self._final)
 
@@ -210,7 +226,8 @@ class Recorder:
             version=6,
             target_duration=target_duration_for(durations, self.opts.segment_s),
             media_sequence=0,
-            playlist_type="EVENT",
+            # EVENT while segments are added; once complete a player expects VOD
+            playlist_type="VOD" if final else "EVENT",
             independent_segments=True,
             endlist=final,
             segments=list(self.published),
@@ -223,15 +240,51 @@ class Recorder:
         )
 
     # --- segments ---------------------------------------------------------------------
-    def _scan(self, run: _Run) -> None:
+    async def _scan(self, run: _Run) -> None:
         try:
             text = (run.directory / "index.m3u8").read_text()
         except (FileNotFoundError, UnicodeDecodeError):
             return
-        for closed in run.tracker.update(text):
-            self._segment_closed(run, closed)
+        new = run.tracker.update(text)
+        for i, closed in enumerate(new):
+            # FFmpeg lists its last segment with ENDLIST: that one ends with the audio
+            await self._segment_closed(run, closed, last=run.tracker.ended and i == len(new) - 1)
 
-    def _segment_closed(self, run: _Run, closed: ClosedSegment) -> None:
+    def _journal(self, entry: dict[str, object]) -> None:
+        """One line of the manifest; what a later process needs to finish the upload."""
+        try:
+            with open(self.workdir / MANIFEST, "a") as f:
+                f.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        except OSError as exc:
+            log.error("manifest not written", extra=kv(id=self.id, error=str(exc)))
+
+    def _layer_change(self, info: SegmentInfo | None, n: int) -> bool:
+        """True if segment n starts with another SPS than the last one (a layer change);
+        logs each video size the recording takes."""
+        if info is None or not info.sps:
+            return False
+        sizes = []
+        for sps in info.sps:
+            with contextlib.suppress(TsError, IndexError):
+                w, h = sps_size(sps)
+                sizes.append(f"{w}×{h}")
+        changed = self._last_sps is not None and info.sps[0] != self._last_sps
+        if sizes and (not self.video_sizes or self.video_sizes[-1][1] != sizes[0]):
+            if self.video_sizes:
+                self.events.append(
+                    f"video {self.video_sizes[-1][1]} → {sizes[0]} at segment {n}"
+                    + (" (discontinuity)" if changed else "")
+                )
+            self.video_sizes.append((n, sizes[0]))
+            log.info("recording video", extra=kv(id=self.id, segment=n, size=sizes[0]))
+        if len(set(sizes)) > 1:  # not at a boundary: players see it in-band only
+            self.events.append(f"video size changed inside segment {n}: {' → '.join(sizes)}")
+            self.video_sizes.append((n, sizes[-1]))
+            log.warning("layer change inside a segment", extra=kv(id=self.id, segment=n))
+        self._last_sps = info.sps[-1]
+        return changed
+
+    async def _segment_closed(self, run: _Run, closed: ClosedSegment, *, last: bool) -> None:
         path = run.directory / closed.uri
         try:
             stat = path.stat()
@@ -246,21 +299,34 @@ class Recorder:
             return
         if run.media_start is None and closed.program_date_time is not None:
             run.media_start = closed.program_date_time.timestamp()
+        info = await asyncio.to_thread(_read_info, path)
         n = len(self.segments)
         name = f"seg_{n:05d}.ts"
         key = self.recording.prefix + name
-        duration = closed.duration if closed.duration > 0 else self.opts.segment_s
-        seg = Segment(name, duration, closed.program_date_time, self._discontinuity_next)
+        # the media's own span (FFmpeg's last EXTINF can be wrong by most of a segment)
+        duration = info.duration(last=last) if info is not None else 0.0
+        if duration <= 0:
+            duration = closed.duration if closed.duration > 0 else self.opts.segment_s
+        discontinuity = self._layer_change(info, n) or self._discontinuity_next
+        seg = Segment(name, round(duration, 6), closed.program_date_time, discontinuity)
         self._discontinuity_next = False
-        self.segments.append(SegmentUpload(n, key, duration, stat.st_size, stat.st_mtime))
+        self.segments.append(SegmentUpload(n, key, seg.duration, stat.st_size, stat.st_mtime))
         job = UploadJob(key, "segment", stat.st_size, stat.st_mtime, path=path, sequence=n)
         if self.uploader.submit(job):
             self._pending[key] = seg
+            pdt = seg.program_date_time.isoformat() if seg.program_date_time else None
+            self._journal(
+                {"n": n, "key": key, "file": str(path.relative_to(self.workdir)),
+                 "duration": seg.duration, "pdt": pdt, "disc": discontinuity,
+                 "size": stat.st_size}
+            )  # fmt: skip
         else:
             # Refused by the bounded buffer: reported in the catalog, never silent.
             path.unlink(missing_ok=True)
             self._discontinuity_next = True
-            log.error("segment lost: upload buffer full", extra=kv(id=self.id, key=key))
+            reason = self.queue.lost[-1].reason if self.queue.lost else "refused"
+            self._journal({"n": n, "key": key, "lost": reason})
+            log.error("segment lost", extra=kv(id=self.id, key=key, reason=reason))
 
     # --- FFmpeg -----------------------------------------------------------------------
     async def _read_stderr(self, proc: asyncio.subprocess.Process, run: _Run) -> None:
@@ -287,23 +353,32 @@ class Recorder:
         self.pid = proc.pid
         run.started_at = self.clock()
         run.keyframes = KeyframeSchedule(self.opts.init_s, self.opts.segment_s)
+        self.source.run_started()
         reader = asyncio.create_task(self._read_stderr(proc, run))
         waiter = asyncio.create_task(proc.wait())
         signalled_at: float | None = None
         try:
             while not waiter.done():
                 await asyncio.wait({waiter}, timeout=self.opts.poll_s)
-                self._scan(run)
+                await self._scan(run)
                 if waiter.done():
                     break
                 self._sample_cpu(proc.pid, run)
                 now = self.clock()
-                if run.keyframes.due(now - (run.media_start or run.started_at)):
+                # FFmpeg's boundaries are on its media timeline: the source may know where
+                # that is; else wall time since the first segment's start (or FFmpeg's)
+                stream_t = self.source.stream_time()
+                if stream_t and run.media_at is None:
+                    run.media_at = now  # media reaches FFmpeg from now on
+                if stream_t is None:
+                    stream_t = now - (run.media_start or run.started_at)
+                if run.keyframes.due(stream_t):
                     self.source.request_keyframe()
-                if (
-                    not self.segments
-                    and now - self.recording.started_at > self.opts.no_media_timeout_s
-                ):
+                # no segment this long after the start — or after the media began to
+                # reach FFmpeg, when the source says so (a slow FFmpeg start-up on a busy
+                # machine is not the publisher's silence)
+                since = max(self.recording.started_at, run.media_at or 0.0)
+                if not self.segments and now - since > self.opts.no_media_timeout_s:
                     raise _NoMedia()
                 if self._stop.is_set() and signalled_at is None:
                     proc.send_signal(signal.SIGTERM)  # FFmpeg closes the segment, writes ENDLIST
@@ -316,7 +391,7 @@ class Recorder:
                     proc.kill()
                 await proc.wait()
             await reader
-            self._scan(run)
+            await self._scan(run)
             self.ffmpeg_cpu_s += run.cpu_s
         return proc.returncode if proc.returncode is not None else -1
 
@@ -443,3 +518,11 @@ class Recorder:
 
 class _NoMedia(Exception):
     pass
+
+
+def _read_info(path: Path) -> SegmentInfo | None:
+    try:
+        return scan(path.read_bytes())
+    except (OSError, TsError) as exc:
+        log.warning("segment not readable", extra=kv(path=str(path), error=str(exc)))
+        return None

@@ -26,6 +26,16 @@ class Source(Protocol):
         """Ask the sender for a keyframe now (RTCP PLI for WebRTC); may be a no-op."""
         ...
 
+    def run_started(self) -> None:
+        """A (new) FFmpeg process reads the input from now on."""
+        ...
+
+    def stream_time(self) -> float | None:
+        """Seconds of media this FFmpeg run has received, on FFmpeg's own timeline, if the
+        source knows it (its segment boundaries are on that timeline; the recorder
+        times its keyframe requests by it)."""
+        ...
+
 
 class UdpMpegTsSource:
     def __init__(self, port: int, *, idle_timeout_s: float = 1.5, host: str = "127.0.0.1") -> None:
@@ -53,6 +63,12 @@ class UdpMpegTsSource:
     def request_keyframe(self) -> None:
         return None  # an MPEG-TS sender keeps its own GOP (1 s for the synthetic source)
 
+    def run_started(self) -> None:
+        return None
+
+    def stream_time(self) -> float | None:
+        return None
+
 
 class UrlSource:
     def __init__(self, url: str, *, options: list[str] | None = None) -> None:
@@ -63,6 +79,12 @@ class UrlSource:
         return [*self.options, "-i", self.url]
 
     def request_keyframe(self) -> None:
+        return None
+
+    def run_started(self) -> None:
+        return None
+
+    def stream_time(self) -> float | None:
         return None
 
 
@@ -112,15 +134,20 @@ class SdpSource:
         keyframe: Callable[[], None] | None = None,
         idle_timeout_s: int = 2,
         codec_args: list[str] | None = None,
+        stream_time: Callable[[], float | None] | None = None,
+        on_run: Callable[[], None] | None = None,
     ) -> None:
-        self.sdp_path = sdp_path
+        # absolute: FFmpeg runs in the recording's own directory, not ours
+        self.sdp_path = sdp_path.absolute()
         # output codecs: copy, but Opus must become AAC for MPEG-TS HLS in browsers
         self.codec_args = codec_args or ["-c", "copy"]
         self.streams = streams
         self.keyframe = keyframe
+        self._stream_time = stream_time
+        self.on_run = on_run
         self.idle_timeout_s = idle_timeout_s
-        sdp_path.parent.mkdir(parents=True, exist_ok=True)
-        sdp_path.write_text(render_sdp(streams))
+        self.sdp_path.parent.mkdir(parents=True, exist_ok=True)
+        self.sdp_path.write_text(render_sdp(streams))
 
     def input_args(self) -> list[str]:
         # `-listen_timeout`: FFmpeg 5.1 ends a quiet RTP input cleanly (exit 0, ENDLIST);
@@ -141,6 +168,13 @@ class SdpSource:
     def request_keyframe(self) -> None:
         if self.keyframe is not None:
             self.keyframe()
+
+    def run_started(self) -> None:
+        if self.on_run is not None:
+            self.on_run()
+
+    def stream_time(self) -> float | None:
+        return self._stream_time() if self._stream_time is not None else None
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:

@@ -10,11 +10,15 @@ silently. Only the newest playlist matters, so a queued playlist is replaced.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 Kind = Literal["segment", "playlist"]
+# The global disk budget (shared by every recording): given a new segment's size, None
+# if it may wait on disk, else why not.
+Budget = Callable[[int], str | None]
 
 
 @dataclass(slots=True)
@@ -41,6 +45,7 @@ class LostSegment:
 @dataclass
 class UploadQueue:
     max_buffer_bytes: int
+    budget: Budget | None = None
     backoff_base_s: float = 0.25
     backoff_cap_s: float = 8.0
     jobs: deque[UploadJob] = field(default_factory=deque)
@@ -66,6 +71,10 @@ class UploadQueue:
                     f"bytes waiting for storage)",
                 )
             )
+            return False
+        refused = self.budget(job.size) if self.budget is not None else None
+        if refused is not None:
+            self.lost.append(LostSegment(job.key, job.sequence, refused))
             return False
         self.jobs.append(job)
         return True

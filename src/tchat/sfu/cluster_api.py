@@ -45,6 +45,8 @@ class Cluster:
             host=settings.sfu_udp_host,
             base_udp_port=settings.sfu_udp_port,
             max_load=settings.sfu_max_load,
+            # resolved paths: a relative TCHAT_DATA_DIR means the server's, not the child's
+            env={"TCHAT_DATA_DIR": str(settings.data_dir), "FFMPEG": settings.ffmpeg},
         )
         self.client = httpx.AsyncClient(timeout=10.0, auth=ControlAuth(self.key))
         self._placed: list[tuple[float, str]] = []

@@ -152,6 +152,7 @@ class DownTrack:
         "last_seq",
         "last_time",
         "last_ts",
+        "manual",
         "max_layer",
         "octets",
         "packets",
@@ -200,6 +201,8 @@ class DownTrack:
         self.rr_lost = 0
         self.jitter = 0
         self.abr_layer = HIGH  # the adaptive policy's target; PAUSED (-1) pauses
+        # the owner picks the layer (switch_at_keyframe); the per-second retarget leaves it
+        self.manual = False
         self.tw: TwccSender | None = None
         self.ext_head = (0, 0)  # (extension words, TWCC id byte) when tw is set
         self.ext_tail = b""  # extension elements after the TWCC one, padded
@@ -297,6 +300,9 @@ class Track:
         self.delivered = 0
         # cluster relay sinks (sfu/relay.py): each gets (layer index, the packet as received)
         self.relays: list[Callable[[int, bytes], None]] = []
+        # told (layer index, sequence number) of each padding-only packet dropped: the
+        # recorder sink keeps FFmpeg's numbering free of the holes they leave
+        self.padding_listeners: list[Callable[[int, int], None]] = []
 
     # -- per packet ------------------------------------------------------------
     def forward(self, data: bytes, now: float, index_hint: int = -1) -> int:
@@ -313,6 +319,8 @@ class Track:
                 self.dropped += 1
                 return 0
         if start >= end:  # padding-only bandwidth probe: nothing to forward
+            for listener in self.padding_listeners:
+                listener(layer.index, (data[2] << 8) | data[3])
             return 0
         payload = data[start:end]
         seq = (data[2] << 8) | data[3]
@@ -438,6 +446,16 @@ class Track:
         if dt in self.downtracks:
             self.downtracks.remove(dt)
 
+    def switch_at_keyframe(self, dt: DownTrack, layer: int, now: float) -> None:
+        """Forward nothing more to `dt` until `layer`'s next keyframe, then go on from it
+        (-1: nothing until told otherwise). From then on the owner alone chooses dt's
+        layer: the recorder changes layers only where its segments can cut."""
+        dt.manual = True
+        dt.target = layer
+        dt.current = -1
+        if layer >= 0:
+            self._pli(layer, now)
+
     def set_max_layer(self, dt: DownTrack, max_layer: int, now: float) -> None:
         dt.max_layer = max_layer
         self._retarget(dt, now)
@@ -476,6 +494,8 @@ class Track:
         ]
 
     def _retarget(self, dt: DownTrack, now: float) -> None:
+        if dt.manual:
+            return
         live = self.available(now)
         if not live:
             return

@@ -3,22 +3,33 @@
 When a publisher's media starts flowing (`SfuWorker.publish_listeners`), a
 `RecorderSink` adds one `DownTrack` per track whose `protect` is the identity and
 whose `send` writes to a loopback UDP port FFmpeg reads through an SDP file
-(`recording.source.SdpSource`). Video is pinned to the top simulcast layer; the
-DownTrack rewrite keeps sequence numbers and timestamps continuous. The recorder's
-keyframe requests become PLIs to the publisher (rate-limited by the Track). When
-the publish ends the sink detaches and the recorder finalizes (docs/recording.md).
+(`recording.source.SdpSource`). Nothing is sent until FFmpeg listens; then the
+video starts on a keyframe of the best simulcast layer flowing (`LayerPlan`) and
+the audio with it, so both streams start together in FFmpeg's timeline.
 
-Only H.264 video can be copied into MPEG-TS HLS: a VP8 publisher's video is not
-recorded (its audio is), and the log says so. Opus is transcoded to AAC, the one
-transcode, because browsers cannot play Opus in MPEG-TS.
+The recording records what flows. It starts on the best layer arriving — whatever
+the top layer does — and changes layer only at one of the recorder's segment
+boundaries (`request_keyframe`): the old layer stops there, the new one starts on
+its keyframe, FFmpeg cuts the segment at that keyframe, and the recorder marks the
+segment that starts with the new SPS `#EXT-X-DISCONTINUITY` (tsinfo). It moves up
+to a better layer once that layer has flowed for `UPGRADE_STEADY_S`, and down
+only when its layer stops (then the video waits for the next boundary).
+
+H.264 is copied. VP8 cannot go into MPEG-TS HLS, so a VP8 publish is transcoded to
+H.264 by FFmpeg (`VP8_TO_H264`: a fixed 640×360 canvas, so layer changes do not
+change the output; the recording then prefers the middle simulcast layer). Opus
+becomes AAC: browsers cannot play Opus in MPEG-TS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import socket
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,31 +41,123 @@ from tchat.config import Settings
 from tchat.recording.recorder import Recorder
 from tchat.recording.service import RecordingService
 from tchat.recording.source import RtpStream, SdpSource, free_rtp_port
+from tchat.recording.synthetic import wait_udp_listener
 from tchat.sfu import sdp
-from tchat.sfu.forwarder import HIGH, DownTrack, Track
+from tchat.sfu.forwarder import DownTrack, Track
 from tchat.sfu.worker import Peer, SfuWorker
 
 log = logging.getLogger("tchat.sfu.recording")
 
-RECORDABLE = {"video/H264": "H264", "audio/opus": "opus"}
-# extra keyframe requests while FFmpeg starts: the first PLI may beat its socket
-STARTUP_PLI_S = (0.5, 1.0, 2.0)
+RECORDABLE = {"video/h264": "H264", "video/vp8": "VP8", "audio/opus": "opus"}
+UPGRADE_STEADY_S = 2.0  # a better layer flows this long before the recording moves to it
+START_STEADY_S = 1.0  # the first layer: the best one flowing this long, if there is one
+AUDIO_WAIT_S = 3.0  # audio waits this long for the video's first keyframe, then goes alone
+TICK_S = 0.25  # how often the sink looks at which layers flow
+FLOWING_S = 0.5  # a layer silent this long has stopped (for the recording's choice)
+GAP_S = 0.1  # no video for longer than this: the media time runs on with the wall clock
+LISTEN_TIMEOUT_S = 20.0  # FFmpeg must bind its RTP ports within this (else: no media)
+AUDIO_ARGS = ["-c:a", "aac", "-b:a", "128k"]
+# VP8 → H.264 for HLS, on a fixed 640×360 canvas (letterboxed): a layer change or a
+# publisher's resolution change never changes the encoder's size, and the CPU stays
+# small on a 2-core machine (docs/recording.md has the cost per recording-minute).
+# A keyframe every second so segments cut near their plan.
+VP8_CANVAS = (640, 360)
+VP8_TO_H264 = [
+    "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+    "-crf", "23", "-maxrate", "1500k", "-bufsize", "3000k", "-pix_fmt", "yuv420p",
+    "-vf", "scale={0}:{1}:force_original_aspect_ratio=decrease,"
+    "pad={0}:{1}:(ow-iw)/2:(oh-ih)/2,setsar=1".format(*VP8_CANVAS),
+    "-force_key_frames", "expr:gte(t,n_forced*1)",
+    # frames keep their RTP times: without this FFmpeg assumes a constant rate and
+    # duplicates frames by the thousand (the RTP clock is 90 kHz)
+    "-fps_mode", "passthrough",
+]  # fmt: skip
 
 
 def rtp_stream(media: sdp.Media, port: int) -> RtpStream | None:
-    """The SDP description of one negotiated media, or None if HLS cannot carry it."""
+    """The SDP description of one negotiated media, or None if it cannot be recorded."""
     codec = media.codec
-    if codec is None or codec.mime not in RECORDABLE:
+    if codec is None or codec.mime.lower() not in RECORDABLE:
         return None
-    encoding = f"{RECORDABLE[codec.mime]}/{codec.clock_rate}"
+    encoding = f"{RECORDABLE[codec.mime.lower()]}/{codec.clock_rate}"
     if media.kind == "audio":
         encoding += f"/{codec.channels or 2}"
     fmtp = ";".join(f"{k}={v}" for k, v in codec.fmtp)
     return RtpStream(media.kind, port, codec.payload_type, encoding, fmtp)
 
 
+def codec_args(streams: list[RtpStream]) -> list[str]:
+    """FFmpeg's output codecs: H.264 copied, VP8 transcoded, Opus → AAC."""
+    video = next((s for s in streams if s.kind == "video"), None)
+    args = ["-c:v", "copy"]
+    if video is not None and video.encoding.startswith("VP8/"):
+        args = list(VP8_TO_H264)
+    if any(s.kind == "audio" for s in streams):
+        args += AUDIO_ARGS
+    return args
+
+
 def _identity(data: bytes) -> bytes:
     return data
+
+
+@dataclass
+class LayerPlan:
+    """Which simulcast layer the recording takes, sans I/O (layers by index, 0 lowest).
+
+    `tick(flowing, now)` with the layers flowing now; `start(now)` picks the first
+    layer; `at_boundary()` returns the layer to move to at a segment boundary, if any.
+    A layer counts as steady once it has flowed without a break for `steady_s`: the
+    recording starts on the best steady layer (else the best flowing), moves up only to
+    a steady one, and once its own layer has stopped it moves down even if that layer
+    flickers back (an uplink that cannot carry it turns it on and off).
+    """
+
+    steady_s: float = UPGRADE_STEADY_S
+    start_steady_s: float = START_STEADY_S
+    max_layer: int = 2  # preferred at most (a transcoded VP8 publish: the middle layer)
+    current: int = -1
+    pending: int | None = None
+    live_since: dict[int, float] = field(default_factory=dict)
+
+    def _best(self, layers: list[int]) -> int | None:
+        under = [i for i in layers if i <= self.max_layer]
+        return max(under) if under else min(layers) if layers else None
+
+    def _steady(self, now: float, for_s: float) -> list[int]:
+        return [i for i, t in self.live_since.items() if now - t >= for_s]
+
+    def tick(self, flowing: list[int], now: float) -> None:
+        self.live_since = {i: self.live_since.get(i, now) for i in flowing}
+        if self.current < 0:
+            return
+        steady = self._steady(now, self.steady_s)
+        since = self.live_since.get(self.current)
+        down = self.pending is not None and self.pending < self.current
+        if since is None or (down and now - since < self.steady_s):
+            others = [i for i in self.live_since if i != self.current]
+            target = self._best([i for i in steady if i != self.current])
+            self.pending = target if target is not None else self._best(others)
+            return
+        best = self._best(steady)
+        self.pending = best if best is not None and best > self.current else None
+
+    def start(self, now: float) -> int | None:
+        """The layer the recording starts on (None: nothing flows yet)."""
+        best = self._best(self._steady(now, self.start_steady_s))
+        if best is None:
+            best = self._best(list(self.live_since))
+        if best is None:
+            return None
+        self.current = best
+        self.pending = None
+        return self.current
+
+    def at_boundary(self) -> int | None:
+        if self.pending is None or self.pending == self.current:
+            return None
+        self.current, self.pending = self.pending, None
+        return self.current
 
 
 @dataclass(eq=False)
@@ -62,12 +165,30 @@ class RecorderSink:
     """The loopback RTP copies of one publisher's tracks."""
 
     clock: Callable[[], float]  # the worker's clock (the Track's PLI limit runs on it)
+    room: str = ""
+    rids: list[str] = field(default_factory=list)
     tracks: dict[str, tuple[Track, DownTrack]] = field(default_factory=dict)
     sock: socket.socket | None = None
+    plan: LayerPlan = field(default_factory=LayerPlan)
     sent: int = 0
     errors: int = 0
     gaps: int = 0  # holes in the recorded video the SFU could not repair
+    enabled_at: float | None = None  # worker clock: FFmpeg listens, media may flow
+    media_started: float | None = None  # wall clock of the first packet FFmpeg got
+    layers: list[tuple[float, str]] = field(default_factory=list)  # (s since start, rid)
     _video_seq: int = -1
+    _layer: int = -1
+    _audio_open: bool = False
+    # padding-only packets of the recorded layer leave holes in the rewritten numbering;
+    # FFmpeg's RTP input would wait on each: the video is renumbered without them
+    _skips: deque[int] = field(default_factory=lambda: deque(maxlen=4096))  # padding seqs
+    _skipped: int = 0
+    _ref: int = -1  # highest extended sequence number sent
+    # FFmpeg's media timeline: the first and the last video RTP timestamp sent (extended)
+    _ts_first: int = -1
+    _ts_last: int = -1
+    _ts_at: float = 0.0  # worker clock when the last video packet went out
+    _clock_rate: int = 90000
 
     @classmethod
     def attach(
@@ -76,8 +197,8 @@ class RecorderSink:
         clock: Callable[[], float],
         port_of: Callable[[], int] = free_rtp_port,
     ) -> tuple[RecorderSink, list[RtpStream]]:
-        """Add a DownTrack per recordable track of `peer`; returns the sink and its streams."""
-        sink = cls(clock)
+        """Add a DownTrack per recordable track of `peer` (nothing flows until `enable`)."""
+        sink = cls(clock, room=peer.room.name)
         now = clock()
         streams: list[RtpStream] = []
         for media in peer.media:
@@ -87,7 +208,7 @@ class RecorderSink:
             stream = rtp_stream(media, port_of())
             if stream is None:
                 log.warning(
-                    "not recording %s of room %s: %s cannot go into HLS (publish H.264)",
+                    "not recording %s of room %s: %s cannot go into HLS",
                     media.kind,
                     peer.room.name,
                     media.codec.mime if media.codec else "no codec",
@@ -101,10 +222,17 @@ class RecorderSink:
                 clock_rate=track.clock_rate,
                 protect=_identity,
                 send=partial(sink._send, target=target, video=media.kind == "video"),
-                max_layer=HIGH,  # the recording is the best layer, whatever viewers get
                 first_seq=secrets.randbits(16),
                 first_ts=secrets.randbits(32),
             )
+            if media.kind == "video":
+                sink.rids = list(track.rids) or ["-"]
+                sink._clock_rate = track.clock_rate
+                if stream.encoding.startswith("VP8/") and len(track.rids) > 1:
+                    # transcoded to 640×360: decoding a bigger layer is CPU for nothing
+                    sink.plan.max_layer = len(track.rids) - 2
+                track.switch_at_keyframe(dt, -1, now)  # nothing until FFmpeg listens
+                track.padding_listeners.append(sink._padding)
             sink.tracks[media.kind] = (track, dt)
         if streams:
             sink.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -114,31 +242,154 @@ class RecorderSink:
                 track.add(dt, now)
         return sink, streams
 
+    # -- the recorder's side -----------------------------------------------------------
+    def enable(self, now: float) -> None:
+        """FFmpeg listens: start the video on the best layer flowing (audio follows it)."""
+        self.enabled_at = now
+        self.tick(now)
+
+    def restart(self, now: float) -> None:
+        """A new FFmpeg run: nothing until it listens, then a fresh start on a keyframe."""
+        self.enabled_at = self.media_started = None
+        self._audio_open = False
+        self._video_seq = self._ref = self._ts_first = self._ts_last = -1
+        self._skips.clear()
+        self._skipped = 0
+        pair = self.tracks.get("video")
+        if pair is not None:
+            pair[0].switch_at_keyframe(pair[1], -1, now)
+        self.plan.current, self.plan.pending = -1, None
+
+    def request_keyframe(self, now: float) -> None:
+        """The recorder is at a segment boundary: change layer here if the plan says
+        so, else ask for a keyframe of the layer being recorded."""
+        pair = self.tracks.get("video")
+        if pair is None or self.enabled_at is None:
+            return
+        track, dt = pair
+        layer = self.plan.at_boundary()
+        if layer is not None:
+            log.info(
+                "recording room=%s moves to layer %s at a segment boundary",
+                self.room,
+                self._rid(layer),
+            )
+            track.switch_at_keyframe(dt, layer, now)
+        else:
+            track.keyframe_wanted(dt, now)
+
+    def tick(self, now: float) -> None:
+        """Every TICK_S from the publish on: which layers flow; once FFmpeg listens, the
+        first layer, repeated keyframe requests, the audio's wait."""
+        pair = self.tracks.get("video")
+        if pair is not None:
+            flowing = [
+                layer.index
+                for layer in pair[0].layers
+                if layer is not None and now - layer.last_seen <= FLOWING_S
+            ]
+            self.plan.tick(flowing, now)
+        if self.enabled_at is None:
+            return
+        if pair is None:
+            self._audio_open = True
+            return
+        track, dt = pair
+        if self.plan.current < 0:
+            layer = self.plan.start(now)
+            if layer is not None:
+                log.info("recording room=%s starts on layer %s", self.room, self._rid(layer))
+                track.switch_at_keyframe(dt, layer, now)
+        elif dt.current < 0 and dt.target >= 0:
+            track.keyframe_wanted(dt, now)  # still waiting: ask again (rate-limited)
+        if not self._audio_open and now - self.enabled_at >= AUDIO_WAIT_S:
+            self._audio_open = True  # no video keyframe yet: do not hold the audio back
+
+    def stream_time(self, now: float) -> float:
+        """Seconds of video FFmpeg has received, on its timeline (its RTP input starts at
+        the first packet's timestamp; 0 until then): a keyframe asked for once this
+        passed a segment boundary is stamped after it, so FFmpeg cuts there. During a
+        gap the time runs on with the clock, as the next keyframe's rebased one will."""
+        if self._ts_first < 0:
+            return 0.0
+        media = (self._ts_last - self._ts_first) / self._clock_rate
+        return media + max(0.0, now - self._ts_at - GAP_S)
+
+    def _rid(self, layer: int) -> str:
+        return self.rids[layer] if 0 <= layer < len(self.rids) else str(layer)
+
+    # -- per packet --------------------------------------------------------------------
+    def _extend(self, seq: int) -> int:
+        """A 16-bit sequence number as the extended one nearest the last sent."""
+        if self._ref < 0:
+            return seq
+        delta = (seq - self._ref) & 0xFFFF
+        return self._ref + (delta - 0x10000 if delta >= 0x8000 else delta)
+
+    def _padding(self, index: int, seq: int) -> None:
+        pair = self.tracks.get("video")
+        if pair is None or pair[1].current != index or self._ref < 0:
+            return
+        self._skips.append(self._extend((seq + pair[1].seq_offset) & 0xFFFF))
+
+    def _renumber(self, data: bytes) -> bytes:
+        ext = self._extend((data[2] << 8) | data[3])
+        while self._skips and self._skips[0] < ext:
+            self._skips.popleft()
+            self._skipped += 1
+        self._ref = max(self._ref, ext)
+        seq = (ext - self._skipped) & 0xFFFF
+        return data[:2] + bytes((seq >> 8, seq & 0xFF)) + data[4:]
+
     def _send(self, data: bytes, *, target: tuple[str, int], video: bool) -> None:
         assert self.sock is not None
+        if self.enabled_at is None:
+            return
         if video:
-            # The rewrite keeps numbering continuous, so a hole here is loss upstream that
-            # NACKs did not repair: ask for a keyframe so the next segment starts clean.
+            pair = self.tracks["video"]
+            if pair[1].current != self._layer:
+                self._layer_changed(pair[1].current)
+            data = self._renumber(data)
+            # The numbering is continuous now, so a hole here is loss upstream that NACKs
+            # did not repair: ask for a keyframe so the next segment starts clean.
             seq = (data[2] << 8) | data[3]
             if self._video_seq >= 0 and 0 < (seq - self._video_seq - 1) & 0xFFFF < 0x8000:
                 self.gaps += 1
-                self.request_keyframe(self.clock())
+                pair[0].keyframe_wanted(pair[1], self.clock())
             if self._video_seq < 0 or (seq - self._video_seq) & 0xFFFF < 0x8000:
                 self._video_seq = seq
+            self._audio_open = True
+            ts = int.from_bytes(data[4:8], "big")
+            if self._ts_first < 0:
+                self._ts_first = self._ts_last = ts
+            else:
+                delta = (ts - self._ts_last) & 0xFFFFFFFF
+                if delta < 0x80000000:  # forward (a late packet does not move it back)
+                    self._ts_last += delta
+            self._ts_at = self.clock()
+        elif not self._audio_open:
+            return  # audio starts with the video's first keyframe: aligned in FFmpeg
+        if self.media_started is None:
+            self.media_started = time.time()
         try:
             self.sock.sendto(data, target)
             self.sent += 1
-        except OSError:  # FFmpeg not listening yet / gone, or a full buffer: drop
+        except OSError:  # FFmpeg gone, or a full buffer: drop
             self.errors += 1
 
-    def request_keyframe(self, now: float) -> None:
-        pair = self.tracks.get("video")
-        if pair is not None:
-            pair[0].keyframe_wanted(pair[1], now)
+    def _layer_changed(self, layer: int) -> None:
+        self._layer = layer
+        at = time.time() - self.media_started if self.media_started is not None else 0.0
+        self.layers.append((round(at, 3), self._rid(layer)))
+        log.info(
+            "recording room=%s video layer %s from %.2fs", self.room, self._rid(layer), at
+        )
 
     def detach(self) -> None:
         for track, dt in self.tracks.values():
             track.remove(dt)
+            if self._padding in track.padding_listeners:
+                track.padding_listeners.remove(self._padding)
         self.tracks.clear()
         if self.sock is not None:
             self.sock.close()
@@ -152,6 +403,7 @@ class LiveRecording:
         self.worker = worker
         self.service = service
         self.active: dict[str, tuple[RecorderSink, Recorder]] = {}  # by publisher peer id
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def __call__(self, peer: Peer, live: bool) -> None:
         if live:
@@ -164,14 +416,16 @@ class LiveRecording:
         sink, streams = RecorderSink.attach(peer, worker.now)
         if not streams:
             return
-        has_audio = any(s.kind == "audio" for s in streams)
         sdp_path = self.service.workdir / f"{peer.id}.sdp"
+        video_port = streams[0].port
         try:
             source = SdpSource(
                 sdp_path,
                 streams,
                 keyframe=lambda: sink.request_keyframe(worker.now()),
-                codec_args=["-c:v", "copy", "-c:a", "aac", "-b:a", "128k"] if has_audio else None,
+                codec_args=codec_args(streams),
+                stream_time=lambda: sink.stream_time(worker.now()),
+                on_run=lambda: self._gate(peer.id, sink, video_port),
             )
             recorder = self.service.start(peer.room.name, source)
         except Exception:
@@ -182,9 +436,6 @@ class LiveRecording:
         recorder.on_done(lambda _: self._stop(peer))
         # FFmpeg rereads the SDP file on each restart: it goes when the recording is done
         recorder.on_done(lambda _: sdp_path.unlink(missing_ok=True))
-        loop = asyncio.get_running_loop()
-        for delay in STARTUP_PLI_S:
-            loop.call_later(delay, lambda: sink.request_keyframe(worker.now()))
         log.info(
             "recording room=%s id=%s streams=%s",
             peer.room.name,
@@ -192,11 +443,47 @@ class LiveRecording:
             ",".join(f"{s.kind}:{s.encoding}@{s.port}" for s in streams),
         )
 
+    def _gate(self, peer_id: str, sink: RecorderSink, port: int) -> None:
+        """A (new) FFmpeg run started: hold the media until it listens, then let it flow."""
+        sink.restart(self.worker.now())
+        old = self._tasks.pop(peer_id, None)
+        if old is not None:
+            old.cancel()
+        self._tasks[peer_id] = asyncio.get_running_loop().create_task(
+            self._run_sink(sink, port), name=f"recording-sink-{peer_id}"
+        )
+
+    async def _run_sink(self, sink: RecorderSink, port: int) -> None:
+        ticks = asyncio.create_task(self._tick(sink))  # the layers' history starts now
+        try:
+            if not await wait_udp_listener(port, LISTEN_TIMEOUT_S):
+                log.warning("recording room=%s: FFmpeg did not listen on %d", sink.room, port)
+                return  # the recorder's no-media timeout reports it
+            sink.enable(self.worker.now())
+            await ticks
+        finally:
+            ticks.cancel()
+
+    async def _tick(self, sink: RecorderSink) -> None:
+        while sink.tracks:
+            sink.tick(self.worker.now())
+            await asyncio.sleep(TICK_S)
+
     def _stop(self, peer: Peer) -> None:
+        task = self._tasks.pop(peer.id, None)
+        if task is not None:
+            task.cancel()
         entry = self.active.pop(peer.id, None)
         if entry is None:
             return
         sink, recorder = entry
+        if sink.layers:
+            log.info(
+                "recording room=%s id=%s video layers %s",
+                peer.room.name,
+                recorder.id,
+                ", ".join(f"{rid}@{t:.1f}s" for t, rid in sink.layers),
+            )
         sink.detach()
         recorder.stop()
 
@@ -206,6 +493,13 @@ class LiveRecording:
             if sink_recorder[1].room == room:
                 return sink_recorder[1].id
         return None
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
 
 
 def mount(app: FastAPI, settings: Settings) -> None:
@@ -217,12 +511,17 @@ def _component(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMa
     @asynccontextmanager
     async def live_recording(app: FastAPI) -> AsyncIterator[None]:
         app.state.live_recording = None
+        live: LiveRecording | None = None
         # with NUM_SFU_INSTANCES > 1 there is no in-process worker: each instance
         # process records the rooms it originates (sfu/node.py)
         if settings.sfu_record and hasattr(app.state, "sfu"):
             live = LiveRecording(app.state.sfu, app.state.recording)
             app.state.sfu.publish_listeners.append(live)
             app.state.live_recording = live
-        yield
+        try:
+            yield
+        finally:
+            if live is not None:
+                await live.close()
 
     return live_recording

@@ -69,8 +69,11 @@ class Supervisor:
         host: str,
         base_udp_port: int = 0,
         max_load: float = 0.9,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.count = count
+        # settings the instance processes must see exactly as the server resolved them
+        self.env = dict(env or {})
         self.routing = routing
         self.key = key
         self.host = host
@@ -112,7 +115,7 @@ class Supervisor:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tchat.sfu.node", "--id", instance_id, "--udp-port", str(port),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, KEY_ENV: self.key},
+            env={**os.environ, **self.env, KEY_ENV: self.key},
         )  # fmt: skip
         assert proc.stdout is not None
         try:

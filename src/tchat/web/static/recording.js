@@ -8,7 +8,7 @@ const id = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1] ||
 const video = $("#video");
 const list = $("#chat ol");
 // figures the browser tests read: wall clock of the frame on screen, messages shown
-window.tchatReplay = { wall: null, shown: 0, messages: 0, error: "" };
+window.tchatReplay = { wall: null, shown: 0, messages: 0, error: "", hlsErrors: [] };
 let frag = null; // {start (media s), pdt (Unix s)} of the fragment playing
 let messages = [];
 let shown = 0;
@@ -67,7 +67,10 @@ async function start() {
       const f = data.frag;
       if (f.programDateTime) frag = { start: f.start, pdt: f.programDateTime / 1000 };
     });
-    hls.on(window.Hls.Events.ERROR, (_, data) => { if (data.fatal) fail(`HLS error: ${data.details}`); });
+    hls.on(window.Hls.Events.ERROR, (_, data) => {
+      window.tchatReplay.hlsErrors.push(`${data.fatal ? "fatal " : ""}${data.details}`);
+      if (data.fatal) fail(`HLS error: ${data.details}`);
+    });
     hls.loadSource(rec.playlist_url);
     hls.attachMedia(video);
   } else if (video.canPlayType("application/vnd.apple.mpegurl")) {

@@ -69,7 +69,7 @@ async function goLive(event) {
       { rid: "f", maxBitrate: 2_000_000 },
     ],
   });
-  // H.264 first: recordings copy it into HLS as is (VP8 would not be recorded)
+  // H.264 first: recordings copy it into HLS as is (VP8 must be transcoded, at 640×360)
   const codecs = RTCRtpSender.getCapabilities("video").codecs;
   const h264 = codecs.filter((c) => c.mimeType === "video/H264");
   if (h264.length) video.setCodecPreferences([...h264, ...codecs.filter((c) => c.mimeType !== "video/H264")]);
