@@ -30,7 +30,16 @@ from tchat.sfu import rtcp, sdp, twcc
 from tchat.sfu.dtls import DtlsEndpoint, DtlsState, SrtpSessions, fingerprint, make_context
 from tchat.sfu.forwarder import HIGH, DownTrack, Track, TwccSender
 from tchat.sfu.ice import Addr, IceLite, StunError, new_credentials, parse_request
-from tchat.sfu.rtp import DTLS_MAX, DTLS_MIN, RTP_MAX, RTP_MIN, STUN_MAX, header_extension, is_rtcp
+from tchat.sfu.rtp import (
+    DTLS_MAX,
+    DTLS_MIN,
+    RTP_LIMIT,
+    RTP_MAX,
+    RTP_MIN,
+    STUN_MAX,
+    header_extension,
+    is_rtcp,
+)
 from tchat.sfu.settings import SfuSettings
 
 log = logging.getLogger("tchat.sfu")
@@ -319,6 +328,12 @@ class SfuWorker(asyncio.DatagramProtocol):
         except pylibsrtp.Error:
             self.drops["srtp_unprotect"] += 1
             return
+        except ValueError:  # longer than the SRTP buffer
+            self._too_large(peer, len(data))
+            return
+        if len(plain) > RTP_LIMIT:
+            self._too_large(peer, len(plain))
+            return
         track = peer.track_by_pt.get(plain[1] & 0x7F)
         if track is None:
             self.drops["rtp_unknown_pt"] += 1
@@ -333,6 +348,20 @@ class SfuWorker(asyncio.DatagramProtocol):
             self.delivered += track.forward(plain, now)
         except ValueError:
             self.drops["rtp_malformed"] += 1
+
+    def _too_large(self, peer: Peer, size: int) -> None:
+        self.drops["rtp_too_large"] += 1
+        n = self.drops["rtp_too_large"]
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th…: visible, never a flood
+            log.warning(
+                "sfu dropped a %d-byte RTP packet from room=%s peer=%s: over %d bytes, "
+                "it cannot reach viewers within a 1500-byte MTU (%d such drops)",
+                size,
+                peer.room.name,
+                peer.id,
+                RTP_LIMIT,
+                n,
+            )
 
     def _rtcp(self, peer: Peer, data: bytes) -> None:
         assert peer.srtp is not None
