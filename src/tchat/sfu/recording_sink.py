@@ -36,7 +36,8 @@ from tchat.sfu.worker import Peer, SfuWorker
 
 log = logging.getLogger("tchat.sfu.recording")
 
-RECORDABLE = {"video/H264": "H264", "audio/opus": "opus"}
+# by lower-case mime (encoding names are case-insensitive): the rtpmap FFmpeg reads
+RECORDABLE = {"video/h264": "H264", "audio/opus": "opus"}
 # extra keyframe requests while FFmpeg starts: the first PLI may beat its socket
 STARTUP_PLI_S = (0.5, 1.0, 2.0)
 
@@ -44,9 +45,10 @@ STARTUP_PLI_S = (0.5, 1.0, 2.0)
 def rtp_stream(media: sdp.Media, port: int) -> RtpStream | None:
     """The SDP description of one negotiated media, or None if HLS cannot carry it."""
     codec = media.codec
-    if codec is None or codec.mime not in RECORDABLE:
+    name = RECORDABLE.get(codec.mime.lower()) if codec is not None else None
+    if codec is None or name is None:
         return None
-    encoding = f"{RECORDABLE[codec.mime]}/{codec.clock_rate}"
+    encoding = f"{name}/{codec.clock_rate}"
     if media.kind == "audio":
         encoding += f"/{codec.channels or 2}"
     fmtp = ";".join(f"{k}={v}" for k, v in codec.fmtp)

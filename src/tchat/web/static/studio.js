@@ -56,8 +56,9 @@ async function goLive(event) {
   });
   // H.264 first: recordings copy it into HLS as is (VP8 would not be recorded)
   const codecs = RTCRtpSender.getCapabilities("video").codecs;
-  const h264 = codecs.filter((c) => c.mimeType === "video/H264");
-  if (h264.length) video.setCodecPreferences([...h264, ...codecs.filter((c) => c.mimeType !== "video/H264")]);
+  const isH264 = (c) => c.mimeType.toLowerCase() === "video/h264"; // names are case-insensitive
+  const h264 = codecs.filter(isH264);
+  if (h264.length) video.setCodecPreferences([...h264, ...codecs.filter((c) => !isH264(c))]);
   pc.addEventListener("connectionstatechange", () => {
     if (pc !== state.pc) return;
     if (pc.connectionState === "connected") {
