@@ -82,7 +82,7 @@ def test_ice_lite_answers_and_nominates() -> None:
         (_request("ours:theirs", "wrong-password-xxxxxxxx"), "MESSAGE-INTEGRITY"),
         (_request("ours:other", "o" * 22), "USERNAME"),
         (_request("ours:theirs", "o" * 22, controlling=False), "controlling"),
-        (bytes(stun.Message(stun.Method.BINDING, stun.Class.INDICATION)), "binding request"),
+        (bytes(stun.Message(stun.Method.BINDING, stun.Class.RESPONSE)), "binding request"),
     ],
 )
 def test_ice_lite_rejects_bad_checks(data: bytes, reason: str) -> None:

@@ -29,7 +29,7 @@ from tchat.aio import cancel_and_wait
 from tchat.sfu import rtcp, sdp, twcc
 from tchat.sfu.dtls import DtlsEndpoint, DtlsState, SrtpSessions, fingerprint, make_context
 from tchat.sfu.forwarder import HIGH, DownTrack, Track, TwccSender
-from tchat.sfu.ice import Addr, IceLite, StunError, new_credentials, parse_request
+from tchat.sfu.ice import Addr, IceLite, Keepalive, StunError, new_credentials, parse_request
 from tchat.sfu.rtp import (
     DTLS_MAX,
     DTLS_MIN,
@@ -122,6 +122,7 @@ class SfuWorker(asyncio.DatagramProtocol):
         self.drops: Counter[str] = Counter()
         self.connect_times: list[float] = []
         self.delivered = 0  # RTP packets sent to viewers (not counting NACK answers)
+        self.keepalives = 0  # binding indications from a selected pair (libnice peers)
         self.port = 0
         self.transport: asyncio.DatagramTransport | None = None
         self._clock = clock
@@ -305,9 +306,9 @@ class SfuWorker(asyncio.DatagramProtocol):
                 if peer is None or peer.srtp is None:
                     self.drops["rtp_unknown_peer"] += 1
                 elif is_rtcp(data):
-                    self._rtcp(peer, data)
+                    self._rtcp(peer, data, addr)
                 else:
-                    self._rtp(peer, data)
+                    self._rtp(peer, data, addr)
             elif first <= STUN_MAX:
                 self._stun(data, addr)
             elif DTLS_MIN <= first <= DTLS_MAX:
@@ -318,7 +319,7 @@ class SfuWorker(asyncio.DatagramProtocol):
             self.drops["error"] += 1
             log.debug("sfu datagram from %s raised", addr, exc_info=True)
 
-    def _rtp(self, peer: Peer, data: bytes) -> None:
+    def _rtp(self, peer: Peer, data: bytes, addr: Addr | None = None) -> None:
         if peer.role != "publisher":
             self.drops["rtp_from_viewer"] += 1
             return
@@ -331,6 +332,9 @@ class SfuWorker(asyncio.DatagramProtocol):
         except ValueError:  # longer than the SRTP buffer
             self._too_large(peer, len(data))
             return
+        now = self.now()
+        if addr == peer.addr:  # authenticated, on the selected pair: the peer is alive
+            peer.ice.heard(now)
         if len(plain) > RTP_LIMIT:
             self._too_large(peer, len(plain))
             return
@@ -339,7 +343,6 @@ class SfuWorker(asyncio.DatagramProtocol):
             self.drops["rtp_unknown_pt"] += 1
             return
         peer.rtp_in += 1
-        now = self.now()
         if peer.twcc_in is not None:
             value = header_extension(plain, peer.twcc_in_ext)
             if value is not None and len(value) >= 2:
@@ -363,20 +366,22 @@ class SfuWorker(asyncio.DatagramProtocol):
                 n,
             )
 
-    def _rtcp(self, peer: Peer, data: bytes) -> None:
+    def _rtcp(self, peer: Peer, data: bytes, addr: Addr | None = None) -> None:
         assert peer.srtp is not None
         try:
             plain = peer.srtp.rx.unprotect_rtcp(data)
         except pylibsrtp.Error:
             self.drops["srtcp_unprotect"] += 1
             return
+        now = self.now()
+        if addr == peer.addr:
+            peer.ice.heard(now)
         try:
             packets = rtcp.parse(plain)
         except ValueError:
             self.drops["rtcp_malformed"] += 1
             return
         peer.rtcp_in += 1
-        now = self.now()
         if peer.abr is not None:
             self._feedback(peer, plain, now)
         if peer.role == "publisher":
@@ -438,6 +443,13 @@ class SfuWorker(asyncio.DatagramProtocol):
             if peer is None:
                 raise StunError("unknown ufrag")
             response = peer.ice.handle(msg, addr, self.now())
+        except Keepalive:  # an indication: keeps NAT bindings open, proves nothing
+            known = self.by_addr.get(addr)
+            if known is not None and known.addr == addr:
+                self.keepalives += 1
+            else:
+                self.drops["stun_indication_unknown_peer"] += 1
+            return
         except StunError as exc:
             self.drops["stun_" + str(exc).split(":")[0].replace(" ", "_")[:32]] += 1
             return
@@ -778,6 +790,7 @@ class SfuWorker(asyncio.DatagramProtocol):
                 1 for p in self.peers.values() if p.role == "viewer" and p.srtp is not None
             ),
             "delivered_packets": self.delivered,
+            "keepalives": self.keepalives,
             "drops": dict(self.drops),
         }
 
