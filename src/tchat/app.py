@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
+from starlette.exceptions import HTTPException
 
-from tchat import __version__
+from tchat import __version__, openapi
 from tchat.chat import api as chat_api
 from tchat.config import Settings
+from tchat.http import json_error
 from tchat.recording import api as recording_api
 from tchat.sfu import api as sfu_api
 from tchat.sfu import recording_sink
@@ -41,9 +44,11 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         description="Live streaming: WHIP/WHEP SFU, chat, HLS recordings.",
+        generate_unique_id_function=openapi.operation_id,
     )
     app.state.components = []
     app.state.settings = settings
+    openapi.install(app)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, object]:
@@ -51,11 +56,37 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(ValueError)
     async def value_error(request: Request, exc: ValueError) -> JSONResponse:
-        return JSONResponse({"error": "bad_request", "detail": str(exc)}, status_code=400)
+        return json_error(400, "bad_request", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(request, exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # Starlette's own 404/405 (unknown path, method not allowed), in our error body;
+        # headers kept (405's Allow)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return json_error(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
     app.mount("/metrics", make_asgi_app())
     _mount_capabilities(app, settings)
     return app
+
+
+def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's validation failure as the documented error: 415 when a JSON body came
+    as something else (a form post), otherwise 400 naming each bad field."""
+    errors = list(exc.errors())
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body_errors = [e for e in errors if e.get("loc", ("",))[0] == "body"]
+    if body_errors and ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        return json_error(415, "unsupported_media_type", "send the body as application/json")
+    parts = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return json_error(400, "bad_request", "; ".join(parts) or "invalid request")
 
 
 def _mount_capabilities(app: FastAPI, settings: Settings) -> None:

@@ -258,6 +258,18 @@ class Settings(BaseSettings):
         alias="SFU_MAX_LOAD",
         description="Refuse new sessions (503) while the worker uses more CPU than this, in cores.",
     )
+    ice_servers: str = Field(
+        "",
+        alias="ICE_SERVERS",
+        description="STUN/TURN servers WHIP/WHEP clients are told of in Link headers "
+        "(RFC 9725): comma-separated stun:, stuns:, turn:, turns: URIs (empty: none).",
+    )
+    ice_username: str = Field(
+        "", alias="ICE_USERNAME", description="Username for the turn:/turns: ICE_SERVERS."
+    )
+    ice_credential: str = Field(
+        "", alias="ICE_CREDENTIAL", description="Password for the turn:/turns: ICE_SERVERS."
+    )
     sfu_record: bool = Field(
         True,
         alias="SFU_RECORD",
@@ -337,6 +349,21 @@ class Settings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
         return level
+
+    @field_validator("ice_servers")
+    @classmethod
+    def _ice_servers(cls, value: str) -> str:
+        for uri in cls.split_list(value):
+            scheme = uri.split(":", 1)[0].lower()
+            if scheme not in ("stun", "stuns", "turn", "turns") or ":" not in uri:
+                raise ValueError(f"{uri!r} is not a stun:, stuns:, turn: or turns: URI")
+            if any(c in uri for c in '<>" '):
+                raise ValueError(f"{uri!r} has a character a URI cannot hold")
+        return value
+
+    @staticmethod
+    def split_list(value: str) -> list[str]:
+        return [part.strip() for part in value.split(",") if part.strip()]
 
     @property
     def base_url(self) -> str:

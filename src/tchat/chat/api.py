@@ -29,6 +29,7 @@ from tchat.chat.protocol import (
 from tchat.chat.service import ChatService, Listener
 from tchat.chat.store import StoreUnavailable, make_store
 from tchat.config import Settings
+from tchat.http import auth_failed, error_responses
 from tchat.metrics import CHAT_REJECTED
 
 _ROOM = re.compile(ROOM_PATTERN)
@@ -65,7 +66,9 @@ def mount(app: FastAPI, settings: Settings) -> None:
         service: ChatService = request.app.state.chat
         return service
 
-    @router.get("/rooms/{room}/messages", response_model=HistoryPage)
+    @router.get(
+        "/rooms/{room}/messages", response_model=HistoryPage, responses=error_responses(400, 503)
+    )
     async def history(
         request: Request,
         room: RoomPath,
@@ -87,7 +90,13 @@ def mount(app: FastAPI, settings: Settings) -> None:
             "next_before": str(messages[-1].id) if len(messages) == limit else None,
         }
 
-    @router.post("/rooms/{room}/messages", status_code=201, response_model=MessageOut)
+    @router.post(
+        "/rooms/{room}/messages",
+        status_code=201,
+        response_model=MessageOut,
+        responses=error_responses(400, 401, 403, 415, 429, 503),
+        openapi_extra={"security": [{"bearer": []}]},
+    )
     async def post_message(
         request: Request,
         room: RoomPath,
@@ -101,7 +110,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
                 room, grant.identity, validate_text(body.text, settings.chat_max_chars)
             )
         except TokenError as exc:
-            return JSONResponse({"error": "unauthorized", "detail": str(exc)}, 401)
+            return auth_failed(exc)  # 401 no valid token, 403 one without chat rights
         except ProtocolError as exc:
             CHAT_REJECTED.labels(exc.code).inc()
             status = {"rate_limited": 429, "store_unavailable": 503}.get(exc.code, 400)

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from tchat.config import Settings
-from tchat.http import json_error
+from tchat.http import error_responses, json_error
 from tchat.recording.catalog import STATES, Recording, UnknownRecording
 from tchat.recording.service import RECORDINGS_PREFIX, RecordingService
 from tchat.storage import NotFound, StoreError, validate_key
@@ -43,7 +43,7 @@ def _service(request: Request) -> RecordingService:
 def mount(app: FastAPI, settings: Settings) -> None:
     base_url = settings.base_url
 
-    @app.get("/recordings", tags=["recording"])
+    @app.get("/recordings", tags=["recording"], responses=error_responses(400))
     async def list_recordings(
         request: Request,
         room: str | None = None,
@@ -55,7 +55,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
         recs = _service(request).catalog.list(room=room, state=state, limit=limit)
         return JSONResponse({"recordings": [recording_json(r, base_url) for r in recs]})
 
-    @app.get("/recordings/{rec_id}", tags=["recording"])
+    @app.get("/recordings/{rec_id}", tags=["recording"], responses=error_responses(404))
     async def get_recording(request: Request, rec_id: str) -> Response:
         try:
             rec = _service(request).get(rec_id)
@@ -63,8 +63,8 @@ def mount(app: FastAPI, settings: Settings) -> None:
             return json_error(404, "not_found", f"no recording {rec_id!r}")
         return JSONResponse(recording_json(rec, base_url))
 
-    @app.api_route(CDN_PATH + "{key:path}", methods=["GET", "HEAD"], tags=["recording"])
     async def cdn(request: Request, key: str) -> Response:
+        """An HLS playlist or segment of a recording, as a CDN would serve it."""
         if not key.startswith(RECORDINGS_PREFIX):
             return json_error(404, "not_found", f"no object {key!r}")
         try:
@@ -93,6 +93,24 @@ def mount(app: FastAPI, settings: Settings) -> None:
             headers["Content-Length"] = str(info.size)
         # GET: the length of the body read, which may be a newer playlist than head saw
         return Response(body, media_type=info.content_type, headers=headers)
+
+    cdn_doc: dict[str, Any] = {
+        "tags": ["recording"],
+        "response_class": Response,
+        "responses": {
+            200: {
+                "description": "The object (playlist or MPEG-TS segment).",
+                "content": {
+                    "application/vnd.apple.mpegurl": {"schema": {"type": "string"}},
+                    "video/mp2t": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            **error_responses(400, 404, 502),
+        },
+    }
+    # one route per method: each needs its own OpenAPI operation id
+    app.add_api_route(CDN_PATH + "{key:path}", cdn, methods=["GET"], name="cdn_get", **cdn_doc)
+    app.add_api_route(CDN_PATH + "{key:path}", cdn, methods=["HEAD"], name="cdn_head", **cdn_doc)
 
     app.state.components.append(_component(settings))
 

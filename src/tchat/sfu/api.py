@@ -1,35 +1,52 @@
 """WHIP (RFC 9725) and WHEP signalling routes over an SFU backend: the worker in this
 process, or several instance processes (sfu/cluster_api.py).
 
-POST an SDP offer with a Bearer token → 201, the SDP answer and a Location whose
-DELETE ends the session. Errors are JSON: 400 bad SDP, 401 missing token, 403
-wrong token, 404 unknown room/session, 409 room already published, 503 full.
+POST an SDP offer with a Bearer token → 201, the SDP answer, a Location whose DELETE
+ends the session, an ETag naming the ICE session and, when ICE_SERVERS is set, one
+`Link: <uri>; rel="ice-server"` per STUN/TURN server. Errors are JSON: 400 bad SDP,
+401 no valid token, 403 a valid token that does not grant this, 404 unknown
+room/session, 409 room already published, 415 not application/sdp, 503 full.
+
+A session is ended (DELETE) or capped (PUT …/layer) only with the token that created
+it: the session URL carries an HMAC of the session and that token, so any process
+sharing the secret checks it, for the in-process worker and a cluster alike, with no
+state. Another valid token of the room gets 403.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import ipaddress
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from tchat.auth import TokenError, bearer, verify_token
+from tchat.auth import TokenError, TokenForbidden, bearer, verify_token
 from tchat.config import Settings
-from tchat.http import json_error
+from tchat.http import auth_failed, error_responses, json_error
 from tchat.sfu.sdp import MAX_SDP_BYTES, SdpError
 from tchat.sfu.settings import SfuSettings
 from tchat.sfu.worker import Peer, Role, SessionError, SfuWorker
 
 LAYERS = {"low": 0, "mid": 1, "high": 2}
 CODES = {400: "bad_sdp", 404: "not_found", 409: "conflict", 503: "unavailable"}
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
 
 
 class LayerRequest(BaseModel):
     max_layer: int = Field(ge=0, le=2, description="Highest simulcast layer: 0 low … 2 high.")
+
+
+class LayerAnswer(BaseModel):
+    max_layer: int
 
 
 def _from_loopback(request: Request) -> bool:
@@ -40,14 +57,38 @@ def _from_loopback(request: Request) -> bool:
         return False
 
 
-def _auth(request: Request, room: str, role: Role) -> JSONResponse | None:
+def _token(request: Request, room: str, role: Role) -> str | JSONResponse:
+    """The request's bearer token if it grants `role` in `room`, else the error."""
     token = bearer(request.headers.get("authorization"))
     try:
         verify_token(request.app.state.secret, token, room, role)
     except TokenError as exc:
-        status = 401 if token is None else 403
-        return json_error(status, "unauthorized" if status == 401 else "forbidden", str(exc))
-    return None
+        return auth_failed(exc)
+    assert token is not None
+    return token
+
+
+def session_tag(secret: str, room: str, role: Role, session: str, token: str) -> str:
+    """What binds a session URL to the token that created it (16 url-safe chars)."""
+    msg = "\0".join(("tchat-sfu-session", role, room, session, token)).encode()
+    digest = hmac.new(secret.encode(), msg, hashlib.sha256).digest()[:12]
+    return base64.urlsafe_b64encode(digest).decode()
+
+
+def _owned(
+    request: Request, room: str, role: Role, resource: str, token: str
+) -> str | JSONResponse:
+    """The backend's session id of a session URL segment (`<session>.<tag>`) if `token`
+    created it; 404 for a segment that is no session URL, 403 for another token's."""
+    session, dot, tag = resource.rpartition(".")
+    if not dot or not session:
+        return json_error(404, "not_found", f"no {role} session {resource!r} in room {room!r}")
+    want = session_tag(request.app.state.secret, room, role, session, token)
+    if not hmac.compare_digest(tag, want):
+        return auth_failed(
+            TokenForbidden(f"{role} session {resource!r} was started with another token")
+        )
+    return session
 
 
 async def _offer(request: Request) -> str | JSONResponse:
@@ -65,13 +106,76 @@ async def _offer(request: Request) -> str | JSONResponse:
         return json_error(400, "bad_sdp", "SDP offer is not UTF-8")
 
 
-def _created(answer: str, location: str) -> Response:
-    return Response(
+def ice_server_links(settings: Settings) -> list[str]:
+    """`Link` header values for the configured STUN/TURN servers (RFC 9725 §4.6)."""
+    links = []
+    for uri in settings.split_list(settings.ice_servers):
+        link = f'<{uri}>; rel="ice-server"'
+        if uri.lower().startswith("turn") and (settings.ice_username or settings.ice_credential):
+            user = settings.ice_username.replace('"', "")
+            cred = settings.ice_credential.replace('"', "")
+            link += f'; username="{user}"; credential="{cred}"; credential-type="password"'
+        links.append(link)
+    return links
+
+
+def etag_of(answer: str, location: str) -> str:
+    """A strong ETag naming this ICE session (our ufrag in the answer): what an ICE
+    restart's If-Match would have to name (RFC 9725 §4.4)."""
+    match = _UFRAG.search(answer)
+    basis = f"{location}\0{match.group(1) if match else answer}".encode()
+    return '"' + hashlib.sha256(basis).hexdigest()[:32] + '"'
+
+
+def _created(answer: str, location: str, links: list[str]) -> Response:
+    resp = Response(
         answer,
         status_code=201,
         media_type="application/sdp",
-        headers={"Location": location, "Access-Control-Expose-Headers": "Location"},
+        headers={"Location": location, "ETag": etag_of(answer, location)},
     )
+    for link in links:
+        resp.headers.append("Link", link)
+    return resp
+
+
+def _sdp_exchange(created: str, *errors: int) -> dict[str, Any]:
+    """OpenAPI of a WHIP/WHEP POST: an application/sdp body in, 201 with the answer."""
+    text = {"schema": {"type": "string"}}
+    return {
+        "response_class": Response,
+        "status_code": 201,
+        "openapi_extra": {
+            "requestBody": {
+                "required": True,
+                "description": "The SDP offer (the whole offer, ICE candidates included).",
+                "content": {"application/sdp": text},
+            },
+            "security": BEARER,
+        },
+        "responses": {
+            201: {
+                "description": created,
+                "content": {"application/sdp": text},
+                "headers": {
+                    "Location": {
+                        "description": "The session URL: DELETE ends the session.",
+                        "schema": {"type": "string"},
+                    },
+                    "ETag": {
+                        "description": "Names the ICE session.",
+                        "schema": {"type": "string"},
+                    },
+                    "Link": {
+                        "description": "One per STUN/TURN server (when ICE_SERVERS is set): "
+                        '`<stun:…>; rel="ice-server"`.',
+                        "schema": {"type": "string"},
+                    },
+                },
+            },
+            **error_responses(*errors),
+        },
+    }
 
 
 class SfuBackend(Protocol):
@@ -152,16 +256,28 @@ def mount(app: FastAPI, settings: Settings) -> None:
         app.state.components.append(cluster_api.component(settings))
     else:
         app.state.components.append(_local_component(settings))
+    links = ice_server_links(settings)
 
     def backend_of(request: Request) -> SfuBackend:
         backend: SfuBackend = request.app.state.sfu_backend
         return backend
 
-    @app.post("/whip/{room}", tags=["sfu"], status_code=201)
+    def location(
+        request: Request, kind: str, room: str, role: Role, session: str, token: str
+    ) -> str:
+        tag = session_tag(request.app.state.secret, room, role, session, token)
+        return f"/{kind}/{room}/{session}.{tag}"
+
+    @app.post(
+        "/whip/{room}",
+        tags=["sfu"],
+        **_sdp_exchange("Published: the SDP answer.", 400, 401, 403, 409, 415, 503),
+    )
     async def whip(room: str, request: Request) -> Response:
         """Publish: SDP offer in (Opus, H.264/VP8, ≤ 3 simulcast rids), answer out."""
-        if denied := _auth(request, room, "publisher"):
-            return denied
+        token = _token(request, room, "publisher")
+        if isinstance(token, Response):
+            return token
         offer = await _offer(request)
         if isinstance(offer, Response):
             return offer
@@ -169,13 +285,18 @@ def mount(app: FastAPI, settings: Settings) -> None:
             session, answer = await backend_of(request).publish(room, offer)
         except (SdpError, SessionError) as exc:
             return _failed(exc)
-        return _created(answer, f"/whip/{room}/{session}")
+        return _created(answer, location(request, "whip", room, "publisher", session, token), links)
 
-    @app.post("/whep/{room}", tags=["sfu"], status_code=201)
+    @app.post(
+        "/whep/{room}",
+        tags=["sfu"],
+        **_sdp_exchange("Watching: the SDP answer.", 400, 401, 403, 404, 415, 503),
+    )
     async def whep(room: str, request: Request, layer: str = "high") -> Response:
         """Watch: SDP offer in (recvonly), answer out; `?layer=low|mid|high` caps quality."""
-        if denied := _auth(request, room, "viewer"):
-            return denied
+        token = _token(request, room, "viewer")
+        if isinstance(token, Response):
+            return token
         if layer not in LAYERS:
             return json_error(400, "bad_request", "layer must be low, mid or high")
         offer = await _offer(request)
@@ -185,39 +306,62 @@ def mount(app: FastAPI, settings: Settings) -> None:
             session, answer = await backend_of(request).view(room, offer, LAYERS[layer])
         except (SdpError, SessionError) as exc:
             return _failed(exc)
-        return _created(answer, f"/whep/{room}/{session}")
+        return _created(answer, location(request, "whep", room, "viewer", session, token), links)
 
-    async def _delete(room: str, session: str, request: Request, role: Role) -> Response:
-        if denied := _auth(request, room, role):
-            return denied
+    async def _delete(room: str, resource: str, request: Request, role: Role) -> Response:
+        token = _token(request, room, role)
+        if isinstance(token, Response):
+            return token
+        session = _owned(request, room, role, resource, token)
+        if isinstance(session, Response):
+            return session
         try:
             await backend_of(request).end(room, session, role)
         except SessionError as exc:
             return _failed(exc)
         return Response(status_code=200)
 
-    @app.delete("/whip/{room}/{session}", tags=["sfu"])
+    session_doc: dict[str, Any] = {
+        "tags": ["sfu"],
+        "response_class": Response,
+        "openapi_extra": {"security": BEARER},
+        "responses": {200: {"description": "Ended."}, **error_responses(401, 403, 404, 503)},
+    }
+
+    @app.delete("/whip/{room}/{session}", **session_doc)
     async def whip_delete(room: str, session: str, request: Request) -> Response:
-        """End a publish session (its viewers end with it, on every instance)."""
+        """End a publish session (its viewers end with it, on every instance); only
+        with the token that published."""
         return await _delete(room, session, request, "publisher")
 
-    @app.delete("/whep/{room}/{session}", tags=["sfu"])
+    @app.delete("/whep/{room}/{session}", **session_doc)
     async def whep_delete(room: str, session: str, request: Request) -> Response:
-        """End a viewer session."""
+        """End a viewer session; only with the token that started it."""
         return await _delete(room, session, request, "viewer")
 
-    @app.put("/whep/{room}/{session}/layer", tags=["sfu"])
-    async def whep_layer(room: str, session: str, body: LayerRequest, request: Request) -> Response:
-        """Cap a viewer's simulcast layer; the switch happens on the next keyframe."""
-        if denied := _auth(request, room, "viewer"):
-            return denied
+    @app.put(
+        "/whep/{room}/{session}/layer",
+        tags=["sfu"],
+        response_model=LayerAnswer,
+        openapi_extra={"security": BEARER},
+        responses=error_responses(400, 401, 403, 404, 415),
+    )
+    async def whep_layer(room: str, session: str, body: LayerRequest, request: Request) -> Any:
+        """Cap a viewer's simulcast layer; the switch happens on the next keyframe.
+        Only with the token that started the session."""
+        token = _token(request, room, "viewer")
+        if isinstance(token, Response):
+            return token
+        peer = _owned(request, room, "viewer", session, token)
+        if isinstance(peer, Response):
+            return peer
         try:
-            await backend_of(request).set_layer(room, session, body.max_layer)
+            await backend_of(request).set_layer(room, peer, body.max_layer)
         except SessionError as exc:
             return _failed(exc)
         return JSONResponse({"max_layer": body.max_layer})
 
-    @app.get("/sfu/stats", tags=["sfu"], response_model=None)
+    @app.get("/sfu/stats", tags=["sfu"], response_model=None, responses=error_responses(403))
     async def sfu_stats(request: Request, viewers: bool = False) -> dict[str, object] | Response:
         """Counters of the SFU (with several instances: each instance's and their sums):
         peers, delivered packets, dropped datagrams by reason; `?viewers=true` adds each
