@@ -84,7 +84,7 @@ export async function signal(url, pc, token) {
 
 export function explain(err, room) {
   if (err instanceof HttpError) {
-    if (err.status === 401) return "A token is needed: paste one below.";
+    if (err.status === 401) return `A valid token is needed (${err.message}): paste one below.`;
     if (err.status === 403) return `Token rejected: ${err.message}`;
     if (err.status === 404) return `Room "${room}" is offline.`;
     if (err.status === 409) return `Room "${room}" is already live from another publisher.`;

@@ -27,6 +27,7 @@ async function goLive(event) {
   showError($("#error"), "");
   const room = $("#room").value, token = $("#token").value.trim();
   sessionStorage.setItem("tchat:publisher", token);
+  state.token = token; // only the token that published may end the session
   $("#golive").disabled = true;
   setStatus("starting camera…");
   try {
@@ -124,7 +125,7 @@ async function stop() {
   state.pc = null;
   if (session) {
     try {
-      await fetch(session, { method: "DELETE", headers: { authorization: `Bearer ${$("#token").value.trim()}` } });
+      await fetch(session, { method: "DELETE", headers: { authorization: `Bearer ${state.token}` } });
     } catch { /* the SFU ends an idle publish by itself */ }
   }
   if (pc) pc.close();
