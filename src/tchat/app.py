@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from tchat import __version__, openapi
 from tchat.chat import api as chat_api
 from tchat.config import Settings
+from tchat.cors import ApiCors
 from tchat.http import json_error
 from tchat.recording import api as recording_api
 from tchat.sfu import api as sfu_api
@@ -71,6 +72,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.mount("/metrics", make_asgi_app())
     _mount_capabilities(app, settings)
+    # outermost: a preflight is answered before any route or page middleware sees it
+    app.add_middleware(ApiCors, origins=settings.cors_allowed_origins, routes=app.router.routes)
     return app
 
 

@@ -318,6 +318,14 @@ class Settings(BaseSettings):
         description="Highest rate a bandwidth probe pads a viewer's stream up to, bit/s.",
     )
 
+    cors_origins: str = Field(
+        "auto",
+        alias="CORS_ORIGINS",
+        description="Origins whose pages may call the WHIP/WHEP, session, chat and "
+        "recordings APIs (CORS): comma-separated (https://app.example), * for any; auto = * "
+        "when bound to loopback with no TCHAT_PUBLIC_URL, else none (same origin only).",
+    )
+
     # --- web pages (issue 8) -----------------------------------------------------------
     web_dev_tokens: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -369,13 +377,37 @@ class Settings(BaseSettings):
     def base_url(self) -> str:
         return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, value: str) -> str:
+        for origin in cls.split_list(value):
+            if origin in ("*", "auto"):
+                continue
+            if not re.fullmatch(
+                r"https?://[A-Za-z0-9.-]+(:\d{1,5})?|https?://\[[0-9a-fA-F:]+\](:\d{1,5})?", origin
+            ):
+                raise ValueError(f"{origin!r} is not an origin such as https://app.example:8443")
+        return value
+
+    @property
+    def cors_allowed_origins(self) -> list[str]:
+        """The origins CORS lets in: ["*"], a list, or [] (same origin only)."""
+        origins = self.split_list(self.cors_origins)
+        if origins == ["auto"]:
+            return ["*"] if self._loopback_default else []
+        return ["*"] if "*" in origins else [o.rstrip("/") for o in origins if o != "auto"]
+
+    @property
+    def _loopback_default(self) -> bool:
+        loopback = self.host in ("127.0.0.1", "localhost", "::1")
+        return loopback and not self.public_url
+
     @property
     def dev_tokens_enabled(self) -> bool:
         """Whether the watch page may fetch viewer/chat tokens without one (local use only)."""
         if self.web_dev_tokens != "auto":
             return self.web_dev_tokens == "on"
-        loopback = self.host in ("127.0.0.1", "localhost", "::1")
-        return loopback and not self.public_url
+        return self._loopback_default
 
     def cql_contact_points(self) -> list[tuple[str, int]]:
         return [parse_host_port(p, 9042) for p in self.scylladb_host.split(",")]
