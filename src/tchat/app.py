@@ -9,8 +9,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from prometheus_client import make_asgi_app
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, make_asgi_app
 from starlette.exceptions import HTTPException
 
 from tchat import __version__, openapi
@@ -52,8 +52,13 @@ def create_app(settings: Settings) -> FastAPI:
     openapi.install(app)
 
     @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, object]:
-        return {"status": "ok", "version": __version__}
+    async def healthz(request: Request) -> dict[str, object]:
+        """Up (200). `status` is `degraded` while a dependency is failing: the chat bus
+        (Redis fan-out to other instances reconnecting; `bus` says since when)."""
+        chat = getattr(request.app.state, "chat", None)
+        bus = chat.bus.health() if chat is not None else {"ok": True, "state": "starting"}
+        status = "ok" if bus.get("ok", True) else "degraded"
+        return {"status": status, "version": __version__, "bus": bus}
 
     @app.exception_handler(ValueError)
     async def value_error(request: Request, exc: ValueError) -> JSONResponse:
@@ -69,6 +74,11 @@ def create_app(settings: Settings) -> FastAPI:
         # headers kept (405's Allow)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return json_error(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.get("/metrics", include_in_schema=False)  # documented in tchat.openapi
+    async def metrics() -> Response:
+        # answered here, not by the mount's 307 to /metrics/
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.mount("/metrics", make_asgi_app())
     _mount_capabilities(app, settings)

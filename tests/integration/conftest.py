@@ -71,7 +71,7 @@ class Server:
         self.log = tmp / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 20.0) -> Server:
+    def start(self, timeout_s: float = 60.0) -> Server:  # busy 2-core box: imports take 20 s+
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tchat", "serve"], env=self.env, stdout=log, stderr=log
