@@ -226,7 +226,8 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         alias="SFU_CONSENT_TIMEOUT",
-        description="End a session after this long without an ICE consent check.",
+        description="End a session after this long without authenticated traffic from the "
+        "peer (consent check, SRTP/SRTCP on the selected pair).",
     )
     sfu_connect_timeout: Duration = Field(
         15.0,
