@@ -158,9 +158,13 @@ async def test_fan_out_comes_back_after_redis_restarts(server_factory, redis_fac
         assert h["status"] == "degraded" and h["bus"]["state"] == "reconnecting", h
         metrics = (await client.get("/metrics")).text
         assert "tchat_bus_subscriber_up 0.0" in metrics
-        # posts are still stored and reach this process's own listeners
-        await post(client, room, "during the outage")
-        assert (await next_message(listener))["text"] == "during the outage"
+        # posts are still stored and reach this process's own listeners, a new one too
+        async with websockets.connect(ws_url(server, room)) as late:
+            async with asyncio.timeout(5):  # not held up waiting for Redis
+                json.loads(await late.recv())  # hello
+            await post(client, room, "during the outage")
+            assert (await next_message(listener))["text"] == "during the outage"
+            assert (await next_message(late))["text"] == "during the outage"
 
         redis.start()  # same port, empty
         for _ in range(80):

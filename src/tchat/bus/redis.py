@@ -101,15 +101,17 @@ class RedisBus:
             self._handler(channel, payload)
 
     async def subscribe(self, channel: str) -> None:
-        """Returns once Redis confirmed the subscription (or after CONFIRM_S while it
-        cannot: the subscriber keeps trying and local delivery covers the gap)."""
+        """Returns once Redis confirmed the subscription (at once while reconnecting, or
+        after CONFIRM_S: the subscriber keeps trying and local delivery covers the gap)."""
         self._wanted.add(channel)
         BUS_CHANNELS.set(len(self._wanted))
         if channel in self._live:
             return
+        self._wake.set()
+        if self.state == "reconnecting":
+            return  # do not hold the listener up: local delivery covers the outage
         done = asyncio.get_running_loop().create_future()
         self._confirm.setdefault(channel, []).append(done)
-        self._wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(done), CONFIRM_S)
         except TimeoutError:
@@ -157,7 +159,7 @@ class RedisBus:
             try:
                 await self._session()
                 failures = 0
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # RedisError, OSError, or a bug: reconnect, never die
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if self.state != "reconnecting":
                     log.warning("redis bus subscriber lost: %s; reconnecting", self.last_error)
