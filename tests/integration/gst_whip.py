@@ -202,8 +202,8 @@ class Publisher:
                     status, body = resp.status, resp.read().decode()
             except urllib.error.HTTPError as exc:
                 status, body = exc.code, exc.read().decode(errors="replace")
-            except OSError as exc:
-                status, body = 0, str(exc)
+            except Exception as exc:  # always say what happened
+                status, body = 0, f"{type(exc).__name__}: {exc}"
             emit("deleted", status=status, body=body[:300])
         self.loop.quit()
         return False

@@ -42,7 +42,9 @@ class GstPublisher:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.events: list[dict[str, Any]] = []
+        self.stderr: list[str] = []
         self._reader = asyncio.create_task(self._read())
+        self._errors = asyncio.create_task(self._read_stderr())
 
     async def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -51,6 +53,11 @@ class GstPublisher:
                 self.events.append(json.loads(line))
             except ValueError:
                 pass  # GLib warnings on stdout are not events
+
+    async def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.stderr = [*self.stderr[-30:], line.decode(errors="replace").rstrip()]
 
     def event(self, name: str, **want: Any) -> dict[str, Any] | None:
         return next(
@@ -68,7 +75,10 @@ class GstPublisher:
             timeout_s,
         )
         found = self.event(name, **want)
-        assert found is not None, f"no {name} {want} from GStreamer: {self.events[-8:]}"
+        seen = [e for e in self.events if e["event"] != "stats"]
+        assert found is not None, f"no {name} {want} from GStreamer: {seen}; " + "\n".join(
+            self.stderr[-15:]
+        )
         return found
 
     def sent(self, kind: str) -> int:
@@ -111,7 +121,7 @@ async def gst_publisher(url: str, room: str, *args: str) -> AsyncIterator[GstPub
     token = issue_token(SECRET, room, "publisher")
     proc = await asyncio.create_subprocess_exec(
         SYSTEM_PYTHON, str(GST_SCRIPT), f"{url}/whip/{room}", token, "--seconds", "120", *args,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     pub = GstPublisher(proc)
     try:
@@ -125,6 +135,7 @@ async def gst_publisher(url: str, room: str, *args: str) -> AsyncIterator[GstPub
             proc.kill()
             await proc.wait()
         pub._reader.cancel()
+        pub._errors.cancel()
 
 
 async def stats(client: httpx.AsyncClient) -> dict[str, Any]:
