@@ -86,6 +86,7 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
+        self.stop()  # not left running (with its SFU instances) after the test fails
         raise RuntimeError(f"tchat serve did not answer: {self.log.read_text()[-2000:]}")
 
     def kill(self) -> None:
