@@ -7,6 +7,11 @@ if [ "${1:-all}" = run ]; then
   pkgs=(ffmpeg python3-venv)
 else
   pkgs=(redis-server ffmpeg chromium maven openjdk-17-jre-headless python3-venv iproute2 nginx)
+  # GStreamer's webrtcbin: the outside WHIP publisher of the interop tests, driven from
+  # the system python3 (tests/integration/gst_whip.py)
+  pkgs+=(python3-gi gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1 gstreamer1.0-nice
+         gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+         gstreamer1.0-plugins-ugly gstreamer1.0-libav)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

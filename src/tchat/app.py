@@ -8,13 +8,16 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from prometheus_client import make_asgi_app
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, make_asgi_app
+from starlette.exceptions import HTTPException
 
-from tchat import __version__
+from tchat import __version__, openapi
 from tchat.chat import api as chat_api
 from tchat.config import Settings
-from tchat.http import BodyLimit
+from tchat.cors import ApiCors
+from tchat.http import BodyLimit, json_error
 from tchat.recording import api as recording_api
 from tchat.sfu import api as sfu_api
 from tchat.sfu import recording_sink
@@ -42,22 +45,62 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         description="Live streaming: WHIP/WHEP SFU, chat, HLS recordings.",
+        generate_unique_id_function=openapi.operation_id,
     )
     app.state.components = []
     app.state.settings = settings
+    openapi.install(app)
 
     @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, object]:
-        return {"status": "ok", "version": __version__}
+    async def healthz(request: Request) -> dict[str, object]:
+        """Up (200). `status` is `degraded` while a dependency is failing: the chat bus
+        (Redis fan-out to other instances reconnecting; `bus` says since when)."""
+        chat = getattr(request.app.state, "chat", None)
+        bus = chat.bus.health() if chat is not None else {"ok": True, "state": "starting"}
+        status = "ok" if bus.get("ok", True) else "degraded"
+        return {"status": status, "version": __version__, "bus": bus}
 
     @app.exception_handler(ValueError)
     async def value_error(request: Request, exc: ValueError) -> JSONResponse:
-        return JSONResponse({"error": "bad_request", "detail": str(exc)}, status_code=400)
+        return json_error(400, "bad_request", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(request, exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # Starlette's own 404/405 (unknown path, method not allowed), in our error body;
+        # headers kept (405's Allow)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return json_error(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.get("/metrics", include_in_schema=False)  # documented in tchat.openapi
+    async def metrics() -> Response:
+        # answered here, not by the mount's 307 to /metrics/
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit)  # every request body capped (64 KiB; chat less): 413
     app.mount("/metrics", make_asgi_app())
     _mount_capabilities(app, settings)
+    # outermost: a preflight is answered before any route or page middleware sees it
+    app.add_middleware(ApiCors, origins=settings.cors_allowed_origins, routes=app.router.routes)
     return app
+
+
+def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's validation failure as the documented error: 415 when a JSON body came
+    as something else (a form post), otherwise 400 naming each bad field."""
+    errors = list(exc.errors())
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body_errors = [e for e in errors if e.get("loc", ("",))[0] == "body"]
+    if body_errors and ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        return json_error(415, "unsupported_media_type", "send the body as application/json")
+    parts = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return json_error(400, "bad_request", "; ".join(parts) or "invalid request")
 
 
 def _mount_capabilities(app: FastAPI, settings: Settings) -> None:

@@ -25,7 +25,14 @@ _GRANTS: dict[str, frozenset[str]] = {
 
 
 class TokenError(Exception):
-    """Missing, malformed, expired or insufficient token; the message says which."""
+    """Missing, malformed, expired or insufficient token; the message says which.
+
+    HTTP answers it with 401 (no valid token: authenticate) unless it is a
+    TokenForbidden (a valid token that does not grant this: 403)."""
+
+
+class TokenForbidden(TokenError):
+    """A valid token for another room or role."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +92,7 @@ def verify_token(secret: str, token: str | None, room: str, role: str) -> Grant:
     """Return the grant or raise TokenError naming what is wrong."""
     grant = decode_token(secret, token)
     if not grant.allows(room, role):
-        raise TokenError(
+        raise TokenForbidden(
             f"token for room {grant.room!r} as {grant.role!r} does not allow {role!r} in {room!r}"
         )
     return grant

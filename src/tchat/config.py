@@ -275,7 +275,8 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         alias="SFU_CONSENT_TIMEOUT",
-        description="End a session after this long without an ICE consent check.",
+        description="End a session after this long without authenticated traffic from the "
+        "peer (consent check, SRTP/SRTCP on the selected pair).",
     )
     sfu_connect_timeout: Duration = Field(
         15.0,
@@ -330,6 +331,18 @@ class Settings(BaseSettings):
         description="Refuse new sessions (503) while the SFU's own work (its datagram and "
         "timer handlers; a node process's CPU) exceeds this, in cores.",
     )
+    ice_servers: str = Field(
+        "",
+        alias="ICE_SERVERS",
+        description="STUN/TURN servers WHIP/WHEP clients are told of in Link headers "
+        "(RFC 9725): comma-separated stun:, stuns:, turn:, turns: URIs (empty: none).",
+    )
+    ice_username: str = Field(
+        "", alias="ICE_USERNAME", description="Username for the turn:/turns: ICE_SERVERS."
+    )
+    ice_credential: str = Field(
+        "", alias="ICE_CREDENTIAL", description="Password for the turn:/turns: ICE_SERVERS."
+    )
     sfu_record: bool = Field(
         True,
         alias="SFU_RECORD",
@@ -376,6 +389,14 @@ class Settings(BaseSettings):
         gt=0,
         alias="SFU_ABR_PROBE_MAX_BPS",
         description="Highest rate a bandwidth probe pads a viewer's stream up to, bit/s.",
+    )
+
+    cors_origins: str = Field(
+        "auto",
+        alias="CORS_ORIGINS",
+        description="Origins whose pages may call the WHIP/WHEP, session, chat and "
+        "recordings APIs (CORS): comma-separated (https://app.example), * for any; auto = * "
+        "when bound to loopback with no TCHAT_PUBLIC_URL, else none (same origin only).",
     )
 
     # --- web pages (issue 8) -----------------------------------------------------------
@@ -434,17 +455,56 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
         return level
 
+    @field_validator("ice_servers")
+    @classmethod
+    def _ice_servers(cls, value: str) -> str:
+        for uri in cls.split_list(value):
+            scheme = uri.split(":", 1)[0].lower()
+            if scheme not in ("stun", "stuns", "turn", "turns") or ":" not in uri:
+                raise ValueError(f"{uri!r} is not a stun:, stuns:, turn: or turns: URI")
+            if any(c in uri for c in '<>" '):
+                raise ValueError(f"{uri!r} has a character a URI cannot hold")
+        return value
+
+    @staticmethod
+    def split_list(value: str) -> list[str]:
+        return [part.strip() for part in value.split(",") if part.strip()]
+
     @property
     def base_url(self) -> str:
         return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, value: str) -> str:
+        for origin in cls.split_list(value):
+            if origin in ("*", "auto"):
+                continue
+            if not re.fullmatch(
+                r"https?://[A-Za-z0-9.-]+(:\d{1,5})?|https?://\[[0-9a-fA-F:]+\](:\d{1,5})?", origin
+            ):
+                raise ValueError(f"{origin!r} is not an origin such as https://app.example:8443")
+        return value
+
+    @property
+    def cors_allowed_origins(self) -> list[str]:
+        """The origins CORS lets in: ["*"], a list, or [] (same origin only)."""
+        origins = self.split_list(self.cors_origins)
+        if origins == ["auto"]:
+            return ["*"] if self._loopback_default else []
+        return ["*"] if "*" in origins else [o.rstrip("/") for o in origins if o != "auto"]
+
+    @property
+    def _loopback_default(self) -> bool:
+        loopback = self.host in ("127.0.0.1", "localhost", "::1")
+        return loopback and not self.public_url
 
     @property
     def dev_tokens_enabled(self) -> bool:
         """Whether the watch page may fetch viewer/chat tokens without one (local use only)."""
         if self.web_dev_tokens != "auto":
             return self.web_dev_tokens == "on"
-        loopback = self.host in ("127.0.0.1", "localhost", "::1")
-        return loopback and not self.public_url
+        return self._loopback_default
 
     def cql_contact_points(self) -> list[tuple[str, int]]:
         return [parse_host_port(p, 9042) for p in self.scylladb_host.split(",")]

@@ -1,4 +1,5 @@
-"""HTTP helpers shared by the capabilities' routes: the error body, capped request bodies.
+"""HTTP helpers shared by the capabilities' routes: the error body, the auth rule,
+capped request bodies.
 
 Every request body is capped (issue 14.3): `BodyLimit`, an ASGI middleware, answers 413
 at once when Content-Length says too much, and cuts a streamed (chunked) body off when
@@ -10,21 +11,36 @@ themselves with `read_body`/`read_model` after their header checks.
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tchat.auth import TokenError, TokenForbidden
 
 MAX_BODY_BYTES = 64 * 1024  # the largest body any route takes (an SDP offer)
 M = TypeVar("M", bound=BaseModel)
 
 
-def json_error(status: int, code: str, detail: str) -> JSONResponse:
+class ErrorBody(BaseModel):
+    """What every error answers (HTTP 4xx/5xx)."""
+
+    error: str = Field(
+        description="Machine-readable code: bad_request, bad_sdp, unauthorized, forbidden, "
+        "not_found, method_not_allowed, conflict, unsupported_media_type, rate_limited, "
+        "unavailable, store_unavailable, storage_unavailable."
+    )
+    detail: str = Field(description="What is wrong, for a person.")
+
+
+def json_error(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """The error body every route uses: `{"error": code, "detail": why}`."""
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
 class BodyTooLarge(Exception):
@@ -142,3 +158,36 @@ class BodyLimit:
                 raise
         if exceeded and not started:  # the app stopped without answering
             await too_large(BodyTooLarge(limit))(scope, receive, send)
+
+
+
+def auth_failed(exc: TokenError) -> JSONResponse:
+    """One rule for every route (docs/configuration … README "HTTP surface"): 401 when
+    there is no valid token (missing, malformed, bad signature, expired), with a
+    `WWW-Authenticate: Bearer` challenge; 403 when a valid token does not grant this
+    room, role or session."""
+    if isinstance(exc, TokenForbidden):
+        return json_error(403, "forbidden", str(exc))
+    challenge = 'Bearer realm="tchat"'
+    if str(exc) != "missing token":
+        challenge += ', error="invalid_token"'
+    return json_error(401, "unauthorized", str(exc), {"WWW-Authenticate": challenge})
+
+
+_DESCRIPTIONS = {
+    400: "Bad request (the detail says which field or value).",
+    401: "No valid token: missing, malformed, bad signature or expired.",
+    403: "A valid token that does not grant this room, role or session.",
+    404: "No such room, session or object.",
+    409: "Conflict (the room already has a publisher).",
+    413: "Request body too large.",
+    415: "Wrong Content-Type for the body.",
+    429: "Rate limited.",
+    502: "The object store failed.",
+    503: "Temporarily unavailable (full, overloaded, or a backing service is down).",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, all with the ErrorBody schema."""
+    return {s: {"model": ErrorBody, "description": _DESCRIPTIONS[s]} for s in statuses}

@@ -22,3 +22,11 @@ SEGMENT_UPLOAD_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
 UPLOAD_FAILURES = Counter("tchat_upload_failures_total", "Failed upload attempts")
+BUS_UP = Gauge(
+    "tchat_bus_subscriber_up",
+    "1 while the Redis subscriber is connected or not needed, 0 while it reconnects",
+)
+BUS_RECONNECTS = Counter(
+    "tchat_bus_reconnects_total", "Redis subscriber connection failures (each retried)"
+)
+BUS_CHANNELS = Gauge("tchat_bus_channels", "Bus channels this process listens to (rooms)")

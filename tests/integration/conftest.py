@@ -74,7 +74,7 @@ class Server:
         self.log = tmp / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 60.0) -> Server:  # generous: the box is shared
+    def start(self, timeout_s: float = 60.0) -> Server:  # busy 2-core box: imports take 20 s+
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tchat", "serve"], env=self.env, stdout=log, stderr=log
@@ -89,7 +89,7 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        self.kill()  # not left running behind a failed test
+        self.stop()  # not left running (with its SFU instances) after the test fails
         raise RuntimeError(f"tchat serve did not answer: {self.log.read_text()[-2000:]}")
 
     def kill(self) -> None:

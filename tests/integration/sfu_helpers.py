@@ -4,6 +4,7 @@ waiting on a condition, checking a viewer's video across layer switches."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections.abc import Callable
 
@@ -19,8 +20,15 @@ SECRET = "integration-secret-0123456789abcdef"
 SDP = "application/sdp"
 
 
+@functools.cache
+def token(room: str, role: str) -> str:
+    """One token per room and role for a test process: like a real client, a test ends
+    or caps a session with the token that created it (another one gets 403)."""
+    return issue_token(SECRET, room, role)
+
+
 def auth(room: str, role: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {issue_token(SECRET, room, role)}"}
+    return {"authorization": f"Bearer {token(room, role)}"}
 
 
 async def join_viewer(
@@ -29,7 +37,7 @@ async def join_viewer(
     """Open the peer, WHEP it into `room` at `layer`, connect; returns the session URL
     (a refused WHEP raises with its status and body)."""
     await peer.open()
-    return await whep_join(client, room, issue_token(SECRET, room, "viewer"), peer, layer)
+    return await whep_join(client, room, token(room, "viewer"), peer, layer)
 
 
 async def wait_for(cond: Callable[[], bool], timeout_s: float = 15.0) -> None:

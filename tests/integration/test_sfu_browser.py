@@ -190,6 +190,8 @@ async def test_chromium_simulcast_publisher_to_chromium_viewer(
         assert stats["viewers_connected"] == 1
         # Chrome negotiated transport-cc: its own TWCC feedback drives the estimate
         assert stats["adaptive_viewers"] == 1 and "twcc_malformed" not in stats["drops"]
+        # Chrome pads its transport-cc feedback (P bit): read, not dropped as malformed
+        assert "rtcp_malformed" not in stats["drops"], stats["drops"]
         (adaptive,) = stats["viewers"]
         assert adaptive["delivered_bps"] > 0 and adaptive["tier"] in ("high", "standard")
         assert (await client.delete(location, headers=view_auth)).status_code == 200

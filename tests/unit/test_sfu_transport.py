@@ -134,7 +134,7 @@ def test_unconfirmed_address_gets_no_more_than_it_sent() -> None:
         (_request("ours:theirs", "wrong-password-xxxxxxxx"), "MESSAGE-INTEGRITY"),
         (_request("ours:other", "o" * 22), "USERNAME"),
         (_request("ours:theirs", "o" * 22, controlling=False), "controlling"),
-        (bytes(stun.Message(stun.Method.BINDING, stun.Class.INDICATION)), "binding request"),
+        (bytes(stun.Message(stun.Method.BINDING, stun.Class.RESPONSE)), "binding request"),
     ],
 )
 def test_ice_lite_rejects_bad_checks(data: bytes, reason: str) -> None:

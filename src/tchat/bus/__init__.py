@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 Handler = Callable[[str, str], None]  # (channel, payload)
 
@@ -29,6 +29,10 @@ class Bus(Protocol):
 
     async def allocate_node(self) -> int | None:
         """A node number no other live instance on this bus holds, if the bus can tell."""
+
+    def health(self) -> dict[str, Any]:
+        """`{"backend", "ok", "state", …}`: ok is False while fan-out to other
+        instances is broken (/healthz reports degraded)."""
 
 
 def make_bus(redis_url: str) -> Bus:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tchat.bus import Handler
 
 
@@ -30,3 +32,6 @@ class MemoryBus:
 
     async def allocate_node(self) -> int | None:
         return None  # one process: any node is unique
+
+    def health(self) -> dict[str, Any]:
+        return {"backend": self.name, "ok": True, "state": "local"}

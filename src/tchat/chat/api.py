@@ -34,7 +34,14 @@ from tchat.chat.service import ChatService, Listener
 from tchat.chat.shared import make_shared
 from tchat.chat.store import StoreUnavailable, make_store
 from tchat.config import Settings
-from tchat.http import BodyTooLarge, body_schema, read_model, too_large
+from tchat.http import (
+    BodyTooLarge,
+    auth_failed,
+    body_schema,
+    error_responses,
+    read_model,
+    too_large,
+)
 from tchat.metrics import CHAT_REJECTED
 from tchat.rooms import valid_room
 
@@ -73,7 +80,9 @@ def mount(app: FastAPI, settings: Settings) -> None:
         service: ChatService = request.app.state.chat
         return service
 
-    @router.get("/rooms/{room}/messages", response_model=HistoryPage)
+    @router.get(
+        "/rooms/{room}/messages", response_model=HistoryPage, responses=error_responses(400, 503)
+    )
     async def history(
         request: Request,
         room: RoomPath,
@@ -107,7 +116,8 @@ def mount(app: FastAPI, settings: Settings) -> None:
         "/rooms/{room}/messages",
         status_code=201,
         response_model=MessageOut,
-        openapi_extra=body_schema(PostBody),
+        responses=error_responses(400, 401, 403, 413, 415, 429, 503),
+        openapi_extra={**body_schema(PostBody), "security": [{"bearer": []}]},
     )
     async def post_message(
         request: Request,
@@ -124,7 +134,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
                 room, grant.identity, validate_text(body.text, settings.chat_max_chars), grant.role
             )
         except TokenError as exc:
-            return JSONResponse({"error": "unauthorized", "detail": str(exc)}, 401)
+            return auth_failed(exc)  # 401 no valid token, 403 one without chat rights
         except BodyTooLarge as exc:
             return too_large(exc)
         except ModerationError as exc:  # banned, timed out, slow mode: with until/retry_after

@@ -35,6 +35,7 @@ from tchat.chat.moderation import (
     parse_action,
 )
 from tchat.chat.service import ChatService
+from tchat.http import error_responses
 
 RoomPath = Annotated[str, Path(pattern=ROOM_PATTERN, description="Room name.")]
 Auth = Annotated[str | None, Header(description="Bearer <moderator or publisher token>")]
@@ -118,14 +119,7 @@ class StateOut(BaseModel):
     roles: dict[str, str] = Field(description="Identities seen with a broadcaster/moderator token.")
 
 
-class ErrorOut(BaseModel):
-    error: str
-    detail: str
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 503)
-}
+ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415, 503)
 
 
 def moderator_grant(secret: str, authorization: str | None, room: str) -> Grant:

@@ -72,6 +72,7 @@ class SyntheticPublisher:
         self.restarts = dict.fromkeys(rids, 0)
         self._pli_at = dict.fromkeys(rids, -1.0)
         self.location = ""
+        self.token = ""  # the one it published with: only it may end the session
         self.sent = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -94,6 +95,7 @@ class SyntheticPublisher:
         if resp.status_code != 201:
             raise RuntimeError(f"WHIP failed: {resp.status_code} {resp.text}")
         self.location = resp.headers["location"]
+        self.token = token
         await self.peer.connect(resp.text)
         self._task = asyncio.create_task(self._send_loop())
 
@@ -142,10 +144,13 @@ class SyntheticPublisher:
                         self.sent += 1
                 frame_n += 1
 
-    async def stop(self, client: httpx.AsyncClient, token: str) -> None:
+    async def stop(self, client: httpx.AsyncClient, token: str = "") -> None:
+        """DELETE the session (with the publishing token: a session is ended only by
+        the token that created it), then close."""
         if self.location:
+            bearer = self.token or token
             try:
-                await client.delete(self.location, headers={"authorization": f"Bearer {token}"})
+                await client.delete(self.location, headers={"authorization": f"Bearer {bearer}"})
             except httpx.HTTPError:
                 pass
         self.peer.close()

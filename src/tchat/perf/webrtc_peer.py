@@ -22,11 +22,11 @@ from typing import cast
 import pylibsrtp
 from aioice import stun
 from aiortc.rtcdtlstransport import RTCCertificate
-from aiortc.rtp import RtcpPacket, RtcpPsfbPacket, RtcpReceiverInfo, RtcpRrPacket
+from aiortc.rtp import RtcpPsfbPacket, RtcpReceiverInfo, RtcpRrPacket
 from aiortc.sdp import SessionDescription
 from OpenSSL import SSL
 
-from tchat.sfu import twcc
+from tchat.sfu import rtcp, twcc
 from tchat.sfu.dtls import DtlsEndpoint, DtlsState, fingerprint, make_context
 from tchat.sfu.rtp import RtpError, header_extension, is_rtcp, payload_bounds
 from tchat.sfu.sdp import PLAYOUT_DELAY_URI, TWCC_URI
@@ -414,7 +414,7 @@ class ClientPeer(asyncio.DatagramProtocol):
         if self.rx is None or (not self.decrypt and self.on_pli is None):
             return  # bulk viewers do not need the sender reports' content
         try:
-            packets = RtcpPacket.parse(self.rx.unprotect_rtcp(data))
+            packets = rtcp.parse(self.rx.unprotect_rtcp(data))
         except (pylibsrtp.Error, ValueError):
             return
         for p in packets:

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from tchat.auth import Grant, TokenError, bearer, decode_token
 from tchat.config import Settings
-from tchat.http import json_error
+from tchat.http import error_responses, json_error
 from tchat.recording.access import SIGNED, check_signed, hls_key, signed_path
 from tchat.recording.catalog import STATES, Recording, UnknownRecording
 from tchat.recording.service import RECORDINGS_PREFIX, RecordingService
@@ -106,7 +106,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
     access = Access(settings)
     app.state.recording_access = access
 
-    @app.get("/recordings", tags=["recording"])
+    @app.get("/recordings", tags=["recording"], responses=error_responses(400))
     async def list_recordings(
         request: Request,
         room: str | None = None,
@@ -136,7 +136,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
             }
         )
 
-    @app.get("/recordings/{rec_id}", tags=["recording"])
+    @app.get("/recordings/{rec_id}", tags=["recording"], responses=error_responses(404))
     async def get_recording(request: Request, rec_id: str) -> Response:
         """One recording and its playlist URL (signed for the token's lifetime in private
         mode, where a viewer token for its room is needed)."""
@@ -151,7 +151,6 @@ def mount(app: FastAPI, settings: Settings) -> None:
             return json_error(403, "forbidden", f"the token is for room {grant.room!r}")
         return JSONResponse(recording_json(rec, base_url, access.playlist_url(request, rec, grant)))
 
-    @app.api_route(CDN_PATH + "{key:path}", methods=["GET", "HEAD"], tags=["recording"])
     async def cdn(request: Request, key: str) -> Response:
         """Objects of recordings: `/cdn/recordings/…` (public mode) or the signed
         `/cdn/s/<expiry>.<signature>/recordings/…` a recording's playlist_url gives."""
@@ -196,6 +195,24 @@ def mount(app: FastAPI, settings: Settings) -> None:
             return json_error(502, "storage_unavailable", str(exc))
         # the length of the body read, which may be a newer playlist than head saw
         return Response(body, media_type=info.content_type, headers=headers)
+
+    cdn_doc: dict[str, Any] = {
+        "tags": ["recording"],
+        "response_class": Response,
+        "responses": {
+            200: {
+                "description": "The object (playlist or MPEG-TS segment).",
+                "content": {
+                    "application/vnd.apple.mpegurl": {"schema": {"type": "string"}},
+                    "video/mp2t": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            **error_responses(400, 404, 502),
+        },
+    }
+    # one route per method: each needs its own OpenAPI operation id
+    app.add_api_route(CDN_PATH + "{key:path}", cdn, methods=["GET"], name="cdn_get", **cdn_doc)
+    app.add_api_route(CDN_PATH + "{key:path}", cdn, methods=["HEAD"], name="cdn_head", **cdn_doc)
 
     app.state.components.append(_component(settings))
 

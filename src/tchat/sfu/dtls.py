@@ -21,8 +21,15 @@ from aiortc.rtcdtlstransport import (
 )
 from OpenSSL import SSL
 from pylibsrtp import Policy, Session
+from pylibsrtp._binding import ffi
 
 MTU = 1200
+# pylibsrtp 1.0 works in one 1,500-byte buffer per session and keeps 144 bytes of it
+# for the SRTP trailer (tag + MKI), so it refuses RTP over 1,356 bytes: less than a
+# publisher may send within an Ethernet path MTU (GStreamer packetizes to 1,400) plus
+# the header extensions we add. The largest RTP the SFU forwards (sfu/rtp.py RTP_LIMIT)
+# + our header growth + that reserve fits this buffer.
+SRTP_BUFFER = 2048
 # AES-128-GCM first: cheapest to protect on the fan-out path (see SFU-NOTES.md).
 PROFILES = [SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_80]
 
@@ -196,6 +203,16 @@ class DtlsEndpoint:
         self.state = DtlsState.CLOSED
 
 
+class _Session(Session):
+    """pylibsrtp's Session with a buffer of SRTP_BUFFER bytes (same calls, same
+    libsrtp; its `protect`/`unprotect` bound the packet by the buffer's length)."""
+
+    def __init__(self, policy: Policy) -> None:
+        super().__init__(policy)
+        self._cdata = ffi.new("char[]", SRTP_BUFFER)
+        self._buffer = ffi.buffer(self._cdata)
+
+
 def _session(key: bytes, profile: SRTPProtectionProfile, inbound: bool) -> Session:
     policy = Policy(
         key=key,
@@ -204,4 +221,4 @@ def _session(key: bytes, profile: SRTPProtectionProfile, inbound: bool) -> Sessi
     )
     policy.allow_repeat_tx = True  # NACK answers resend a sequence number already sent
     policy.window_size = 1024
-    return Session(policy)
+    return _Session(policy)

@@ -1,9 +1,16 @@
 """ICE-lite (RFC 8445 §2.5): answer authenticated binding requests, track nomination,
 and send media only to an address that proved it receives.
 
-`aioice.stun` parses and builds the messages; it keeps no ICE state, this does. The
-peer (full agent, controlling) nominates and keeps sending consent checks (RFC 7675)
-that we time out on.
+`aioice.stun` parses and builds the messages; it keeps no ICE state, this does.
+A lite agent never sends checks of its own for connectivity: the peer (full agent,
+controlling) nominates, then keeps the pair alive. Browsers send consent checks
+(RFC 7675 binding requests) every few seconds; libnice-based peers (GStreamer, many
+native apps) send binding *indications* instead (RFC 8445 §11 keepalives), and RFC 7675
+asks nothing of a lite agent but to answer checks. So a session is alive while
+authenticated traffic of the peer arrives: binding requests with MESSAGE-INTEGRITY, or
+SRTP/SRTCP that passes authentication on the selected pair (`IceLite.heard`).
+Indications carry no integrity (anyone who can spoof the peer's address could send
+them), so they are accepted as keepalives but never extend the session by themselves.
 
 An authenticated check proves the sender knows the session's credentials, not that
 its source address is where it lives: a viewer can spoof the source of one check
@@ -29,12 +36,19 @@ class StunError(ValueError):
     """A STUN message we drop (malformed, wrong credentials, not a binding request)."""
 
 
+class Keepalive(Exception):
+    """A binding indication (RFC 8445 §11 keepalive): nothing to answer."""
+
+
 def parse_request(data: bytes) -> tuple[stun.Message, str]:
-    """(message, our ufrag) of a binding request; integrity is checked by the owner."""
+    """(message, our ufrag) of a binding request; integrity is checked by the owner.
+    Raises Keepalive for a binding indication, StunError for anything else."""
     try:
         msg = stun.parse_message(data)
     except Exception as exc:  # aioice raises ValueError/struct.error/UnicodeError
         raise StunError(f"malformed STUN: {exc}") from None
+    if msg.message_method == stun.Method.BINDING and msg.message_class == stun.Class.INDICATION:
+        raise Keepalive
     if msg.message_method != stun.Method.BINDING or msg.message_class != stun.Class.REQUEST:
         raise StunError("not a binding request")
     username = msg.attributes.get("USERNAME")
@@ -83,7 +97,8 @@ class IceLite:
     created_at: float
     remote_pwd: str = ""
     nominated: Addr | None = None
-    last_check: float = -1.0
+    last_check: float = -1.0  # last authenticated binding request
+    last_heard: float = -1.0  # last SRTP/SRTCP that passed authentication (selected pair)
     candidates: set[Addr] = field(default_factory=set)
     confirmed: set[Addr] = field(default_factory=set)  # answered one of our checks
     unconfirmed: dict[Addr, _Unconfirmed] = field(default_factory=dict)
@@ -148,6 +163,11 @@ class IceLite:
         self.confirmed.add(addr)
         return True
 
+    def heard(self, now: float) -> None:
+        """Authenticated media or RTCP from the peer on the selected pair: it is alive."""
+        self.last_heard = now
+
     def consent_expired(self, now: float, timeout_s: float) -> bool:
-        last = self.last_check if self.last_check >= 0 else self.created_at
-        return now - last > timeout_s
+        """No authenticated traffic from the peer for `timeout_s` (since creation if none)."""
+        last = max(self.last_check, self.last_heard)
+        return now - (last if last >= 0 else self.created_at) > timeout_s

@@ -48,6 +48,7 @@ from tchat.sfu.worker import Peer, SfuWorker
 
 log = logging.getLogger("tchat.sfu.recording")
 
+# by lower-case mime (encoding names are case-insensitive): the rtpmap FFmpeg reads
 RECORDABLE = {"video/h264": "H264", "video/vp8": "VP8", "audio/opus": "opus"}
 UPGRADE_STEADY_S = 2.0  # a better layer flows this long before the recording moves to it
 START_STEADY_S = 1.0  # the first layer: the best one flowing this long, if there is one

@@ -68,7 +68,7 @@ def media_from_json(items: list[dict[str, Any]]) -> list[sdp.Media]:
     out = []
     for i, d in enumerate(items):
         codec = sdp.Codec(
-            mime=str(d["mime"]),
+            mime=sdp.canonical_mime(str(d["mime"])),
             payload_type=int(d["payload_type"]),
             clock_rate=int(d["clock_rate"]),
             channels=None if d.get("channels") is None else int(d["channels"]),

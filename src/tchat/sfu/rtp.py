@@ -17,6 +17,10 @@ HEADER = Struct("!BBHII")  # V/P/X/CC, M/PT, seq, ts, ssrc
 STUN_MAX = 3
 DTLS_MIN, DTLS_MAX = 20, 63
 RTP_MIN, RTP_MAX = 128, 191
+# The largest RTP packet the SFU forwards: all a publisher can send in one UDP datagram
+# within a 1,500-byte Ethernet MTU (less 20 bytes IPv4 + 8 UDP). Larger ones (possible
+# on loopback or jumbo frames) could not reach viewers unfragmented: counted, dropped.
+RTP_LIMIT = 1472
 
 
 class RtpError(ValueError):

@@ -7,6 +7,7 @@ our sha-256 fingerprint, `setup:passive` (we are the DTLS server), rtcp-mux, BUN
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiortc.rtcdtlstransport import RTCDtlsFingerprint, RTCDtlsParameters
@@ -32,6 +33,9 @@ TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensio
 PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
 # Layer order when rid names follow a known scheme (q/h/f: quarter, half, full;
 # l/m/h: low, mid, high); otherwise the simulcast line lists the highest first.
+# Encoding names are case-insensitive (RFC 4855 §3; GStreamer writes OPUS, some write
+# h264): codecs are compared in lower case and kept under one spelling from here on.
+CANONICAL_MIME = {"audio/opus": "audio/opus", "video/h264": "video/H264", "video/vp8": "video/VP8"}
 _RID_SCHEMES = [{"q": 0, "h": 1, "f": 2}, {"l": 0, "m": 1, "h": 2}, {"low": 0, "mid": 1, "high": 2}]
 
 
@@ -134,9 +138,24 @@ def _rids(lines: list[str]) -> tuple[list[str], list[str]]:
     return list(reversed(rids)), rids  # simulcast lines list the highest layer first
 
 
+def canonical_mime(mime: str) -> str:
+    """One spelling per codec ("OPUS" and "opus" → "audio/opus"); others lower-cased."""
+    lower = mime.lower()
+    return CANONICAL_MIME.get(lower, lower)
+
+
+def _fmtp_param(params: Mapping[str, object], name: str, default: str) -> str:
+    """A format parameter by name, ignoring case (media type parameters are
+    case-insensitive, RFC 4855 §3)."""
+    for key, value in params.items():
+        if key.lower() == name:
+            return str(value)
+    return default
+
+
 def _codec(params: RTCRtpCodecParameters) -> Codec:
     return Codec(
-        mime=params.mimeType,
+        mime=canonical_mime(params.mimeType),
         payload_type=int(params.payloadType or 0),
         clock_rate=params.clockRate,
         channels=params.channels,
@@ -153,7 +172,7 @@ def _pick(media: MediaDescription, want: str | None = None) -> RTCRtpCodecParame
         for c in media.rtp.codecs:
             if c.mimeType.lower() != mime:
                 continue
-            if mime == "video/h264" and str(c.parameters.get("packetization-mode", "0")) != "1":
+            if mime == "video/h264" and _fmtp_param(c.parameters, "packetization-mode", "0") != "1":
                 continue
             return c
     return None

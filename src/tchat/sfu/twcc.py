@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from struct import Struct
 
+from tchat.sfu.rtcp import packets as rtcp_packets
+
 RTPFB, FMT_TWCC = 205, 15
 TICK_S = 0.00025  # receive delta unit
 REF_S = 0.064  # reference time unit
@@ -133,26 +135,21 @@ def parse_fci(sender_ssrc: int, media_ssrc: int, fci: bytes) -> Feedback:
 
 
 def find_feedback(plain: bytes) -> list[Feedback]:
-    """The TWCC packets in a compound RTCP datagram (others skipped); ValueError if malformed."""
+    """The TWCC packets in a compound RTCP datagram (others skipped, padding removed as
+    RFC 3550 §6.4.1 says: Chrome pads its feedback); ValueError if malformed."""
     out: list[Feedback] = []
-    pos = 0
     statuses = 0
-    while pos + 4 <= len(plain):
-        b0, pt, length = plain[pos], plain[pos + 1], (plain[pos + 2] << 8) | plain[pos + 3]
-        end = pos + 4 + 4 * length
-        if end > len(plain):
-            raise ValueError("RTCP packet truncated")
-        if pt == RTPFB and b0 & 0x1F == FMT_TWCC and length >= 2:
-            body = plain[pos + 4 : end]
-            if b0 & 0x20 and body:  # padding
-                body = body[: len(body) - body[-1]]
-            ssrc, media = int.from_bytes(body[0:4], "big"), int.from_bytes(body[4:8], "big")
-            if len(body) >= 12:
-                statuses += (body[10] << 8) | body[11]
-                if statuses > MAX_STATUS:
-                    raise ValueError(f"TWCC feedback over {MAX_STATUS} packet statuses")
-            out.append(parse_fci(ssrc, media, body[8:]))
-        pos = end
+    for fmt, pt, body in rtcp_packets(plain):
+        if pt != RTPFB or fmt != FMT_TWCC:
+            continue
+        if len(body) < 8:
+            raise ValueError("TWCC feedback shorter than its two SSRCs")
+        ssrc, media = int.from_bytes(body[0:4], "big"), int.from_bytes(body[4:8], "big")
+        if len(body) >= 12:
+            statuses += (body[10] << 8) | body[11]
+            if statuses > MAX_STATUS:
+                raise ValueError(f"TWCC feedback over {MAX_STATUS} packet statuses")
+        out.append(parse_fci(ssrc, media, body[8:]))
     return out
 
 

@@ -36,12 +36,22 @@ from tchat.sfu.forwarder import HIGH, DownTrack, Track, TwccSender
 from tchat.sfu.ice import (
     Addr,
     IceLite,
+    Keepalive,
     StunError,
     new_credentials,
     parse_request,
     parse_response,
 )
-from tchat.sfu.rtp import DTLS_MAX, DTLS_MIN, RTP_MAX, RTP_MIN, STUN_MAX, header_extension, is_rtcp
+from tchat.sfu.rtp import (
+    DTLS_MAX,
+    DTLS_MIN,
+    RTP_LIMIT,
+    RTP_MAX,
+    RTP_MIN,
+    STUN_MAX,
+    header_extension,
+    is_rtcp,
+)
 from tchat.sfu.settings import SfuSettings
 
 log = logging.getLogger("tchat.sfu")
@@ -140,6 +150,7 @@ class SfuWorker(asyncio.DatagramProtocol):
         self.drops: Counter[str] = Counter()
         self.connect_times: list[float] = []
         self.delivered = 0  # RTP packets sent to viewers (not counting NACK answers)
+        self.keepalives = 0  # binding indications from a selected pair (libnice peers)
         self.port = 0
         self.transport: asyncio.DatagramTransport | None = None
         self._clock = clock
@@ -380,9 +391,9 @@ class SfuWorker(asyncio.DatagramProtocol):
                 if peer is None or peer.srtp is None:
                     self.drops["rtp_unknown_peer"] += 1
                 elif is_rtcp(data):
-                    self._rtcp(peer, data)
+                    self._rtcp(peer, data, addr)
                 else:
-                    self._rtp(peer, data)
+                    self._rtp(peer, data, addr)
             elif first <= STUN_MAX:
                 self._stun(data, addr)
             elif DTLS_MIN <= first <= DTLS_MAX:
@@ -393,7 +404,7 @@ class SfuWorker(asyncio.DatagramProtocol):
             self.drops["error"] += 1
             log.debug("sfu datagram from %s raised", addr, exc_info=True)
 
-    def _rtp(self, peer: Peer, data: bytes) -> None:
+    def _rtp(self, peer: Peer, data: bytes, addr: Addr | None = None) -> None:
         if peer.role != "publisher":
             self.drops["rtp_from_viewer"] += 1
             return
@@ -403,12 +414,20 @@ class SfuWorker(asyncio.DatagramProtocol):
         except pylibsrtp.Error:
             self.drops["srtp_unprotect"] += 1
             return
+        except ValueError:  # longer than the SRTP buffer
+            self._too_large(peer, len(data))
+            return
+        now = self.now()
+        if addr == peer.addr:  # authenticated, on the selected pair: the peer is alive
+            peer.ice.heard(now)
+        if len(plain) > RTP_LIMIT:
+            self._too_large(peer, len(plain))
+            return
         track = peer.track_by_pt.get(plain[1] & 0x7F)
         if track is None:
             self.drops["rtp_unknown_pt"] += 1
             return
         peer.rtp_in += 1
-        now = self.now()
         if peer.twcc_in is not None:
             value = header_extension(plain, peer.twcc_in_ext)
             if value is not None and len(value) >= 2:
@@ -418,20 +437,36 @@ class SfuWorker(asyncio.DatagramProtocol):
         except ValueError:
             self.drops["rtp_malformed"] += 1
 
-    def _rtcp(self, peer: Peer, data: bytes) -> None:
+    def _too_large(self, peer: Peer, size: int) -> None:
+        self.drops["rtp_too_large"] += 1
+        n = self.drops["rtp_too_large"]
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th…: visible, never a flood
+            log.warning(
+                "sfu dropped a %d-byte RTP packet from room=%s peer=%s: over %d bytes, "
+                "it cannot reach viewers within a 1500-byte MTU (%d such drops)",
+                size,
+                peer.room.name,
+                peer.id,
+                RTP_LIMIT,
+                n,
+            )
+
+    def _rtcp(self, peer: Peer, data: bytes, addr: Addr | None = None) -> None:
         assert peer.srtp is not None
         try:
             plain = peer.srtp.rx.unprotect_rtcp(data)
         except pylibsrtp.Error:
             self.drops["srtcp_unprotect"] += 1
             return
+        now = self.now()
+        if addr == peer.addr:
+            peer.ice.heard(now)
         try:
             packets = rtcp.parse(plain)
         except ValueError:
             self.drops["rtcp_malformed"] += 1
             return
         peer.rtcp_in += 1
-        now = self.now()
         if peer.abr is not None:
             self._feedback(peer, plain, now)
         if peer.role == "publisher":
@@ -499,6 +534,13 @@ class SfuWorker(asyncio.DatagramProtocol):
             if owner is not None and owner is not peer:
                 raise StunError("addr taken")
             replies = peer.ice.handle(msg, addr, self.now(), len(data))
+        except Keepalive:  # an indication: keeps NAT bindings open, proves nothing
+            known = self.by_addr.get(addr)
+            if known is not None and known.addr == addr:
+                self.keepalives += 1
+            else:
+                self.drops["stun_indication_unknown_peer"] += 1
+            return
         except StunError as exc:
             self.drops["stun_" + str(exc).split(":")[0].replace(" ", "_")[:32]] += 1
             return
@@ -862,6 +904,7 @@ class SfuWorker(asyncio.DatagramProtocol):
                 1 for p in self.peers.values() if p.role == "viewer" and p.srtp is not None
             ),
             "delivered_packets": self.delivered,
+            "keepalives": self.keepalives,
             "drops": dict(self.drops),
         }
 

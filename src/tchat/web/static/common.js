@@ -90,8 +90,9 @@ export async function signal(url, pc, token) {
 
 export function explain(err, room) {
   if (err instanceof HttpError) {
-    if (err.status === 401) return "A token is needed: paste one below.";
-    if (err.status === 403) return `Token rejected: ${err.message}`;
+    // 401: no valid token (none, or malformed, expired…); 403: a valid one without the right
+    if (err.status === 401 && err.message === "missing token") return "A token is needed: paste one below.";
+    if (err.status === 401 || err.status === 403) return `Token rejected: ${err.message}`;
     if (err.status === 404) return `Room "${room}" is offline.`;
     if (err.status === 409) return `Room "${room}" is already live from another publisher.`;
     if (err.status === 429) return `Too many connections are starting from here: ${err.message}. Retrying…`;

@@ -42,6 +42,7 @@ async function goLive(event) {
   showError($("#error"), "");
   const room = $("#room").value, token = $("#token").value.trim();
   sessionStorage.setItem("tchat:publisher", token);
+  state.token = token; // only the token that published may end the session
   $("#golive").disabled = true;
   setStatus("starting camera…");
   try {
@@ -71,8 +72,9 @@ async function goLive(event) {
   });
   // H.264 first: recordings copy it into HLS as is (VP8 must be transcoded, at 640×360)
   const codecs = RTCRtpSender.getCapabilities("video").codecs;
-  const h264 = codecs.filter((c) => c.mimeType === "video/H264");
-  if (h264.length) video.setCodecPreferences([...h264, ...codecs.filter((c) => c.mimeType !== "video/H264")]);
+  const isH264 = (c) => c.mimeType.toLowerCase() === "video/h264"; // names are case-insensitive
+  const h264 = codecs.filter(isH264);
+  if (h264.length) video.setCodecPreferences([...h264, ...codecs.filter((c) => !isH264(c))]);
   pc.addEventListener("connectionstatechange", () => {
     if (pc !== state.pc) return;
     if (pc.connectionState === "connected") {
@@ -140,7 +142,7 @@ async function stop() {
   state.pc = null;
   if (session) {
     try {
-      await fetch(session, { method: "DELETE", headers: { authorization: `Bearer ${$("#token").value.trim()}` } });
+      await fetch(session, { method: "DELETE", headers: { authorization: `Bearer ${state.token}` } });
     } catch { /* the SFU ends an idle publish by itself */ }
   }
   if (pc) pc.close();

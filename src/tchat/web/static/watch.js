@@ -15,7 +15,7 @@ window.tchatChat = chat;
 // figures the browser tests read
 window.tchatWatch = { transport: null, joinMs: null, width: 0, height: 0, latencyMs: null,
   error: "" };
-const state = { pc: null, session: null, token: "", last: null, retry: null, hls: null };
+const state = { pc: null, session: null, token: "", sessionToken: "", last: null, retry: null, hls: null };
 const OFFLINE_RETRY_MS = 3000;
 // how long WebRTC may take to connect before the HLS fallback (?fallback_after=ms)
 const ICE_TIMEOUT_MS = Number(params.get("fallback_after")) || 10000;
@@ -83,7 +83,9 @@ async function watch() {
   });
   const layer = ["low", "mid", "high"][Number($("#quality").value)];
   try {
-    state.session = await signal(`/whep/${encodeURIComponent(room)}?layer=${layer}`, pc, state.token);
+    const token = state.token; // the session's: only it may end or cap the session
+    state.session = await signal(`/whep/${encodeURIComponent(room)}?layer=${layer}`, pc, token);
+    state.sessionToken = token;
   } catch (err) {
     clearTimeout(iceTimer);
     pc.close();
@@ -122,7 +124,7 @@ async function hlsFallback(why) {
   if (state.pc) { state.pc.close(); state.pc = null; }
   video.srcObject = null; // set at setRemoteDescription already; it would win over src
   if (state.session) { // free the SFU session at once rather than at its connect timeout
-    fetch(state.session, { method: "DELETE", headers: { authorization: `Bearer ${state.token}` } })
+    fetch(state.session, { method: "DELETE", headers: { authorization: `Bearer ${state.sessionToken}` } })
       .catch(() => {});
     state.session = null;
   }
@@ -189,7 +191,7 @@ $("#quality").addEventListener("change", async () => {
   if (!state.session) return;
   const resp = await fetch(`${state.session}/layer`, {
     method: "PUT",
-    headers: { "content-type": "application/json", authorization: `Bearer ${state.token}` },
+    headers: { "content-type": "application/json", authorization: `Bearer ${state.sessionToken}` },
     body: JSON.stringify({ max_layer: Number($("#quality").value) }),
   });
   if (!resp.ok) fail(`Cannot change quality (HTTP ${resp.status})`);
