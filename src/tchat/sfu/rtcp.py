@@ -45,14 +45,36 @@ def pli(sender_ssrc: int, media_ssrc: int) -> bytes:
     return bytes(RtcpPsfbPacket(fmt=PSFB_PLI, ssrc=sender_ssrc, media_ssrc=media_ssrc))
 
 
+def round_trip_s(unix_s: float, lsr: int, dlsr: int) -> float:
+    """Round-trip time from a report block's LSR/DLSR, received at `unix_s` (RFC 3550
+    §6.4.1); 0.0 when it makes no sense (clock steps, a report about an old SR)."""
+    now_mid = (ntp_time(unix_s) >> 16) & 0xFFFFFFFF
+    rtt = ((now_mid - lsr - dlsr) & 0xFFFFFFFF) / 65536
+    return rtt if rtt < 10.0 else 0.0
+
+
 def parse(data: bytes) -> list[object]:
-    """The packets of a compound RTCP datagram; raises ValueError when malformed."""
+    """The packets of a compound RTCP datagram; raises ValueError when malformed.
+
+    Transport-wide CC feedback (RTPFB FMT 15) is left out: aiortc would read its FCI as
+    NACK pairs and fail on Chrome's padded feedback, and twcc.find_feedback reads it."""
+    out: list[object] = []
+    pos = 0
     try:
-        return list(RtcpPacket.parse(data))
+        while pos + 4 <= len(data):
+            end = pos + 4 + 4 * ((data[pos + 2] << 8) | data[pos + 3])
+            if end > len(data):
+                raise ValueError("RTCP packet is truncated")
+            if not (data[pos + 1] == 205 and data[pos] & 0x1F == 15):
+                out.extend(RtcpPacket.parse(data[pos:end]))
+            pos = end
     except ValueError:
         raise
     except Exception as exc:  # struct.error, IndexError on truncated input
         raise ValueError(f"malformed RTCP: {exc}") from None
+    if pos != len(data):
+        raise ValueError("RTCP packet length is less than 4 bytes")
+    return out
 
 
 __all__ = [
@@ -67,5 +89,6 @@ __all__ = [
     "parse",
     "pli",
     "receiver_report",
+    "round_trip_s",
     "sender_report",
 ]
