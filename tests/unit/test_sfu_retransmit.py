@@ -118,6 +118,35 @@ def test_a_late_or_repeated_publisher_padding_does_not_move_the_numbering() -> N
     assert media_seqs(sent) == [1000, 1001, 1002]
 
 
+def test_nacks_are_answered_across_hundreds_of_padding_bursts() -> None:
+    # a probe without RTX pads every 20 ms: 2 segments each time, for seconds
+    track, dt, sent = viewer()
+    payloads = {}
+    for i in range(1, 200):  # 4 s of a probe, 400 segments
+        frame = DELTA[:2] + i.to_bytes(2, "big")
+        track.forward(rtp(10 + i, 3000 * i, frame, marker=True), i / 100)
+        payloads[media_seqs(sent[-1:])[0]] = frame
+        assert track.pad(dt, 300, i / 100 + 0.005) > 0
+    assert len(dt.history) > 300
+    for out_seq in (min(payloads), sorted(payloads)[100], max(payloads)):
+        assert track.nack(dt, [out_seq], 10.0) == 1
+        assert fields(sent[-1])[5] == payloads[out_seq]
+
+
+
+def test_a_nack_for_lost_padding_is_answered_with_padding() -> None:
+    # without RTX the padding holds media numbers: a lost one is a hole in the viewer's
+    # frame continuity until it arrives (or the next keyframe), so it is resent
+    track, dt, sent = viewer()
+    assert track.pad(dt, 300, 0.01) > 0
+    pad = fields(sent[1])
+    track.forward(rtp(11, 6000, DELTA, marker=True), 0.03)
+    assert track.nack(dt, [pad[2]], 0.1) == 1
+    marker, pt, seq, ts, _, body = fields(sent[-1])
+    assert (marker, pt, seq, ts, body) == (0, 96, pad[2], pad[3], b"")
+    assert sent[-1][0] & 0x20 and len(sent[-1]) == 13
+
+
 # -- NACK answers --------------------------------------------------------------------------
 def test_nack_answered_as_rtx_with_the_original_sequence_number() -> None:
     track, dt, sent = viewer(rtx=True)
@@ -155,6 +184,14 @@ def test_each_sequence_number_is_resent_at_most_once_per_round_trip() -> None:
     assert track.nack(dt, [1000], 1.05) == 0  # the answer is still on its way
     assert track.nack(dt, [1000], 1.11) == 1  # a round trip later: lost again, resend
     assert dt.nack_stats.repeated == 3
+
+
+def test_skipped_repeats_do_not_spend_the_budget() -> None:
+    track, dt, _ = viewer()
+    budget = RetransmitBudget(ratio=1.0, floor_bps=8 * 300)  # room for two answers
+    assert track.nack(dt, [1000] * 50, 1.0, budget) == 1
+    track.forward(rtp(11, 6000, DELTA, marker=True), 1.0)
+    assert track.nack(dt, [1001], 1.0, budget) == 1
 
 
 def test_one_datagram_resends_at_most_its_limit() -> None:

@@ -46,11 +46,16 @@ CACHE_SIZE = 1024  # packets per layer kept for NACKs (~2-3 s of 720p)
 PLI_INTERVAL_S = 0.5  # at most one keyframe request per layer this often
 LAYER_STALE_S = 1.5  # a layer silent this long is not offered to viewers
 NACK_MAX = 64  # retransmissions per RTCP datagram (all its NACK items together)
-HISTORY = 64  # rewrite segments kept per viewer track (layer switches, padding bursts)
+# rewrite segments kept per viewer track (layer switches, padding bursts): padding without
+# RTX opens two every 20 ms while a probe runs, so this covers ≥ 5 s (the cache: ~2.5 s)
+HISTORY = 512
 HISTORY_SPAN = 0x2000  # packets: older ones are past every cache; re-anchored per second
 RTX_OSN = 2  # an RTX payload starts with the original sequence number (RFC 4588)
 RTT_DEFAULT_S = 0.05  # until the viewer's receiver reports give its round-trip time
-RESEND_WINDOW_S = (0.01, 0.5)  # a sequence number is resent at most once per RTT, in this
+# a sequence number is resent at most once per 3/4 of a round trip (a re-NACK for a lost
+# answer comes one RTT after the first), the window bounded by these
+RESEND_RTT_SHARE = 0.75
+RESEND_WINDOW_S = (0.01, 0.5)
 RETRANSMIT_RATIO = 1.0  # retransmitted bytes per 1 s ≤ this × the viewer's delivered rate
 RETRANSMIT_FLOOR_BPS = 64_000  # … but at least this (a new viewer's rate is not known yet)
 LOW, HIGH = 0, 2
@@ -194,7 +199,8 @@ class Layer:
 
 
 # (first out sequence number, source layer or None for our padding, seq offset, ts offset):
-# from `first` on, out seq s carries the layer's packet (s - seq offset) & 0xFFFF
+# from `first` on, out seq s carries the layer's packet (s - seq offset) & 0xFFFF; for
+# padding, the last slot is the timestamp the padding went out with
 Segment = tuple[int, "Layer | None", int, int]
 
 
@@ -209,6 +215,7 @@ class DownTrack:
         "ext_head",
         "ext_tail",
         "fraction_lost",
+        "frames",
         "history",
         "jitter",
         "last_seq",
@@ -264,6 +271,7 @@ class DownTrack:
         self.switches = 0
         self.packets = 0
         self.octets = 0
+        self.frames = 0  # packets sent with the marker bit (video: frames completed)
         self.padded = 0  # padding bytes sent (probes)
         self.fraction_lost = 0
         self.rr_lost = 0
@@ -356,7 +364,7 @@ class DownTrack:
             last = self.history[-1] if self.history else None
             self.last_seq = (first + count - 1) & 0xFFFF
             self.seq_offset = (self.seq_offset + count) & 0xFFFF
-            self._segment(first, None, 0, 0)
+            self._segment(first, None, 0, self.last_ts)
             if last is not None:
                 self._segment(self.last_seq + 1, last[1], self.seq_offset, self.ts_offset)
         return sent
@@ -395,49 +403,60 @@ class DownTrack:
                 del history[0]
 
     def segment_of(self, out_seq: int) -> Segment | None:
-        """The segment `out_seq` was sent under; None if not sent yet or too old."""
+        """The segment `out_seq` was sent under; None if not sent yet or too old.
+
+        Segments are in sending order, so their ages (packets since their first one)
+        fall along the list: a binary search finds the newest one that began at or
+        before `out_seq` (a segment opened for the next packet has a wrapped age)."""
         last = self.last_seq
         age = (last - out_seq) & 0xFFFF
         if age >= HISTORY_SPAN:
             return None
-        for seg in reversed(self.history):
-            seg_age = (last - seg[0]) & 0xFFFF
-            if seg_age >= 0x8000:
-                continue  # opened for the next packet: nothing sent under it yet
-            if seg_age >= age:
-                return seg
-        return None
-
-    def source(self, out_seq: int) -> tuple[Layer, int, int] | None:
-        """(layer, its sequence number, ts offset) of a packet sent as `out_seq`, or None
-        (not sent yet, too old, or our padding)."""
-        seg = self.segment_of(out_seq)
-        if seg is None or seg[1] is None:
-            return None
-        return seg[1], (out_seq - seg[2]) & 0xFFFF, seg[3]
+        history = self.history
+        hi = len(history)
+        while hi and (last - history[hi - 1][0]) & 0xFFFF >= 0x8000:
+            hi -= 1  # opened for the next packet: nothing sent under it yet
+        lo = 0
+        while lo < hi:  # first index whose age is < `age`
+            mid = (lo + hi) // 2
+            if (last - history[mid][0]) & 0xFFFF >= age:
+                lo = mid + 1
+            else:
+                hi = mid
+        return history[lo - 1] if lo else None
 
     def reanchor(self) -> None:
-        """Once a second: keep segment ages below the 16-bit wrap. The newest segment
-        older than HISTORY_SPAN covers every packet still worth answering."""
+        """Once a second: forget segments whose packets are all older than HISTORY_SPAN
+        and move the start of the oldest kept one inside it, so that no age reaches the
+        16-bit wrap (where it would read as a segment opened for the next packet)."""
         history = self.history
-        if history and HISTORY_SPAN <= (self.last_seq - history[-1][0]) & 0xFFFF < 0x8000:
-            _, layer, seq_off, ts_off = history[-1]
-            history[:] = [((self.last_seq - HISTORY_SPAN // 2) & 0xFFFF, layer, seq_off, ts_off)]
+        last = self.last_seq
+        old = -1
+        for i, seg in enumerate(history):
+            age = (last - seg[0]) & 0xFFFF
+            if HISTORY_SPAN <= age < 0x8000:
+                old = i
+            elif age < HISTORY_SPAN:
+                break
+        if old >= 0:
+            _, layer, seq_off, ts_off = history[old]
+            history[: old + 1] = [((last - HISTORY_SPAN + 1) & 0xFFFF, layer, seq_off, ts_off)]
 
-    def resend_due(self, out_seq: int, now: float) -> bool:
-        """False if `out_seq` was resent within the last round trip (the answer is still
-        on its way); else marks it resent now."""
+    def resent_recently(self, out_seq: int, now: float) -> bool:
+        """`out_seq` was resent within the last round trip (the answer is on its way)."""
+        answered = self.answered
+        if answered is None:
+            return False
+        entry = answered[out_seq & (CACHE_SIZE - 1)]
+        lo, hi = RESEND_WINDOW_S
+        window = min(hi, max(lo, RESEND_RTT_SHARE * (self.rtt_s or RTT_DEFAULT_S)))
+        return entry is not None and entry[0] == out_seq and now - entry[1] < window
+
+    def mark_resent(self, out_seq: int, now: float) -> None:
         answered = self.answered
         if answered is None:
             answered = self.answered = [None] * CACHE_SIZE
-        slot = out_seq & (CACHE_SIZE - 1)
-        entry = answered[slot]
-        lo, hi = RESEND_WINDOW_S
-        window = min(hi, max(lo, self.rtt_s or RTT_DEFAULT_S))
-        if entry is not None and entry[0] == out_seq and now - entry[1] < window:
-            return False
-        answered[slot] = (out_seq, now)
-        return True
+        answered[out_seq & (CACHE_SIZE - 1)] = (out_seq, now)
 
 
 class NackStats:
@@ -550,6 +569,8 @@ class Track:
                 dt.last_time = now
             dt.packets += 1
             dt.octets += end - start
+            if marker:
+                dt.frames += 1
             sent += 1
         self.delivered += sent
         return sent
@@ -618,26 +639,39 @@ class Track:
                 stats.over_limit += len(lost) - i
                 break
             out_seq &= 0xFFFF
-            src = dt.source(out_seq)
-            entry = src[0].cache.get(src[1]) if src is not None else None
-            if entry is None or src is None:
+            seg = dt.segment_of(out_seq)
+            if seg is None:
                 stats.not_cached += 1
                 continue
-            _, ts, marker, payload = entry
-            if budget is not None and not budget.allow(header + len(payload), now):
-                stats.over_budget += len(lost) - i
-                break
-            if not dt.resend_due(out_seq, now):
+            layer = seg[1]
+            if layer is None:
+                # our padding (no RTX): a one-byte padding packet fills the viewer's gap,
+                # else its frame continuity waits for it until the next keyframe
+                ts, marker, payload = seg[3], 0, b""
+            else:
+                entry = layer.cache.get((out_seq - seg[2]) & 0xFFFF)
+                if entry is None:
+                    stats.not_cached += 1
+                    continue
+                _, ts, marker, payload = entry
+                ts = (ts + seg[3]) & 0xFFFFFFFF
+            if dt.resent_recently(out_seq, now):
                 stats.repeated += 1
                 continue
-            out_ts = (ts + src[2]) & 0xFFFFFFFF
+            if budget is not None and not budget.allow(header + len(payload) + 1, now):
+                stats.over_budget += len(lost) - i
+                break
+            dt.mark_resent(out_seq, now)
             if rtx:
                 seq = dt.rtx_seq
                 dt.rtx_seq = (seq + 1) & 0xFFFF
                 body = out_seq.to_bytes(2, "big") + payload
-                pkt = dt.packet(marker | dt.rtx_pt, seq, out_ts, body, now, rtx)
+                pkt = dt.packet(marker | dt.rtx_pt, seq, ts, body, now, rtx)
+            elif payload:
+                pkt = dt.packet(marker | dt.pt, out_seq, ts, payload, now)
             else:
-                pkt = dt.packet(marker | dt.pt, out_seq, out_ts, payload, now)
+                pkt = dt.packet(dt.pt, out_seq, ts, b"\x01", now)
+                pkt = bytes([pkt[0] | 0x20]) + pkt[1:]
             dt.send(dt.protect(pkt))
             dt.rtx_octets += len(pkt)
             sent += 1

@@ -753,6 +753,7 @@ class SfuWorker(asyncio.DatagramProtocol):
             "probing": abr.probing(now),
             "probes": abr.probes,
             "failed_probes": abr.failed_probes,
+            "frames": dt.frames,
             "padding_bytes": dt.padded,
             "rtx": bool(dt.rtx_ssrc),
             "rtt_ms": round(dt.rtt_s * 1000, 1) if dt.rtt_s else None,
