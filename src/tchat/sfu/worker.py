@@ -789,6 +789,15 @@ class SfuWorker(asyncio.DatagramProtocol):
                 1 for p in self.peers.values() if p.role == "viewer" and p.srtp is not None
             ),
             "delivered_packets": self.delivered,
+            # what publishers sent that never arrived (RR accounting, current rooms): a
+            # viewer cannot get those back, whatever it NACKs
+            "publisher_packets_lost": sum(
+                layer.lost
+                for room in self.rooms.values()
+                for track in room.tracks.values()
+                for layer in track.layers
+                if layer is not None
+            ),
             "nacks": self.nack_stats().as_dict(),
             "retransmitted_bytes": self.retransmitted_left
             + sum(d.rtx_octets for p in self.peers.values() for _, d in p.downtracks.values()),
