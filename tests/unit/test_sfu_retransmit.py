@@ -269,3 +269,19 @@ def test_round_trip_from_lsr_and_dlsr() -> None:
     rtt = rtcp.round_trip_s(sent_at + 0.5, lsr, int(0.45 * 65536))
     assert abs(rtt - 0.05) < 0.001
     assert rtcp.round_trip_s(sent_at, lsr, int(0.45 * 65536)) == 0.0  # before it was sent
+
+
+def test_publisher_padding_reaches_relay_edges_as_a_stub_that_closes_their_gap() -> None:
+    origin = Track("video", "video/H264", 90000)
+    relayed: list[tuple[int, bytes]] = []
+    origin.relays.append(lambda index, data: relayed.append((index, data)))
+    edge, _, sent = viewer()  # the edge's track and one of its viewers (got seq 10)
+    origin.forward(rtp(10, 3000, KEY, marker=True), 0.0)
+    for pkt in (padding_only(11, 3000), rtp(12, 6000, DELTA, marker=True)):
+        origin.forward(pkt, 0.1)
+        index, data = relayed[-1]
+        assert index == 0
+        edge.forward(data, 0.1, index_hint=index)
+    stub = relayed[1][1]
+    assert len(stub) == 13 and payload_bounds(stub) == (12, 12)
+    assert media_seqs(sent) == [1000, 1001]  # the edge's viewer sees no hole

@@ -524,6 +524,11 @@ class Track:
                 return 0
         if start >= end:  # padding-only (the publisher's bandwidth probe): not forwarded
             self._skip(layer, (data[2] << 8) | data[3])
+            if self.relays:
+                # edges close up behind it too: its number, in a 13-byte padding stub
+                stub = b"\xa0" + data[1:12] + b"\x01"
+                for relay in self.relays:
+                    relay(layer.index, stub)
             return 0
         payload = data[start:end]
         seq = (data[2] << 8) | data[3]
