@@ -259,3 +259,41 @@ def _round(value: float | None) -> float | None:
 def wrapper_supported() -> bool:
     """`ip` is on PATH (the netns wrapper needs it)."""
     return shutil.which("ip") is not None and os.geteuid() == 0
+
+
+PUBLISH_SCRIPT = """async ([url, token, codec, width, height]) => {
+  const stream = await navigator.mediaDevices.getUserMedia({video: {width, height}, audio: true});
+  const pc = new RTCPeerConnection(); window.pub = pc;
+  pc.addTransceiver(stream.getAudioTracks()[0], {direction: 'sendonly'});
+  const video = pc.addTransceiver(stream.getVideoTracks()[0], {direction: 'sendonly',
+    sendEncodings: [{rid: 'q', scaleResolutionDownBy: 4}, {rid: 'h', scaleResolutionDownBy: 2},
+                    {rid: 'f'}]});
+  video.setCodecPreferences(RTCRtpSender.getCapabilities('video').codecs
+    .filter(c => c.mimeType === 'video/' + codec));
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise(r => {
+    if (pc.iceGatheringState === 'complete') return r();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r();
+    setTimeout(r, 3000);
+  });
+  const resp = await fetch(url, {method: 'POST', body: pc.localDescription.sdp,
+    headers: {'content-type': 'application/sdp', authorization: 'Bearer ' + token}});
+  const answer = await resp.text();
+  if (resp.status !== 201) throw new Error('WHIP ' + resp.status + ': ' + answer);
+  await pc.setRemoteDescription({type: 'answer', sdp: answer});
+  return new URL(resp.headers.get('location'), url).href;
+}"""
+
+
+async def chromium_publish(
+    browser: Browser, origin: str, room: str, token: str, codec: str = "H264"
+) -> Page:
+    """Publish the fake camera and microphone (simulcast q/h/f, 1280×720) over WHIP from a
+    page of `browser`; returns the page (`window.pub` is its RTCPeerConnection)."""
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(origin.rstrip("/") + "/healthz")
+    await page.evaluate(
+        PUBLISH_SCRIPT, [f"{origin.rstrip('/')}/whip/{room}", token, codec, 1280, 720]
+    )
+    return page

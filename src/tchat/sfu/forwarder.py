@@ -236,6 +236,7 @@ class DownTrack:
         "rtx_ssrc",
         "send",
         "seq_offset",
+        "skipped",
         "ssrc",
         "switches",
         "target",
@@ -273,6 +274,7 @@ class DownTrack:
         self.octets = 0
         self.frames = 0  # packets sent with the marker bit (video: frames completed)
         self.padded = 0  # padding bytes sent (probes)
+        self.skipped = 0  # the publisher's padding-only packets closed up behind
         self.fraction_lost = 0
         self.rr_lost = 0
         self.jitter = 0
@@ -376,6 +378,7 @@ class DownTrack:
         if last is None or last[1] is None:
             return
         self.seq_offset = (self.seq_offset - 1) & 0xFFFF
+        self.skipped += 1
         self._segment(self.last_seq + 1, last[1], self.seq_offset, self.ts_offset)
 
     def switch_to(self, layer: Layer, seq: int, ts: int, now: float) -> None:

@@ -755,6 +755,7 @@ class SfuWorker(asyncio.DatagramProtocol):
             "failed_probes": abr.failed_probes,
             "frames": dt.frames,
             "padding_bytes": dt.padded,
+            "publisher_padding_closed_up": dt.skipped,
             "rtx": bool(dt.rtx_ssrc),
             "rtt_ms": round(dt.rtt_s * 1000, 1) if dt.rtt_s else None,
             "nacks": peer.nacks.as_dict(),
@@ -793,6 +794,14 @@ class SfuWorker(asyncio.DatagramProtocol):
             # viewer cannot get those back, whatever it NACKs
             "publisher_packets_lost": sum(
                 layer.lost
+                for room in self.rooms.values()
+                for track in room.tracks.values()
+                for layer in track.layers
+                if layer is not None
+            ),
+            # padding-only packets publishers sent (their probes): never forwarded
+            "publisher_padding_packets": sum(
+                layer.padding
                 for room in self.rooms.values()
                 for track in room.tracks.values()
                 for layer in track.layers
