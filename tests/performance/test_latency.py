@@ -51,6 +51,7 @@ from tchat.perf.server import serve_process
 from tchat.perf.sfu_load import AUDIO_LAYER, MEDIA_CACHE, SyntheticPublisher
 from tchat.perf.sfu_media import LATENCY_LAYERS, prepare
 from tchat.perf.webrtc_peer import Identity
+from tchat.sfu.forwarder import HIGH
 
 try:
     from .conftest import PROFILE, assert_targets, sized
@@ -456,6 +457,7 @@ DRAIN_S = 3.0  # after the publisher pauses: the 1 s tbf queues empty, Chrome co
 # frames lost for good: the gate allows 1 s of video (a starved browser's own hiccup),
 # against the hundreds issue 12's fault lost (808 of 1,198 frames in 41 s); target 0
 LOST_FRAMES_GATE = 30
+STEP_WAIT_S = 20.0  # the browser step waits this long at most for the top layer
 SCREENS = REPORTS_DIR / "latest" / "screens"
 
 
@@ -546,9 +548,19 @@ def _cpu_seconds(netns: str) -> float:
 class BrowserTierRun:
     """One tier's browser in its namespace: launched, then watching, sampled every 1 s."""
 
-    def __init__(self, lab: NetLab, link: Any, tier: BrowserTier, origin: str) -> None:
+    def __init__(
+        self, lab: NetLab, link: Any, tier: BrowserTier, origin: str, stats: list[dict[str, Any]]
+    ) -> None:
         self.lab, self.link, self.tier, self.origin = lab, link, tier, origin
+        self.stats = stats  # the /sfu/stats polls of the run, newest last
         self.out: dict[str, Any] = {}
+
+    def _on_top_layer(self, sessions: set[str]) -> bool:
+        """The SFU forwards the top layer to this tier's viewer (latest poll)."""
+        return any(
+            v.get("id") in sessions and v.get("layer") == HIGH
+            for v in (self.stats[-1].get("viewers", []) if self.stats else [])
+        )
 
     async def run(self, room: str, started: asyncio.Event, drained: asyncio.Event) -> None:
         tier, link = self.tier, self.link
@@ -570,10 +582,20 @@ class BrowserTierRun:
             )
             self.out["t0"] = t0
             marks: dict[str, float] = {}
-            while (now := time.monotonic()) - t0 < tier.seconds:
-                if tier.step and "step_down" not in marks and now - t0 >= STEP_DOWN_AT:
+            sessions = {v.session for v in viewers}
+            end = t0 + tier.seconds
+            while (now := time.monotonic()) < end:
+                # the step waits for the top layer (a busy machine climbs in 15-25 s),
+                # at most STEP_WAIT_S more; the run then lasts the step + HYST_TAIL
+                if (
+                    tier.step
+                    and "step_down" not in marks
+                    and now - t0 >= STEP_DOWN_AT
+                    and (self._on_top_layer(sessions) or now - t0 >= STEP_DOWN_AT + STEP_WAIT_S)
+                ):
                     self.lab.change(link, HYST_LOW)
                     marks["step_down"] = time.monotonic()
+                    end = marks["step_down"] + STEP_BACK_AFTER + HYST_TAIL
                 if (
                     tier.step
                     and "step_up" not in marks
@@ -620,12 +642,19 @@ async def _wait_all(tasks: list[asyncio.Task[None]], done: Any) -> None:
 
 
 async def _browser_batch(
-    client: httpx.AsyncClient, lab: NetLab, port: int, batch: int, finals: dict[str, Any]
+    client: httpx.AsyncClient,
+    lab: NetLab,
+    port: int,
+    batch: int,
+    finals: dict[str, Any],
+    stats: list[dict[str, Any]],
 ) -> dict[str, dict[str, Any]]:
     """The tiers of one batch at once, watching a fresh publisher of their own room."""
     room = f"{BROWSER_ROOM}-{batch}"
     tiers = [(t, lab.links[i]) for i, t in enumerate(BROWSER_TIERS) if t.batch == batch]
-    runs = [BrowserTierRun(lab, link, t, f"http://{link.host_ip}:{port}") for t, link in tiers]
+    runs = [
+        BrowserTierRun(lab, link, t, f"http://{link.host_ip}:{port}", stats) for t, link in tiers
+    ]
     media = prepare(MEDIA_CACHE, layers=LATENCY_LAYERS, cbr=True)
     publisher = SyntheticPublisher(
         Identity.create(), media, ["l", "m", "h"], frame_gap_s=FRAME_GAP_S
@@ -671,7 +700,7 @@ async def _browser_scenario(lab: NetLab, url: str) -> dict[str, Any]:
         poller = asyncio.create_task(_poll_stats(url, stop, stats))
         try:
             for batch in sorted({t.batch for t in BROWSER_TIERS}):
-                results.update(await _browser_batch(client, lab, port, batch, finals))
+                results.update(await _browser_batch(client, lab, port, batch, finals, stats))
         finally:
             stop.set()
             await poller
