@@ -458,6 +458,7 @@ DRAIN_S = 3.0  # after the publisher pauses: the 1 s tbf queues empty, Chrome co
 # against the hundreds issue 12's fault lost (808 of 1,198 frames in 41 s); target 0
 LOST_FRAMES_GATE = 30
 STEP_WAIT_S = 20.0  # the browser step waits this long at most for the top layer
+MAX_TIER_S = 60.0  # a steady tier runs on (≤ this) until its viewer has its layer
 SCREENS = REPORTS_DIR / "latest" / "screens"
 
 
@@ -555,12 +556,14 @@ class BrowserTierRun:
         self.stats = stats  # the /sfu/stats polls of the run, newest last
         self.out: dict[str, Any] = {}
 
-    def _on_top_layer(self, sessions: set[str]) -> bool:
-        """The SFU forwards the top layer to this tier's viewer (latest poll)."""
-        return any(
-            v.get("id") in sessions and v.get("layer") == HIGH
+    def _on_layer(self, sessions: set[str], layer: int) -> bool:
+        """The SFU forwards `layer` to every viewer of this tier (latest poll)."""
+        rows = [
+            v
             for v in (self.stats[-1].get("viewers", []) if self.stats else [])
-        )
+            if v.get("id") in sessions
+        ]
+        return len(rows) == len(sessions) and all(v.get("layer") == layer for v in rows)
 
     async def run(self, room: str, started: asyncio.Event, drained: asyncio.Event) -> None:
         tier, link = self.tier, self.link
@@ -591,11 +594,19 @@ class BrowserTierRun:
                     tier.step
                     and "step_down" not in marks
                     and now - t0 >= STEP_DOWN_AT
-                    and (self._on_top_layer(sessions) or now - t0 >= STEP_DOWN_AT + STEP_WAIT_S)
+                    and (self._on_layer(sessions, HIGH) or now - t0 >= STEP_DOWN_AT + STEP_WAIT_S)
                 ):
                     self.lab.change(link, HYST_LOW)
                     marks["step_down"] = time.monotonic()
                     end = marks["step_down"] + STEP_BACK_AFTER + HYST_TAIL
+                if (
+                    not tier.step
+                    and now >= end - 1.0
+                    and now - t0 < MAX_TIER_S
+                    and len(tier.pages) == 1
+                    and not self._on_layer(sessions, tier.expected_layer)
+                ):
+                    end += 1.0  # not on its layer yet: a busy machine climbs slower
                 if (
                     tier.step
                     and "step_up" not in marks
