@@ -55,7 +55,7 @@ RTT_DEFAULT_S = 0.05  # until the viewer's receiver reports give its round-trip 
 # a sequence number is resent at most once per 3/4 of a round trip (a re-NACK for a lost
 # answer comes one RTT after the first), the window bounded by these
 RESEND_RTT_SHARE = 0.75
-RESEND_WINDOW_S = (0.01, 0.5)
+RESEND_WINDOW_S = (0.01, 0.2)  # (an RTT read off a starved receiver's RRs runs to 1 s+)
 RETRANSMIT_RATIO = 1.0  # retransmitted bytes per 1 s ≤ this × the viewer's delivered rate
 RETRANSMIT_FLOOR_BPS = 64_000  # … but at least this (a new viewer's rate is not known yet)
 LOW, HIGH = 0, 2
