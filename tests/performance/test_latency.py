@@ -780,7 +780,10 @@ def _page_metrics(
     final_row = _final_row(run, page["session"])
     final = page["final"]
     sfu_frames = final_row.get("frames")
-    lost_for_good = sfu_frames - final.get("frames_received", 0) if sfu_frames is not None else None
+    # Chrome may count one more than the SFU completed: H.264 frames are found by
+    # timestamp, so the half of the old layer's frame cut at a switch can pass as one
+    gap = sfu_frames - final.get("frames_received", 0) if sfu_frames is not None else None
+    lost_for_good = max(0, gap) if gap is not None else None
     metrics: dict[str, Any] = {
         "frames_decoded": whole["frames_decoded"],
         "freeze_count": whole.get("freeze_count"),
@@ -803,6 +806,7 @@ def _page_metrics(
         "frames_sfu_completed": sfu_frames,
         "frames_chrome_assembled": final.get("frames_received"),
         "frames_lost_for_good": lost_for_good,
+        "frames_gap": gap,
         "probes": last.get("probes"),
         "failed_probes": last.get("failed_probes"),
         "padding_bytes": final_row.get("padding_bytes", last.get("padding_bytes")),
