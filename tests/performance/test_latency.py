@@ -582,7 +582,16 @@ class BrowserTierRun:
             marks: dict[str, float] = {}
             sessions = {v.session for v in viewers}
             end = t0 + tier.seconds
-            while (now := time.monotonic()) < end:
+            while True:
+                now = time.monotonic()
+                if now >= end:
+                    if (
+                        tier.step
+                        or now - t0 >= MAX_TIER_S
+                        or self._on_layer(sessions, tier.expected_layer)
+                    ):
+                        break
+                    end = now + 1.0  # not on its layer yet: a busy machine climbs slower
                 # the step waits for the top layer (a busy machine climbs in 15-25 s),
                 # at most STEP_WAIT_S more; the run then lasts the step + HYST_TAIL
                 if (
@@ -594,14 +603,6 @@ class BrowserTierRun:
                     self.lab.change(link, HYST_LOW)
                     marks["step_down"] = time.monotonic()
                     end = marks["step_down"] + STEP_BACK_AFTER + HYST_TAIL
-                if (
-                    not tier.step
-                    and now >= end - 1.0
-                    and now - t0 < MAX_TIER_S
-                    and len(tier.pages) == 1
-                    and not self._on_layer(sessions, tier.expected_layer)
-                ):
-                    end += 1.0  # not on its layer yet: a busy machine climbs slower
                 if (
                     tier.step
                     and "step_up" not in marks
