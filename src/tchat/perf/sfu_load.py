@@ -55,6 +55,7 @@ class SyntheticPublisher:
         stamp: bool = False,
         bind: str = "127.0.0.1",
         frame_gap_s: float = 0.0,
+        padding_per_frame: int = 0,
     ) -> None:
         # stamp: append (layer, send time) to every payload, for publish-to-receive latency
         # at viewers on this host (one clock); the H.264 is then no longer decodable
@@ -62,6 +63,9 @@ class SyntheticPublisher:
         # frame_gap_s: send each frame's packets in two halves this far apart, as a paced
         # sender (Chrome's) spreads a frame: the SFU's timers then run inside frames
         self.frame_gap_s = frame_gap_s
+        # padding_per_frame: after each frame, that many padding-only packets on the
+        # layer's numbering, as Chrome pads its simulcast layers to probe its uplink
+        self.padding_per_frame = padding_per_frame
         self.bind = bind
         self.media = media
         self.rids = rids  # lowest first
@@ -147,6 +151,15 @@ class SyntheticPublisher:
                     await asyncio.sleep(self.frame_gap_s)
                     for pkt in rest:
                         self.peer.send_rtp(pkt)
+                for rid in self.rids if self.padding_per_frame else ():
+                    for _ in range(self.padding_per_frame):
+                        s = seq[rid]
+                        head = rtp_header(VIDEO_PT, s & 0xFFFF, ts, self.ssrcs[rid], False, rid)
+                        # padding only (P bit): 200 bytes, the last one says how many
+                        pad = bytes([head[0] | 0x20]) + head[1:] + bytes(199) + b"\xc8"
+                        self.peer.send_rtp(pad)
+                        seq[rid] = s + 1
+                        self.sent += 1
                 frame_n += 1
 
     async def pause(self) -> None:
