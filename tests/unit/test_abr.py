@@ -126,6 +126,21 @@ def test_estimator_rises_to_what_was_delivered_without_queueing_and_no_further()
     assert 0.95 * 800_000 < est.estimate(5.0) <= 1.05 * 800_000
 
 
+def test_estimator_is_not_raised_by_a_burst() -> None:
+    """A keyframe that left at once arrives at the link's peak (loopback: ~1 ms for
+    20 kB); a viewer's first feedback holding it said 'delivered 2.7 Mbit/s' of a
+    0.6 Mbit/s stream, and the probes that would have measured the link never ran."""
+    est = BandwidthEstimator(initial_bps=1_000_000)
+    burst = [PacketFeedback(1.0, 1.0 + k * 0.0001, 1200) for k in range(20)]
+    est.on_twcc(1.1, burst)  # 24 kB in 2 ms
+    steady = [PacketFeedback(1.0 + k * 0.02, 1.003 + k * 0.02, 1500) for k in range(1, 10)]
+    est.on_twcc(1.2, steady)  # then 600 kbit/s for 0.2 s
+    assert est.delivered_bps() is None  # 0.2 s is no rate yet
+    assert est.estimate(1.2) == 1_000_000
+    feed(est, link(rate_bps=5_000_000, start=1.2, seconds=2.0, send_bps=600_000))
+    assert est.estimate(3.2) <= 1_000_000  # 600 kbit/s over a second proves no more
+
+
 def test_estimator_loss_and_remb() -> None:
     est = BandwidthEstimator(initial_bps=2_000_000)
     for i in range(1, 11):

@@ -15,8 +15,10 @@ FP = "AA:" * 31 + "AA"
 LOCAL = LocalParams("abcd1234", "p" * 32, "BB:" * 31 + "BB", "127.0.0.1", 40000)
 
 
-def rtp(ssrc: int, seq: int, ts: int, payload: bytes, pt: int = 102) -> bytes:
-    return struct.pack("!BBHII", 0x80, pt, seq, ts, ssrc) + payload
+def rtp(
+    ssrc: int, seq: int, ts: int, payload: bytes, pt: int = 102, marker: bool = False
+) -> bytes:
+    return struct.pack("!BBHII", 0x80, pt | (0x80 if marker else 0), seq, ts, ssrc) + payload
 
 
 def pair(tw: TwccSender, kind: str, ssrc: int) -> tuple[Track, DownTrack, list[bytes]]:
@@ -49,16 +51,16 @@ def test_every_packet_carries_the_viewers_transport_seq_and_playout_delay() -> N
 def test_padding_takes_sequence_numbers_and_media_follows_on() -> None:
     tw = TwccSender()
     video, dt, sent = pair(tw, "video", 0xAA)
-    video.forward(rtp(1, 10, 0, KEY), 1.0)
-    assert dt.pad(600, 1.05) >= 600
+    video.forward(rtp(1, 10, 0, KEY, marker=True), 1.0)
+    assert video.pad(dt, 600, 1.05) >= 600
     video.forward(rtp(1, 11, 0, DELTA), 1.1)
     seqs = [struct.unpack_from("!H", p, 2)[0] for p in sent]
     assert seqs == list(range(500, 500 + len(sent)))  # contiguous, padding included
     pads = sent[1:-1]
     assert pads and all(p[0] & 0x20 and payload_bounds(p)[0] == payload_bounds(p)[1] for p in pads)
-    # NACKs for packets before the padding are no longer answered (numbering moved)
-    assert video.nack(dt, [500], 1.2) == 0
-    assert video.nack(dt, [seqs[-1]], 1.2) == 1
+    # NACKs for packets on either side of the padding are answered from the cache
+    assert video.nack(dt, [500], 1.2) == 1 and sent[-1][12 + 8 :] == KEY
+    assert video.nack(dt, [seqs[-1]], 1.2) == 1 and sent[-1][12 + 8 :] == DELTA
 
 
 def test_effective_layer_is_the_lower_of_user_cap_and_policy_and_pause_stops_video() -> None:

@@ -199,7 +199,7 @@ def test_sink_starts_on_the_best_flowing_layer_and_switches_only_at_a_boundary(
     assert len(around) == 2 and (around[1] - around[0]) & 0xFFFF == 1
     assert sink.gaps == 1 and plis == []
     sink.detach()
-    assert track.downtracks == [] and sink.sock is None and track.padding_listeners == []
+    assert track.downtracks == [] and sink.sock is None
 
 
 def padding(ssrc: int, seq: int, rid: str) -> bytes:

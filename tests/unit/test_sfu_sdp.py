@@ -163,3 +163,29 @@ def test_whip_answers_transport_cc_only_when_offered() -> None:
     assert neg.answer.count(f"a=extmap:3 {sdp.TWCC_URI}") == 2
     assert "a=rtcp-fb:111 transport-cc" in neg.answer
     assert "a=rtcp-fb:102 transport-cc" in neg.answer
+
+
+def test_whep_answers_rtx_for_the_chosen_codec_when_offered() -> None:
+    offer = WHEP_OFFER.replace("98 100\r\n", "98 100 99 101\r\n").replace(
+        "a=fmtp:100 packetization-mode=1;profile-level-id=42e01f\r\n",
+        "a=fmtp:100 packetization-mode=1;profile-level-id=42e01f\r\n"
+        "a=rtpmap:99 rtx/90000\r\na=fmtp:99 apt=98\r\n"
+        "a=rtpmap:101 rtx/90000\r\na=fmtp:101 apt=100\r\n",
+    )
+    sources = {"video": Codec("video/H264", 102, 90000), "audio": Codec("audio/opus", 111, 48000)}
+    neg = negotiate_whep(
+        offer, LOCAL, sources, {"video": 1234, "audio": 5678}, rtx_ssrcs={"video": 4321, "audio": 9}
+    )
+    video, audio = neg.media
+    assert (video.rtx_pt, video.rtx_ssrc) == (101, 4321)  # H.264's RTX, not VP8's
+    assert (audio.rtx_pt, audio.rtx_ssrc) == (0, 0)  # no RTX offered for audio
+    answer = SessionDescription.parse(neg.answer)
+    vsec = next(m for m in answer.media if m.kind == "video")
+    assert vsec.fmt == [100, 101]
+    assert "a=fmtp:101 apt=100" in neg.answer and "a=rtpmap:101 rtx/90000" in neg.answer
+    assert "a=ssrc-group:FID 1234 4321" in neg.answer and "a=ssrc:4321 cname:tchat" in neg.answer
+    # an offer without RTX gets none (retransmissions stay on the media SSRC)
+    plain = negotiate_whep(
+        WHEP_OFFER, LOCAL, sources, {"video": 1, "audio": 2}, rtx_ssrcs={"video": 3}
+    )
+    assert plain.media[0].rtx_pt == 0 and "rtx" not in plain.answer and "FID" not in plain.answer

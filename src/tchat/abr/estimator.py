@@ -140,7 +140,9 @@ class BandwidthEstimator:
                 break
             first, first_size = arrival, size
             total += size
-        if newest - first <= 0.05:
+        if newest - first < window_s / 2:
+            # a burst (a keyframe that left at once, a receiver catching up) arrives at
+            # the link's peak: only a span of at least half the window is a rate
             return None
         # the oldest packet's bytes arrived before the span starts
         return 8.0 * (total - first_size) / (newest - first)

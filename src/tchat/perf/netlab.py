@@ -3,9 +3,12 @@
 `NetLab(prefix)` creates one namespace per viewer, joined to the host by a veth pair
 (host side 10.A.i.1/30, namespace side 10.A.i.2/30, default route to the host), and
 shapes the host → namespace direction (what the SFU sends the viewer) with a token
-bucket filter on the host side. `change(i, rate)` reshapes mid-run (`tc qdisc
-change`). Names carry a per-run prefix; `close()` deletes everything it made, and is
-safe to call twice or after a half-made setup. Needs root (CAP_NET_ADMIN).
+bucket filter on the host side (rate 0: unshaped). `change(i, rate)` reshapes mid-run
+(`tc qdisc change`). `lose(link, per_mille)` drops that share of the UDP datagrams
+arriving in the namespace at random (nftables `numgen random`: this kernel has no
+netem), a lossy last hop that makes browsers NACK. Names carry a per-run prefix;
+`close()` deletes everything it made, and is safe to call twice or after a half-made
+setup. Needs root (CAP_NET_ADMIN).
 """
 
 from __future__ import annotations
@@ -69,9 +72,19 @@ class NetLab:
         _run(*inside, "ip", "link", "set", ns_if, "up")
         _run(*inside, "ip", "link", "set", "lo", "up")
         _run(*inside, "ip", "route", "add", "default", "via", link.host_ip)
-        _run("tc", "qdisc", "add", "dev", link.host_if, "root", "tbf", *tbf_args(rate_bps))
+        if rate_bps:
+            _run("tc", "qdisc", "add", "dev", link.host_if, "root", "tbf", *tbf_args(rate_bps))
         link.rate_bps = rate_bps
         return link
+
+    def lose(self, link: Link, per_mille: int) -> None:
+        """Drop `per_mille`/1000 of the UDP datagrams arriving in the namespace, at random."""
+        inside = ["ip", "netns", "exec", link.netns, "nft"]
+        _run(*inside, "add", "table", "inet", "netlab")
+        _run(*inside, "add", "chain", "inet", "netlab", "in",
+             "{ type filter hook input priority 0; }")  # fmt: skip
+        _run(*inside, "add", "rule", "inet", "netlab", "in", "meta", "l4proto", "udp",
+             "numgen", "random", "mod", "1000", "<", str(per_mille), "drop")  # fmt: skip
 
     def change(self, link: Link, rate_bps: int) -> None:
         _run("tc", "qdisc", "change", "dev", link.host_if, "root", "tbf", *tbf_args(rate_bps))

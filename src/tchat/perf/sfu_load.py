@@ -55,10 +55,18 @@ class SyntheticPublisher:
         stamp: bool = False,
         bind: str = "127.0.0.1",
         start_after: dict[str, float] | None = None,
+        frame_gap_s: float = 0.0,
+        padding_per_frame: int = 0,
     ) -> None:
         # stamp: append (layer, send time) to every payload, for publish-to-receive latency
         # at viewers on this host (one clock); the H.264 is then no longer decodable
         self.stamp = stamp
+        # frame_gap_s: send each frame's packets in two halves this far apart, as a paced
+        # sender (Chrome's) spreads a frame: the SFU's timers then run inside frames
+        self.frame_gap_s = frame_gap_s
+        # padding_per_frame: after each frame, that many padding-only packets on the
+        # layer's numbering, as Chrome pads its simulcast layers to probe its uplink
+        self.padding_per_frame = padding_per_frame
         self.bind = bind
         self.media = media
         self.rids = rids  # lowest first
@@ -127,6 +135,7 @@ class SyntheticPublisher:
                 self.sent += 1
             while t0 + frame_n / FPS <= now:
                 ts = (frame_n * 90000 // FPS) & 0xFFFFFFFF
+                rest: list[bytes] = []  # second halves when frames are paced
                 for index, rid in enumerate(self.rids):
                     if frame_n / FPS < self.start_after.get(rid, 0.0):
                         continue
@@ -136,13 +145,40 @@ class SyntheticPublisher:
                         stamp = STAMP.pack(STAMP_MAGIC, index, len(frame.payloads), time.time())
                     self.cursor[rid] += 1
                     last = len(frame.payloads) - 1
+                    half = (last + 1) // 2 if self.frame_gap_s else last + 1
                     for i, payload in enumerate(frame.payloads):
                         s = seq[rid]
                         hdr = rtp_header(VIDEO_PT, s & 0xFFFF, ts, self.ssrcs[rid], i == last, rid)
-                        self.peer.send_rtp(hdr + payload + stamp)
+                        if i < half:
+                            self.peer.send_rtp(hdr + payload + stamp)
+                        else:
+                            rest.append(hdr + payload + stamp)
+                        seq[rid] = s + 1
+                        self.sent += 1
+                if rest:
+                    await asyncio.sleep(self.frame_gap_s)
+                    for pkt in rest:
+                        self.peer.send_rtp(pkt)
+                for rid in self.rids if self.padding_per_frame else ():
+                    for _ in range(self.padding_per_frame):
+                        s = seq[rid]
+                        head = rtp_header(VIDEO_PT, s & 0xFFFF, ts, self.ssrcs[rid], False, rid)
+                        # padding only (P bit): 200 bytes, the last one says how many
+                        pad = bytes([head[0] | 0x20]) + head[1:] + bytes(199) + b"\xc8"
+                        self.peer.send_rtp(pad)
                         seq[rid] = s + 1
                         self.sent += 1
                 frame_n += 1
+
+    async def pause(self) -> None:
+        """Stop sending media, keeping the session (viewers drain what is in flight)."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
 
     async def stop(self, client: httpx.AsyncClient, token: str = "") -> None:
         """DELETE the session (with the publishing token: a session is ended only by

@@ -33,6 +33,7 @@ from tchat.sfu.sdp import PLAYOUT_DELAY_URI, TWCC_URI
 
 MID_EXT, RID_EXT = 4, 10
 TWCC_EXT, PLAYOUT_EXT = 5, 6
+RTX_PT = 103  # the RTX payload type a viewer offer (rtx=True) names for H.264
 CONSENT_INTERVAL_S = 5.0
 RR_INTERVAL_S = 1.0
 TWCC_INTERVAL_S = 0.1  # Chrome sends transport-cc feedback about this often
@@ -52,12 +53,15 @@ class Identity:
         return cls(cert, make_context(cert), fingerprint(cert))
 
 
-def viewer_offer(ufrag: str, pwd: str, fp: str, adaptive: bool = False) -> str:
+def viewer_offer(ufrag: str, pwd: str, fp: str, adaptive: bool = False, rtx: bool = False) -> str:
     """A recvonly audio+video offer as a browser makes it (Opus; H.264 pm=1, VP8).
 
     `adaptive` also offers what Chrome offers for congestion control: the transport-wide
-    CC extension with `transport-cc` feedback, and the playout-delay extension."""
+    CC extension with `transport-cc` feedback, and the playout-delay extension; `rtx`
+    offers RTX (RFC 4588) for H.264 as payload type RTX_PT."""
     ext = fb_a = fb_v = ""
+    rtx_pt = f" {RTX_PT}" if rtx else ""
+    rtx_lines = f"a=rtpmap:{RTX_PT} rtx/90000\r\na=fmtp:{RTX_PT} apt=102\r\n" if rtx else ""
     if adaptive:
         ext = f"a=extmap:{TWCC_EXT} {TWCC_URI}\r\na=extmap:{PLAYOUT_EXT} {PLAYOUT_DELAY_URI}\r\n"
         fb_a, fb_v = "a=rtcp-fb:111 transport-cc\r\n", "a=rtcp-fb:102 transport-cc\r\n"
@@ -67,10 +71,11 @@ def viewer_offer(ufrag: str, pwd: str, fp: str, adaptive: bool = False) -> str:
         f"a=fingerprint:sha-256 {fp}\r\na=setup:actpass\r\n"
         "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\n"
         f"a=rtcp-mux\r\n{ext}a=rtpmap:111 opus/48000/2\r\n{fb_a}"
-        "m=video 9 UDP/TLS/RTP/SAVPF 102 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=recvonly\r\n"
-        f"a=rtcp-mux\r\n{ext}a=rtpmap:102 H264/90000\r\n"
+        f"m=video 9 UDP/TLS/RTP/SAVPF 102 96{rtx_pt}\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\n"
+        f"a=recvonly\r\na=rtcp-mux\r\n{ext}a=rtpmap:102 H264/90000\r\n"
         "a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n"
         f"a=rtcp-fb:102 nack\r\na=rtcp-fb:102 nack pli\r\n{fb_v}a=rtpmap:96 VP8/90000\r\n"
+        f"{rtx_lines}"
     )
 
 
@@ -140,6 +145,7 @@ class ClientPeer(asyncio.DatagramProtocol):
         lose: Callable[[bytes], bool] | None = None,
         adaptive: bool = False,
         on_media: Callable[[int, int, bool, bytes, float], None] | None = None,
+        rtx: bool = False,
     ) -> None:
         self.identity = identity
         self.ufrag = secrets.token_hex(4)
@@ -168,6 +174,8 @@ class ClientPeer(asyncio.DatagramProtocol):
         self.media_started = asyncio.Event()
         # adaptive viewers: transport-wide CC feedback from arrival times, playout delay
         self.adaptive = adaptive
+        self.rtx = rtx  # offer RTX: NACK answers arrive as RTX (another SSRC, OSN first)
+        self.answer = ""  # the SDP answer connect() was given
         # (ssrc, extended seq, marker, payload, arrival time.time()), after decrypting
         self.on_media = on_media
         self.playout_max_ms: int | None = None
@@ -189,10 +197,11 @@ class ClientPeer(asyncio.DatagramProtocol):
         fp = self.identity.fingerprint
         if publish:
             return publisher_offer(self.ufrag, self.pwd, fp, rids or [])
-        return viewer_offer(self.ufrag, self.pwd, fp, adaptive=self.adaptive)
+        return viewer_offer(self.ufrag, self.pwd, fp, adaptive=self.adaptive, rtx=self.rtx)
 
     async def connect(self, answer: str, timeout_s: float = 10.0) -> None:
         """ICE (one nominating check, retried) then the DTLS handshake, as the client."""
+        self.answer = answer
         desc = SessionDescription.parse(answer)
         media = desc.media[0]
         assert media.ice is not None and media.dtls is not None

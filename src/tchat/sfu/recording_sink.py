@@ -29,7 +29,6 @@ import logging
 import secrets
 import socket
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -180,11 +179,6 @@ class RecorderSink:
     _video_seq: int = -1
     _layer: int = -1
     _audio_open: bool = False
-    # padding-only packets of the recorded layer leave holes in the rewritten numbering;
-    # FFmpeg's RTP input would wait on each: the video is renumbered without them
-    _skips: deque[int] = field(default_factory=lambda: deque(maxlen=4096))  # padding seqs
-    _skipped: int = 0
-    _ref: int = -1  # highest extended sequence number sent
     # FFmpeg's media timeline: the first and the last video RTP timestamp sent (extended)
     _ts_first: int = -1
     _ts_last: int = -1
@@ -233,7 +227,6 @@ class RecorderSink:
                     # transcoded to 640×360: decoding a bigger layer is CPU for nothing
                     sink.plan.max_layer = len(track.rids) - 2
                 track.switch_at_keyframe(dt, -1, now)  # nothing until FFmpeg listens
-                track.padding_listeners.append(sink._padding)
             sink.tracks[media.kind] = (track, dt)
         if streams:
             sink.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -253,9 +246,7 @@ class RecorderSink:
         """A new FFmpeg run: nothing until it listens, then a fresh start on a keyframe."""
         self.enabled_at = self.media_started = None
         self._audio_open = False
-        self._video_seq = self._ref = self._ts_first = self._ts_last = -1
-        self._skips.clear()
-        self._skipped = 0
+        self._video_seq = self._ts_first = self._ts_last = -1
         pair = self.tracks.get("video")
         if pair is not None:
             pair[0].switch_at_keyframe(pair[1], -1, now)
@@ -320,28 +311,6 @@ class RecorderSink:
         return self.rids[layer] if 0 <= layer < len(self.rids) else str(layer)
 
     # -- per packet --------------------------------------------------------------------
-    def _extend(self, seq: int) -> int:
-        """A 16-bit sequence number as the extended one nearest the last sent."""
-        if self._ref < 0:
-            return seq
-        delta = (seq - self._ref) & 0xFFFF
-        return self._ref + (delta - 0x10000 if delta >= 0x8000 else delta)
-
-    def _padding(self, index: int, seq: int) -> None:
-        pair = self.tracks.get("video")
-        if pair is None or pair[1].current != index or self._ref < 0:
-            return
-        self._skips.append(self._extend((seq + pair[1].seq_offset) & 0xFFFF))
-
-    def _renumber(self, data: bytes) -> bytes:
-        ext = self._extend((data[2] << 8) | data[3])
-        while self._skips and self._skips[0] < ext:
-            self._skips.popleft()
-            self._skipped += 1
-        self._ref = max(self._ref, ext)
-        seq = (ext - self._skipped) & 0xFFFF
-        return data[:2] + bytes((seq >> 8, seq & 0xFF)) + data[4:]
-
     def _send(self, data: bytes, *, target: tuple[str, int], video: bool) -> None:
         assert self.sock is not None
         if self.enabled_at is None:
@@ -350,7 +319,6 @@ class RecorderSink:
             pair = self.tracks["video"]
             if pair[1].current != self._layer:
                 self._layer_changed(pair[1].current)
-            data = self._renumber(data)
             # The numbering is continuous now, so a hole here is loss upstream that NACKs
             # did not repair: ask for a keyframe so the next segment starts clean.
             seq = (data[2] << 8) | data[3]
@@ -389,8 +357,6 @@ class RecorderSink:
     def detach(self) -> None:
         for track, dt in self.tracks.values():
             track.remove(dt)
-            if self._padding in track.padding_listeners:
-                track.padding_listeners.remove(self._padding)
         self.tracks.clear()
         if self.sock is not None:
             self.sock.close()

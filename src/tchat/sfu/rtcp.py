@@ -95,6 +95,14 @@ def _nack(body: bytes) -> list[int]:
     return lost
 
 
+def round_trip_s(unix_s: float, lsr: int, dlsr: int) -> float:
+    """Round-trip time from a report block's LSR/DLSR, received at `unix_s` (RFC 3550
+    §6.4.1); 0.0 when it makes no sense (clock steps, a report about an old SR)."""
+    now_mid = (ntp_time(unix_s) >> 16) & 0xFFFFFFFF
+    rtt = ((now_mid - lsr - dlsr) & 0xFFFFFFFF) / 65536
+    return rtt if rtt < 10.0 else 0.0
+
+
 def parse(data: bytes) -> list[object]:
     """The SR, RR, NACK and payload-specific feedback packets of a compound RTCP
     datagram (others — SDES, BYE, XR, transport-cc, which `twcc` reads — are skipped);
@@ -144,5 +152,6 @@ __all__ = [
     "parse",
     "pli",
     "receiver_report",
+    "round_trip_s",
     "sender_report",
 ]

@@ -73,6 +73,8 @@ class Media:
     ssrc: int = 0  # WHEP: the SSRC we send with
     twcc_ext: int = 0  # transport-wide CC extension id (0: not negotiated)
     playout_ext: int = 0  # WHEP: playout-delay extension id (0: not negotiated)
+    rtx_pt: int = 0  # WHEP: RTX payload type for the codec (0: not negotiated)
+    rtx_ssrc: int = 0  # WHEP: the SSRC we send RTX with
 
 
 @dataclass(slots=True)
@@ -307,18 +309,30 @@ def negotiate_whip(offer: str, local: LocalParams) -> Negotiated:
     return Negotiated(text, ufrag, pwd, fps, out)
 
 
+def _rtx_for(media: MediaDescription, pt: int) -> int:
+    """The payload type of the offer's RTX codec for payload type `pt` (0: none)."""
+    for c in media.rtp.codecs:
+        if c.mimeType.lower().endswith("/rtx") and str(c.parameters.get("apt")) == str(pt):
+            return int(c.payloadType or 0)
+    return 0
+
+
 def negotiate_whep(
     offer: str,
     local: LocalParams,
     sources: dict[str, Codec],
     ssrcs: dict[str, int],
     twcc: bool = True,
+    rtx_ssrcs: dict[str, int] | None = None,
 ) -> Negotiated:
     """Answer a viewer's offer: we send the room's codec per kind, under our SSRCs.
 
     With `twcc`, a viewer that offers the transport-wide CC extension (as Chrome does)
     gets it and `a=rtcp-fb:<pt> transport-cc` back (its feedback drives the adaptive
-    layer choice), and the playout-delay extension (its latency tier) if offered."""
+    layer choice), and the playout-delay extension (its latency tier) if offered.
+    A video section whose offer has RTX for the chosen codec (RFC 4588, `apt=`) gets
+    it back with an `a=ssrc-group:FID` of our media and RTX SSRCs (`rtx_ssrcs`):
+    NACK answers and probe padding then travel on the RTX stream."""
     session, _ = _parse(offer)
     ufrag, pwd, fps = _remote_ice_dtls(session)
     _check_mids(session)
@@ -348,10 +362,29 @@ def negotiate_whep(
                     RTCRtpHeaderExtensionParameters(id=playout_id, uri=PLAYOUT_DELAY_URI)
                 )
             am.rtp.codecs[0].rtcpFeedback.append(RTCRtcpFeedback(type="transport-cc"))
+        rtx_pt = rtx_ssrc = 0
         if chosen is not None:
             ssrc = ssrcs[m.kind]
             am.ssrc = [SsrcDescription(ssrc=ssrc, cname="tchat", msid=f"tchat {m.kind}")]
             am.msid = f"tchat {m.kind}"
+            rtx_ssrc = (rtx_ssrcs or {}).get(m.kind, 0)
+            rtx_pt = _rtx_for(m, int(chosen.payloadType or 0)) if rtx_ssrc else 0
+            if rtx_pt:
+                am.rtp.codecs.append(
+                    RTCRtpCodecParameters(
+                        mimeType=f"{m.kind}/rtx",
+                        clockRate=chosen.clockRate,
+                        payloadType=rtx_pt,
+                        parameters={"apt": int(chosen.payloadType or 0)},
+                    )
+                )
+                am.fmt.append(rtx_pt)
+                am.ssrc_group = [GroupDescription(semantic="FID", items=[ssrc, rtx_ssrc])]
+                am.ssrc.append(
+                    SsrcDescription(ssrc=rtx_ssrc, cname="tchat", msid=f"tchat {m.kind}")
+                )
+            else:
+                rtx_ssrc = 0
         answer.append(am)
         out.append(
             Media(
@@ -361,6 +394,8 @@ def negotiate_whep(
                 ssrc=ssrcs.get(m.kind, 0) if chosen else 0,
                 twcc_ext=twcc_id,
                 playout_ext=playout_id,
+                rtx_pt=rtx_pt,
+                rtx_ssrc=rtx_ssrc,
             )
         )
     if not taken:

@@ -32,7 +32,15 @@ from tchat.aio import cancel_and_wait
 from tchat.rooms import ROOM_RULE, valid_room
 from tchat.sfu import rtcp, sdp, twcc
 from tchat.sfu.dtls import DtlsEndpoint, DtlsState, SrtpSessions, fingerprint, make_context
-from tchat.sfu.forwarder import HIGH, DownTrack, Track, TwccSender
+from tchat.sfu.forwarder import (
+    HIGH,
+    NACK_MAX,
+    DownTrack,
+    NackStats,
+    RetransmitBudget,
+    Track,
+    TwccSender,
+)
 from tchat.sfu.ice import (
     Addr,
     IceLite,
@@ -109,6 +117,10 @@ class Peer:
     abr_octets: int = 0  # media payload bytes sent, at the previous tick
     abr_packets: int = 0  # video packets sent, at the previous decision
     abr_tick: float = 0.0
+    # viewer: retransmissions (NACK answers) allowed per second, and what NACKs asked
+    resend: RetransmitBudget = field(default_factory=RetransmitBudget)
+    nacks: NackStats = field(default_factory=NackStats)
+    sent_mark: tuple[float, int] = (0.0, 0)  # (time, bytes sent) at the last second
 
 
 @dataclass(eq=False)
@@ -151,6 +163,8 @@ class SfuWorker(asyncio.DatagramProtocol):
         self.connect_times: list[float] = []
         self.delivered = 0  # RTP packets sent to viewers (not counting NACK answers)
         self.keepalives = 0  # binding indications from a selected pair (libnice peers)
+        self.nack_totals = NackStats()  # of viewers that have left
+        self.retransmitted_left = 0  # bytes resent to viewers that have left
         self.port = 0
         self.transport: asyncio.DatagramTransport | None = None
         self._clock = clock
@@ -322,9 +336,10 @@ class SfuWorker(asyncio.DatagramProtocol):
         """A viewer of `room`, whose source is `media` (the publisher's, or the relay's)."""
         sources = {m.kind: m.codec for m in media if m.codec is not None}
         ssrcs = {kind: secrets.randbits(31) | 1 for kind in sources}
+        rtx_ssrcs = {kind: secrets.randbits(31) | 1 for kind in sources}
         ufrag, pwd = new_credentials()
         neg = sdp.negotiate_whep(
-            offer, self._local(ufrag, pwd), sources, ssrcs, twcc=self.settings.abr
+            offer, self._local(ufrag, pwd), sources, ssrcs, self.settings.abr, rtx_ssrcs
         )
         peer = self._new_peer(room, "viewer", neg, ufrag, pwd, owner, source)
         peer.max_layer = max_layer
@@ -352,6 +367,8 @@ class SfuWorker(asyncio.DatagramProtocol):
                 del self.by_addr[addr]
         self._handshake_over(peer)
         self.abr_peers.discard(peer)
+        self.nack_totals.add(peer.nacks)
+        self.retransmitted_left += sum(d.rtx_octets for _, d in peer.downtracks.values())
         for track, dt in peer.downtracks.values():
             track.remove(dt)
         peer.downtracks.clear()
@@ -479,6 +496,7 @@ class SfuWorker(asyncio.DatagramProtocol):
                             layer.sr_ntp_mid = (pkt.sender_info.ntp_timestamp >> 16) & 0xFFFFFFFF
                             layer.sr_arrival = now
             return
+        resend = NACK_MAX  # retransmissions this datagram may cause, all NACKs together
         for pkt in packets:
             if isinstance(pkt, rtcp.RtcpRrPacket | rtcp.RtcpSrPacket):
                 for report in pkt.reports:
@@ -488,12 +506,14 @@ class SfuWorker(asyncio.DatagramProtocol):
                         dt.fraction_lost = report.fraction_lost
                         dt.rr_lost = report.packets_lost
                         dt.jitter = report.jitter
+                        if report.lsr:
+                            dt.rtt_s = rtcp.round_trip_s(time.time(), report.lsr, report.dlsr)
                         if peer.abr is not None and pair is peer.video:
                             peer.abr.on_receiver_report(now, report.fraction_lost / 256)
             elif isinstance(pkt, rtcp.RtcpRtpfbPacket) and pkt.fmt == rtcp.RTPFB_NACK:
                 pair = peer.downtracks.get(pkt.media_ssrc)
                 if pair is not None:
-                    pair[0].nack(pair[1], pkt.lost, now)
+                    resend -= pair[0].nack(pair[1], pkt.lost, now, peer.resend, max(0, resend))
                     if peer.abr is not None and pair is peer.video:
                         peer.abr.on_nack(len(pkt.lost))
             elif isinstance(pkt, rtcp.RtcpPsfbPacket) and pkt.fmt in (rtcp.PSFB_PLI, rtcp.PSFB_FIR):
@@ -631,6 +651,9 @@ class SfuWorker(asyncio.DatagramProtocol):
                     first_seq=secrets.randbits(16),
                     first_ts=secrets.randbits(32),
                 )
+                dt.nack_stats = peer.nacks  # one tally per viewer
+                if m.rtx_pt and m.rtx_ssrc:
+                    dt.enable_rtx(m.rtx_ssrc, m.rtx_pt, secrets.randbits(16))
                 peer.downtracks[m.ssrc] = (track, dt)
                 if peer.twcc is not None and m.twcc_ext:
                     dt.enable_twcc(peer.twcc, m.twcc_ext)
@@ -724,9 +747,20 @@ class SfuWorker(asyncio.DatagramProtocol):
                     track.tick(now)
                 if room.publisher is not None:
                     self._receiver_reports(room.publisher, now)
+                for viewer in room.viewers.values():
+                    self._resend_budget(viewer, now)
         if now - self._last_sr >= self.settings.sr_interval_s:
             self._last_sr = now
             self._sender_reports(now)
+
+    def _resend_budget(self, peer: Peer, now: float) -> None:
+        """Once a second: the viewer's retransmission budget follows the rate (RTP
+        packets on the wire, all its streams) delivered to it over the last second."""
+        sent = sum(d.octets + d.packets * d.header_size() for _, d in peer.downtracks.values())
+        t, before = peer.sent_mark
+        if t and now > t:
+            peer.resend.set_rate(8 * (sent - before) / (now - t))
+        peer.sent_mark = (now, sent)
 
     def _abr_pad(self, now: float) -> None:
         """Probe padding for every adaptive viewer (media + padding at the probe's rate)."""
@@ -739,7 +773,7 @@ class SfuWorker(asyncio.DatagramProtocol):
             pad = abr.padding_bytes(now, media, now - peer.abr_tick)
             peer.abr_tick = now
             if pad:
-                video[1].pad(pad, now)
+                video[0].pad(video[1], pad, now)
             probing = probing or abr.probing(now)
         self._probing = probing
 
@@ -874,6 +908,13 @@ class SfuWorker(asyncio.DatagramProtocol):
             "probing": abr.probing(now),
             "probes": abr.probes,
             "failed_probes": abr.failed_probes,
+            "frames": dt.frames,
+            "padding_bytes": dt.padded,
+            "publisher_padding_closed_up": dt.skipped,
+            "rtx": bool(dt.rtx_ssrc),
+            "rtt_ms": round(dt.rtt_s * 1000, 1) if dt.rtt_s else None,
+            "nacks": peer.nacks.as_dict(),
+            "retransmitted_bytes": sum(d.rtx_octets for _, d in peer.downtracks.values()),
         }
 
     def live_rooms(self) -> dict[str, dict[str, object]]:
@@ -905,8 +946,36 @@ class SfuWorker(asyncio.DatagramProtocol):
             ),
             "delivered_packets": self.delivered,
             "keepalives": self.keepalives,
+            # what publishers sent that never arrived (RR accounting, current rooms): a
+            # viewer cannot get those back, whatever it NACKs
+            "publisher_packets_lost": sum(
+                layer.lost
+                for room in self.rooms.values()
+                for track in room.tracks.values()
+                for layer in track.layers
+                if layer is not None
+            ),
+            # padding-only packets publishers sent (their probes): never forwarded
+            "publisher_padding_packets": sum(
+                layer.padding
+                for room in self.rooms.values()
+                for track in room.tracks.values()
+                for layer in track.layers
+                if layer is not None
+            ),
+            "nacks": self.nack_stats().as_dict(),
+            "retransmitted_bytes": self.retransmitted_left
+            + sum(d.rtx_octets for p in self.peers.values() for _, d in p.downtracks.values()),
             "drops": dict(self.drops),
         }
+
+    def nack_stats(self) -> NackStats:
+        """What every viewer's NACKs asked for and got, since start."""
+        total = NackStats()
+        total.add(self.nack_totals)
+        for peer in self.peers.values():
+            total.add(peer.nacks)
+        return total
 
 
 def _connecting_keys(peer: Peer) -> list[str]:
