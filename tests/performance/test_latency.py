@@ -18,6 +18,15 @@ The right layer per link: the policy keeps a layer while its sent rate (RTP, wit
 audio) fits the estimate (~85 % of the link) and climbs only with 20 % headroom:
 3 Mbps → 2 (1.5 Mbps), 1.5 Mbps → 1 (500 kbps), 600 kbps → 0 (150 kbps; the 500 kbps
 layer sends ~560 kbit/s). Viewers join 3 s after the publisher (layer rates measured).
+
+Targets (reported with their verdict; enforced by `make test-latency`): p95 <= 150 ms,
+0 rebuffers, downgrade within 2 s, upgrade <= 5 s after allowed. Gates (enforced by
+`make test` too, tchat.perf.results): what the adaptation decides on a shaped link —
+the expected layer and tier, <= 1 % loss, convergence within 2/3 of the run, the
+hysteresis (down while the link is down, up no sooner than the 10 s hold, no
+oscillation) — and p99 under the guide's tier ceilings (1 / 3 / 5 s, 8x and more above
+what is measured, docs/latency.md). Timings of a busy viewer process (late frames,
+p95) are targets, not gates.
 """
 
 from __future__ import annotations
@@ -253,6 +262,11 @@ def _tier_test(run: dict[str, Any], record: Any, name: str) -> None:
             "p95_latency_ms": f"<= {min(ceiling, AIM_P95_MS)}",
             "p99_latency_ms": f"<= {ceiling}",
             "rebuffer_events": "== 0",
+        }
+    )
+    record.gates.update(
+        {
+            "p99_latency_ms": f"<= {ceiling}",
             "loss_pct": "<= 1",
             "layer_ok": "== 1",
             "tier_index": f"== {tier_index}",
@@ -360,10 +374,17 @@ def test_TestQualitySwitchingHysteresis(lab_run: dict[str, Any], record: Any) ->
     )
     record.targets.update(
         {
-            "layer_before_step": "== 2",
             "downgrade_s": "<= 2",
             "upgrade_after_downgrade_s": ">= 10",
             "upgrade_after_allowed_s": "<= 5",
+            "oscillations": "== 0",
+        }
+    )
+    record.gates.update(
+        {
+            "layer_before_step": "== 2",
+            "downgrade_s": f"<= {STEP_BACK_AFTER:g}",  # down while the link was down
+            "upgrade_after_downgrade_s": ">= 10",  # the hold
             "oscillations": "== 0",
         }
     )
@@ -403,4 +424,5 @@ def test_TestAllLatencyTargets(lab_run: dict[str, Any], record: Any) -> None:
             record.metrics[f"{name}_{key}"] = metrics[key]
         record.metrics[f"{name}_estimate_error_pct"] = metrics["estimate_error_pct"]
         record.targets[f"{name}_p99_latency_ms"] = f"< {TIERS[tier_index].ceiling_ms}"
+        record.gates[f"{name}_p99_latency_ms"] = f"< {TIERS[tier_index].ceiling_ms}"
     assert_targets(record)
