@@ -43,6 +43,7 @@ from tchat.recording.retention import Sweeper
 from tchat.recording.service import RecordingService
 from tchat.recording.source import UdpMpegTsSource, free_udp_port
 from tchat.recording.synthetic import SyntheticStream, wait_udp_listener
+from tchat.storage.base import NotFound
 from tests.performance.conftest import assert_targets, sized
 
 FFMPEG = "/usr/bin/ffmpeg"
@@ -225,7 +226,19 @@ def ffprobe_duration(data: bytes) -> float | None:
 
 def check_recording(settings: Settings, rec: Recording) -> dict[str, float]:
     """Playlist and segments as stored: problems, unplayable segments, duration gap."""
-    playlist_text = fetch(settings, [rec.playlist_key])[rec.playlist_key].decode()
+    try:
+        playlist_text = fetch(settings, [rec.playlist_key])[rec.playlist_key].decode()
+    except NotFound:  # a recording that failed before its first segment: no playlist
+        return {
+            "playlist_problems": 1,
+            "segments_unplayable": 0,
+            "media_sequence_gaps": 0,
+            "duration_mismatch_s": 0.0,
+            "segment_count": 0,
+            "target_duration_s": 0,
+            "recorded_duration_s": 0.0,
+            "_problems": [f"no playlist stored ({rec.state}: {rec.detail})"],  # type: ignore[dict-item]
+        }
     pl = parse(playlist_text)
     problems = validate(pl, final=True)
     keys = [rec.prefix + s.uri for s in pl.segments]
@@ -417,7 +430,7 @@ def TestConcurrentRecordingPerformance(
         ok += int(good)
         record.notes.append(
             f"stream {i}: {run.recording.state}, {checked['segment_count']} segments, "
-            f"{checked['recorded_duration_s']} s, first segment {run.first_segment_ms:.0f} ms, "
+            f"{checked['recorded_duration_s']} s, first segment {run.first_segment_ms or -1:.0f} ms, "
             f"available {run.availability_ms or -1:.0f} ms after end"
             + ("" if good else f", problems {checked['_problems']} {run.recording.detail}")
         )
