@@ -430,7 +430,8 @@ def TestConcurrentRecordingPerformance(
         ok += int(good)
         record.notes.append(
             f"stream {i}: {run.recording.state}, {checked['segment_count']} segments, "
-            f"{checked['recorded_duration_s']} s, first segment {run.first_segment_ms or -1:.0f} ms, "
+            f"{checked['recorded_duration_s']} s, "
+            f"first segment {run.first_segment_ms or -1:.0f} ms, "
             f"available {run.availability_ms or -1:.0f} ms after end"
             + ("" if good else f", problems {checked['_problems']} {run.recording.detail}")
         )
