@@ -62,15 +62,21 @@ async def test_whip_publish_is_recorded_and_playable(server_factory, instances: 
             what="the room on /live with its recording",
         )
         assert [r["room"] for r in rooms] == [room]
+
         # live: the EVENT playlist is served while the stream goes on; stop once it has
         # three 2 s segments (the recording's length, not the clock, decides)
-        r = await eventually(
-            lambda: client.get(live["playlist_url"]),
-            lambda r: r.status_code == 200 and r.text.count("#EXTINF") >= 3,
+        async def live_playlist() -> tuple[int, str, Any]:
+            r = await client.get(live["playlist_url"])
+            rec = (await client.get(f"/recordings/{live['id']}")).json()  # for a failure
+            return r.status_code, r.text, {k: rec.get(k) for k in ("state", "detail")}
+
+        _, text, _ = await eventually(
+            live_playlist,
+            lambda got: got[0] == 200 and got[1].count("#EXTINF") >= 3,
             what="the live playlist with 3 segments",
         )
-        assert "#EXT-X-PLAYLIST-TYPE:EVENT" in r.text, r.text
-        assert "#EXT-X-ENDLIST" not in r.text
+        assert "#EXT-X-PLAYLIST-TYPE:EVENT" in text, text
+        assert "#EXT-X-ENDLIST" not in text
         await pub.stop(client, token)
         done = await _recording(client, room, state="available")
         assert done["segment_count"] >= 3 and done["duration_s"] >= 4, done

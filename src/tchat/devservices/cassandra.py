@@ -35,6 +35,7 @@ def java17() -> str | None:
             return java
     return None
 
+
 VERSION = "5.0.8"
 PORT = 9042
 

@@ -30,7 +30,9 @@ HEARTBEAT_S = 1.0
 # a live process whose /stats does not answer (busy) stays routable this many beats;
 # after that its record is left to expire (a hung instance leaves routing)
 MAX_MISSED_STATS = 5
-START_TIMEOUT_S = 30.0
+# an instance process imports and binds in ~1 s; on a busy 2-core host it took over 30 s
+# (load average ~30): waiting longer costs nothing when it starts, failing costs the server
+START_TIMEOUT_S = 120.0
 RESTART_BACKOFF_S = 1.0
 
 
