@@ -69,14 +69,17 @@ for ((i = 1; i <= runs; i++)); do
     --junitxml="$out/run-$i.xml" >"$out/run-$i.log" 2>&1
   rc=$?
   secs=$(( ($(date +%s%N) - start) / 1000000000 ))
-  printf '%s %s %s\n' "$i" "$rc" "$secs" >>"$out/runs.txt"
-  echo "repeat: run $i/$runs exit $rc after ${secs}s" \
-       "(load $(cut -d' ' -f1-3 /proc/loadavg)): $(tail -n 1 "$out/run-$i.log")"
+  load=$(cut -d' ' -f2 /proc/loadavg)  # 5-minute load average at the run's end
+  printf '%s %s %s %s\n' "$i" "$rc" "$secs" "$load" >>"$out/runs.txt"
+  echo "repeat: run $i/$runs exit $rc after ${secs}s (load $(cut -d' ' -f1-3 /proc/loadavg)):" \
+       "$(tail -n 1 "$out/run-$i.log")"
+  grep -E '^(FAILED|ERROR) ' "$out/run-$i.log" | cut -c1-160 | sed 's/^/repeat:   /'
   if ((stop && rc != 0)); then break; fi
 done
 stop_load
 
 "$PY" - "$out" "$busy" "${load_desc:-}" <<'EOF' | tee "$out/summary.txt"
+import os
 import statistics
 import sys
 import xml.etree.ElementTree as ET
@@ -84,7 +87,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 out, busy, load = Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
-runs = [line.split() for line in (out / "runs.txt").read_text().splitlines()]
+rows = [line.split() for line in (out / "runs.txt").read_text().splitlines()]
+runs = [row[:3] for row in rows]
+loads = [float(row[3]) for row in rows if len(row) > 3]
 failures: dict[str, list[int]] = defaultdict(list)
 messages: dict[str, Counter[str]] = defaultdict(Counter)
 test_s: dict[str, list[float]] = defaultdict(list)
@@ -117,6 +122,9 @@ if durations:
     print(f"run duration s: min {min(durations):.0f} · median "
           f"{statistics.median(durations):.0f} · max {max(durations):.0f} · total "
           f"{sum(durations):.0f}")
+if loads:
+    print(f"5-min load average at the runs' ends: {min(loads):g}-{max(loads):g} "
+          f"({os.cpu_count()} CPUs)")
 if failures:
     print("failures by test:")
     for name, which in sorted(failures.items(), key=lambda kv: -len(kv[1])):
