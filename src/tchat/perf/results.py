@@ -88,7 +88,7 @@ def ratio(
 
 
 def enforce_mode() -> str:
-    mode = os.environ.get("PERF_ENFORCE", "all")
+    mode = os.environ.get("PERF_ENFORCE") or "all"
     if mode not in ENFORCE_MODES:
         raise ValueError(f"PERF_ENFORCE must be one of {', '.join(ENFORCE_MODES)}, not {mode!r}")
     return mode
