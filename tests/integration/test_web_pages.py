@@ -63,6 +63,10 @@ async def browser() -> AsyncIterator[Browser]:
 
 async def new_page(browser: Browser, viewport: dict[str, int], errors: list[str]) -> Page:
     context = await browser.new_context(viewport=viewport)  # type: ignore[arg-type]
+    # every navigation, click and wait of the page: Playwright's 30 s default was
+    # exceeded loading a page on a busy box with four other pages playing video
+    context.set_default_timeout(WAIT_MS)
+    context.set_default_navigation_timeout(WAIT_MS)
     page = await context.new_page()
     page.on("pageerror", lambda exc: errors.append(f"{page.url}: {exc}"))
     return page
