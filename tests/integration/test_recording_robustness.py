@@ -36,7 +36,9 @@ from tchat.storage.local import LocalStore
 from tchat.storage.s3 import S3Store
 
 FFMPEG = "/usr/bin/ffmpeg"
-OPTIONS = RecorderOptions(ffmpeg=FFMPEG, retention_s=86400.0)
+# no_media_timeout_s: these tests are not about it (one sets its own), and on a busy box
+# FFmpeg's start (recorder and synthetic source) took more than the default 10 s
+OPTIONS = RecorderOptions(ffmpeg=FFMPEG, retention_s=86400.0, no_media_timeout_s=60.0)
 
 
 class Gate:
@@ -253,7 +255,10 @@ async def test_stream_without_media_fails_with_reason(tmp_path: Path) -> None:
 async def test_concurrent_recordings_do_not_share_files(local_service: RecordingService) -> None:
     a, b = await asyncio.gather(record(local_service, 5), record(local_service, 5))
     assert a.id != b.id and a.workdir != b.workdir
-    assert a.recording.state == b.recording.state == "available"
+    assert a.recording.state == b.recording.state == "available", (
+        a.recording.detail,
+        b.recording.detail,
+    )
     keys_a = {o.key for o in await local_service.store.list(a.recording.prefix)}
     keys_b = {o.key for o in await local_service.store.list(b.recording.prefix)}
     assert keys_a and keys_b and not keys_a & keys_b
