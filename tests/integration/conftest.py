@@ -57,7 +57,7 @@ async def object_store(
 
 # Start-up imports FastAPI, aiortc, PyAV…: ~2 s on a quiet box, 20 s and more measured on
 # a busy 2-core one; a deadline only costs time when the server really does not come up.
-START_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 180.0  # > the supervisor's 120 s for an SFU instance process
 
 
 class Server:

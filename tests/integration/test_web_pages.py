@@ -93,6 +93,19 @@ async def assert_playing(page: Page, what: str) -> None:
         ) from None
 
 
+async def wait_watch(page: Page, expression: str) -> None:
+    """Wait (WAIT_MS) for a condition of the watch page; a timeout shows its state."""
+    try:
+        await page.wait_for_function(expression, timeout=WAIT_MS)
+    except PlaywrightTimeout:
+        state = await page.evaluate(
+            "({watch: window.tchatWatch, status: document.querySelector('#status').textContent,"
+            " error: document.querySelector('#error').textContent,"
+            " hls: document.querySelector('video').currentSrc})"
+        )
+        raise AssertionError(f"{expression} not met in {WAIT_MS} ms: {state}") from None
+
+
 async def screenshot(page: Page, name: str) -> None:
     SCREENS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
@@ -130,13 +143,13 @@ async def test_go_live_watch_chat_and_replay_in_chromium(server_factory, browser
     # -- a desktop and a phone watch; frames are decoded -----------------------------------
     watcher = await new_page(browser, DESKTOP, errors)
     await watcher.goto(f"{base}/watch/{room}")
-    await watcher.wait_for_function("window.tchatWatch.transport === 'webrtc'", timeout=WAIT_MS)
-    await watcher.wait_for_function("window.tchatWatch.joinMs !== null", timeout=WAIT_MS)
+    await wait_watch(watcher, "window.tchatWatch.transport === 'webrtc'")
+    await wait_watch(watcher, "window.tchatWatch.joinMs !== null")
     await assert_playing(watcher, "the WebRTC video")
     assert await watcher.evaluate("document.querySelector('video').videoWidth") > 0
     phone = await new_page(browser, PHONE, errors)
     await phone.goto(f"{base}/watch/{room}")
-    await phone.wait_for_function("window.tchatWatch.joinMs !== null", timeout=WAIT_MS)
+    await wait_watch(phone, "window.tchatWatch.joinMs !== null")
     join_ms = [
         await watcher.evaluate("window.tchatWatch.joinMs"),
         await phone.evaluate("window.tchatWatch.joinMs"),
@@ -183,7 +196,7 @@ async def test_go_live_watch_chat_and_replay_in_chromium(server_factory, browser
         };"""
     )
     await hls.goto(f"{base}/watch/{room}?fallback_after=3000")
-    await hls.wait_for_function("window.tchatWatch.joinMs !== null", timeout=WAIT_MS)
+    await wait_watch(hls, "window.tchatWatch.joinMs !== null")
     assert await hls.evaluate("window.tchatWatch.transport") == "hls"
     assert "WebRTC did not connect" in (await hls.text_content("#status") or "")
     await assert_playing(hls, "the HLS fallback")

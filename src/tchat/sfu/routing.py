@@ -42,6 +42,9 @@ class InstanceRecord:
     load: float = 0.0
     max_load: float = 0.9
     seen: float = 0.0  # wall clock of the last heartbeat
+    # wall clock when `viewers` was sampled (the stats request went out): a viewer placed
+    # after it is not in the count yet, whenever the heartbeat got stored
+    sampled: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -166,6 +166,7 @@ class Supervisor:
             self._restarting[index] = task
             task.add_done_callback(lambda _: self._restarting.pop(index, None))
             return
+        asked = time.time()  # the counts below are as of this moment, or later
         try:
             resp = await self._client.get(inst.record.control + "/stats")
             inst.stats = resp.json()
@@ -175,6 +176,7 @@ class Supervisor:
                 await self._publish(inst)  # alive but busy: keep it routable
             return
         inst.missed = 0
+        inst.record.sampled = asked
         inst.record.viewers = int(inst.stats.get("viewers", 0))  # type: ignore[call-overload]
         inst.record.load = float(inst.stats.get("load", 0.0))  # type: ignore[arg-type]
         await self._publish(inst)
