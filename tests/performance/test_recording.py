@@ -54,7 +54,7 @@ STREAM_S = sized("RECORDING_STREAM_SECONDS", 20, 60)
 CONCURRENT = int(sized("RECORDING_CONCURRENT", 3, 10))
 CONCURRENT_S = sized("RECORDING_CONCURRENT_SECONDS", 15, 60)
 STORES = ("local", "s3")
-CONC_CPU_RATIO = 1.5  # gate: CPU per recording-minute of N concurrent streams vs one
+CONC_CPU_RATIO = 2.0  # gate: CPU per recording-minute of N concurrent streams vs one
 CONC_FIRST_RATIO = 2.5  # gate: slowest first segment of N concurrent streams vs one
 FIRST_FLOOR_MS = 1000.0  # a single first segment under this counts as this much
 
