@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -17,6 +18,7 @@ from tchat.perf.webrtc_peer import ClientPeer
 from tchat.sfu.rtp import h264_keyframe_start
 
 T = TypeVar("T")
+VIEWER_RCVBUF_BYTES = 2 * 1024 * 1024
 SECRET = "integration-secret-0123456789abcdef"
 SDP = "application/sdp"
 
@@ -31,6 +33,11 @@ async def join_viewer(
     """Open the peer, WHEP it into `room` at `layer`, connect; returns the session URL
     (a refused WHEP raises with its status and body)."""
     await peer.open()
+    # a browser's receive buffer, not the kernel's 208 KB default: this test process runs
+    # several viewers and the publisher, and on a busy box a stall of it overflowed one
+    sock = peer.transport.get_extra_info("socket") if peer.transport else None
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, VIEWER_RCVBUF_BYTES)
     return await whep_join(client, room, issue_token(SECRET, room, "viewer"), peer, layer)
 
 

@@ -61,10 +61,13 @@ async def stats(client: httpx.AsyncClient) -> dict[str, Any]:
     return data
 
 
-def assert_clean(peer: ClientPeer) -> None:
+def assert_clean(peer: ClientPeer, where: str = "") -> None:
     assert peer.stats.decrypt_errors == 0
-    for s in peer.stats.streams.values():
-        assert s.bad_payloads == 0 and s.gaps == 0
+    for ssrc, s in peer.stats.streams.items():
+        assert s.bad_payloads == 0 and s.gaps == 0, (
+            f"viewer on {where}: ssrc {ssrc} gaps {s.gaps} bad {s.bad_payloads} "
+            f"of {s.received} received"
+        )
 
 
 @pytest.mark.parametrize("instances", [2, 3])
@@ -88,8 +91,8 @@ async def test_every_viewer_on_every_instance_receives_the_stream(
         placed = {instance_of(loc) for _, loc in viewers}
         assert len(placed) == instances, f"viewers not spread: {placed}"
         await wait_for(lambda: all(payloads(p) >= 150 for p, _ in viewers), CLUSTER_WAIT_S)
-        for peer, _ in viewers:
-            assert_clean(peer)
+        for peer, loc in viewers:
+            assert_clean(peer, instance_of(loc))
             video = [s for s in peer.stats.streams.values() if s.keyframe_first is not None]
             assert [s.keyframe_first for s in video] == [True]
         data = await stats(client)
@@ -135,19 +138,27 @@ async def test_layer_switch_on_an_edge_keeps_the_stream_continuous(
         pub = SyntheticPublisher(identity, media, ["l", "m", "h"])
         await pub.start(client, room, issue_token(SECRET, room, "publisher"))
         origin = instance_of(pub.location)
-        # the first viewer lands on the origin (tie → no relay), the second on the edge
-        first = ClientPeer(identity)
-        await join_viewer(client, room, first)
-        peer = ClientPeer(identity, decrypt=True, keep_packets=True)
-        location = await join_viewer(client, room, peer)
-        assert instance_of(location) != origin
+        # the first viewer lands on the origin (tie → no relay), the next on the edge; on a
+        # busy host an instance's late heartbeat can place one more on the origin
+        # (placement is tested above): join until one is on the edge
+        others = [ClientPeer(identity)]
+        await join_viewer(client, room, others[0])
+        for _ in range(6):
+            peer = ClientPeer(identity, decrypt=True, keep_packets=True)
+            location = await join_viewer(client, room, peer)
+            if instance_of(location) != origin:
+                break
+            others.append(peer)
+        else:
+            raise AssertionError(f"no viewer placed on the edge: {await stats(client)}")
         steps = [(2, "h"), (1, "m"), (0, "l")]
         await assert_continuous_layer_switches(
             client, room, location, peer, media, steps, 80, CLUSTER_WAIT_S
         )
         assert peer.stats.decrypt_errors == 0
         peer.close()
-        first.close()
+        for other in others:
+            other.close()
         await pub.stop(client, issue_token(SECRET, room, "publisher"))
 
 
@@ -324,8 +335,8 @@ async def test_two_servers_on_one_redis_serve_one_room_and_survive_redis_loss(
             )
             viewers.append((peer, await join_viewer((ca, cb)[i % 2], room, peer)))
         await wait_for(lambda: all(payloads(p) >= 150 for p, _ in viewers), CLUSTER_WAIT_S)
-        for p, _ in viewers:
-            assert_clean(p)
+        for p, loc in viewers:
+            assert_clean(p, instance_of(loc))
         ids_a = {s["id"] for s in (await stats(ca))["instances"]}
         ids_b = {s["id"] for s in (await stats(cb))["instances"]}
         placed = {instance_of(loc) for _, loc in viewers}
