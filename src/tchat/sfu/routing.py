@@ -8,7 +8,8 @@ route. Redis failing raises `RoutingUnavailable` (HTTP 503 for new sessions); me
 already flowing never touches this module.
 
 Placement (`pick`): the instance with the fewest viewers (as last reported, plus what
-this process placed after that report), skipping instances above their CPU limit;
+this process placed after that report's sample was taken), skipping instances above
+their CPU limit;
 ties go to the room's origin (no relay), then to the lowest id.
 """
 
