@@ -93,17 +93,21 @@ async def assert_playing(page: Page, what: str) -> None:
         ) from None
 
 
-async def wait_watch(page: Page, expression: str) -> None:
-    """Wait (WAIT_MS) for a condition of the watch page; a timeout shows its state."""
+PAGE_STATE = """(() => { const v = document.querySelector('video'), t = s => {
+  const e = document.querySelector(s); return e ? e.textContent : null; };
+  return {watch: window.tchatWatch, replay: window.tchatReplay, status: t('#status'),
+    error: t('#error'), video: v && {src: v.currentSrc, t: v.currentTime, d: v.duration,
+    paused: v.paused, ended: v.ended, ready: v.readyState}}; })()"""
+
+
+async def wait_watch(page: Page, expression: str, timeout_ms: int = WAIT_MS) -> None:
+    """Wait for a condition of a page; a timeout shows the page's state (watch or replay
+    figures, status and error lines, the video element)."""
     try:
-        await page.wait_for_function(expression, timeout=WAIT_MS)
+        await page.wait_for_function(expression, timeout=timeout_ms)
     except PlaywrightTimeout:
-        state = await page.evaluate(
-            "({watch: window.tchatWatch, status: document.querySelector('#status').textContent,"
-            " error: document.querySelector('#error').textContent,"
-            " hls: document.querySelector('video').currentSrc})"
-        )
-        raise AssertionError(f"{expression} not met in {WAIT_MS} ms: {state}") from None
+        state = await page.evaluate(PAGE_STATE)
+        raise AssertionError(f"{expression} not met in {timeout_ms} ms: {state}") from None
 
 
 async def screenshot(page: Page, name: str) -> None:
@@ -244,17 +248,15 @@ async def test_go_live_watch_chat_and_replay_in_chromium(server_factory, browser
     )
     replay = await new_page(browser, DESKTOP, errors)
     await replay.goto(f"{base}/recordings/{rec['id']}")
-    await replay.wait_for_function("window.tchatReplay.messages === 5", timeout=WAIT_MS)
+    await wait_watch(replay, "window.tchatReplay.messages === 5")
     await replay.evaluate(
         "(v => { v.playbackRate = 2; return v.play(); })(document.querySelector('video'))"
     )
-    await replay.wait_for_function(
-        "document.querySelector('video').currentTime > 1", timeout=WAIT_MS
-    )
+    await wait_watch(replay, "document.querySelector('video').currentTime > 1")
     assert await frames(replay) > 0
     # the replayed chat follows the video's program date time: all 5 by the end
-    await replay.wait_for_function(
-        "window.tchatReplay.shown === 5", timeout=int(rec["duration_s"] * 1000) + WAIT_MS
+    await wait_watch(
+        replay, "window.tchatReplay.shown === 5", int(rec["duration_s"] * 1000) + WAIT_MS
     )
     wall = await replay.evaluate("window.tchatReplay.wall")
     assert rec["started_at"] <= wall <= rec["ended_at"] + 2
