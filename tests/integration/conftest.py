@@ -55,6 +55,11 @@ async def object_store(
     await backend.close()
 
 
+# Start-up imports FastAPI, aiortc, PyAV…: ~2 s on a quiet box, 20 s and more measured on
+# a busy 2-core one; a deadline only costs time when the server really does not come up.
+START_TIMEOUT_S = 180.0  # > the supervisor's 120 s for an SFU instance process
+
+
 class Server:
     """A real `tchat serve` process on a free port."""
 
@@ -74,7 +79,7 @@ class Server:
         self.log = tmp / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 60.0) -> Server:  # busy 2-core box: imports take 20 s+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> Server:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tchat", "serve"], env=self.env, stdout=log, stderr=log
@@ -84,13 +89,15 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tchat serve exited: {self.log.read_text()[-2000:]}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=5).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         self.stop()  # not left running (with its SFU instances) after the test fails
-        raise RuntimeError(f"tchat serve did not answer: {self.log.read_text()[-2000:]}")
+        raise RuntimeError(
+            f"tchat serve did not answer in {timeout_s:g} s: {self.log.read_text()[-2000:]}"
+        )
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

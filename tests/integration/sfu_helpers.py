@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import httpx
 
@@ -16,6 +18,8 @@ from tchat.perf.sfu_media import PreparedMedia
 from tchat.perf.webrtc_peer import ClientPeer
 from tchat.sfu.rtp import h264_keyframe_start
 
+T = TypeVar("T")
+VIEWER_RCVBUF_BYTES = 2 * 1024 * 1024
 SECRET = "integration-secret-0123456789abcdef"
 SDP = "application/sdp"
 
@@ -37,16 +41,49 @@ async def join_viewer(
     """Open the peer, WHEP it into `room` at `layer`, connect; returns the session URL
     (a refused WHEP raises with its status and body)."""
     await peer.open()
+    # a browser's receive buffer, not the kernel's 208 KB default: this test process runs
+    # several viewers and the publisher, and on a busy box a stall of it overflowed one
+    sock = peer.transport.get_extra_info("socket") if peer.transport else None
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, VIEWER_RCVBUF_BYTES)
     return await whep_join(client, room, token(room, "viewer"), peer, layer)
 
 
-async def wait_for(cond: Callable[[], bool], timeout_s: float = 15.0) -> None:
+# Deadlines of real-time tests: generous, as the machine may be busy (a condition met
+# returns at once; the deadline only bounds how long a real failure takes to report).
+WAIT_S = 60.0
+
+
+async def wait_for(
+    cond: Callable[[], bool], timeout_s: float = WAIT_S, what: str = "condition"
+) -> None:
+    """Poll `cond` until it holds; AssertionError naming `what` after `timeout_s`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while not cond():
         if loop.time() > deadline:
-            raise AssertionError("condition not met within the deadline")
+            raise AssertionError(f"{what} not met within {timeout_s:g} s")
         await asyncio.sleep(0.05)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    cond: Callable[[T], bool],
+    timeout_s: float = WAIT_S,
+    interval_s: float = 0.25,
+    what: str = "condition",
+) -> T:
+    """Await `probe()` until `cond` holds on its result, which is returned; after
+    `timeout_s` an AssertionError shows the last result."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = await probe()
+        if cond(value):
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not met within {timeout_s:g} s; last: {value!r}")
+        await asyncio.sleep(interval_s)
 
 
 async def assert_continuous_layer_switches(

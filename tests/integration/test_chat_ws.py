@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from typing import Any
 
 import httpx
 import pytest
+import redis
 import websockets
 
 from tchat.auth import issue_token
@@ -21,7 +23,10 @@ def ws_url(server: Any, room: str, token: str | None = None) -> str:
     return url + (f"?token={token}" if token else "")
 
 
-async def recv(ws: Any, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+WAIT_S = 30.0  # a frame's deadline: generous, the machine may be busy
+
+
+async def recv(ws: Any, kind: str, timeout: float = WAIT_S) -> dict[str, Any]:
     """The next frame of `kind` (skipping others)."""
     async with asyncio.timeout(timeout):
         while True:
@@ -111,7 +116,10 @@ async def test_posting_without_or_with_wrong_token(server: Any) -> None:
     assert r.status_code == 401 and r.json()["error"] == "unauthorized"
 
 
-async def test_flooding_is_rate_limited_with_error_frames(server: Any) -> None:
+async def test_flooding_is_rate_limited_with_error_frames(server_factory: Any) -> None:
+    # 2 messages/s after a burst of 20: 60 posts are limited unless the server takes over
+    # 20 s to read them (at 50/s a busy server that read one post per 16 ms limited none)
+    server = server_factory(CHAT_RATE_PER_S="2", CHAT_BURST="20")
     room = new_room()
     token = issue_token(SECRET, room, "chat", "flood")
     async with websockets.connect(ws_url(server, room, token)) as ws:
@@ -120,7 +128,7 @@ async def test_flooding_is_rate_limited_with_error_frames(server: Any) -> None:
             await ws.send(json.dumps({"type": "post", "text": f"m{i}", "nonce": str(i)}))
         acks = errors = 0
         while acks + errors < 60:
-            frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            frame = json.loads(await asyncio.wait_for(ws.recv(), WAIT_S))
             if frame["type"] == "ack":
                 acks += 1
             elif frame["type"] == "error":
@@ -135,7 +143,7 @@ async def test_oversized_websocket_message_closes_with_1009(server: Any) -> None
         await recv(ws, "hello")
         await ws.send("x" * (2 * 1024 * 1024))
         with pytest.raises(websockets.ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), 5)
+            await asyncio.wait_for(ws.recv(), WAIT_S)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
     assert httpx.get(server.url + "/healthz").status_code == 200
 
@@ -161,7 +169,13 @@ async def test_two_servers_share_rooms_over_redis(server_factory: Any) -> None:
     ):
         await recv(on_a, "hello")
         await recv(on_b, "hello")
-        await asyncio.sleep(0.3)  # let both subscribe
+        # both servers subscribed to the room's channel (not "0.3 s later")
+        channel = f"tchat:{room}"
+        with redis.Redis(host="127.0.0.1", port=6379) as r:
+            deadline = time.monotonic() + WAIT_S
+            while r.pubsub_numsub(channel)[0][1] < 2:
+                assert time.monotonic() < deadline, "the servers did not subscribe to the room"
+                await asyncio.sleep(0.05)
         await on_a.send(json.dumps({"type": "post", "text": "from a"}))
         await on_b.send(json.dumps({"type": "post", "text": "from b"}))
         got_a = [(await recv(on_a, "message"))["message"] for _ in range(2)]
@@ -182,7 +196,7 @@ async def test_acknowledged_messages_survive_a_killed_server(server_factory: Any
         for i in range(300):
             await ws.send(json.dumps({"type": "post", "text": f"m{i}", "nonce": str(i)}))
         while len(acked) < 150:
-            frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            frame = json.loads(await asyncio.wait_for(ws.recv(), WAIT_S))
             if frame["type"] == "ack":
                 acked.add(frame["id"])
         server.kill()  # SIGKILL right after acknowledgements, with posts still in flight

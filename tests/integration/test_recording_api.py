@@ -27,7 +27,9 @@ STORES = {
 
 async def record_one(data_dir: Path, env: dict[str, str]) -> str:
     settings = load_settings(TCHAT_DATA_DIR=str(data_dir), FFMPEG=FFMPEG, **env)
-    service = RecordingService(settings, options=RecorderOptions(ffmpeg=FFMPEG))
+    # no_media_timeout_s: FFmpeg's start took more than the default 10 s on a busy box
+    options = RecorderOptions(ffmpeg=FFMPEG, no_media_timeout_s=60.0)
+    service = RecordingService(settings, options=options)
     await service.open(sweep_interval_s=None)
     try:
         port = free_udp_port()

@@ -25,9 +25,11 @@ def test_cql_round_trip_with_ttl(services_answering: dict[str, str]) -> None:
         session.execute(f"INSERT INTO {ks}.t (k, v) VALUES (1, 'kept') USING TTL 600")
         session.execute(f"INSERT INTO {ks}.t (k, v) VALUES (2, 'gone') USING TTL 1")
         row = session.execute(f"SELECT v, TTL(v) AS ttl FROM {ks}.t WHERE k = 1").one()
-        assert row.v == "kept" and 590 <= row.ttl <= 600
-        time.sleep(2.2)
-        assert session.execute(f"SELECT v FROM {ks}.t WHERE k = 2").one() is None
+        assert row.v == "kept" and 540 <= row.ttl <= 600
+        deadline = time.monotonic() + 30  # TTL 1 s: gone soon, however busy the box
+        while session.execute(f"SELECT v FROM {ks}.t WHERE k = 2").one() is not None:
+            assert time.monotonic() < deadline, "a TTL 1 row outlived its TTL by 30 s"
+            time.sleep(0.25)
         session.execute(f"DROP KEYSPACE {ks}")
     finally:
         cluster.shutdown()
@@ -38,9 +40,9 @@ def test_redis_pubsub_round_trip(services_answering: dict[str, str]) -> None:
     pubsub = client.pubsub()
     channel = f"it-{uuid.uuid4().hex}"
     pubsub.subscribe(channel)
-    assert pubsub.get_message(timeout=2)["type"] == "subscribe"  # type: ignore[index]
+    assert pubsub.get_message(timeout=10)["type"] == "subscribe"  # type: ignore[index]
     client.publish(channel, b"hello")
-    message = pubsub.get_message(timeout=2)
+    message = pubsub.get_message(timeout=10)
     assert message is not None and message["data"] == b"hello"
     pubsub.close()
     client.close()

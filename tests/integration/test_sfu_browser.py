@@ -25,8 +25,13 @@ import websockets
 
 from tchat.auth import issue_token
 
+from .sfu_helpers import WAIT_S, eventually
+
 SECRET = "integration-secret-0123456789abcdef"
-TOP_LAYER_WITHIN_S = 5.0  # without our feedback: ~20 s
+# Chrome's top layer goes out ~1 s after the answer with our transport-cc feedback; on
+# RTCP RR loss alone it took 20.5 s (its estimate grows ~8 %/s from 300 kbps): a 12 s
+# deadline leaves a busy machine 10x the time and still fails without the feedback.
+TOP_LAYER_WITHIN_S = 12.0
 SDP = "application/sdp"
 GATHERED = """await new Promise(r => { if (pc.iceGatheringState === 'complete') r();
   pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r();
@@ -71,7 +76,7 @@ class Page:
         self.ws = ws
         self.ids = itertools.count(1)
 
-    async def eval(self, expression: str, timeout_s: float = 20.0) -> Any:
+    async def eval(self, expression: str, timeout_s: float = WAIT_S) -> Any:
         i = next(self.ids)
         params = {"expression": expression, "awaitPromise": True, "returnByValue": True}
         await self.ws.send(json.dumps({"id": i, "method": "Runtime.evaluate", "params": params}))
@@ -97,9 +102,10 @@ async def chromium(url: str, profile: Path) -> AsyncIterator[Page]:
     )  # fmt: skip
     try:
         port_file = profile / "DevToolsActivePort"
-        for _ in range(200):
-            if port_file.exists() and port_file.read_text().strip():
-                break
+        deadline = asyncio.get_running_loop().time() + WAIT_S  # a busy box starts it slowly
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"chromium did not open DevTools within {WAIT_S:g} s")
             await asyncio.sleep(0.05)
         port = port_file.read_text().split()[0]
         async with httpx.AsyncClient() as client:
@@ -107,10 +113,12 @@ async def chromium(url: str, profile: Path) -> AsyncIterator[Page]:
         target = next(t for t in targets if t["type"] == "page")
         async with websockets.connect(target["webSocketDebuggerUrl"], max_size=None) as ws:
             page = Page(ws)
-            for _ in range(100):
-                if str(await page.eval("location.href")).startswith("http"):
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(
+                lambda: page.eval("location.href"),
+                lambda href: str(href).startswith("http"),
+                interval_s=0.05,
+                what="the page loaded",
+            )
             yield page
     finally:
         if proc.returncode is None:
@@ -122,14 +130,12 @@ async def chromium(url: str, profile: Path) -> AsyncIterator[Page]:
                 await proc.wait()
 
 
-async def poll(page: Page, cond: Any, timeout_s: float = 20.0) -> dict[str, Any]:
-    stats: dict[str, Any] = {}
-    for _ in range(int(timeout_s / 0.25)):
-        stats = await page.eval(VIEWER_STATS)
-        if cond(stats):
-            return stats
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"viewer did not get there: {stats}")
+async def poll(page: Page, cond: Any, timeout_s: float = WAIT_S) -> dict[str, Any]:
+    """The viewer's stats once `cond` holds on them (deadline: a busy box is slow)."""
+    stats: dict[str, Any] = await eventually(
+        lambda: page.eval(VIEWER_STATS), cond, timeout_s, what="viewer stats"
+    )
+    return stats
 
 
 @pytest.mark.parametrize("codec", ["H264", "VP8"])
@@ -184,16 +190,30 @@ async def test_chromium_simulcast_publisher_to_chromium_viewer(
             ),
         )
         assert high["video"]["keyframes"] > low["video"]["keyframes"]
-        stats = (
-            await client.get(server.admin_url + "/sfu/stats", params={"viewers": "true"})
-        ).json()
+
+        async def sfu_stats() -> dict[str, Any]:
+            r = await client.get(server.admin_url + "/sfu/stats", params={"viewers": "true"})
+            data: dict[str, Any] = r.json()
+            return data
+
+        # Chrome negotiated transport-cc: its own TWCC feedback drives the estimate. The
+        # delivered rate is measured over a 1 s window of the arrivals Chrome reports (a
+        # feedback every ~100 ms): read it once that window is filled, not at one instant
+        # (right after a switch, or with Chrome's feedback late on a busy box, it can be
+        # empty).
+        stats = await eventually(
+            sfu_stats,
+            lambda s: (
+                bool(s.get("viewers"))
+                and s["viewers"][0]["delivered_bps"] > 0
+                and s["viewers"][0]["tier"] in ("high", "standard")
+            ),
+            what="the adaptive viewer's delivered rate and tier",
+        )
         assert stats["viewers_connected"] == 1
-        # Chrome negotiated transport-cc: its own TWCC feedback drives the estimate
         assert stats["adaptive_viewers"] == 1 and "twcc_malformed" not in stats["drops"]
         # Chrome pads its transport-cc feedback (P bit): read, not dropped as malformed
         assert "rtcp_malformed" not in stats["drops"], stats["drops"]
-        (adaptive,) = stats["viewers"]
-        assert adaptive["delivered_bps"] > 0 and adaptive["tier"] in ("high", "standard")
         assert (await client.delete(location, headers=view_auth)).status_code == 200
 
 
@@ -204,7 +224,14 @@ async def test_transport_cc_feedback_lets_chromium_send_its_top_layer_soon(
     """Chrome's send-side estimate starts at 300 kbps; on RTCP RR loss alone it grows
     ~8 %/s, so the 720p top layer stayed off for ~20 s (measured: 20.5 s, at an
     estimate of 1.44 Mbps). With the SFU's transport-cc feedback Chrome's start-up
-    probe succeeds and all three layers go out from the first second."""
+    probe succeeds and all three layers go out from the first second.
+
+    Known to fail on a heavily loaded host (load average 10-40 on 2 cores): the SFU
+    stamps a packet's arrival when its starved event loop reads it (measured there:
+    p95 8.5 / p99 25 / max 57 ms late, against 0.07 / 0.10 / 9 ms for the kernel's
+    SO_TIMESTAMPNS), and Chrome's delay-based estimator reads that jitter as queuing:
+    its estimate stayed ~0.8 Mbps for 60 s. Kernel receive timestamps for the feedback
+    would remove it; the test keeps the product's claim rather than hiding the gap."""
     server = server_factory()
     room = "browser-twcc"
     auth = {"authorization": f"Bearer {issue_token(SECRET, room, 'publisher')}"}

@@ -29,9 +29,19 @@ from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu.dtls import DtlsState
 from tchat.sfu.rtp import h264_keyframe_start
 
-from .sfu_helpers import SECRET, assert_continuous_layer_switches, auth, join_viewer, wait_for
+from .sfu_helpers import (
+    SECRET,
+    WAIT_S,
+    assert_continuous_layer_switches,
+    auth,
+    eventually,
+    join_viewer,
+    wait_for,
+)
 
-CLUSTER_WAIT_S = 20.0  # instance processes and the relay: a little more than one SFU
+# Instance processes (each imports aiortc, PyAV…), restarts and the relay: on a busy
+# 2-core box a restart alone took over 10 s; deadlines bound failures, not successes.
+CLUSTER_WAIT_S = 2 * WAIT_S
 
 
 def payloads(peer: ClientPeer) -> int:
@@ -51,10 +61,13 @@ async def stats(client: httpx.AsyncClient) -> dict[str, Any]:
     return data
 
 
-def assert_clean(peer: ClientPeer) -> None:
+def assert_clean(peer: ClientPeer, where: str = "") -> None:
     assert peer.stats.decrypt_errors == 0
-    for s in peer.stats.streams.values():
-        assert s.bad_payloads == 0 and s.gaps == 0
+    for ssrc, s in peer.stats.streams.items():
+        assert s.bad_payloads == 0 and s.gaps == 0, (
+            f"viewer on {where}: ssrc {ssrc} gaps {s.gaps} bad {s.bad_payloads} "
+            f"of {s.received} received"
+        )
 
 
 @pytest.mark.parametrize("instances", [2, 3])
@@ -77,9 +90,9 @@ async def test_every_viewer_on_every_instance_receives_the_stream(
             viewers.append((peer, await join_viewer(client, room, peer, ("low", "mid")[i % 2])))
         placed = {instance_of(loc) for _, loc in viewers}
         assert len(placed) == instances, f"viewers not spread: {placed}"
-        await wait_for(lambda: all(payloads(p) >= 150 for p, _ in viewers), 30)
-        for peer, _ in viewers:
-            assert_clean(peer)
+        await wait_for(lambda: all(payloads(p) >= 150 for p, _ in viewers), CLUSTER_WAIT_S)
+        for peer, loc in viewers:
+            assert_clean(peer, instance_of(loc))
             video = [s for s in peer.stats.streams.values() if s.keyframe_first is not None]
             assert [s.keyframe_first for s in video] == [True]
         data = await stats(client)
@@ -102,15 +115,14 @@ async def test_every_viewer_on_every_instance_receives_the_stream(
                 assert r.status_code == 200
                 peer.close()
 
-        async def edge_stopped() -> bool:
-            per = (await stats(client))["instances"]
-            return not any(s["id"] == edge_id and room in s["edge_rooms"] for s in per)
-
-        for _ in range(50):
-            if await edge_stopped():
-                break
-            await asyncio.sleep(0.1)
-        assert await edge_stopped()
+        await eventually(
+            lambda: stats(client),
+            lambda d: (
+                not any(s["id"] == edge_id and room in s["edge_rooms"] for s in d["instances"])
+            ),
+            CLUSTER_WAIT_S,
+            what="the edge stops pulling the room",
+        )
         for peer, _ in viewers:
             peer.close()
         await pub.stop(client, issue_token(SECRET, room, "publisher"))
@@ -126,19 +138,27 @@ async def test_layer_switch_on_an_edge_keeps_the_stream_continuous(
         pub = SyntheticPublisher(identity, media, ["l", "m", "h"])
         await pub.start(client, room, issue_token(SECRET, room, "publisher"))
         origin = instance_of(pub.location)
-        # the first viewer lands on the origin (tie → no relay), the second on the edge
-        first = ClientPeer(identity)
-        await join_viewer(client, room, first)
-        peer = ClientPeer(identity, decrypt=True, keep_packets=True)
-        location = await join_viewer(client, room, peer)
-        assert instance_of(location) != origin
+        # the first viewer lands on the origin (tie → no relay), the next on the edge; on a
+        # busy host an instance's late heartbeat can place one more on the origin
+        # (placement is tested above): join until one is on the edge
+        others = [ClientPeer(identity)]
+        await join_viewer(client, room, others[0])
+        for _ in range(6):
+            peer = ClientPeer(identity, decrypt=True, keep_packets=True)
+            location = await join_viewer(client, room, peer)
+            if instance_of(location) != origin:
+                break
+            others.append(peer)
+        else:
+            raise AssertionError(f"no viewer placed on the edge: {await stats(client)}")
         steps = [(2, "h"), (1, "m"), (0, "l")]
         await assert_continuous_layer_switches(
             client, room, location, peer, media, steps, 80, CLUSTER_WAIT_S
         )
         assert peer.stats.decrypt_errors == 0
         peer.close()
-        first.close()
+        for other in others:
+            other.close()
         await pub.stop(client, issue_token(SECRET, room, "publisher"))
 
 
@@ -166,22 +186,28 @@ async def test_killing_an_edge_loses_only_its_viewers_who_reconnect(
         await wait_for(lambda: all(received(p) >= 100 for p, _ in viewers), CLUSTER_WAIT_S)
         edge_id = next(instance_of(loc) for _, loc in viewers if instance_of(loc) != origin)
         os.kill(_pid_of((await stats(client))["instances"], edge_id), signal.SIGKILL)
-        await asyncio.sleep(1.0)
-        marks = [received(p) for p in on_origin + on_edge]
-        await asyncio.sleep(2.0)
-        now = [received(p) for p in on_origin + on_edge]
-        assert all(b > a + 50 for a, b in zip(marks[:2], now[:2], strict=True)), "origin stalled"
-        assert now[2:] == marks[2:], "viewers of the killed edge still receive"
 
-        async def restarted() -> bool:
-            data = await stats(client)
-            return bool(data["restarts"] >= 1 and all("error" not in s for s in data["instances"]))
+        async def origin_viewers_get(more: int) -> None:
+            marks = [received(p) for p in on_origin]
+            await wait_for(
+                lambda: all(received(p) > m + more for p, m in zip(on_origin, marks, strict=True)),
+                CLUSTER_WAIT_S,
+                what="the origin's viewers keep receiving",
+            )
 
-        for _ in range(100):
-            if await restarted():
-                break
-            await asyncio.sleep(0.1)
-        assert await restarted()
+        # media flows on through the origin; what the edge sent before it died drains
+        # meanwhile (our viewers read it in this loop), then nothing more reaches its viewers
+        await origin_viewers_get(50)
+        marks = [received(p) for p in on_edge]
+        await origin_viewers_get(50)
+        assert [received(p) for p in on_edge] == marks, "viewers of the killed edge still receive"
+
+        await eventually(
+            lambda: stats(client),
+            lambda d: d["restarts"] >= 1 and all("error" not in s for s in d["instances"]),
+            CLUSTER_WAIT_S,
+            what="the supervisor restarts the edge",
+        )
         # the lost viewers reconnect (to whichever instance is now least loaded)
         again = []
         for _ in on_edge:
@@ -233,26 +259,28 @@ async def test_killing_the_origin_ends_the_room_everywhere(
         late.close()
         pub.peer.close()
         pub2 = SyntheticPublisher(identity, media, ["l", "m", "h"])
-        for _ in range(50):  # the supervisor notices the death within a heartbeat
+        deadline = asyncio.get_running_loop().time() + CLUSTER_WAIT_S
+        while True:  # the supervisor notices the death within a heartbeat
             try:
                 await pub2.start(client, room, token)
                 break
             except RuntimeError:
+                assert asyncio.get_running_loop().time() < deadline, "no new publish accepted"
                 await asyncio.sleep(0.2)
         assert pub2.location
         viewer = ClientPeer(identity)
         await join_viewer(client, room, viewer)
         await wait_for(lambda: received(viewer) >= 100, CLUSTER_WAIT_S)
+
         # the dead origin's recording ends as failed, not "recording" for ever; the new
         # publish records on its own origin
-        states: list[str] = []
-        for _ in range(40):
+        async def states() -> list[str]:
             recs = (await client.get("/recordings", params={"room": room})).json()
-            states = [r["state"] for r in recs["recordings"]]
-            if states == ["recording", "failed"]:
-                break
-            await asyncio.sleep(0.25)
-        assert states == ["recording", "failed"], states
+            return [r["state"] for r in recs["recordings"]]
+
+        await eventually(
+            states, lambda s: s == ["recording", "failed"], CLUSTER_WAIT_S, what="recordings"
+        )
         viewer.close()
         for p, _ in viewers:
             p.close()
@@ -269,11 +297,13 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        for _ in range(100):
+        deadline = time.monotonic() + WAIT_S
+        while True:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
                     break
             except OSError:
+                assert time.monotonic() < deadline, f"redis-server on {port} did not start"
                 time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0", proc
     finally:
@@ -304,19 +334,22 @@ async def test_two_servers_on_one_redis_serve_one_room_and_survive_redis_loss(
                 identity, decrypt=True, known_payloads=known, keyframe_test=h264_keyframe_start
             )
             viewers.append((peer, await join_viewer((ca, cb)[i % 2], room, peer)))
-        await wait_for(lambda: all(payloads(p) >= 150 for p, _ in viewers), 30)
-        for p, _ in viewers:
-            assert_clean(p)
+        await wait_for(lambda: all(payloads(p) >= 150 for p, _ in viewers), CLUSTER_WAIT_S)
+        for p, loc in viewers:
+            assert_clean(p, instance_of(loc))
         ids_a = {s["id"] for s in (await stats(ca))["instances"]}
         ids_b = {s["id"] for s in (await stats(cb))["instances"]}
         placed = {instance_of(loc) for _, loc in viewers}
         assert placed & ids_a and placed & ids_b, "one room served by both servers' instances"
         # Redis goes away: live sessions keep flowing, new ones fail with a clear 503
         redis_proc.terminate()
-        await asyncio.sleep(1.5)
+        redis_proc.wait(10)
         marks = [received(p) for p, _ in viewers]
-        await asyncio.sleep(2.0)
-        assert all(received(p) > m + 50 for (p, _), m in zip(viewers, marks, strict=True))
+        await wait_for(
+            lambda: all(received(p) > m + 50 for (p, _), m in zip(viewers, marks, strict=True)),
+            CLUSTER_WAIT_S,
+            what="every viewer keeps receiving without Redis",
+        )
         late = ClientPeer(identity)
         await late.open()
         r = await cb.post(

@@ -19,7 +19,7 @@ from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu.rtp import h264_keyframe_start
 from tchat.sfu.sdp import MAX_SDP_BYTES
 
-from .sfu_helpers import SDP, SECRET, auth, join_viewer
+from .sfu_helpers import SDP, SECRET, auth, eventually, join_viewer, wait_for
 
 
 def _offers() -> list[tuple[str, bytes]]:
@@ -129,23 +129,31 @@ async def test_garbage_udp_is_dropped_and_viewers_keep_receiving(server_factory)
                 await asyncio.sleep(0.1)
         finally:
             stranger.close()
-        await asyncio.sleep(1.0)
-        stats = (await client.get("/sfu/stats")).json()
-        drops = stats["drops"]
-        assert sum(drops.values()) >= 600, drops
-        for reason in (
+        reasons = (
             "stun_unknown_ufrag",
             "dtls_unknown_peer",
             "rtp_unknown_peer",
             "srtp_unprotect",
             "srtcp_unprotect",
             "unknown_first_byte",
-        ):
-            assert drops.get(reason, 0) > 0, (reason, drops)
+        )
+
+        async def drops() -> dict[str, int]:
+            got: dict[str, int] = (await client.get("/sfu/stats")).json()["drops"]
+            return got
+
+        # the SFU counts the junk as it reads it (late on a busy box): wait for the counts
+        await eventually(
+            drops,
+            lambda d: sum(d.values()) >= 600 and all(d.get(r, 0) > 0 for r in reasons),
+            what="junk dropped and counted by reason",
+        )
         # the sessions survived and media kept flowing, intact and in order
-        assert stats["viewers_connected"] == 1
-        after = sum(s.payloads for s in viewer.stats.streams.values())
-        assert after > before + 50
+        assert (await client.get("/sfu/stats")).json()["viewers_connected"] == 1
+        await wait_for(
+            lambda: sum(s.payloads for s in viewer.stats.streams.values()) > before + 50,
+            what="media flowing after the junk",
+        )
         for s in viewer.stats.streams.values():
             assert s.bad_payloads == 0 and s.gaps == 0
         assert viewer.stats.decrypt_errors == 0

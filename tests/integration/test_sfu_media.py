@@ -27,7 +27,16 @@ from tchat.perf.sfu_media import PreparedMedia
 from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu.rtp import h264_keyframe_start
 
-from .sfu_helpers import SDP, SECRET, assert_continuous_layer_switches, auth, join_viewer, wait_for
+from .sfu_helpers import (
+    SDP,
+    SECRET,
+    WAIT_S,
+    assert_continuous_layer_switches,
+    auth,
+    eventually,
+    join_viewer,
+    wait_for,
+)
 
 
 async def _aiortc_publish(client: httpx.AsyncClient, room: str, codec: str) -> RTCPeerConnection:
@@ -90,18 +99,16 @@ async def test_aiortc_publisher_to_aiortc_viewers_decodes_frames(
             viewers.append((pc, resp.headers["location"]))
         want = ["0-video", "0-audio", "1-video", "1-audio"]
         # decoded frames: the viewers' decoders accepted what the SFU forwarded
-        await wait_for(lambda: all(frames.get(k, 0) >= 20 for k in want), 30)
+        await wait_for(lambda: all(frames.get(k, 0) >= 20 for k in want), what="decoded frames")
         stats = (await client.get("/sfu/stats")).json()
         assert stats["viewers_connected"] == 2 and stats["delivered_packets"] > 0
+
         # the SFU's receiver reports reach the publisher (it derives RTT from them)
-        kinds: set[str] = set()
-        for _ in range(100):
+        async def remote_inbound() -> set[str]:
             report = await pub.getStats()
-            kinds = {s.kind for s in report.values() if s.type == "remote-inbound-rtp"}
-            if kinds == {"audio", "video"}:
-                break
-            await asyncio.sleep(0.1)
-        assert kinds == {"audio", "video"}
+            return {s.kind for s in report.values() if s.type == "remote-inbound-rtp"}
+
+        await eventually(remote_inbound, lambda k: k == {"audio", "video"}, what="receiver reports")
         for pc, location in viewers:
             assert (await client.delete(location, headers=auth(room, "viewer"))).status_code == 200
             await pc.close()
@@ -163,7 +170,9 @@ async def test_layer_switch_keeps_sequence_continuous_and_starts_on_keyframe(
         peer = ClientPeer(identity, decrypt=True, keep_packets=True)
         location = await join_viewer(client, room, peer)
         steps = [(2, "h"), (1, "m")]
-        await assert_continuous_layer_switches(client, room, location, peer, media, steps, 40, 15)
+        await assert_continuous_layer_switches(
+            client, room, location, peer, media, steps, 40, WAIT_S
+        )
         assert pub.restarts["h"] >= 1 and pub.restarts["m"] >= 1  # PLIs reached the publisher
         peer.close()
         await pub.stop(client, issue_token(SECRET, room, "publisher"))

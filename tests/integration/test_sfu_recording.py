@@ -21,17 +21,22 @@ from tchat.perf.sfu_load import MEDIA_CACHE, SyntheticPublisher
 from tchat.perf.sfu_media import prepare
 from tchat.perf.webrtc_peer import Identity
 
-from .sfu_helpers import SECRET
+from .sfu_helpers import SECRET, WAIT_S, eventually
 
 
-async def _recording(client: httpx.AsyncClient, room: str, timeout_s: float, **want: Any) -> Any:
-    recs: list[Any] = []
-    for _ in range(int(timeout_s / 0.25)):
-        recs = (await client.get("/recordings", params={"room": room})).json()["recordings"]
-        if recs and all(recs[0].get(k) == v for k, v in want.items()):
-            return recs[0]
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"no recording of {room} with {want}: {recs}")
+async def _recording(client: httpx.AsyncClient, room: str, **want: Any) -> Any:
+    async def recordings() -> list[Any]:
+        recs: list[Any] = (await client.get("/recordings", params={"room": room})).json()[
+            "recordings"
+        ]
+        return recs
+
+    recs = await eventually(
+        recordings,
+        lambda recs: bool(recs) and all(recs[0].get(k) == v for k, v in want.items()),
+        what=f"a recording of {room} with {want}",
+    )
+    return recs[0]
 
 
 @pytest.mark.parametrize("instances", [1, 2])
@@ -44,24 +49,36 @@ async def test_whip_publish_is_recorded_and_playable(server_factory, instances: 
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         pub = SyntheticPublisher(Identity.create(), media, ["l", "m", "h"])
         await pub.start(client, room, token)
-        live = await _recording(client, room, 10, state="recording")
-        for _ in range(20):  # /live: the cluster's figure comes with the next heartbeat
-            rooms = (await client.get("/live")).json()["rooms"]
-            if rooms and rooms[0]["recording_id"] == live["id"]:
-                break
-            await asyncio.sleep(0.25)
-        assert [r["room"] for r in rooms] == [room] and rooms[0]["recording_id"] == live["id"]
-        # live: the EVENT playlist is served while the stream goes on
-        for _ in range(60):
+        live = await _recording(client, room, state="recording")
+
+        async def live_rooms() -> list[Any]:
+            rooms: list[Any] = (await client.get("/live")).json()["rooms"]
+            return rooms
+
+        # /live: the cluster's figure comes with the next heartbeat
+        rooms = await eventually(
+            live_rooms,
+            lambda rooms: bool(rooms) and rooms[0]["recording_id"] == live["id"],
+            what="the room on /live with its recording",
+        )
+        assert [r["room"] for r in rooms] == [room]
+
+        # live: the EVENT playlist is served while the stream goes on; stop once it has
+        # three 2 s segments (the recording's length, not the clock, decides)
+        async def live_playlist() -> tuple[int, str, Any]:
             r = await client.get(live["playlist_url"])
-            if r.status_code == 200 and r.text.count("#EXTINF") >= 2:
-                break
-            await asyncio.sleep(0.25)
-        assert r.status_code == 200 and "#EXT-X-PLAYLIST-TYPE:EVENT" in r.text, r.text
-        assert "#EXT-X-ENDLIST" not in r.text
-        await asyncio.sleep(2)
+            rec = (await client.get(f"/recordings/{live['id']}")).json()  # for a failure
+            return r.status_code, r.text, {k: rec.get(k) for k in ("state", "detail")}
+
+        _, text, _ = await eventually(
+            live_playlist,
+            lambda got: got[0] == 200 and got[1].count("#EXTINF") >= 3,
+            what="the live playlist with 3 segments",
+        )
+        assert "#EXT-X-PLAYLIST-TYPE:EVENT" in text, text
+        assert "#EXT-X-ENDLIST" not in text
         await pub.stop(client, token)
-        done = await _recording(client, room, 30, state="available")
+        done = await _recording(client, room, state="available")
         assert done["segment_count"] >= 3 and done["duration_s"] >= 4, done
         playlist = (await client.get(done["playlist_url"])).text
         assert "#EXT-X-ENDLIST" in playlist and "#EXT-X-PROGRAM-DATE-TIME" in playlist
@@ -74,7 +91,7 @@ async def test_whip_publish_is_recorded_and_playable(server_factory, instances: 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(probe.communicate(), 60)
+    out, err = await asyncio.wait_for(probe.communicate(), WAIT_S)
     assert probe.returncode == 0, err.decode()
     streams = {s["codec_type"]: s for s in json.loads(out)["streams"]}
     assert streams["video"]["codec_name"] == "h264"

@@ -7,7 +7,7 @@ exactly like OBS's WHIP output.
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
 import httpx
 from aiortc import (
@@ -19,7 +19,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import AudioStreamTrack
 
-from .sfu_helpers import SDP, auth
+from .sfu_helpers import SDP, auth, eventually
 
 
 async def test_obs_style_whip_publish_bearer_no_trickle(server_factory) -> None:  # type: ignore[no-untyped-def]
@@ -46,14 +46,13 @@ async def test_obs_style_whip_publish_bearer_no_trickle(server_factory) -> None:
         session = r.headers["location"]
         await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
 
-        live: dict[str, object] = {}
-        for _ in range(80):
+        async def live_room() -> dict[str, Any]:
             rooms = (await client.get("/live")).json()["rooms"]
-            live = next((x for x in rooms if x["room"] == room), {})
-            if live.get("recording_id"):
-                break
-            await asyncio.sleep(0.25)
-        assert live.get("recording_id"), f"publish not live/recorded: {rooms}"
+            return next((x for x in rooms if x["room"] == room), {})
+
+        live = await eventually(
+            live_room, lambda x: bool(x.get("recording_id")), what="the publish live, recorded"
+        )
         # a trickle PATCH is refused (RFC 9725 §4.3.1 lets a server not support it)
         r = await client.patch(
             session,
@@ -61,14 +60,23 @@ async def test_obs_style_whip_publish_bearer_no_trickle(server_factory) -> None:
             headers={**auth(room, "publisher"), "content-type": "application/trickle-ice-sdpfrag"},
         )
         assert r.status_code == 405
-        await asyncio.sleep(5)
+
+        async def recording() -> dict[str, Any]:
+            rec: dict[str, Any] = (await client.get(f"/recordings/{live['recording_id']}")).json()
+            return rec
+
+        # record until the live playlist has two 2 s segments (not "for 5 s": a busy box
+        # encodes and remuxes late)
+        playlist_url = (await recording())["playlist_url"]
+        await eventually(
+            lambda: client.get(playlist_url),
+            lambda r: r.status_code == 200 and r.text.count("#EXTINF") >= 2,
+            what="two recorded segments",
+        )
         assert (await client.delete(session, headers=auth(room, "publisher"))).status_code == 200
         await pc.close()
-        rec: dict[str, object] = {}
-        for _ in range(120):
-            rec = (await client.get(f"/recordings/{live['recording_id']}")).json()
-            if rec["state"] in ("available", "failed"):
-                break
-            await asyncio.sleep(0.25)
+        rec = await eventually(
+            recording, lambda r: r["state"] in ("available", "failed"), what="the recording ends"
+        )
         assert rec["state"] == "available", rec
         assert not any(x["room"] == room for x in (await client.get("/live")).json()["rooms"])

@@ -18,6 +18,16 @@ The right layer per link: the policy keeps a layer while its sent rate (RTP, wit
 audio) fits the estimate (~85 % of the link) and climbs only with 20 % headroom:
 3 Mbps → 2 (1.5 Mbps), 1.5 Mbps → 1 (500 kbps), 600 kbps → 0 (150 kbps; the 500 kbps
 layer sends ~560 kbit/s). Viewers join 3 s after the publisher (layer rates measured).
+
+Targets (reported with their verdict; enforced by `make test-latency`): p95 <= 150 ms,
+0 rebuffers, convergence within 2/3 of the run, the top layer before the step,
+downgrade within 2 s, upgrade <= 5 s after allowed. Gates (enforced by `make test` too,
+tchat.perf.results): what the adaptation decides on a shaped link — the expected layer
+and tier, <= 1 % loss, no oscillation and, where the hysteresis viewer had reached the
+top layer before the step, down while the link is down and up no sooner than the 10 s
+hold — and p99 under the guide's tier ceilings (1 / 3 / 5 s, 8x and more above what is
+measured, docs/latency.md). Timings that a busy box stretches (the viewers stamp
+arrivals in their own event loop: late frames, p95, the probes' pace) are targets.
 """
 
 from __future__ import annotations
@@ -280,10 +290,15 @@ def _tier_test(run: dict[str, Any], record: Any, name: str) -> None:
             "p95_latency_ms": f"<= {min(ceiling, AIM_P95_MS)}",
             "p99_latency_ms": f"<= {ceiling}",
             "rebuffer_events": "== 0",
+            "converged_s": f"<= {DURATION * 2 / 3:g}",
+        }
+    )
+    record.gates.update(
+        {
+            "p99_latency_ms": f"<= {ceiling}",
             "loss_pct": "<= 1",
             "layer_ok": "== 1",
             "tier_index": f"== {tier_index}",
-            "converged_s": f"<= {DURATION * 2 / 3:g}",
         }
     )
     rows, _ = _sfu_view(run, list(TIER_LINKS).index(name))
@@ -394,6 +409,15 @@ def test_TestQualitySwitchingHysteresis(lab_run: dict[str, Any], record: Any) ->
             "oscillations": "== 0",
         }
     )
+    record.gates["oscillations"] = "== 0"
+    if start_layer == 2:  # it had climbed to the top before the step (a timing: a target)
+        record.gates["downgrade_s"] = f"<= {STEP_BACK_AFTER:g}"  # down while the link was
+        record.gates["upgrade_after_downgrade_s"] = ">= 10"  # the hold
+    else:
+        record.notes.append(
+            f"the viewer was on layer {start_layer} at the step, not the top: the step's "
+            "gates do not apply (its targets report it)"
+        )
     assert_targets(record)
 
 
@@ -430,6 +454,7 @@ def test_TestAllLatencyTargets(lab_run: dict[str, Any], record: Any) -> None:
             record.metrics[f"{name}_{key}"] = metrics[key]
         record.metrics[f"{name}_estimate_error_pct"] = metrics["estimate_error_pct"]
         record.targets[f"{name}_p99_latency_ms"] = f"< {TIERS[tier_index].ceiling_ms}"
+        record.gates[f"{name}_p99_latency_ms"] = f"< {TIERS[tier_index].ceiling_ms}"
     assert_targets(record)
 
 

@@ -244,3 +244,26 @@ def test_an_adaptive_edge_viewer_demands_every_layer_up_to_its_cap(identity: Ide
         edge_track.tick(clock.t)
     # the policy's positions map to these indices (worker._abr_tick)
     assert [index for index, _ in edge_track.layer_rates()] == [0, 1]
+
+
+def test_a_viewer_placed_while_the_stats_were_in_flight_counts_as_pending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The heartbeat's counts are as of the /stats request; one stored seconds later (a
+    busy host) must not hide a viewer placed in between: it stays pending, so the next
+    viewer goes to the other instance."""
+    from tchat.config import load_settings
+    from tchat.sfu import cluster_api
+
+    cluster = cluster_api.Cluster(load_settings(NUM_SFU_INSTANCES=2))
+    clock = [1000.0]
+    monkeypatch.setattr(cluster_api.time, "time", lambda: clock[0])
+    cluster.placed("a")  # at 1000.0, after a's stats were asked (999.5)
+    a = InstanceRecord("a", 1, "127.0.0.1", "http://a", 2, 1, viewers=0, seen=1002.0)
+    b = InstanceRecord("b", 2, "127.0.0.1", "http://b", 3, 2, viewers=0, seen=1002.0)
+    a.sampled = b.sampled = 999.5
+    clock[0] = 1002.5
+    assert cluster.pending([a, b]) == {"a": 1}
+    assert pick([a, b], cluster.pending([a, b]), "a") is b
+    a.sampled = 1000.5  # a later sample counts it in `viewers`: no longer pending
+    assert cluster.pending([a, b]) == {}

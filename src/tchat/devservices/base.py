@@ -156,12 +156,31 @@ class Service:
         return True
 
 
+APT_LOCK_WAIT_S = 600  # another apt/dpkg (unattended-upgrades, a second make) finishes first
+
+
+def _apt_get(*args: str) -> int:
+    """apt-get that waits for another apt instead of failing: DPkg::Lock::Timeout covers
+    the dpkg lock; apt 2.6 does not wait for the lists or archives lock, so a lock error
+    is retried (as scripts/apt-get.sh does)."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "-o", f"DPkg::Lock::Timeout={APT_LOCK_WAIT_S}", *args]
+    deadline = time.monotonic() + APT_LOCK_WAIT_S
+    while True:
+        proc = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        sys.stderr.write(proc.stderr)
+        locked = "Could not get lock" in proc.stderr or "Unable to lock" in proc.stderr
+        if proc.returncode == 0 or not locked or time.monotonic() > deadline:
+            return proc.returncode
+        print("[apt] another apt/dpkg holds its lock; waiting …", file=sys.stderr, flush=True)
+        time.sleep(5)
+
+
 def apt_install(*packages: str) -> None:
     """Install Debian packages (we run as root on dev and CI machines)."""
     if os.geteuid() != 0:
         raise ServiceError(f"need root to install {' '.join(packages)} (or install them yourself)")
     print(f"[apt] installing {' '.join(packages)} …", file=sys.stderr, flush=True)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    if subprocess.run(["apt-get", "install", "-y", "-q", *packages], env=env).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, check=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", *packages], env=env, check=True)
+    if _apt_get("install", "-y", "-q", *packages) != 0:
+        if _apt_get("update", "-q") != 0 or _apt_get("install", "-y", "-q", *packages) != 0:
+            raise ServiceError(f"apt-get could not install {' '.join(packages)}")

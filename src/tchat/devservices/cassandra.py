@@ -7,6 +7,8 @@ into the user cache (outside the clone), so a fresh clone does not fetch again.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,6 +16,25 @@ import textwrap
 from pathlib import Path
 
 from tchat.devservices.base import CACHE_DIR, Service, ServiceError
+
+
+def java17() -> str | None:
+    """A Java 17 to run Cassandra 5.0 on: JAVA_HOME's, the `java` on PATH, or Debian's
+    openjdk-17 (a machine whose default java is newer may still have 17 installed)."""
+    candidates = [os.path.join(os.environ.get("JAVA_HOME", "/nonexistent"), "bin", "java")]
+    candidates.append(shutil.which("java") or "/nonexistent")
+    candidates += sorted(str(p) for p in Path("/usr/lib/jvm").glob("java-17-openjdk-*/bin/java"))
+    for java in candidates:
+        if not os.access(java, os.X_OK):
+            continue
+        try:
+            out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if re.search(r'version "17[."]', out.stderr + out.stdout):
+            return java
+    return None
+
 
 VERSION = "5.0.8"
 PORT = 9042
@@ -156,8 +177,12 @@ class CassandraService(Service):
         )
 
     def command(self) -> list[str]:
-        if not shutil.which("java"):
-            raise ServiceError("cassandra: `java` (17) not found (apt-get install openjdk-17-jre)")
+        java = java17()
+        if java is None:
+            raise ServiceError(
+                "cassandra: no Java 17 found (JAVA_HOME, `java` on PATH, /usr/lib/jvm): "
+                "apt-get install openjdk-17-jre-headless"
+            )
         root = self.data_dir.resolve()
         for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw", "logs"):
             (root / sub).mkdir(parents=True, exist_ok=True)
@@ -165,7 +190,7 @@ class CassandraService(Service):
         (root / "logback.xml").write_text(_LOGBACK.format(logdir=root / "logs"))
         jamm = self.lib_dir / "jamm-0.4.0.jar"
         return [
-            "java",
+            java,
             "-Xms1G",
             "-Xmx1G",
             "-Xss512k",

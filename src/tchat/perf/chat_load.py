@@ -6,6 +6,9 @@ Modes (same prepared INSERT, same concurrency, same processes):
   as the previous one is acknowledged): the store path's ceiling;
 - `driver` — a bare scylla-driver loop: each slot chains execute_async callbacks on
   the driver's own threads, no asyncio: what driver + database do on this box.
+- `driver-paced` — the same bare driver, paced (writers x rate per second, evenly
+  spread): the baseline the store path's latency is compared with in the same run
+  (tests/performance/test_chat.py), as Cassandra's tails land in both alike.
 
 Each process returns per-second completion counts, failures and a latency sample
 (reservoir), merged by `run_writers`.
@@ -27,7 +30,7 @@ SAMPLE_PER_PROCESS = 100_000
 
 @dataclass
 class WriterConfig:
-    mode: str  # store | store-max | driver
+    mode: str  # store | store-max | driver | driver-paced
     processes: int
     writers: int  # total, split over processes
     rate_per_writer: float  # msgs/s (ignored by the closed-loop modes)
@@ -90,7 +93,7 @@ def _process_main(cfg: WriterConfig, index: int, out: Any) -> None:
         pass
     cpu0 = time.process_time()
     writers = _share(cfg.writers, cfg.processes, index)
-    if cfg.mode == "driver":
+    if cfg.mode in ("driver", "driver-paced"):
         result = _driver_loop(cfg, writers, index)
     else:
         result = asyncio.run(_store_loop(cfg, writers, index))
@@ -169,8 +172,9 @@ async def _store_loop(cfg: WriterConfig, writers: int, index: int) -> WriterResu
 
 
 def _driver_loop(cfg: WriterConfig, slots: int, index: int) -> WriterResult:
-    """Bare driver ceiling: a plain loop issuing execute_async with at most `slots` in
-    flight (a semaphore released by the driver's callbacks); no asyncio, no store code."""
+    """Bare driver: a plain loop issuing execute_async with at most `slots` in flight (a
+    semaphore released by the driver's callbacks); no asyncio, no store code. Closed loop
+    (`driver`: the ceiling) or paced at slots x rate_per_writer (`driver-paced`)."""
     from cassandra.cluster import Cluster
 
     from tchat.chat.cql import bucket_of
@@ -207,8 +211,17 @@ def _driver_loop(cfg: WriterConfig, slots: int, index: int) -> WriterResult:
     delay = cfg.start_at - time.time()
     if delay > 0:
         time.sleep(delay)
+    interval = 1.0 / (slots * cfg.rate_per_writer) if cfg.mode == "driver-paced" else 0.0
+    next_at = cfg.start_at
     n = 0
     while time.time() < end:
+        if interval:
+            delay = next_at - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            next_at += interval
+            if time.time() >= end:
+                break
         in_flight.acquire()
         mid = ids.next_id()
         created_ms = id_time_ms(mid)

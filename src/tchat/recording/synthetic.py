@@ -104,12 +104,13 @@ class SyntheticStream:
             await self.proc.wait()
 
 
-async def wait_udp_listener(port: int, timeout_s: float = 10.0) -> bool:
+async def wait_udp_listener(port: int, timeout_s: float = 60.0) -> bool:
     """True once something is bound to UDP port (Linux /proc/net/udp).
 
     A publisher that starts before the recorder listens loses its first keyframe,
     and the first segment then begins mid-GOP; the tests start their source after
-    this, as the SFU will ask for a keyframe once the recorder is ready.
+    this, as the SFU will ask for a keyframe once the recorder is ready. The deadline is
+    generous: FFmpeg starts in ~0.2 s, but took over 10 s on a busy 2-core box.
     """
     needle = f":{port:04X}"  # FFmpeg binds the port on any address
     loop = asyncio.get_running_loop()

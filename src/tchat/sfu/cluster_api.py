@@ -65,7 +65,10 @@ class Cluster:
         not count them yet)."""
         now = time.time()
         self._placed = [p for p in self._placed if now - p[0] < PENDING_S]
-        seen = {i.id: i.seen for i in insts}
+        # placements after the sample of the counts (not after the heartbeat was stored:
+        # on a busy host /stats can answer seconds later, and a viewer placed meanwhile
+        # would be in neither the count nor pending)
+        seen = {i.id: i.sampled or i.seen for i in insts}
         out: dict[str, int] = {}
         for t, iid in self._placed:
             if t > seen.get(iid, 0.0):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,14 @@ from tchat.sfu.forwarder import HIGH, Track
 from tchat.sfu.ice import Addr
 from tchat.sfu.rtp import HEADER
 from tchat.sfu.settings import SfuSettings
-from tchat.sfu.worker import Peer, Room, SessionError, SfuWorker, track_for
+from tchat.sfu.worker import (
+    SOCKET_BUFFER_BYTES,
+    Peer,
+    Room,
+    SessionError,
+    SfuWorker,
+    track_for,
+)
 
 log = logging.getLogger("tchat.sfu.relay")
 MEDIA, PLI, NACK, DEMAND, KEEPALIVE, END, BYE = 1, 2, 3, 4, 5, 6, 7
@@ -174,6 +182,15 @@ class ClusterWorker(SfuWorker):
         )
         self.relay_transport = transport
         self.relay_port = transport.get_extra_info("sockname")[1]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # every layer of every relayed room arrives here: the worker socket's buffers,
+            # so an edge that stalls for a moment does not drop (and NACK) what queued
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
+                except OSError:
+                    pass
 
     async def stop(self) -> None:
         for sub in list(self.origin_subs.values()):

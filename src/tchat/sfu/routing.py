@@ -8,7 +8,8 @@ route. Redis failing raises `RoutingUnavailable` (HTTP 503 for new sessions); me
 already flowing never touches this module.
 
 Placement (`pick`): the instance with the fewest viewers (as last reported, plus what
-this process placed after that report), skipping instances above their CPU limit;
+this process placed after that report's sample was taken), skipping instances above
+their CPU limit;
 ties go to the room's origin (no relay), then to the lowest id.
 """
 
@@ -42,6 +43,9 @@ class InstanceRecord:
     load: float = 0.0
     max_load: float = 0.9
     seen: float = 0.0  # wall clock of the last heartbeat
+    # wall clock when `viewers` was sampled (the stats request went out): a viewer placed
+    # after it is not in the count yet, whenever the heartbeat got stored
+    sampled: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -31,7 +31,9 @@ HEARTBEAT_S = 1.0
 # a live process whose /stats does not answer (busy) stays routable this many beats;
 # after that its record is left to expire (a hung instance leaves routing)
 MAX_MISSED_STATS = 5
-START_TIMEOUT_S = 30.0
+# an instance process imports and binds in ~1 s; on a busy 2-core host it took over 30 s
+# (load average ~30): waiting longer costs nothing when it starts, failing costs the server
+START_TIMEOUT_S = 120.0
 # a node stopping finalizes its recordings (bounded by FINALIZE_BUDGET_S) before it exits
 STOP_TIMEOUT_S = FINALIZE_BUDGET_S + 5.0
 RESTART_BACKOFF_S = 1.0
@@ -174,6 +176,7 @@ class Supervisor:
             self._restarting[index] = task
             task.add_done_callback(lambda _: self._restarting.pop(index, None))
             return
+        asked = time.time()  # the counts below are as of this moment, or later
         try:
             resp = await self._client.get(inst.record.control + "/stats")
             inst.stats = resp.json()
@@ -183,6 +186,7 @@ class Supervisor:
                 await self._publish(inst)  # alive but busy: keep it routable
             return
         inst.missed = 0
+        inst.record.sampled = asked
         inst.record.viewers = int(inst.stats.get("viewers", 0))  # type: ignore[call-overload]
         inst.record.load = float(inst.stats.get("load", 0.0))  # type: ignore[arg-type]
         await self._publish(inst)

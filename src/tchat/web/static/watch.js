@@ -89,6 +89,9 @@ async function watch() {
   } catch (err) {
     clearTimeout(iceTimer);
     pc.close();
+    // abandoned meanwhile (a slow WHEP answer outlived ICE_TIMEOUT_MS and the HLS fallback
+    // took over): its error, e.g. setRemoteDescription on the closed pc, is no news
+    if (pc !== state.pc) return;
     state.pc = null;
     if (err instanceof HttpError && err.status === 404) {
       setStatus("offline");
