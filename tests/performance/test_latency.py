@@ -57,7 +57,7 @@ from tchat.perf.browser_viewer import (
 )
 from tchat.perf.browser_viewer import summarize as browser_summary
 from tchat.perf.netlab import NetLab, can_create_namespaces
-from tchat.perf.results import REPORTS_DIR, percentile
+from tchat.perf.results import REPORTS_DIR, TestResult, percentile
 from tchat.perf.server import free_port, serve_process
 from tchat.perf.sfu_load import AUDIO_LAYER, MEDIA_CACHE, SyntheticPublisher
 from tchat.perf.sfu_media import LATENCY_LAYERS, prepare
@@ -527,16 +527,11 @@ BROWSER_TIERS = (
 )
 
 
-def _bounds(record: Any, gates: dict[str, str], targets: dict[str, str]) -> None:
+def _bounds(record: TestResult, gates: dict[str, str], targets: dict[str, str]) -> None:
     """Gates: correctness, fail `make test` too; targets: absolute figures of this machine,
-    reported with their verdict and failing `make test-latency` (tchat.perf.results).
-    Where the results contract has no gates yet, they are enforced as targets."""
+    reported with their verdict and failing `make test-latency` (tchat.perf.results)."""
     record.targets.update(targets)
-    if hasattr(record, "gates"):
-        record.gates.update(gates)
-    else:  # a bound that is both keeps its (stricter) target
-        for name, bound in gates.items():
-            record.targets.setdefault(name, bound)
+    record.gates.update(gates)
 
 
 def _udp_errors(netns: str | None = None) -> dict[str, int]:
