@@ -213,3 +213,60 @@ class TcpProxy:
         if self._server:
             self._server.close()
             await self._server.wait_closed()
+
+
+# --- CQL node leases: an INSERT is an upsert, so two writers must never share a node ---
+
+
+async def test_cql_writers_lease_distinct_node_numbers(
+    services_answering: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tchat.chat.cql as cql
+
+    monkeypatch.setattr(cql.secrets, "randbelow", lambda n: 7)  # both try node 7 first
+    first, second = cql_store(), cql_store()
+    await first.start()
+    await second.start()
+    try:
+        a = await first.claim_node(lambda n: None)
+        b = await second.claim_node(lambda n: None)
+        assert a is not None and b is not None and a != b
+        # The loser of the race wrote nothing under the winner's number.
+        rows = await first._run(f"SELECT owner FROM {KEYSPACE}.chat_nodes WHERE node = %s", (a,))
+        assert rows[0][0] == first._node_owner
+    finally:
+        await second.close()
+    rows = await first._run(f"SELECT owner FROM {KEYSPACE}.chat_nodes WHERE node = %s", (b,))
+    assert rows == []  # close() gave the number back
+    await first.close()
+
+
+async def test_cql_writer_moves_when_its_lease_was_lost(
+    services_answering: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tchat.chat.cql as cql
+
+    monkeypatch.setattr(cql, "NODE_RENEW_S", 0.05)
+    store = cql_store()
+    await store.start()
+    moved: asyncio.Queue[int] = asyncio.Queue()
+    node: int | None = None
+    try:
+        node = await store.claim_node(moved.put_nowait)
+        assert node is not None
+        # As after an outage longer than the lease: the row expired and another took it.
+        await store._run(
+            f"UPDATE {KEYSPACE}.chat_nodes SET owner = 'someone-else' WHERE node = %s", (node,)
+        )
+        new = await asyncio.wait_for(moved.get(), timeout=30)
+        assert new != node and store._node == new
+    finally:
+        await store.close()
+        await store_cleanup(node)
+
+
+async def store_cleanup(node: int | None) -> None:
+    s = cql_store()
+    await s.start()
+    await s._run(f"DELETE FROM {KEYSPACE}.chat_nodes WHERE node = %s", (node,))
+    await s.close()

@@ -24,6 +24,12 @@ Moderation (tchat.chat.moderation):
                                               roles: one partition read loads a room;
                                               timeouts are written USING TTL = their length
     moderation_log ((room), id DESC)        — every action, kept CHAT_TTL like messages
+
+Message ids (tchat.chat.ids) carry a 10-bit node number. A CQL INSERT is an upsert, so
+two writers drawing one id would silently overwrite an acknowledged message: without a
+bus that hands out node numbers (Redis), each writer leases one in `chat_nodes` with a
+lightweight transaction (INSERT … IF NOT EXISTS, renewed IF owner = us; once per process
+and per NODE_RENEW_S, never per message).
 """
 
 from __future__ import annotations
@@ -33,12 +39,13 @@ import heapq
 import json
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from tchat.aio import cancel_and_wait
-from tchat.chat.ids import id_time_ms
+from tchat.chat.ids import NODE_BITS, id_time_ms
 from tchat.chat.models import Message
 from tchat.chat.moderation_models import LogEntry, StateRow, StoredMessage
 from tchat.chat.store import StoreUnavailable
@@ -51,6 +58,9 @@ _MASK64 = (1 << 64) - 1
 WINDOWS_CACHE_S = 5.0
 MAX_BATCH = 64  # messages per single-partition batch
 MAX_BATCH_BYTES = 16 * 1024  # text bytes per batch (Cassandra's default warning: 5 KiB)
+NODE_LEASE_S = 60  # a node number outlives its holder by at most this long
+NODE_RENEW_S = 15.0
+NODE_COUNT = 1 << NODE_BITS
 
 
 def bucket_of(message_id: int, buckets: int) -> int:
@@ -89,6 +99,7 @@ def schema_statements(
               PRIMARY KEY (room, id)
             ) WITH CLUSTERING ORDER BY (id DESC)
               AND default_time_to_live = {ttl_s}""",
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.chat_nodes (node int PRIMARY KEY, owner text)",
     ]
 
 
@@ -144,6 +155,10 @@ class CqlChatStore:
         self._flushing: set[tuple[str, int, int]] = set()
         self._flush_tasks: set[asyncio.Task[None]] = set()
         self._connector: asyncio.Task[None] | None = None
+        self._node: int | None = None
+        self._node_owner = secrets.token_hex(8)
+        self._node_keeper: asyncio.Task[None] | None = None
+        self._node_wanted: Callable[[int], None] | None = None
         self._last_error = "not connected yet"
         self._connected = asyncio.Event()
 
@@ -175,14 +190,12 @@ class CqlChatStore:
         while self._session is None:
             try:
                 await loop.run_in_executor(None, self._connect)
-                self._connected.set()
-                log.info(
-                    "cql store connected to %s keyspace=%s", self.contact_points, self.keyspace
-                )
-                return
             except Exception as exc:
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(self.connect_retry_s)
+        self._connected.set()
+        log.info("cql store connected to %s keyspace=%s", self.contact_points, self.keyspace)
+        await self._lease_soon()  # claim_node() came before the cluster answered
 
     def _connect(self) -> None:
         from cassandra import ConsistencyLevel
@@ -283,6 +296,9 @@ class CqlChatStore:
     async def close(self) -> None:
         if self._connector:
             await cancel_and_wait(self._connector)
+        if self._node_keeper:
+            await cancel_and_wait(self._node_keeper)
+            await self._release_node()
         if self._flush_tasks:  # let accepted writes finish (they fail fast if unreachable)
             await asyncio.gather(*self._flush_tasks, return_exceptions=True)
         if self._cluster is not None:
@@ -297,6 +313,84 @@ class CqlChatStore:
             return True
         except StoreUnavailable:
             return False
+
+    # --- node lease (ids never collide, so an INSERT never overwrites) --------------------
+    async def claim_node(self, moved: Callable[[int], None]) -> int | None:
+        """Lease a free node number now or, if the cluster does not answer yet, as soon as
+        it does (then moved(n)); append() refuses until then, so no message is written
+        under a number another writer may hold."""
+        self._node_wanted = moved
+        if self._session is not None:
+            try:
+                await self._lease_any()
+                self._node_keeper = asyncio.create_task(self._keep_node(), name="chat-cql-node")
+                return self._node
+            except StoreUnavailable as exc:
+                log.warning("no chat node leased yet: %s", exc)
+                self._connector = asyncio.create_task(self._lease_soon(), name="chat-cql-node")
+        return None
+
+    async def _lease_soon(self) -> None:
+        while self._node_wanted is not None and self._node is None:
+            try:
+                await self._lease_any()
+                assert self._node is not None
+                self._node_wanted(self._node)
+                self._node_keeper = asyncio.create_task(self._keep_node(), name="chat-cql-node")
+            except StoreUnavailable as exc:
+                self._last_error = str(exc)
+                await asyncio.sleep(self.connect_retry_s)
+
+    async def _lease_any(self) -> None:
+        ks = self.keyspace
+        start = secrets.randbelow(NODE_COUNT)
+        for i in range(NODE_COUNT):
+            node = (start + i) % NODE_COUNT
+            rows = await self._run(
+                f"INSERT INTO {ks}.chat_nodes (node, owner) VALUES (%s, %s) "
+                f"IF NOT EXISTS USING TTL {NODE_LEASE_S}",
+                (node, self._node_owner),
+            )
+            if rows and rows[0][0]:
+                self._node = node
+                log.info("chat ids: leased node %d in %s.chat_nodes", node, ks)
+                return
+        raise StoreUnavailable(f"all {NODE_COUNT} chat node numbers are leased")
+
+    async def _keep_node(self) -> None:
+        ks = self.keyspace
+        while True:
+            await asyncio.sleep(NODE_RENEW_S)
+            try:
+                if self._node is not None:
+                    rows = await self._run(
+                        f"UPDATE {ks}.chat_nodes USING TTL {NODE_LEASE_S} SET owner = %s "
+                        "WHERE node = %s IF owner = %s",
+                        (self._node_owner, self._node, self._node_owner),
+                    )
+                    if rows and rows[0][0]:
+                        continue
+                    # The lease ran out (store unreachable for NODE_LEASE_S) and another
+                    # writer may hold the number now: stop writing under it.
+                    log.warning("chat node %s lease lost; leasing another", self._node)
+                    self._node = None
+                await self._lease_any()
+                assert self._node is not None and self._node_wanted is not None
+                self._node_wanted(self._node)
+            except StoreUnavailable as exc:
+                log.warning("chat node lease not renewed: %s", exc)
+
+    async def _release_node(self) -> None:
+        if self._node is None:
+            return
+        try:
+            await self._run(
+                f"DELETE FROM {self.keyspace}.chat_nodes WHERE node = %s IF owner = %s",
+                (self._node, self._node_owner),
+            )
+        except StoreUnavailable:
+            pass  # the lease runs out by itself
+        self._node = None
 
     # --- requests -------------------------------------------------------------------
     async def _run(self, statement: Any, params: Sequence[Any]) -> list[Any]:
@@ -330,6 +424,8 @@ class CqlChatStore:
         return int(unix_s // self.window_s)
 
     async def append(self, message: Message) -> None:
+        if self._node_wanted is not None and self._node is None:
+            raise StoreUnavailable("chat store (CQL): no chat node number leased yet")
         win = self.window_of(message.created_at)
         bucket = bucket_of(message.id, self.buckets)
         params = (

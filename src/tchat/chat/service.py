@@ -109,11 +109,18 @@ class ChatService:
         await self.presence.start()
         if self.node_id is None:
             # Ids from two instances must never collide: a collision would overwrite an
-            # acknowledged message. The bus hands out distinct node numbers when it can.
+            # acknowledged message. The bus hands out distinct node numbers when it can,
+            # else the store leases one (CQL) or refuses a taken id itself (SQLite).
             node = await self.bus.allocate_node()
+            if node is None:
+                node = await self.store.claim_node(self._move_node)
             if node is not None:
                 self.ids = IdGenerator(node)
         log.info("chat ids from node %d", self.ids.node)
+
+    def _move_node(self, node: int) -> None:
+        log.warning("chat ids now from node %d", node)
+        self.ids = IdGenerator(node)
 
     async def close(self) -> None:
         await self.presence.close()

@@ -327,6 +327,9 @@ class SqliteChatStore:
     async def healthy(self) -> bool:
         return self._writer is not None and not self._writer.done()
 
+    async def claim_node(self, moved: Callable[[int], None]) -> int | None:
+        return None  # a colliding id fails its insert (IdTaken): no lease needed
+
 
 async def _settle(
     job: asyncio.Future[set[int]], batch: list[tuple[Message, asyncio.Future[None]]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from tchat.chat.models import Message
@@ -41,6 +42,11 @@ class ChatStore(Protocol):
         raise StoreUnavailable."""
 
     async def healthy(self) -> bool: ...
+
+    async def claim_node(self, moved: Callable[[int], None]) -> int | None:
+        """A chat-id node number that no other live writer of this store holds, kept until
+        close(); `moved(n)` is called if it had to be re-claimed as n. None: the store
+        detects id collisions itself (IdTaken) or cannot tell."""
 
     # --- moderation (tchat.chat.moderation) ---------------------------------------------
     async def get_message(self, room: str, message_id: int) -> StoredMessage | None:
