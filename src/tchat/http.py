@@ -160,7 +160,6 @@ class BodyLimit:
             await too_large(BodyTooLarge(limit))(scope, receive, send)
 
 
-
 def auth_failed(exc: TokenError) -> JSONResponse:
     """One rule for every route (docs/configuration … README "HTTP surface"): 401 when
     there is no valid token (missing, malformed, bad signature, expired), with a

@@ -84,9 +84,7 @@ async def publish_behind_uplink(
         link = lab.add(DOWNLINK_BPS)
         lab.shape_uplink(link, rate_bps)
         wrapper = tmp / f"chromium-in-{link.netns}"
-        wrapper.write_text(
-            f'#!/bin/sh\nexec ip netns exec {link.netns} {chromium_path()} "$@"\n'
-        )
+        wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {link.netns} {chromium_path()} "$@"\n')
         wrapper.chmod(0o755)
         server = Server(tmp, {"TCHAT_HOST": "0.0.0.0", "SFU_UDP_HOST": "0.0.0.0",
                               "SFU_PUBLIC_IP": link.host_ip, "LOG_LEVEL": "info"})  # fmt: skip

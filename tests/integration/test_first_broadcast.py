@@ -160,9 +160,7 @@ async def test_first_broadcast_as_the_readme_says(make_run: MakeRun, browser: Br
     said = f"hello from the first broadcast {time.time():.0f}"
     await watch.fill("#say", said)
     await watch.keyboard.press("Enter")
-    await watch.wait_for_function(
-        "t => window.tchatChat.arrivals.has(t)", arg=said, timeout=30_000
-    )
+    await watch.wait_for_function("t => window.tchatChat.arrivals.has(t)", arg=said, timeout=30_000)
     # some seconds of broadcast after the message, so the replay shows it mid-video
     await asyncio.sleep(4)
 

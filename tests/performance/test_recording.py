@@ -589,8 +589,11 @@ def TestVP8TranscodeCost(record: TestResult, tmp_path_factory: pytest.TempPathFa
             source = SdpSource(tmp / f"{codec}.sdp", [stream], codec_args=codec_args([stream]))
             recorder = service.start(f"vp8-{codec}", source)
             assert await wait_udp_listener(port)
-            video = ["-c:v", "copy"] if codec == "VP8" else [
-                "-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-b:v", "1500k"]
+            video = (
+                ["-c:v", "copy"]
+                if codec == "VP8"
+                else ["-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-b:v", "1500k"]
+            )
             sender = await asyncio.create_subprocess_exec(
                 FFMPEG, "-v", "error", "-re", "-i", str(clip), *video, "-an",
                 "-payload_type", "96", "-f", "rtp", f"rtp://127.0.0.1:{port}",

@@ -15,9 +15,7 @@ FP = "AA:" * 31 + "AA"
 LOCAL = LocalParams("abcd1234", "p" * 32, "BB:" * 31 + "BB", "127.0.0.1", 40000)
 
 
-def rtp(
-    ssrc: int, seq: int, ts: int, payload: bytes, pt: int = 102, marker: bool = False
-) -> bytes:
+def rtp(ssrc: int, seq: int, ts: int, payload: bytes, pt: int = 102, marker: bool = False) -> bytes:
     return struct.pack("!BBHII", 0x80, pt | (0x80 if marker else 0), seq, ts, ssrc) + payload
 
 

@@ -133,7 +133,6 @@ def test_nacks_are_answered_across_hundreds_of_padding_bursts() -> None:
         assert fields(sent[-1])[5] == payloads[out_seq]
 
 
-
 def test_a_nack_for_lost_padding_is_answered_with_padding() -> None:
     # without RTX the padding holds media numbers: a lost one is a hole in the viewer's
     # frame continuity until it arrives (or the next keyframe), so it is resent

@@ -350,9 +350,7 @@ class RecorderSink:
         self._layer = layer
         at = time.time() - self.media_started if self.media_started is not None else 0.0
         self.layers.append((round(at, 3), self._rid(layer)))
-        log.info(
-            "recording room=%s video layer %s from %.2fs", self.room, self._rid(layer), at
-        )
+        log.info("recording room=%s video layer %s from %.2fs", self.room, self._rid(layer), at)
 
     def detach(self) -> None:
         for track, dt in self.tracks.values():

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,12 +33,12 @@ from tchat.sfu.ice import Addr
 from tchat.sfu.rtp import HEADER
 from tchat.sfu.settings import SfuSettings
 from tchat.sfu.worker import (
-    SOCKET_BUFFER_BYTES,
     Peer,
     Room,
     SessionError,
     SfuWorker,
     track_for,
+    widen_socket_buffers,
 )
 
 log = logging.getLogger("tchat.sfu.relay")
@@ -182,15 +181,9 @@ class ClusterWorker(SfuWorker):
         )
         self.relay_transport = transport
         self.relay_port = transport.get_extra_info("sockname")[1]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # every layer of every relayed room arrives here: the worker socket's buffers,
-            # so an edge that stalls for a moment does not drop (and NACK) what queued
-            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
-                except OSError:
-                    pass
+        # every layer of every relayed room arrives here: the worker socket's buffers,
+        # so an edge that stalls for a moment does not drop (and NACK) what queued
+        widen_socket_buffers(transport)
 
     async def stop(self) -> None:
         for sub in list(self.origin_subs.values()):

@@ -18,7 +18,7 @@ import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,6 +36,7 @@ from tchat.sfu.forwarder import (
     HIGH,
     NACK_MAX,
     DownTrack,
+    Layer,
     NackStats,
     RetransmitBudget,
     Track,
@@ -67,6 +68,20 @@ Role = Literal["publisher", "viewer"]
 TICK_S = 0.1
 PACE_S = 0.02  # timer step while a bandwidth probe pads (paced, not 100 ms bursts)
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
+
+
+def widen_socket_buffers(transport: asyncio.BaseTransport) -> None:
+    """SOCKET_BUFFER_BYTES each way (the kernel caps it at net.core.[rw]mem_max)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
+        except OSError:
+            pass
+
+
 SFU_SSRC = 0x7C4A7000  # sender SSRC of our own RTCP (PLI towards publishers)
 STUN_BINDING_SUCCESS = b"\x01\x01"
 MAX_HELD_DTLS = 8  # a client's first flight is 1-2 datagrams
@@ -198,15 +213,9 @@ class SfuWorker(asyncio.DatagramProtocol):
         )
         self.transport = transport
         self.port = transport.get_extra_info("sockname")[1]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # a keyframe fanned out to thousands of viewers is one burst: let the kernel
-            # queue it rather than drop (capped by net.core.[rw]mem_max)
-            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
-                except OSError:
-                    pass
+        # a keyframe fanned out to thousands of viewers is one burst: let the kernel
+        # queue it rather than drop
+        widen_socket_buffers(transport)
         self._timer = asyncio.create_task(self._run_timers(), name="sfu-timers")
         log.info("sfu listening udp=%s:%d", self.settings.udp_host, self.port)
 
@@ -874,6 +883,11 @@ class SfuWorker(asyncio.DatagramProtocol):
                 )
 
     # -- figures -------------------------------------------------------------------
+    def _layers(self) -> Iterator[Layer]:
+        for room in self.rooms.values():
+            for track in room.tracks.values():
+                yield from (layer for layer in track.layers if layer is not None)
+
     def stats(self, viewers: bool = False) -> dict[str, object]:
         out = self._stats()
         out["adaptive_viewers"] = len(self.abr_peers)
@@ -948,21 +962,9 @@ class SfuWorker(asyncio.DatagramProtocol):
             "keepalives": self.keepalives,
             # what publishers sent that never arrived (RR accounting, current rooms): a
             # viewer cannot get those back, whatever it NACKs
-            "publisher_packets_lost": sum(
-                layer.lost
-                for room in self.rooms.values()
-                for track in room.tracks.values()
-                for layer in track.layers
-                if layer is not None
-            ),
+            "publisher_packets_lost": sum(layer.lost for layer in self._layers()),
             # padding-only packets publishers sent (their probes): never forwarded
-            "publisher_padding_packets": sum(
-                layer.padding
-                for room in self.rooms.values()
-                for track in room.tracks.values()
-                for layer in track.layers
-                if layer is not None
-            ),
+            "publisher_padding_packets": sum(layer.padding for layer in self._layers()),
             "nacks": self.nack_stats().as_dict(),
             "retransmitted_bytes": self.retransmitted_left
             + sum(d.rtx_octets for p in self.peers.values() for _, d in p.downtracks.values()),
