@@ -79,8 +79,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def read_model(request: Request, model: type[M], limit: int) -> M:
-    """A JSON body validated as `model`: BodyTooLarge, or RequestValidationError (the app's
-    422, as if FastAPI had parsed the body itself)."""
+    """A JSON body validated as `model`: BodyTooLarge, or RequestValidationError (answered
+    as if FastAPI had parsed the body itself: the app's 400/415 error body)."""
     raw = await read_body(request, limit)
     try:
         data = json.loads(raw)

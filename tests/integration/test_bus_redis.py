@@ -122,6 +122,7 @@ async def test_fan_out_survives_idle_with_no_listener(server_factory, redis_fact
     room = "idle-room"
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         async with websockets.connect(ws_url(server, room)) as first:
+            json.loads(await first.recv())  # hello: a listener hears posts made after it
             await post(client, room, "before")
             assert (await next_message(first))["text"] == "before"
         # no listener in this process: idle well past the server's timeout

@@ -115,7 +115,8 @@ async def test_server_killed_mid_broadcast_is_resumed_on_restart(
             recs: list[Any] = []
 
             def segments_waiting() -> int:
-                return len(list(workdir.glob("*/run-*/seg_*.ts")))
+                # complete segments (the manifest's), not the file FFmpeg is still writing
+                return sum(len(m.read_text().splitlines()) for m in workdir.glob(f"*/{MANIFEST}"))
 
             await wait_for(lambda: segments_waiting() >= 3, 60)
             recs = (await client.get("/recordings", params={"room": room})).json()["recordings"]

@@ -70,7 +70,7 @@ async def test_rtx_viewer_gets_nack_answers_and_probe_padding_on_the_rtx_stream(
         await wait_for(lambda: peer.stats.streams[rtx_ssrc].received > len(answered()), 60)
         stream = peer.stats.streams[media_ssrc]
         assert stream.lost() == 1 and stream.gaps == 1
-        stats = (await client.get("/sfu/stats", params={"viewers": "true"})).json()
+        stats = (await client.get(f"{server.admin_url}/sfu/stats?viewers=true")).json()
         (row,) = stats["viewers"]
         assert row["rtx"] and row["padding_bytes"] > 0 and row["nacks"]["answered"] == 1
         peer.close()
@@ -126,7 +126,7 @@ async def test_publisher_padding_leaves_no_hole_for_a_chromium_viewer(
         deadline = loop.time() + 120
         while loop.time() < deadline:
             sample = await viewer.sample()
-            stats = (await client.get("/sfu/stats", params={"viewers": "true"})).json()
+            stats = (await client.get(f"{server.admin_url}/sfu/stats?viewers=true")).json()
             closed = sum(int(v["publisher_padding_closed_up"]) for v in stats["viewers"])
             if closed >= 300 and int(sample.get("frames_decoded", 0)) >= 60:
                 break

@@ -388,7 +388,9 @@ async def test_broadcaster_moderates_a_phone_viewer_in_chromium(  # type: ignore
     await tab_to(studio, "#chat-slow")
     await studio.keyboard.press("Space")
     viewer = await new_page(browser, PHONE, errors)
-    await viewer.goto(f"{base}/watch/{room}")
+    # its own identity: dev tokens give one identity per address, the timed-out phone's here
+    other = issue_token(SECRET, room, "chat", "other-viewer")
+    await viewer.goto(f"{base}/watch/{room}#token={other}")
     await viewer.wait_for_function("window.tchatChat.slowModeS === 10", timeout=20_000)
     await viewer.wait_for_function("!document.querySelector('#say').disabled", timeout=20_000)
     await say(viewer, "first in slow mode")
