@@ -47,8 +47,16 @@ audiotestsrc is-live=true wave=sine ! audioconvert ! audioresample ! opusenc
 """
 
 
+_emitting = threading.Lock()
+
+
 def emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
+    # GStreamer's threads emit too (connection-state): one whole line at a time, or two
+    # events interleave into unparseable text (a lost `deleted` when the DELETE ends ICE)
+    line = json.dumps({"event": event, **fields}) + "\n"
+    with _emitting:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 class Publisher:

@@ -51,8 +51,8 @@ class GstPublisher:
         async for line in self.proc.stdout:
             try:
                 self.events.append(json.loads(line))
-            except ValueError:
-                pass  # GLib warnings on stdout are not events
+            except ValueError:  # GLib warnings on stdout are not events: kept for a failure
+                self.stderr = [*self.stderr[-30:], "stdout: " + line.decode(errors="replace")]
 
     async def _read_stderr(self) -> None:
         assert self.proc.stderr is not None

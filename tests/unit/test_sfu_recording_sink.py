@@ -26,6 +26,8 @@ VP8 = Codec("video/VP8", 96, 90000)
 
 
 def rtp(ssrc: int, seq: int, ts: int, payload: bytes, rid: str = "", pt: int = 102) -> bytes:
+    """One whole frame: the marker bit set."""
+    pt |= 0x80
     if not rid:
         return struct.pack("!BBHII", 0x80, pt, seq, ts, ssrc) + payload
     body = bytes([(RID_EXT << 4) | (len(rid) - 1)]) + rid.encode()
@@ -185,9 +187,15 @@ def test_sink_starts_on_the_best_flowing_layer_and_switches_only_at_a_boundary(
     seq["f"] += 1
     send("f", DELTA)
     assert sink.gaps == 1 and plis == [0x3333]
+    # … and nothing of f goes to FFmpeg until that keyframe: no frame with a hole in it
+    send("f", DELTA)
+    assert received(receiver) == []
+    send("f", KEY)
+    after = received(receiver)
+    assert [g[12:] for g in after] == [KEY]
+    assert (struct.unpack("!H", after[0][2:4])[0] - all_seqs[-1]) & 0xFFFF == 1  # no hole
     # padding-only packets (the publisher's bandwidth probes) are not forwarded: their
     # numbers are taken out, so FFmpeg sees no hole and no keyframe is asked for
-    received(receiver)
     plis.clear()
     now[0] += 1.0
     send("f", DELTA)
@@ -270,3 +278,53 @@ def test_stream_time_is_ffmpegs_timeline(receiver: socket.socket) -> None:
     assert sink.stream_time(now[0] + 0.05) == pytest.approx(1.0)
     assert sink.stream_time(now[0] + 2.1) == pytest.approx(3.0)  # a gap: runs on
     sink.detach()
+
+
+def frame_packets(seq: int, ts: int, payloads: list[bytes], marker: bool = True) -> list[bytes]:
+    last = len(payloads) - 1
+    return [
+        struct.pack("!BBHII", 0x80, 102 | (0x80 if marker and i == last else 0), seq + i, ts, 7) + p
+        for i, p in enumerate(payloads)
+    ]
+
+
+def seqs(packets: list[bytearray]) -> list[int]:
+    return [struct.unpack("!H", p[2:4])[0] for p in packets]
+
+
+def test_frame_gate_sends_whole_frames_and_nothing_broken() -> None:
+    """Issue 12's 400 kbit/s uplink: a frame missing a packet went into the HLS and
+    Chrome's decoder stopped the replay there. Whole frames only; after a loss, nothing
+    until a keyframe; FFmpeg's numbering stays continuous."""
+    from tchat.sfu.recording_sink import FrameGate
+    from tchat.sfu.rtp import h264_keyframe_start
+
+    gate = FrameGate(h264_keyframe_start)
+    key = frame_packets(10, 0, [KEY, b"\x1c\x05a", b"\x1c\x45b"])
+    out = [gate.push(p) for p in key]
+    assert [len(o) for o, _ in out] == [0, 0, 3] and not any(lost for _, lost in out)
+    # a delta frame loses its middle packet: none of it, nor the next delta, goes out
+    broken = frame_packets(13, 3000, [DELTA, b"\x1c\x01x", b"\x1c\x41y"])
+    assert gate.push(broken[0]) == ([], False)
+    assert gate.push(broken[2]) == ([], True)
+    assert gate.push(frame_packets(16, 6000, [DELTA])[0]) == ([], False)
+    sent, lost = gate.push(frame_packets(17, 9000, [KEY])[0])
+    assert not lost and seqs(sent) == [13]  # right after the last frame sent (10, 11, 12)
+    assert gate.push(bytes(frame_packets(17, 9000, [KEY])[0])) == ([], False)  # repeated
+    # a frame cut by a layer switch (its end never comes; the new layer's keyframe does)
+    cut = frame_packets(18, 12000, [DELTA, b"\x1c\x01x"], marker=False)
+    assert gate.push(cut[0]) == ([], False) and gate.push(cut[1]) == ([], False)
+    sent, lost = gate.push(frame_packets(20, 15000, [KEY])[0])
+    assert not lost and seqs(sent) == [14]
+
+
+def test_frame_gate_passes_a_sender_that_sets_no_markers() -> None:
+    from tchat.sfu.recording_sink import FrameGate
+    from tchat.sfu.rtp import h264_keyframe_start
+
+    gate = FrameGate(h264_keyframe_start)
+    a = frame_packets(1, 0, [KEY, b"\x1c\x45b"], marker=False)
+    b = frame_packets(3, 3000, [DELTA], marker=False)
+    assert gate.push(a[0])[0] == [] and gate.push(a[1])[0] == []
+    sent, lost = gate.push(b[0])  # the next timestamp ends the frame
+    assert seqs(sent) == [1, 2] and not lost
