@@ -672,6 +672,7 @@ async def _wait_all(tasks: list[asyncio.Task[None]], done: Any) -> None:
 
 async def _browser_batch(
     client: httpx.AsyncClient,
+    admin: str,
     lab: NetLab,
     port: int,
     batch: int,
@@ -701,7 +702,7 @@ async def _browser_batch(
         await _wait_all(tasks, lambda: all("measured" in r.out for r in runs))
         await publisher.pause()
         await asyncio.sleep(DRAIN_S)
-        finals[room] = (await client.get("/sfu/stats", params={"viewers": "true"})).json()
+        finals[room] = (await client.get(f"{admin}/sfu/stats?viewers=true")).json()
         drained.set()
         await asyncio.gather(*tasks)
     finally:
@@ -720,17 +721,17 @@ async def _browser_batch(
     return {r.tier.name: r.out for r in runs}
 
 
-async def _browser_scenario(lab: NetLab, url: str) -> dict[str, Any]:
+async def _browser_scenario(lab: NetLab, url: str, admin: str) -> dict[str, Any]:
     port = int(url.rsplit(":", 1)[1])
     stats: list[dict[str, Any]] = []
     stop = asyncio.Event()
     results: dict[str, dict[str, Any]] = {}
     finals: dict[str, Any] = {}
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        poller = asyncio.create_task(_poll_stats(url, stop, stats))
+        poller = asyncio.create_task(_poll_stats(admin, stop, stats))  # per-viewer: admin only
         try:
             for batch in sorted({t.batch for t in BROWSER_TIERS}):
-                results.update(await _browser_batch(client, lab, port, batch, finals, stats))
+                results.update(await _browser_batch(client, admin, lab, port, batch, finals, stats))
         finally:
             stop.set()
             await poller
@@ -759,9 +760,10 @@ def browser_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             "SFU_RECORD": "false",
             # three browsers starting on a busy 2-core box may take their time over ICE
             "SFU_CONNECT_TIMEOUT": "60",
+            "TCHAT_ADMIN_PORT": str(admin_port := free_port()),
         }
         with serve_process(tmp_path_factory.mktemp("latency-browser"), SECRET, env) as (_, url):
-            out = asyncio.run(_browser_scenario(lab, url))
+            out = asyncio.run(_browser_scenario(lab, url, admin_url(admin_port)))
         yield out
     finally:
         lab.close()

@@ -191,8 +191,9 @@ class BrowserViewer:
 
     @property
     def session(self) -> str:
-        """The WHEP session id (the last part of Location; `id` in /sfu/stats)."""
-        return self.location.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+        """The WHEP session id (`id` in /sfu/stats): Location's last part without the
+        `.tag` that binds it to its token."""
+        return self.location.split("?")[0].rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
 
     async def sample(self) -> dict[str, Any]:
         assert self.page is not None
