@@ -328,3 +328,50 @@ def test_frame_gate_passes_a_sender_that_sets_no_markers() -> None:
     assert gate.push(a[0])[0] == [] and gate.push(a[1])[0] == []
     sent, lost = gate.push(b[0])  # the next timestamp ends the frame
     assert seqs(sent) == [1, 2] and not lost
+
+
+def test_a_starting_layer_that_gives_no_whole_keyframe_is_left_for_a_lower_one(
+    receiver: socket.socket,
+) -> None:
+    """Issue 12 (a 1 Mbit/s uplink): the recording started on `f`, whose keyframes never
+    arrived whole; with no video in FFmpeg no segment boundary came to move at, and the
+    recording failed with no media. Before any video went out, the sink moves down."""
+    plis: list[int] = []
+    track = Track(
+        "video", "video/H264", 90000, rids=["q", "h", "f"], rid_ext=RID_EXT,
+        request_keyframe=plis.append,
+    )  # fmt: skip
+    media = Media("0", "video", H264, rids=["q", "h", "f"], rid_ext=RID_EXT)
+    peer: Any = SimpleNamespace(
+        media=[media], room=SimpleNamespace(name="r", tracks={"video": track})
+    )
+    now = [10.0]
+    sink, _ = RecorderSink.attach(peer, lambda: now[0], lambda: receiver.getsockname()[1])
+    seq = {"h": 300, "f": 500}
+
+    def send(rid: str, payload: bytes, ts: int = 0, end: bool = True) -> None:
+        ssrc = {"h": 0x2222, "f": 0x3333}[rid]
+        pkt = bytearray(rtp(ssrc, seq[rid], ts or seq[rid] * 3000, payload, rid))
+        if not end:
+            pkt[1] &= 0x7F  # not the frame's last packet
+        track.forward(bytes(pkt), now[0])
+        seq[rid] += 1
+
+    send("h", DELTA)
+    send("f", DELTA)
+    sink.tick(now[0])
+    sink.enable(now[0])
+    sink.tick(now[0])
+    assert sink.plan.current == 2  # f flows: the recording starts there
+    for _ in range(4):  # f's keyframe loses a packet every time; h flows on
+        now[0] += 1.0
+        ts = seq["f"] * 3000
+        send("f", KEY, ts, end=False)
+        seq["f"] += 1  # its middle packet is lost
+        send("f", b"\x1c\x45b", ts)
+        send("h", DELTA)
+        sink.tick(now[0])
+    assert received(receiver) == []
+    assert sink.plan.current == 1 and plis[-1] == 0x2222  # moved down, asked h for a keyframe
+    send("h", KEY)
+    assert [g[12:] for g in received(receiver)] == [KEY]

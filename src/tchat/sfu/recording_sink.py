@@ -52,6 +52,7 @@ log = logging.getLogger("tchat.sfu.recording")
 RECORDABLE = {"video/h264": "H264", "video/vp8": "VP8", "audio/opus": "opus"}
 UPGRADE_STEADY_S = 2.0  # a better layer flows this long before the recording moves to it
 START_STEADY_S = 1.0  # the first layer: the best one flowing this long, if there is one
+START_FALLBACK_S = 3.0  # no whole keyframe of the starting layer by then: a lower one
 AUDIO_WAIT_S = 3.0  # audio waits this long for the video's first keyframe, then goes alone
 TICK_S = 0.25  # how often the sink looks at which layers flow
 FLOWING_S = 0.5  # a layer silent this long has stopped (for the recording's choice)
@@ -247,6 +248,7 @@ class RecorderSink:
     layers: list[tuple[float, str]] = field(default_factory=list)  # (s since start, rid)
     gate: FrameGate | None = None  # the video's (attach)
     _layer: int = -1
+    _layer_since: float = 0.0  # worker clock: the video was last sent to a layer
     _audio_open: bool = False
     # FFmpeg's media timeline: the first and the last video RTP timestamp sent (extended)
     _ts_first: int = -1
@@ -362,7 +364,23 @@ class RecorderSink:
             if layer is not None:
                 log.info("recording room=%s starts on layer %s", self.room, self._rid(layer))
                 track.switch_at_keyframe(dt, layer, now)
-        elif dt.current < 0 and dt.target >= 0:
+                self._layer_since = now
+        elif self._ts_first < 0:
+            # No video has reached FFmpeg yet, so no segment boundary will come to move
+            # at: leave a layer that stopped, or that gave no whole keyframe in
+            # START_FALLBACK_S (an uplink too thin for it), for a lower one now.
+            pending, current = self.plan.pending, self.plan.current
+            layer = self.plan.at_boundary() if pending is not None and pending < current else None
+            lower = [i for i in self.plan.live_since if i < current]
+            if layer is None and lower and now - self._layer_since >= START_FALLBACK_S:
+                layer = self.plan.current = max(lower)
+            if layer is not None:
+                log.info(
+                    "recording room=%s starts on layer %s instead", self.room, self._rid(layer)
+                )
+                track.switch_at_keyframe(dt, layer, now)
+                self._layer_since = now
+        if dt.target >= 0 and (dt.current < 0 or (self.gate is not None and self.gate.waiting)):
             track.keyframe_wanted(dt, now)  # still waiting: ask again (rate-limited)
         if not self._audio_open and now - self.enabled_at >= AUDIO_WAIT_S:
             self._audio_open = True  # no video keyframe yet: do not hold the audio back
