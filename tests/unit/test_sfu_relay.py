@@ -223,6 +223,8 @@ async def test_memory_routing_routes_die_with_their_instance(
 def test_an_adaptive_edge_viewer_demands_every_layer_up_to_its_cap(identity: Identity) -> None:
     """Its policy may move it to any of them and needs each one's measured rate."""
     from tchat.abr.controller import ViewerAbr
+    from tchat.sfu.allocator import Adaptive
+    from tchat.sfu.forwarder import TwccSender
 
     clock, net, origin, edge = setup(identity)
     for rid in "lmh":
@@ -230,7 +232,10 @@ def test_an_adaptive_edge_viewer_demands_every_layer_up_to_its_cap(identity: Ide
     media = origin.subscribe("r", 7, EDGE)
     edge.open_edge("r", 7, ORIGIN, "o", media_from_json(media))
     viewer, _ = edge.add_viewer("r", ClientPeer(identity).offer(), max_layer=1)
-    viewer.abr = ViewerAbr(edge.abr_config, 1, clock.t)  # as once its DTLS is up
+    # as once its DTLS is up and it negotiated transport-wide CC
+    edge.allocator.viewers[viewer] = Adaptive(
+        ViewerAbr(edge.allocator.config, 1, clock.t), TwccSender()
+    )
     edge.send_demand(edge.edge_subs["r"])
     net.pump()
     video = [m["kind"] for m in media].index("video")
@@ -242,7 +247,7 @@ def test_an_adaptive_edge_viewer_demands_every_layer_up_to_its_cap(identity: Ide
             publish(origin, clock.t, rid, 2 + second)
         net.pump()
         edge_track.tick(clock.t)
-    # the policy's positions map to these indices (worker._abr_tick)
+    # the policy's positions map to these indices (StreamAllocator.tick)
     assert [index for index, _ in edge_track.layer_rates()] == [0, 1]
 
 

@@ -190,9 +190,6 @@ class ChatService:
             del self._rooms[room]
             await self.bus.unsubscribe(room)
 
-    def listener_count(self, room: str) -> int:
-        return len(self._rooms.get(room, ()))
-
     def listener_counts(self) -> dict[str, int]:
         return {room: len(listeners) for room, listeners in self._rooms.items()}
 

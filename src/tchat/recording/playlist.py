@@ -10,7 +10,7 @@ from the program-date-times around it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 
@@ -210,7 +210,3 @@ class SegmentTracker:
             return None
         end = last.program_date_time.timestamp() + last.duration
         return max(0.0, next_pdt.timestamp() - end)
-
-
-def with_discontinuity(seg: Segment) -> Segment:
-    return replace(seg, discontinuity=True)

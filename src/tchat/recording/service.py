@@ -8,7 +8,6 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from functools import partial
 
 from tchat.aio import cancel_and_wait
@@ -232,7 +231,3 @@ class RecordingService:
         await cancel_and_wait(self._sweep_task, self._storage_task, *self.resuming.values())
         await self.store.close()
         self.catalog.close()
-
-
-def with_retention(options: RecorderOptions, retention_s: float) -> RecorderOptions:
-    return replace(options, retention_s=retention_s)

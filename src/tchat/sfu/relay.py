@@ -314,7 +314,7 @@ class ClusterWorker(SfuWorker):
             top = min(max(viewer.max_layer, 0), HIGH)
             # an adaptive viewer may be moved to any layer up to its cap, and its policy
             # needs each one's measured rate: it demands them all
-            caps |= (1 << (top + 1)) - 1 if viewer.abr is not None else 1 << top
+            caps |= (1 << (top + 1)) - 1 if self.allocator.is_adaptive(viewer) else 1 << top
         # audio has one layer: any viewer wants it, whatever its video cap
         body = bytes(caps for _ in sub.tracks)
         self._relay_send(PREFIX.pack(DEMAND, sub.sid, 0, 0) + body, sub.origin)

@@ -211,9 +211,6 @@ class Supervisor:
         self.restarts += 1
         await self._publish(fresh)
 
-    def local_ids(self) -> list[str]:
-        return [i.record.id for i in self.instances.values()]
-
     async def stats(self) -> list[dict[str, object]]:
         async def one(inst: LocalInstance) -> dict[str, object]:
             try:

@@ -1,0 +1,315 @@
+"""The SFU's sessions: WHIP publishers and WHEP viewers, their rooms, admission, teardown.
+
+`SfuSessions` is the registry the core's datagram path looks peers up in (by ICE ufrag,
+by confirmed address) and what the HTTP API talks to: `add_publisher` / `add_viewer`
+negotiate the SDP and make a `Peer`, `close_peer` ends one (a publisher's viewers with
+it). Admission refuses a session before it costs a DTLS context: 503 when full or
+overloaded, 429 when one identity or address has too many connecting. No I/O: the
+core (sfu/core.py) adds datagrams and timers.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+from aiortc.rtcdtlstransport import RTCCertificate
+
+from tchat.rooms import ROOM_RULE, valid_room
+from tchat.sfu import rtcp, sdp, twcc
+from tchat.sfu.allocator import StreamAllocator, abr_config
+from tchat.sfu.dtls import DtlsEndpoint, fingerprint, make_context
+from tchat.sfu.forwarder import HIGH, Layer, NackStats
+from tchat.sfu.ice import Addr, IceLite, new_credentials
+from tchat.sfu.peer import Peer, Role, Room, SendTo, track_for
+from tchat.sfu.reports import SFU_SSRC
+from tchat.sfu.settings import SfuSettings
+
+log = logging.getLogger("tchat.sfu")
+
+
+class SessionError(Exception):
+    """A WHIP/WHEP request that cannot be served; `status` is the HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SfuSessions:
+    def __init__(
+        self, settings: SfuSettings, send: SendTo, clock: Callable[[], float] | None = None
+    ) -> None:
+        self.settings = settings
+        self._send = send
+        self._clock = clock
+        self.load = 0.0  # the SFU's work over the last second, in cores (the core sets it)
+        self.cert = RTCCertificate.generateCertificate()
+        self.fingerprint = fingerprint(self.cert)
+        self.ctx = make_context(self.cert)
+        self.port = 0  # the UDP port in our candidates (the shell binds it)
+        self.rooms: dict[str, Room] = {}
+        self.peers: dict[str, Peer] = {}
+        self.by_ufrag: dict[str, Peer] = {}
+        self.by_addr: dict[Addr, Peer] = {}
+        self.handshaking: set[Peer] = set()
+        # sessions still connecting, per token identity and per client address
+        self.connecting: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        self.connect_times: list[float] = []
+        self.nack_totals = NackStats()  # of viewers that have left
+        self.retransmitted_left = 0  # bytes resent to viewers that have left
+        # called with (publisher, True) once its media flows, (publisher, False) when it
+        # ends: the recorder sink (sfu/recording_sink.py) hangs off these
+        self.publish_listeners: list[Callable[[Peer, bool], None]] = []
+        # adaptive viewers' layers, probes and tiers (per-second policy, sfu/allocator.py)
+        self.allocator = StreamAllocator(abr_config(settings))
+
+    def now(self) -> float:
+        assert self._clock is not None
+        return self._clock()
+
+    # -- signalling ------------------------------------------------------------------
+    def _local(self, ufrag: str, pwd: str) -> sdp.LocalParams:
+        return sdp.LocalParams(ufrag, pwd, self.fingerprint, self.settings.candidate_ip, self.port)
+
+    def _new_peer(
+        self,
+        room: Room,
+        role: Role,
+        neg: sdp.Negotiated,
+        ufrag: str,
+        pwd: str,
+        owner: str = "",
+        source: str = "",
+    ) -> Peer:
+        now = self.now()
+        peer = Peer(
+            id=secrets.token_urlsafe(12),
+            room=room,
+            role=role,
+            ice=IceLite(ufrag, pwd, neg.remote_ufrag, created_at=now, remote_pwd=neg.remote_pwd),
+            dtls=DtlsEndpoint(self.ctx, server=True, remote_fingerprints=neg.remote_fingerprints),
+            media=neg.media,
+            created_at=now,
+            owner=owner,
+            source=source,
+        )
+        self.peers[peer.id] = peer
+        self.by_ufrag[ufrag] = peer
+        self.handshaking.add(peer)
+        self.connecting.update(peer.connecting_keys())
+        return peer
+
+    def _handshake_over(self, peer: Peer) -> None:
+        if peer in self.handshaking:
+            self.handshaking.discard(peer)
+            for key in peer.connecting_keys():
+                self.connecting[key] -= 1
+                if self.connecting[key] <= 0:
+                    del self.connecting[key]  # the counter holds connecting sessions only
+
+    def _check_capacity(self, role: Role, owner: str = "", source: str = "") -> None:
+        """503 when full (viewers leave a share to publishers) or overloaded; 429 when the
+        token identity or the client address already has too many sessions connecting:
+        a session holds a DTLS context and a peer slot until it connects or times out."""
+        cfg = self.settings
+        limit = cfg.max_peers if role == "publisher" else cfg.max_viewers
+        if len(self.peers) >= limit:
+            raise SessionError(503, f"SFU is full ({len(self.peers)} sessions)")
+        if self.load > cfg.max_load:
+            # past one core, new sessions' handshakes queue behind media and time out,
+            # and everyone's packets start to drop: refuse instead (the client retries)
+            raise SessionError(503, f"SFU is overloaded ({self.load:.0%} of a core)")
+        if owner and self.connecting["id:" + owner] >= cfg.max_connecting_per_identity:
+            raise SessionError(
+                429, f"{cfg.max_connecting_per_identity} sessions of this token are connecting"
+            )
+        if source and self.connecting["ip:" + source] >= cfg.max_connecting_per_address:
+            raise SessionError(
+                429, f"{cfg.max_connecting_per_address} sessions from this address are connecting"
+            )
+
+    def add_publisher(
+        self, room_name: str, offer: str, owner: str = "", source: str = ""
+    ) -> tuple[Peer, str]:
+        _check_room(room_name)
+        self._check_capacity("publisher", owner, source)
+        room = self.rooms.get(room_name)
+        if room is not None and room.publisher is not None and not room.publisher.closed:
+            raise SessionError(409, f"room {room_name!r} already has a publisher")
+        ufrag, pwd = new_credentials()
+        neg = sdp.negotiate_whip(offer, self._local(ufrag, pwd))
+        room = room or Room(room_name)
+        self.rooms[room_name] = room
+        peer = self._new_peer(room, "publisher", neg, ufrag, pwd, owner, source)
+        room.publisher = peer
+        room.tracks = {}
+        for m in neg.media:
+            assert m.codec is not None
+            track = track_for(m, self._pli_sender(peer))
+            room.tracks[m.kind] = track
+            peer.track_by_pt[m.codec.payload_type] = track
+            if m.twcc_ext and peer.twcc_in is None:
+                # one transport-wide sequence across the bundle (browsers use one id)
+                peer.twcc_in_ext = m.twcc_ext
+                peer.twcc_in = twcc.TwccReceiver()
+        log.info("whip room=%s peer=%s media=%s", room_name, peer.id, _describe(neg.media))
+        return peer, neg.answer
+
+    def add_viewer(
+        self,
+        room_name: str,
+        offer: str,
+        max_layer: int = HIGH,
+        owner: str = "",
+        source: str = "",
+    ) -> tuple[Peer, str]:
+        _check_room(room_name)
+        self._check_capacity("viewer", owner, source)
+        room = self.rooms.get(room_name)
+        if room is None or room.publisher is None or room.publisher.closed:
+            raise SessionError(404, f"room {room_name!r} has no publisher")
+        return self._join_viewer(room, room.publisher.media, offer, max_layer, owner, source)
+
+    def _join_viewer(
+        self,
+        room: Room,
+        media: list[sdp.Media],
+        offer: str,
+        max_layer: int,
+        owner: str = "",
+        source: str = "",
+    ) -> tuple[Peer, str]:
+        """A viewer of `room`, whose source is `media` (the publisher's, or the relay's)."""
+        sources = {m.kind: m.codec for m in media if m.codec is not None}
+        ssrcs = {kind: secrets.randbits(31) | 1 for kind in sources}
+        rtx_ssrcs = {kind: secrets.randbits(31) | 1 for kind in sources}
+        ufrag, pwd = new_credentials()
+        neg = sdp.negotiate_whep(
+            offer, self._local(ufrag, pwd), sources, ssrcs, self.settings.abr, rtx_ssrcs
+        )
+        peer = self._new_peer(room, "viewer", neg, ufrag, pwd, owner, source)
+        peer.max_layer = max_layer
+        room.viewers[peer.id] = peer
+        return peer, neg.answer
+
+    def set_max_layer(self, peer: Peer, max_layer: int) -> None:
+        peer.max_layer = max_layer
+        now = self.now()
+        for track, dt in peer.downtracks.values():
+            track.set_max_layer(dt, max_layer, now)
+
+    def close_peer(self, peer: Peer, reason: str) -> None:
+        if peer.closed:
+            return
+        peer.closed = True
+        peer.close_dtls(self._send)
+        self.peers.pop(peer.id, None)
+        self.by_ufrag.pop(peer.ice.local_ufrag, None)
+        for addr in peer.ice.candidates:
+            if self.by_addr.get(addr) is peer:
+                del self.by_addr[addr]
+        self._handshake_over(peer)
+        self.allocator.remove(peer)
+        self.nack_totals.add(peer.nacks)
+        self.retransmitted_left += sum(d.rtx_octets for _, d in peer.downtracks.values())
+        for track, dt in peer.downtracks.values():
+            track.remove(dt)
+        peer.downtracks.clear()
+        room = peer.room
+        if peer.role == "viewer":
+            room.viewers.pop(peer.id, None)
+        elif room.publisher is peer:
+            if peer.connected_at is not None:
+                self._notify(peer, False)
+            # the stream ended: its viewers have nothing left to watch
+            for viewer in list(room.viewers.values()):
+                self.close_peer(viewer, "publisher left")
+            room.publisher = None
+            room.tracks = {}
+        if room.publisher is None and not room.viewers:
+            self.rooms.pop(room.name, None)
+        log.info(
+            "sfu close room=%s peer=%s role=%s reason=%s", room.name, peer.id, peer.role, reason
+        )
+
+    # -- events out ------------------------------------------------------------------
+    def _notify(self, peer: Peer, live: bool) -> None:
+        for listener in self.publish_listeners:
+            try:
+                listener(peer, live)
+            except Exception:  # a listener's failure must not end the stream
+                log.exception("publish listener failed room=%s", peer.room.name)
+
+    def _pli_sender(self, peer: Peer) -> Callable[[int], None]:
+        def send_pli(media_ssrc: int) -> None:
+            peer.send_rtcp(rtcp.pli(SFU_SSRC, media_ssrc))
+
+        return send_pli
+
+    # -- figures ---------------------------------------------------------------------
+    def _layers(self) -> Iterator[Layer]:
+        for room in self.rooms.values():
+            for track in room.tracks.values():
+                yield from (layer for layer in track.layers if layer is not None)
+
+    def live_rooms(self) -> dict[str, dict[str, object]]:
+        """Rooms with viewers or a connected publisher here: viewer count (media flowing)
+        and, where the publisher is on this worker, how long it has been live."""
+        now = self.now()
+        out: dict[str, dict[str, object]] = {}
+        for room in self.rooms.values():
+            pub = room.publisher
+            origin = pub is not None and not pub.closed and pub.connected_at is not None
+            viewers = sum(1 for v in room.viewers.values() if v.srtp is not None)
+            if origin or viewers:
+                out[room.name] = {
+                    "viewers": viewers,
+                    "live_for_s": round(now - pub.connected_at, 1)
+                    if origin and pub is not None and pub.connected_at is not None
+                    else None,
+                }
+        return out
+
+    def _stats(self) -> dict[str, object]:
+        return {
+            "udp_port": self.port,
+            "rooms": len(self.rooms),
+            "peers": len(self.peers),
+            "load": round(self.load, 3),
+            "viewers_connected": sum(
+                1 for p in self.peers.values() if p.role == "viewer" and p.srtp is not None
+            ),
+            # what publishers sent that never arrived (RR accounting, current rooms): a
+            # viewer cannot get those back, whatever it NACKs
+            "publisher_packets_lost": sum(layer.lost for layer in self._layers()),
+            # padding-only packets publishers sent (their probes): never forwarded
+            "publisher_padding_packets": sum(layer.padding for layer in self._layers()),
+            "nacks": self.nack_stats().as_dict(),
+            "retransmitted_bytes": self.retransmitted_left
+            + sum(d.rtx_octets for p in self.peers.values() for _, d in p.downtracks.values()),
+            "drops": dict(self.drops),
+        }
+
+    def nack_stats(self) -> NackStats:
+        """What every viewer's NACKs asked for and got, since start."""
+        total = NackStats()
+        total.add(self.nack_totals)
+        for peer in self.peers.values():
+            total.add(peer.nacks)
+        return total
+
+
+def _check_room(name: str) -> None:
+    if not valid_room(name):
+        raise SessionError(400, f"invalid room name: {ROOM_RULE}")
+
+
+def _describe(media: list[sdp.Media]) -> str:
+    return ",".join(
+        f"{m.kind}:{m.codec.mime if m.codec else '-'}{'/' + '|'.join(m.rids) if m.rids else ''}"
+        for m in media
+    )
