@@ -19,8 +19,8 @@ from tchat.config import Settings
 from tchat.cors import ApiCors
 from tchat.http import BodyLimit, json_error
 from tchat.recording import api as recording_api
+from tchat.recording import live as live_recording
 from tchat.sfu import api as sfu_api
-from tchat.sfu import recording_sink
 from tchat.web import pages
 
 log = logging.getLogger("tchat.app")
@@ -106,6 +106,6 @@ def validation_error(request: Request, exc: RequestValidationError) -> JSONRespo
 def _mount_capabilities(app: FastAPI, settings: Settings) -> None:
     """Each capability's `mount(app, settings)` adds its routes and appends its lifespan
     component (a callable app -> async context manager) to `app.state.components`."""
-    # recording_sink after both it joins; pages last (its catch-all routes come after the API)
-    for capability in (chat_api, recording_api, sfu_api, recording_sink, pages):
+    # live_recording after both it joins; pages last (its catch-all routes come after the API)
+    for capability in (chat_api, recording_api, sfu_api, live_recording, pages):
         capability.mount(app, settings)

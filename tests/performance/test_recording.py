@@ -572,8 +572,8 @@ def TestVP8TranscodeCost(record: TestResult, tmp_path_factory: pytest.TempPathFa
     arguments: 640×360, ultrafast) from a 1280×720 30 fps VP8 stream sent as RTP in real
     time, in CPU seconds per recorded minute; compared with copying an H.264 stream."""
     from tchat.perf.sfu_load import MEDIA_CACHE
+    from tchat.recording.live import codec_args
     from tchat.recording.source import RtpStream, SdpSource, free_rtp_port
-    from tchat.sfu.recording_sink import codec_args
 
     seconds = int(sized("RECORDING_VP8_SECONDS", 20, 60))
     clip = _vp8_clip(MEDIA_CACHE, seconds)

@@ -3,8 +3,8 @@ as GStreamer and others do, negotiates, forwards and records like one writing op
 
 from __future__ import annotations
 
+from tchat.recording.live import rtp_stream
 from tchat.sfu import sdp
-from tchat.sfu.recording_sink import rtp_stream
 from tchat.sfu.relay import media_from_json, media_to_json
 from tchat.sfu.rtp import h264_keyframe_start, keyframe_detector
 

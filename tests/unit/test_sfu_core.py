@@ -8,7 +8,6 @@ that ends every session with a DTLS close_notify."""
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 import pytest

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from tchat.recording.live import VP8_TO_H264, LayerPlan, RecorderSink, codec_args, rtp_stream
 from tchat.sfu.forwarder import Track
-from tchat.sfu.recording_sink import VP8_TO_H264, LayerPlan, RecorderSink, codec_args, rtp_stream
 from tchat.sfu.sdp import Codec, Media
 
 RID_EXT = 3
@@ -296,7 +296,7 @@ def test_frame_gate_sends_whole_frames_and_nothing_broken() -> None:
     """Issue 12's 400 kbit/s uplink: a frame missing a packet went into the HLS and
     Chrome's decoder stopped the replay there. Whole frames only; after a loss, nothing
     until a keyframe; FFmpeg's numbering stays continuous."""
-    from tchat.sfu.recording_sink import FrameGate
+    from tchat.recording.live import FrameGate
     from tchat.sfu.rtp import h264_keyframe_start
 
     gate = FrameGate(h264_keyframe_start)
@@ -319,7 +319,7 @@ def test_frame_gate_sends_whole_frames_and_nothing_broken() -> None:
 
 
 def test_frame_gate_passes_a_sender_that_sets_no_markers() -> None:
-    from tchat.sfu.recording_sink import FrameGate
+    from tchat.recording.live import FrameGate
     from tchat.sfu.rtp import h264_keyframe_start
 
     gate = FrameGate(h264_keyframe_start)

@@ -15,14 +15,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
 from fastapi import FastAPI
 
 from tchat.config import Settings
-from tchat.recording.service import RecordingService
 from tchat.sfu.control import ControlAuth, control_key
 from tchat.sfu.routing import InstanceRecord, Routing, RoutingUnavailable, make_routing, pick
 from tchat.sfu.supervisor import LocalInstance, Supervisor
@@ -209,7 +208,13 @@ def _unavailable(exc: RoutingUnavailable) -> SessionError:
     return SessionError(503, f"SFU routing store unavailable ({exc}); try again")
 
 
-def _fail_recordings(recording: RecordingService, inst: LocalInstance) -> None:
+class Recordings(Protocol):
+    """What the cluster needs of the recording service (the app's, if recording)."""
+
+    def fail_unowned(self, room: str | None, detail: str) -> int: ...
+
+
+def _fail_recordings(recording: Recordings, inst: LocalInstance) -> None:
     """An instance died: the recordings of the rooms it originated end as failed (their
     FFmpeg went with it), so they do not stay "recording" for ever."""
     rooms = inst.stats.get("origin_rooms") or []

@@ -1,4 +1,9 @@
-"""One SFU instance as its own process: `python -m tchat.sfu.node`.
+"""One SFU instance as its own process.
+
+`python -m tchat.instance` is the instance `tchat serve` supervises: this module's
+`main` with the recording of the rooms it originates as a reader (tchat/instance.py
+wires it; the SFU does not import the recorder). `python -m tchat.sfu.node` runs the
+SFU alone.
 
 A `ClusterWorker` (media UDP port + relay UDP port) and a small internal control API
 (HTTP on SFU_UDP_HOST, every request signed with the control key derived from the
@@ -16,6 +21,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -34,6 +40,10 @@ from tchat.sfu.worker import SessionError
 log = logging.getLogger("tchat.sfu.node")
 KEY_ENV = "TCHAT_SFU_CONTROL_KEY"
 FINALIZE_BUDGET_S = 20.0  # on exit, recordings this node holds may finalize this long
+# Readers attached to the worker before it serves (the recorder): called once, they
+# return what to await after the worker stopped (finalizing), or None.
+Closer = Callable[[], Awaitable[None]]
+Readers = Callable[[ClusterWorker, Settings], Awaitable[Closer | None]]
 
 
 class PublishBody(BaseModel):
@@ -176,7 +186,7 @@ def control_app(worker: ClusterWorker, key: str, instance_id: str) -> FastAPI:
     return app
 
 
-async def _serve(args: argparse.Namespace, settings: Settings) -> None:
+async def _serve(args: argparse.Namespace, settings: Settings, readers: Readers | None) -> None:
     import uvicorn
 
     sfu = SfuSettings.from_settings(settings)
@@ -186,14 +196,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> None:
     # this process runs the SFU only: its CPU is the SFU's work (admission, placement)
     worker = ClusterWorker(sfu, relay_host=sfu.udp_host, cpu_clock=time.process_time)
     await worker.start()
-    recording = None
-    if settings.sfu_record:  # publishes land on origins; record them where the media is
-        from tchat.recording.service import RecordingService
-        from tchat.sfu.recording_sink import LiveRecording
-
-        recording = RecordingService(settings)
-        await recording.open(sweep_interval_s=None, fail_orphans=False)
-        worker.publish_listeners.append(LiveRecording(worker, recording))
+    close_readers = await readers(worker, settings) if readers is not None else None
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((sfu.udp_host, 0))
@@ -219,21 +222,16 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> None:
     server.should_exit = True
     await serving
     await worker.stop()
-    if recording is not None:
-        # finalize what the stopped publishes left recording, within the time the
-        # supervisor waits for us (STOP_TIMEOUT_S) before it kills
-        try:
-            await asyncio.wait_for(recording.close(), FINALIZE_BUDGET_S)
-        except TimeoutError:
-            log.error("recordings did not finalize within %.0f s", FINALIZE_BUDGET_S)
+    if close_readers is not None:
+        await close_readers()
 
 
 def _fields(s: SfuSettings) -> dict[str, Any]:
     return {name: getattr(s, name) for name in s.__dataclass_fields__}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m tchat.sfu.node")
+def main(readers: Readers | None = None, prog: str = "python -m tchat.sfu.node") -> None:
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--id", required=True, help="instance id (routing key)")
     parser.add_argument("--udp-port", type=int, default=None)
     args = parser.parse_args()
@@ -244,7 +242,7 @@ def main() -> None:
     setup_logging(settings.log_level)
     import uvloop
 
-    uvloop.run(_serve(args, settings))
+    uvloop.run(_serve(args, settings, readers))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ class SfuSessions:
         self.nack_totals = NackStats()  # of viewers that have left
         self.retransmitted_left = 0  # bytes resent to viewers that have left
         # called with (publisher, True) once its media flows, (publisher, False) when it
-        # ends: the recorder sink (sfu/recording_sink.py) hangs off these
+        # ends: the recorder (recording/live.py) hangs off these, through taps (sfu/tap.py)
         self.publish_listeners: list[Callable[[Peer, bool], None]] = []
         # adaptive viewers' layers, probes and tiers (per-second policy, sfu/allocator.py)
         self.allocator = StreamAllocator(abr_config(settings))

@@ -1,6 +1,6 @@
 """N SFU instance processes under one `tchat serve`: spawn, heartbeat, restart.
 
-Each instance is `python -m tchat.sfu.node` (see node.py). Once a second the
+Each instance is `python -m tchat.instance` (sfu/node.py with the recorder). Once a second the
 supervisor reads every instance's /stats (its load figures) and publishes its
 record to the routing store with a TTL; a process that exits is removed from
 routing at once (its rooms' routes die with it) and started again under a new id,
@@ -115,7 +115,7 @@ class Supervisor:
         instance_id = f"{self.serve_id}-{index}-{self._generation}"
         port = self.base_udp_port + index if self.base_udp_port else 0
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tchat.sfu.node", "--id", instance_id, "--udp-port", str(port),
+            sys.executable, "-m", "tchat.instance", "--id", instance_id, "--udp-port", str(port),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             env={**os.environ, **self.env, KEY_ENV: self.key},
         )  # fmt: skip

@@ -1,11 +1,13 @@
 """Record every WHIP publish: plain RTP copies of the publisher's tracks to FFmpeg.
 
-When a publisher's media starts flowing (`SfuWorker.publish_listeners`), a
-`RecorderSink` adds one `DownTrack` per track whose `protect` is the identity and
-whose `send` writes to a loopback UDP port FFmpeg reads through an SDP file
-(`recording.source.SdpSource`). Nothing is sent until FFmpeg listens; then the
-video starts on a keyframe of the best simulcast layer flowing (`LayerPlan`) and
-the audio with it, so both streams start together in FFmpeg's timeline.
+The recorder is one more reader of a publish (sfu/tap.py): when a publisher's media
+starts flowing (`SfuWorker.publish_listeners`), a `RecorderSink` opens a `Tap` per
+recordable track, whose plain RTP goes to a loopback UDP port FFmpeg reads through an
+SDP file (`recording.source.SdpSource`). The app wires the two (`mount`; for a cluster
+instance, tchat/instance.py); the SFU does not import the recorder. Nothing is sent
+until FFmpeg listens; then the video starts on a keyframe of the best simulcast layer
+flowing (`LayerPlan`) and the audio with it, so both streams start together in
+FFmpeg's timeline.
 
 The recording records what flows. It starts on the best layer arriving — whatever
 the top layer does — and changes layer only at one of the recorder's segment
@@ -26,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -42,8 +43,8 @@ from tchat.recording.service import RecordingService
 from tchat.recording.source import RtpStream, SdpSource, free_rtp_port
 from tchat.recording.synthetic import wait_udp_listener
 from tchat.sfu import sdp
-from tchat.sfu.forwarder import DownTrack, Track
 from tchat.sfu.rtp import RtpError, keyframe_detector, payload_bounds
+from tchat.sfu.tap import Tap, taps_of
 from tchat.sfu.worker import Peer, SfuWorker
 
 log = logging.getLogger("tchat.sfu.recording")
@@ -97,10 +98,6 @@ def codec_args(streams: list[RtpStream]) -> list[str]:
     if any(s.kind == "audio" for s in streams):
         args += AUDIO_ARGS
     return args
-
-
-def _identity(data: bytes) -> bytes:
-    return data
 
 
 @dataclass
@@ -237,7 +234,7 @@ class RecorderSink:
     clock: Callable[[], float]  # the worker's clock (the Track's PLI limit runs on it)
     room: str = ""
     rids: list[str] = field(default_factory=list)
-    tracks: dict[str, tuple[Track, DownTrack]] = field(default_factory=dict)
+    tracks: dict[str, Tap] = field(default_factory=dict)
     sock: socket.socket | None = None
     plan: LayerPlan = field(default_factory=LayerPlan)
     sent: int = 0
@@ -263,14 +260,12 @@ class RecorderSink:
         clock: Callable[[], float],
         port_of: Callable[[], int] = free_rtp_port,
     ) -> tuple[RecorderSink, list[RtpStream]]:
-        """Add a DownTrack per recordable track of `peer` (nothing flows until `enable`)."""
+        """A tap per recordable track of `peer` (nothing flows until `enable`)."""
         sink = cls(clock, room=peer.room.name)
         now = clock()
         streams: list[RtpStream] = []
-        for media in peer.media:
-            track = peer.room.tracks.get(media.kind)
-            if track is None:
-                continue
+
+        def pick(media: sdp.Media) -> tuple[int, Callable[[bytes], None]] | None:
             stream = rtp_stream(media, port_of())
             if stream is None:
                 log.warning(
@@ -279,33 +274,28 @@ class RecorderSink:
                     peer.room.name,
                     media.codec.mime if media.codec else "no codec",
                 )
-                continue
+                return None
             streams.append(stream)
             target = ("127.0.0.1", stream.port)
-            dt = DownTrack(
-                ssrc=secrets.randbits(31) | 1,
-                pt=stream.payload_type,
-                clock_rate=track.clock_rate,
-                protect=_identity,
-                send=partial(sink._send, target=target, video=media.kind == "video"),
-                first_seq=secrets.randbits(16),
-                first_ts=secrets.randbits(32),
+            return stream.payload_type, partial(
+                sink._send, target=target, video=media.kind == "video"
             )
-            if media.kind == "video":
-                sink.gate = FrameGate(keyframe_detector(track.mime))
-                sink.rids = list(track.rids) or ["-"]
-                sink._clock_rate = track.clock_rate
-                if stream.encoding.startswith("VP8/") and len(track.rids) > 1:
+
+        for tap, stream in zip(taps_of(peer, pick), streams, strict=True):
+            if tap.kind == "video":  # paused until FFmpeg listens
+                sink.gate = FrameGate(keyframe_detector(tap.mime))
+                sink.rids = tap.rids or ["-"]
+                sink._clock_rate = tap.clock_rate
+                if stream.encoding.startswith("VP8/") and len(tap.rids) > 1:
                     # transcoded to 640×360: decoding a bigger layer is CPU for nothing
-                    sink.plan.max_layer = len(track.rids) - 2
-                track.switch_at_keyframe(dt, -1, now)  # nothing until FFmpeg listens
-            sink.tracks[media.kind] = (track, dt)
+                    sink.plan.max_layer = len(tap.rids) - 2
+            sink.tracks[tap.kind] = tap
         if streams:
             sink.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sink.sock.setblocking(False)
             sink.sock.bind(("127.0.0.1", 0))
-            for track, dt in sink.tracks.values():
-                track.add(dt, now)
+            for tap in sink.tracks.values():
+                tap.start(now)
         return sink, streams
 
     # -- the recorder's side -----------------------------------------------------------
@@ -319,18 +309,17 @@ class RecorderSink:
         self.enabled_at = self.media_started = None
         self._audio_open = False
         self._video_seq = self._ts_first = self._ts_last = -1
-        pair = self.tracks.get("video")
-        if pair is not None:
-            pair[0].switch_at_keyframe(pair[1], -1, now)
+        video = self.tracks.get("video")
+        if video is not None:
+            video.switch(-1, now)
         self.plan.current, self.plan.pending = -1, None
 
     def request_keyframe(self, now: float) -> None:
         """The recorder is at a segment boundary: change layer here if the plan says
         so, else ask for a keyframe of the layer being recorded."""
-        pair = self.tracks.get("video")
-        if pair is None or self.enabled_at is None:
+        video = self.tracks.get("video")
+        if video is None or self.enabled_at is None:
             return
-        track, dt = pair
         layer = self.plan.at_boundary()
         if layer is not None:
             log.info(
@@ -338,32 +327,26 @@ class RecorderSink:
                 self.room,
                 self._rid(layer),
             )
-            track.switch_at_keyframe(dt, layer, now)
+            video.switch(layer, now)
         else:
-            track.keyframe_wanted(dt, now)
+            video.want_keyframe(now)
 
     def tick(self, now: float) -> None:
         """Every TICK_S from the publish on: which layers flow; once FFmpeg listens, the
         first layer, repeated keyframe requests, the audio's wait."""
-        pair = self.tracks.get("video")
-        if pair is not None:
-            flowing = [
-                layer.index
-                for layer in pair[0].layers
-                if layer is not None and now - layer.last_seen <= FLOWING_S
-            ]
-            self.plan.tick(flowing, now)
+        video = self.tracks.get("video")
+        if video is not None:
+            self.plan.tick(video.flowing(now, FLOWING_S), now)
         if self.enabled_at is None:
             return
-        if pair is None:
+        if video is None:
             self._audio_open = True
             return
-        track, dt = pair
         if self.plan.current < 0:
             layer = self.plan.start(now)
             if layer is not None:
                 log.info("recording room=%s starts on layer %s", self.room, self._rid(layer))
-                track.switch_at_keyframe(dt, layer, now)
+                video.switch(layer, now)
                 self._layer_since = now
         elif self._ts_first < 0:
             # No video has reached FFmpeg yet, so no segment boundary will come to move
@@ -378,10 +361,10 @@ class RecorderSink:
                 log.info(
                     "recording room=%s starts on layer %s instead", self.room, self._rid(layer)
                 )
-                track.switch_at_keyframe(dt, layer, now)
+                video.switch(layer, now)
                 self._layer_since = now
-        if dt.target >= 0 and (dt.current < 0 or (self.gate is not None and self.gate.waiting)):
-            track.keyframe_wanted(dt, now)  # still waiting: ask again (rate-limited)
+        if video.target >= 0 and (video.layer < 0 or (self.gate is not None and self.gate.waiting)):
+            video.want_keyframe(now)  # still waiting: ask again (rate-limited)
         if not self._audio_open and now - self.enabled_at >= AUDIO_WAIT_S:
             self._audio_open = True  # no video keyframe yet: do not hold the audio back
 
@@ -407,16 +390,16 @@ class RecorderSink:
             if self._audio_open:  # audio starts with the video's first keyframe
                 self._out(data, target)
             return
-        pair = self.tracks["video"]
-        if pair[1].current != self._layer:
-            self._layer_changed(pair[1].current)
+        tap = self.tracks["video"]
+        if tap.layer != self._layer:
+            self._layer_changed(tap.layer)
         assert self.gate is not None
         frame, lost = self.gate.push(data)
         if lost:
             # The numbering is continuous, so a hole is loss upstream that NACKs did not
             # repair: nothing until a keyframe, asked for now.
             self.gaps += 1
-            pair[0].keyframe_wanted(pair[1], self.clock())
+            tap.want_keyframe(self.clock())
         for pkt in frame:
             self._audio_open = True
             ts = int.from_bytes(pkt[4:8], "big")
@@ -446,8 +429,8 @@ class RecorderSink:
         log.info("recording room=%s video layer %s from %.2fs", self.room, self._rid(layer), at)
 
     def detach(self) -> None:
-        for track, dt in self.tracks.values():
-            track.remove(dt)
+        for tap in self.tracks.values():
+            tap.close()
         self.tracks.clear()
         if self.sock is not None:
             self.sock.close()
