@@ -19,20 +19,13 @@ from tchat.sfu.core import TICK_S, SfuCore
 from tchat.sfu.dtls import DtlsEndpoint, DtlsState
 from tchat.sfu.peer import Peer
 from tchat.sfu.settings import SfuSettings
+from tests.unit.fakes import Clock
 
 Addr = tuple[str, int]
 PUB, V1, V2 = ("10.0.0.1", 5000), ("10.0.0.2", 5000), ("10.0.0.3", 5000)
 SSRC = {"l": 11, "m": 22, "h": 33}
 IDR = bytes([0x65, 0x88, 0x84])  # an H.264 IDR NAL unit
 CONSENT_S = 30.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Wire:
