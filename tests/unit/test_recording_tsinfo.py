@@ -129,3 +129,15 @@ def test_not_ts_is_an_error_and_nal_units_split() -> None:
     with pytest.raises(TsError):
         scan(b"\x00" * 376)
     assert nal_units(b"\x00\x00\x00\x01\x09\xf0\x00\x00\x01\x67\x42") == [b"\x09\xf0", b"\x67\x42"]
+
+
+def test_a_last_segment_of_one_keyframe_lasts_one_frame() -> None:
+    """FFmpeg cuts at a keyframe asked for just before the stop: the last segment holds
+    one frame (and an audio PES without a whole AAC frame). It lasts a frame, not the
+    6 s of FFmpeg's EXTINF (a 7 s recording was listed as 13 s and hls.js ended at 7)."""
+    key = AUD + b"\x00\x00\x00\x01" + sps(20, 12, 6) + PPS + SLICE
+    info = scan(segment([(90_000, key)], [(90_000, 0)]))
+    assert info.video is not None and info.frame_interval == 0.0
+    assert info.duration(last=True) == 0.0  # nothing in the segment says how long
+    assert info.duration(last=True, frame_s=1 / 25) == pytest.approx(1 / 25)
+    assert info.duration(last=False, frame_s=1 / 25) == pytest.approx(1 / 25)

@@ -47,6 +47,7 @@ from tchat.recording.uploadqueue import Budget, LostSegment, UploadJob, UploadQu
 from tchat.storage import ObjectStore
 
 log = logging.getLogger("tchat.recording.recorder")
+DEFAULT_FRAME_S = 1 / 30  # a segment's video of one frame, before any rate is known
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ class Recorder:
         self.published: list[Segment] = []
         self._pending: dict[str, Segment] = {}
         self._discontinuity_next = False
+        self._frame_s = DEFAULT_FRAME_S  # the video's frame interval, from the segments so far
         self._last_sps: bytes | None = None  # of the last segment: a new one is a new layer
         self.video_sizes: list[tuple[int, str]] = []  # (segment, "W×H") at each change
         self._final = False
@@ -303,8 +305,11 @@ class Recorder:
         n = len(self.segments)
         name = f"seg_{n:05d}.ts"
         key = self.recording.prefix + name
-        # the media's own span (FFmpeg's last EXTINF can be wrong by most of a segment)
-        duration = info.duration(last=last) if info is not None else 0.0
+        # the media's own span (FFmpeg's last EXTINF can be wrong by most of a segment; it
+        # gave 6 s to a last segment of one keyframe, opened just before the stop)
+        duration = info.duration(last=last, frame_s=self._frame_s) if info is not None else 0.0
+        if info is not None and info.frame_interval > 0:
+            self._frame_s = info.frame_interval
         if duration <= 0:
             duration = closed.duration if closed.duration > 0 else self.opts.segment_s
         discontinuity = self._layer_change(info, n) or self._discontinuity_next

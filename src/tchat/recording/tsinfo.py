@@ -57,17 +57,24 @@ class SegmentInfo:
         diff = (span.first - ref) % _WRAP
         return value + (diff - _WRAP if diff >= _WRAP // 2 else diff)
 
-    def duration(self, *, last: bool) -> float:
+    def duration(self, *, last: bool, frame_s: float = 0.0) -> float:
         """Seconds from the first timestamp to where the next segment starts: the end of
         the last video frame, or of the audio when the video stopped early (its last AAC
         frame may reach into the next segment: not counted, so durations do not
-        overlap). `last`: the end of whichever stream ends last. 0.0 without media."""
+        overlap). `last`: the end of whichever stream ends last. A video of one frame
+        (its rate unknown here) lasts `frame_s`. 0.0 without media."""
         spans = [s for s in (self.video, self.audio) if s is not None and s.pts]
         if not spans:
             return 0.0
         start = min(self._rel(s, min(s.pts)) for s in spans)
-        ends = [self._rel(s, s.end if last else s.end - (s.unit if s is self.audio else 0))
-                for s in spans]  # fmt: skip
+        ends = []
+        for s in spans:
+            end = s.end
+            if s is self.video and not s.last_frame:
+                end += round(frame_s * PTS_HZ)
+            elif s is self.audio and not last:
+                end -= s.unit
+            ends.append(self._rel(s, end))
         return max(0, max(ends) - start) / PTS_HZ
 
     @property
