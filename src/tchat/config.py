@@ -617,4 +617,28 @@ def configuration_markdown() -> str:
     ]
     for env, default, doc in settings_table():
         lines.append(f"| `{env}` | `{default}` | {doc} |")
+    lines += ["", *OUTSIDE_SETTINGS]
     return "\n".join(lines) + "\n"
+
+
+# Variables read outside `Settings`, each for a reason (docs/configuration.md shows them).
+OUTSIDE_SETTINGS = [
+    "## Read outside these settings",
+    "",
+    "Not settings of a running tchat, so not in `Settings`:",
+    "",
+    "| variable | default | read by | why outside |",
+    "|---|---|---|---|",
+    "| `TCHAT_CACHE_DIR` | `~/.cache/tchat` | `tchat services`, setup scripts | where built"
+    " tools (SeaweedFS) and downloaded jars (Cassandra) are kept; read by shell scripts"
+    " before any Python runs |",
+    "| `TCHAT_STATE_DIR` | `.tchat` | `tchat services` | the dev services' data and pid"
+    " files, shared by scripts and tests that never load the server's settings |",
+    "| `TCHAT_REPORTS_DIR` | `reports` | the performance suite | where results go; a"
+    " property of the test run, not of a server |",
+    "| `TCHAT_PERF_MEDIA` | `.tchat/perf-media` | the load generator | its cached"
+    " synthetic media; a load tool's cache |",
+    "| `TCHAT_SFU_CONTROL_KEY` | derived from the token secret | SFU instance processes |"
+    " handed by the supervisor to the processes it starts (the control API's key); not"
+    " for users to set |",
+]

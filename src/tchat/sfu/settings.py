@@ -5,32 +5,38 @@ A plain frozen dataclass so the sans-I/O worker and its tests need no pydantic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from tchat.config import Settings
 
 
+def _setting(name: str) -> Any:
+    """A field that is `Settings.<name>`: its default is that setting's, one place."""
+    return field(default=Settings.model_fields[name].default, metadata={"setting": name})
+
+
 @dataclass(frozen=True, slots=True)
 class SfuSettings:
-    udp_host: str = "127.0.0.1"
-    udp_port: int = 0
-    public_ip: str = ""
-    consent_timeout_s: float = 30.0
-    connect_timeout_s: float = 15.0
-    idle_timeout_s: float = 30.0
-    sr_interval_s: float = 1.0
-    max_peers: int = 20000
-    max_connecting_per_identity: int = 4
-    max_connecting_per_address: int = 16
-    publisher_reserve: float = 0.05
-    max_load: float = 0.9
-    abr: bool = True
-    abr_up_after_s: float = 5.0
-    abr_hold_after_down_s: float = 10.0
-    abr_headroom: float = 1.2
-    abr_initial_bps: float = 1_000_000.0
-    abr_probe_interval_s: float = 3.0
-    abr_probe_max_bps: float = 4_000_000.0
+    udp_host: str = _setting("sfu_udp_host")
+    udp_port: int = _setting("sfu_udp_port")
+    public_ip: str = _setting("sfu_public_ip")
+    consent_timeout_s: float = _setting("sfu_consent_timeout")
+    connect_timeout_s: float = _setting("sfu_connect_timeout")
+    idle_timeout_s: float = _setting("sfu_idle_timeout")
+    sr_interval_s: float = _setting("sfu_sr_interval")
+    max_peers: int = _setting("sfu_max_peers")
+    max_connecting_per_identity: int = _setting("sfu_max_connecting_per_identity")
+    max_connecting_per_address: int = _setting("sfu_max_connecting_per_address")
+    publisher_reserve: float = _setting("sfu_publisher_reserve")
+    max_load: float = _setting("sfu_max_load")
+    abr: bool = _setting("sfu_abr")
+    abr_up_after_s: float = _setting("sfu_abr_up_after")
+    abr_hold_after_down_s: float = _setting("sfu_abr_hold_after_down")
+    abr_headroom: float = _setting("sfu_abr_headroom")
+    abr_initial_bps: float = _setting("sfu_abr_initial_bps")
+    abr_probe_interval_s: float = _setting("sfu_abr_probe_interval")
+    abr_probe_max_bps: float = _setting("sfu_abr_probe_max_bps")
 
     @property
     def candidate_ip(self) -> str:
@@ -46,24 +52,4 @@ class SfuSettings:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SfuSettings:
-        return cls(
-            udp_host=settings.sfu_udp_host,
-            udp_port=settings.sfu_udp_port,
-            public_ip=settings.sfu_public_ip,
-            consent_timeout_s=settings.sfu_consent_timeout,
-            connect_timeout_s=settings.sfu_connect_timeout,
-            idle_timeout_s=settings.sfu_idle_timeout,
-            sr_interval_s=settings.sfu_sr_interval,
-            max_peers=settings.sfu_max_peers,
-            max_connecting_per_identity=settings.sfu_max_connecting_per_identity,
-            max_connecting_per_address=settings.sfu_max_connecting_per_address,
-            publisher_reserve=settings.sfu_publisher_reserve,
-            max_load=settings.sfu_max_load,
-            abr=settings.sfu_abr,
-            abr_up_after_s=settings.sfu_abr_up_after,
-            abr_hold_after_down_s=settings.sfu_abr_hold_after_down,
-            abr_headroom=settings.sfu_abr_headroom,
-            abr_initial_bps=settings.sfu_abr_initial_bps,
-            abr_probe_interval_s=settings.sfu_abr_probe_interval,
-            abr_probe_max_bps=settings.sfu_abr_probe_max_bps,
-        )
+        return cls(**{f.name: getattr(settings, f.metadata["setting"]) for f in fields(cls)})
