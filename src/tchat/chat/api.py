@@ -13,23 +13,25 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from tchat.auth import Grant, TokenError, bearer, verify_token
+from tchat.auth import TokenError, bearer, verify_token
 from tchat.bus import make_bus
 from tchat.chat import moderation_api
-from tchat.chat.models import ROOM_PATTERN, HistoryPage, MessageOut
-from tchat.chat.moderation import ModerationError, parse_action
-from tchat.chat.protocol import (
-    Auth,
-    Moderate,
-    Ping,
-    Post,
-    ProtocolError,
-    Watch,
-    decode_frame,
-    encode,
-    error_frame,
-    validate_text,
+from tchat.chat.connection import (
+    CLOSE_TOKEN_EXPIRED,
+    ArmExpiry,
+    ChatConnection,
+    Close,
+    PostMessage,
+    Rejected,
+    RunModeration,
+    SendFrame,
+    SendHello,
+    Step,
+    WatchHls,
 )
+from tchat.chat.models import ROOM_PATTERN, HistoryPage, MessageOut
+from tchat.chat.moderation import ModerationError
+from tchat.chat.protocol import ProtocolError, encode, validate_text
 from tchat.chat.service import ChatService, Listener
 from tchat.chat.shared import make_shared
 from tchat.chat.store import StoreUnavailable, make_store
@@ -46,7 +48,6 @@ from tchat.metrics import CHAT_REJECTED
 from tchat.rooms import valid_room
 
 _closing: set[asyncio.Future[None]] = set()  # keeps close tasks alive until done
-CLOSE_TOKEN_EXPIRED = 4401  # the socket's token expired: reconnect with a fresh one
 RoomPath = Annotated[str, Path(pattern=ROOM_PATTERN, description="Room name.")]
 
 
@@ -156,117 +157,108 @@ def mount(app: FastAPI, settings: Settings) -> None:
         if not valid_room(room):
             await websocket.close(code=4400, reason="invalid room name")
             return
-        service = chat(websocket)
         secret: str = websocket.app.state.secret
-        grant: Grant | None = None
+        conn = ChatConnection(
+            lambda t: verify_token(secret, t, room, "chat"), settings.chat_max_chars, token
+        )
+        await RoomSocket(websocket, chat(websocket), room, conn).run()
 
-        async def send(frame: dict[str, Any]) -> None:
-            if websocket.application_state == WebSocketState.CONNECTED:
-                await websocket.send_text(encode(frame))
+    app.include_router(router)
+    moderation_api.mount(app)
 
-        if token:
-            try:
-                grant = verify_token(secret, token, room, "chat")
-            except TokenError as exc:
-                await send(error_frame("unauthorized", str(exc)))
 
-        def close_soon(code: int, reason: str) -> None:
-            task = asyncio.ensure_future(websocket.close(code=code, reason=reason))
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
+class RoomSocket:
+    """The I/O of one chat WebSocket: frames in to its `ChatConnection`, its steps out."""
 
-        def overflow() -> None:
-            CHAT_REJECTED.labels("slow_listener").inc()
-            close_soon(1013, "listener too slow")
+    def __init__(
+        self, websocket: WebSocket, service: ChatService, room: str, conn: ChatConnection
+    ) -> None:
+        self.ws = websocket
+        self.service = service
+        self.room = room
+        self.conn = conn
+        self.expiry: asyncio.TimerHandle | None = None
+        self.listener = Listener(websocket.send_text, self._overflow)
 
-        expiry: asyncio.TimerHandle | None = None
-
-        def watch_expiry(g: Grant) -> None:
-            """Close with CLOSE_TOKEN_EXPIRED when the grant's token expires."""
-            nonlocal expiry
-            if expiry is not None:
-                expiry.cancel()
-            expiry = asyncio.get_running_loop().call_later(
-                max(0.0, g.expires_at - time.time()),
-                close_soon,
-                CLOSE_TOKEN_EXPIRED,
-                "token expired",
-            )
-
-        if grant is not None:
-            watch_expiry(grant)
-
-        async def hello() -> dict[str, Any]:
-            frame = {
-                "type": "hello",
-                "room": room,
-                "can_post": grant is not None,
-                "max_chars": settings.chat_max_chars,
-            }
-            # moderation: role, own restriction, slow mode; presence (chat/moderation_api.py)
-            return frame | await moderation_api.hello_fields(service, room, grant)
-
-        listener = Listener(websocket.send_text, overflow)
-        watching = False
+    async def run(self) -> None:
+        await self._carry_out(self.conn.open())
         try:  # joined inside: a client gone before hello must still leave the room
-            await service.join(room, listener)
-            await send(await hello())
-            while True:
-                event = await websocket.receive()
+            await self.service.join(self.room, self.listener)
+            await self._send(await self._hello())
+            while not self.conn.closed:
+                event = await self.ws.receive()
                 if event["type"] == "websocket.disconnect":
                     break
                 data = event.get("text")
                 if data is None:
                     data = event.get("bytes") or b""
-                nonce = None
-                try:
-                    frame = decode_frame(data, settings.chat_max_chars)
-                    if isinstance(frame, Ping):
-                        await send({"type": "pong"})
-                    elif isinstance(frame, Auth):
-                        try:
-                            grant = verify_token(secret, frame.token, room, "chat")
-                            watch_expiry(grant)
-                        except TokenError as exc:
-                            raise ProtocolError("unauthorized", str(exc)) from None
-                        await send(await hello())
-                    elif isinstance(frame, Post):
-                        nonce = frame.nonce
-                        if grant is None:
-                            raise ProtocolError(
-                                "unauthorized", "posting needs a chat token (auth frame)"
-                            )
-                        if time.time() >= grant.expires_at:  # checked on every post
-                            CHAT_REJECTED.labels("token_expired").inc()
-                            detail = "the token expired; reconnect with a fresh one"
-                            await send(error_frame("token_expired", detail, nonce))
-                            await websocket.close(CLOSE_TOKEN_EXPIRED, "token expired")
-                            break
-                        message = await service.post(room, grant.identity, frame.text, grant.role)
-                        await send({"type": "ack", "nonce": nonce, "id": str(message.id)})
-                    elif isinstance(frame, Moderate):
-                        nonce = frame.nonce
-                        entry = await moderation_api.act(
-                            service, room, grant, parse_action(frame.action, frame.args)
-                        )
-                        await send({"type": "moderated", "nonce": nonce, "entry": entry})
-                    elif isinstance(frame, Watch) and not watching:
-                        watching = True  # an HLS watch page: counted as watching (presence)
-                        service.presence.hls_join(room)
-                except ProtocolError as exc:
-                    CHAT_REJECTED.labels(exc.code).inc()
-                    err = error_frame(exc.code, exc.detail, nonce)
-                    if isinstance(exc, ModerationError):
-                        err |= exc.fields
-                    await send(err)
+                await self._carry_out(self.conn.receive(data, time.time()))
         except WebSocketDisconnect:
             pass
         finally:
-            if expiry is not None:
-                expiry.cancel()
-            if watching:
-                service.presence.hls_leave(room)
-            await service.leave(room, listener)
+            if self.expiry is not None:
+                self.expiry.cancel()
+            if self.conn.watching:
+                self.service.presence.hls_leave(self.room)
+            await self.service.leave(self.room, self.listener)
 
-    app.include_router(router)
-    moderation_api.mount(app)
+    async def _carry_out(self, steps: list[Step]) -> None:
+        for step in steps:
+            if isinstance(step, SendFrame):
+                await self._send(step.frame)
+            elif isinstance(step, SendHello):
+                await self._send(await self._hello())
+            elif isinstance(step, PostMessage | RunModeration):
+                await self._carry_out(await self._run(step))
+            elif isinstance(step, ArmExpiry):
+                self._arm(step.at)
+            elif isinstance(step, WatchHls):
+                self.service.presence.hls_join(self.room)
+            elif isinstance(step, Rejected):
+                CHAT_REJECTED.labels(step.code).inc()
+            elif isinstance(step, Close):
+                await self.ws.close(step.code, step.reason)
+
+    async def _run(self, step: PostMessage | RunModeration) -> list[Step]:
+        """A post or a moderation action against the service: its answer, or the error."""
+        try:
+            if isinstance(step, PostMessage):
+                grant = step.grant
+                message = await self.service.post(self.room, grant.identity, step.text, grant.role)
+                return [SendFrame({"type": "ack", "nonce": step.nonce, "id": str(message.id)})]
+            entry = await moderation_api.act(self.service, self.room, step.grant, step.action)
+            return [SendFrame({"type": "moderated", "nonce": step.nonce, "entry": entry})]
+        except ProtocolError as exc:
+            return ChatConnection.refused(exc, step.nonce)
+
+    async def _hello(self) -> dict[str, Any]:
+        grant = self.conn.grant
+        frame = {
+            "type": "hello",
+            "room": self.room,
+            "can_post": grant is not None,
+            "max_chars": self.conn.max_chars,
+        }
+        # moderation: role, own restriction, slow mode; presence (chat/moderation_api.py)
+        return frame | await moderation_api.hello_fields(self.service, self.room, grant)
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            await self.ws.send_text(encode(frame))
+
+    def _arm(self, at: float) -> None:
+        """Close with CLOSE_TOKEN_EXPIRED when the grant's token expires."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+        self.expiry = asyncio.get_running_loop().call_later(
+            max(0.0, at - time.time()), self._close_soon, CLOSE_TOKEN_EXPIRED, "token expired"
+        )
+
+    def _close_soon(self, code: int, reason: str) -> None:
+        task = asyncio.ensure_future(self.ws.close(code=code, reason=reason))
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+    def _overflow(self) -> None:
+        CHAT_REJECTED.labels("slow_listener").inc()
+        self._close_soon(1013, "listener too slow")
