@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tchat.bus import Handler
+from tchat.bus.base import Handler
 
 
 class MemoryBus:

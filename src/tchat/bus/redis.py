@@ -32,7 +32,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from tchat.aio import cancel_and_wait
-from tchat.bus import BusUnavailable, Handler
+from tchat.bus.base import BusUnavailable, Handler
 from tchat.metrics import BUS_CHANNELS, BUS_RECONNECTS, BUS_UP
 
 log = logging.getLogger("tchat.bus.redis")

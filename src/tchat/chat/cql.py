@@ -48,7 +48,7 @@ from tchat.aio import cancel_and_wait
 from tchat.chat.ids import NODE_BITS, id_time_ms
 from tchat.chat.models import Message
 from tchat.chat.moderation_models import LogEntry, StateRow, StoredMessage
-from tchat.chat.store import StoreUnavailable
+from tchat.chat.store.base import StoreUnavailable
 from tchat.config import Settings
 
 log = logging.getLogger("tchat.chat.cql")

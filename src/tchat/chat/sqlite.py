@@ -28,7 +28,7 @@ from typing import Any
 from tchat.aio import cancel_and_wait
 from tchat.chat.models import Message
 from tchat.chat.moderation_models import LogEntry, StateRow, StoredMessage
-from tchat.chat.store import IdTaken, StoreBusy, StoreUnavailable
+from tchat.chat.store.base import IdTaken, StoreBusy, StoreUnavailable
 from tchat.files import private_file
 
 _SCHEMA = """

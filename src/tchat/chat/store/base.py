@@ -64,16 +64,3 @@ class ChatStore(Protocol):
 
     async def read_log(self, room: str, limit: int, before: int | None) -> list[LogEntry]:
         """The room's moderation log, newest first, ids < before when given."""
-
-
-def make_store(settings: object) -> ChatStore:
-    from tchat.config import Settings
-
-    assert isinstance(settings, Settings)
-    if settings.chat_store == "cql":
-        from tchat.chat.cql import CqlChatStore
-
-        return CqlChatStore.from_settings(settings)
-    from tchat.chat.sqlite import SqliteChatStore
-
-    return SqliteChatStore(settings.data_dir / "chat.sqlite3", ttl_s=settings.chat_ttl)
