@@ -102,11 +102,22 @@ async def test_media_does_not_follow_an_unconfirmed_address(
         assert all(d[0] <= 3 for d in victim.got)
 
         # a new path that answers the SFU's check (a browser whose network changed) gets
-        # the stream: consent, not a blanket refusal
+        # the stream: consent, not a blanket refusal. It keeps nominating, as a browser
+        # does: the viewer's old path goes on with its consent checks here, and the last
+        # nomination before the new path's answer to the SFU's check is what counts.
         moved = Socket(answer_with=viewer.pwd)
         mt, _ = await loop.create_datagram_endpoint(lambda: moved, local_addr=("127.0.0.1", 0))
-        mt.sendto(nominating_check(viewer), viewer.remote)
-        await wait_for(lambda: moved.media() >= 50, 30)
+
+        async def keep_nominating() -> None:
+            while True:
+                mt.sendto(nominating_check(viewer), viewer.remote)
+                await asyncio.sleep(0.5)
+
+        nominating = asyncio.create_task(keep_nominating())
+        try:
+            await wait_for(lambda: moved.media() >= 50, 30, "media on the confirmed new path")
+        finally:
+            nominating.cancel()
         vt.close()
         mt.close()
         viewer.close()
