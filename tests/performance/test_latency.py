@@ -57,7 +57,7 @@ from tchat.perf.browser_viewer import (
 )
 from tchat.perf.browser_viewer import summarize as browser_summary
 from tchat.perf.netlab import NetLab, can_create_namespaces
-from tchat.perf.results import REPORTS_DIR, TestResult, percentile
+from tchat.perf.results import REPORTS_DIR, TestResult, parse_json_line, percentile
 from tchat.perf.server import free_port, serve_process
 from tchat.perf.sfu_load import AUDIO_LAYER, MEDIA_CACHE, SyntheticPublisher
 from tchat.perf.sfu_media import LATENCY_LAYERS, prepare
@@ -115,7 +115,7 @@ async def _viewer(lab: NetLab, index: int, port: int, duration: float) -> dict[s
     out, err = await proc.communicate()
     if proc.returncode != 0 or not out.strip():
         raise RuntimeError(f"latency viewer failed ({proc.returncode}): {err.decode()[-1500:]}")
-    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    result: dict[str, Any] = parse_json_line(out, "latency viewer")
     return result
 
 

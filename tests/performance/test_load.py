@@ -46,7 +46,7 @@ import pytest
 
 from tchat.auth import issue_token
 from tchat.perf import results as perf_results
-from tchat.perf.results import percentile, ratio
+from tchat.perf.results import parse_json_line, percentile, ratio
 from tchat.perf.server import serve_process
 from tchat.perf.sfu_bench import relay_cost
 from tchat.perf.sfu_bench import run as bench_run
@@ -156,7 +156,7 @@ async def _swarm(url: str, count: int, hold: float) -> dict[str, Any]:
     out, err = await proc.communicate()
     if proc.returncode != 0 or not out.strip():
         raise RuntimeError(f"viewer swarm failed ({proc.returncode}): {err.decode()[-1500:]}")
-    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    result: dict[str, Any] = parse_json_line(out, "load viewers")
     return result
 
 

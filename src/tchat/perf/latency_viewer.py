@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from tchat.perf.results import print_json_line
 from tchat.perf.sfu_load import AUDIO_LAYER, read_stamp, whep_join
 from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu.rtp import h264_keyframe_start
@@ -155,7 +155,7 @@ def _main() -> None:
     import uvloop
 
     out = uvloop.run(run(args.url, args.room, args.token, args.bind, args.duration, args.layer))
-    print(json.dumps(out), flush=True)
+    print_json_line(out)
 
 
 if __name__ == "__main__":

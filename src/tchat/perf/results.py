@@ -26,6 +26,7 @@ import operator
 import os
 import platform
 import re
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,31 @@ from typing import Any
 SUITES = ("load", "latency", "chat", "recording", "web", "abuse")
 REPORTS_DIR = Path(os.environ.get("TCHAT_REPORTS_DIR", "reports"))
 ENFORCE_MODES = ("all", "gates")  # PERF_ENFORCE: what fails a run (targets are always reported)
+
+
+def print_json_line(obj: Any) -> None:
+    """A helper process's result: one JSON line on stdout, whole. Stdout is made
+    blocking first: on a non-blocking pipe `print` wrote only what the pipe took (2 × 64
+    KiB of a latency viewer's 300 KB) and exited 0, and T069 read a truncated line."""
+    fd = sys.stdout.fileno()
+    os.set_blocking(fd, True)
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def parse_json_line(out: bytes, what: str) -> Any:
+    """The last line of a helper process's stdout as JSON, or an error saying how long
+    the line was (a cut line is a helper that could not write its result)."""
+    lines = out.decode(errors="replace").strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"{what} printed nothing")
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(
+            f"{what}: its result line ({len(lines[-1])} chars) is not whole JSON: {exc}"
+        ) from None
+
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,

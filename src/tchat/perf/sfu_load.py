@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import struct
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from tchat.perf.results import percentile
+from tchat.perf.results import percentile, print_json_line
 from tchat.perf.sfu_media import FPS, OPUS_FRAME_TS, PreparedMedia, prepare
 from tchat.perf.webrtc_peer import ClientPeer, Identity, PeerStats, rtp_header
 from tchat.sfu.rtp import h264_keyframe_start
@@ -416,7 +415,7 @@ def _main() -> None:
     out = summarize(results, marks["t_joined"] - marks["t_start"], marks["t_end"])
     out["connect_ms"] = [r.connect_s * 1000 for r in results if r.ok and r.connect_s is not None]
     out["marks"] = marks
-    print(json.dumps(out), flush=True)
+    print_json_line(out)
 
 
 if __name__ == "__main__":
