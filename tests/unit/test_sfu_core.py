@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from aioice import stun
 
+from tchat.perf.sfu_bench import handshake
 from tchat.perf.webrtc_peer import ClientPeer, Identity, rtp_header
 from tchat.sfu import rtcp
 from tchat.sfu.core import TICK_S, SfuCore
@@ -75,40 +75,11 @@ def identity() -> Identity:
     return Identity.create()
 
 
-def connect(
-    core: SfuCore,
-    wire: Wire,
-    clock: Clock,
-    peer: Peer,
-    client: ClientPeer,
-    addr: Addr,
-    ident: Identity,
-) -> Client:
-    """ICE (the client's nominating check, the SFU's check answered) then DTLS."""
-    check = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
-    check.attributes["USERNAME"] = f"{peer.ice.local_ufrag}:{peer.ice.remote_ufrag}"
-    check.attributes["ICE-CONTROLLING"] = 1
-    check.attributes["USE-CANDIDATE"] = None
-    check.add_message_integrity(peer.ice.local_pwd.encode())
-    core.receive_datagram(bytes(check), addr, clock.t)
-    messages = [stun.parse_message(d) for d in wire.take(addr)]
-    assert [m.message_class for m in messages] == [stun.Class.RESPONSE, stun.Class.REQUEST]
-    reply = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, messages[1].transaction_id)
-    reply.attributes["XOR-MAPPED-ADDRESS"] = addr
-    reply.add_message_integrity(client.pwd.encode())
-    core.receive_datagram(bytes(reply), addr, clock.t)
-    assert peer.addr == addr
-    dtls = DtlsEndpoint(
-        ident.ctx, server=False, remote_fingerprints=[("sha-256", core.fingerprint)]
-    )
-    dtls.start()
-    for _ in range(10):
-        for d in dtls.datagrams_to_send():
-            core.receive_datagram(d, addr, clock.t)
-        for d in wire.take(addr):
-            dtls.receive(d)
-    assert dtls.state == DtlsState.CONNECTED and peer.srtp is not None
-    assert peer.connected_at == clock.t and peer not in core.handshaking
+def connect(core: SfuCore, wire: Wire, peer: Peer, client: ClientPeer, addr: Addr) -> Client:
+    """ICE (the client's nominating check, its answer to the SFU's check), then DTLS."""
+    dtls = handshake(core, wire.sent, peer, client, addr)
+    assert peer.addr == addr and peer.connected_at == core.now()
+    assert peer not in core.handshaking
     return Client(peer, addr, dtls)
 
 
@@ -137,13 +108,13 @@ def test_publisher_and_two_viewers_through_the_core_alone(identity: Identity) ->
 
     pub_client = ClientPeer(identity)
     pub_peer, _ = core.add_publisher("r", pub_client.offer(rids=["h", "m", "l"], publish=True))
-    pub = connect(core, wire, clock, pub_peer, pub_client, PUB, identity)
+    pub = connect(core, wire, pub_peer, pub_client, PUB)
     assert live == [(pub_peer.id, True)]
     viewers = []
     for addr, cap in ((V1, 2), (V2, 0)):
         client = ClientPeer(identity)
         peer, _ = core.add_viewer("r", client.offer(), max_layer=cap)
-        viewers.append(connect(core, wire, clock, peer, client, addr, identity))
+        viewers.append(connect(core, wire, peer, client, addr))
     v1, v2 = viewers
 
     # RTP in, RTP out: each viewer gets the layer it is capped at, from its keyframe (v1

@@ -6,7 +6,9 @@ loopback `sendto` per packet (to a socket nobody reads; the kernel drops them).
 µs of CPU per delivered packet, split into protect, sendto and the rest (rewrite);
 `--twcc` stamps transport-wide sequence numbers and playout delay, as for adaptive
 viewers.
-`--relay` prints the cluster relay's CPU per relayed packet instead (`relay_cost`).
+`--relay` prints the cluster relay's CPU per relayed packet instead (`relay_cost`);
+`--path` the whole datagram path through `SfuCore.receive_datagram` (SRTP unprotect,
+demux, forward; sessions connected in memory: `path_cost`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,16 @@ import socket
 import struct
 import time
 
+from aioice import stun
 from pylibsrtp import Policy, Session
 
+from tchat.perf.webrtc_peer import ClientPeer, Identity, rtp_header
+from tchat.sfu.core import SfuCore
+from tchat.sfu.dtls import DtlsEndpoint, DtlsState
 from tchat.sfu.forwarder import DownTrack, Track, TwccSender
+from tchat.sfu.ice import Addr
+from tchat.sfu.peer import Peer
+from tchat.sfu.settings import SfuSettings
 
 
 def _session() -> Session:
@@ -92,13 +101,106 @@ def run(viewers: int, packets: int, profile: bool, twcc: bool = False) -> dict[s
     }
 
 
+def handshake(
+    core: SfuCore, outbox: list[tuple[bytes, Addr]], peer: Peer, client: ClientPeer, addr: Addr
+) -> DtlsEndpoint:
+    """Connect `peer` of `core` from `addr` without a socket: the client's nominating check,
+    its answer to the SFU's check, then DTLS with a real client endpoint. `outbox` is
+    where the core's send callback puts (data, addr); what went to `addr` is taken."""
+
+    def take() -> list[bytes]:
+        mine = [d for d, a in outbox if a == addr]
+        outbox[:] = [(d, a) for d, a in outbox if a != addr]
+        return mine
+
+    now = core.now()
+    check = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    check.attributes["USERNAME"] = f"{peer.ice.local_ufrag}:{peer.ice.remote_ufrag}"
+    check.attributes["ICE-CONTROLLING"] = 1
+    check.attributes["USE-CANDIDATE"] = None
+    check.add_message_integrity(peer.ice.local_pwd.encode())
+    core.receive_datagram(bytes(check), addr, now)
+    for msg in map(stun.parse_message, take()):
+        if msg.message_class == stun.Class.REQUEST:  # the SFU's check: answer it
+            reply = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, msg.transaction_id)
+            reply.attributes["XOR-MAPPED-ADDRESS"] = addr
+            reply.add_message_integrity(client.pwd.encode())
+            core.receive_datagram(bytes(reply), addr, now)
+    dtls = DtlsEndpoint(
+        client.identity.ctx, server=False, remote_fingerprints=[("sha-256", core.fingerprint)]
+    )
+    dtls.start()
+    for _ in range(10):
+        for d in dtls.datagrams_to_send():
+            core.receive_datagram(d, addr, now)
+        for d in take():
+            dtls.receive(d)
+    if dtls.state != DtlsState.CONNECTED or peer.srtp is None:
+        raise RuntimeError(f"in-memory handshake of {addr} did not complete")
+    return dtls
+
+
+def path_cost(viewers: int, packets: int) -> dict[str, float]:
+    """CPU per delivered packet of the whole datagram path, `SfuCore.receive_datagram`:
+    SRTP unprotect, demux, `Track.forward` to `viewers` (rewrite, protect) and a loopback
+    sendto each. No event loop: sessions are connected in memory (`handshake`), the
+    clock is faked, the sends go to a socket nobody reads."""
+    clock = [100.0]
+    outbox: list[tuple[bytes, Addr]] = []
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    out.setblocking(False)
+    target = sink.getsockname()
+    capture = [True]
+
+    def send(data: bytes, addr: Addr) -> None:
+        if capture[0]:
+            outbox.append((data, addr))
+            return
+        try:
+            out.sendto(data, target)
+        except BlockingIOError:
+            pass
+
+    settings = SfuSettings(idle_timeout_s=1e9, consent_timeout_s=1e9, max_peers=viewers + 10)
+    core = SfuCore(settings, send, lambda: clock[0])
+    identity = Identity.create()
+    client = ClientPeer(identity)
+    pub, _ = core.add_publisher("bench", client.offer(rids=["h", "m", "l"], publish=True))
+    srtp = handshake(core, outbox, pub, client, ("10.0.0.1", 5000)).srtp
+    for i in range(viewers):
+        client = ClientPeer(identity)
+        peer, _ = core.add_viewer("bench", client.offer())
+        handshake(core, outbox, peer, client, (f"10.1.{i // 250}.{i % 250 + 1}", 6000))
+    assert srtp is not None
+    body = bytes(1100)
+    first = srtp.tx.protect(rtp_header(102, 1, 3000, 33, True, "h") + b"\x65" + body)
+    pkts = [
+        srtp.tx.protect(rtp_header(102, seq, seq * 3000, 33, True, "h") + b"\x41" + body)
+        for seq in range(2, packets + 2)
+    ]
+    capture[0] = False
+    publisher = ("10.0.0.1", 5000)
+    core.receive_datagram(first, publisher, clock[0])  # the keyframe every viewer starts on
+    before = core.delivered
+    t0 = time.process_time()
+    for data in pkts:
+        clock[0] += 0.001
+        core.receive_datagram(data, publisher, clock[0])
+    cpu = time.process_time() - t0
+    sink.close()
+    out.close()
+    delivered = core.delivered - before
+    return {"path_us_per_packet": 1e6 * cpu / delivered, "delivered": float(delivered)}
+
+
 def relay_cost(packets: int = 20000) -> dict[str, float]:
     """CPU per packet relayed origin → edge, both ends in this process, real loopback UDP:
     the origin's relay sink (prefix + sendto) and the edge's recvfrom + `relay_received`
     (parse, gap check, cache, forward to zero viewers), minus the same packets forwarded
     with no relay at all. Kernel time of both syscalls is included (process CPU)."""
     from tchat.sfu.relay import MEDIA, PREFIX, ClusterWorker, media_from_json
-    from tchat.sfu.settings import SfuSettings
 
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
@@ -154,12 +256,16 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--twcc", action="store_true", help="adaptive viewers (TWCC stamping)")
     parser.add_argument("--relay", action="store_true", help="relay cost per packet instead")
-    args = parser.parse_args()
-    figures = (
-        relay_cost(args.packets)
-        if args.relay
-        else run(args.viewers, args.packets, args.profile, args.twcc)
+    parser.add_argument(
+        "--path", action="store_true", help="the whole datagram path (SfuCore) instead"
     )
+    args = parser.parse_args()
+    if args.relay:
+        figures = relay_cost(args.packets)
+    elif args.path:
+        figures = path_cost(args.viewers, args.packets)
+    else:
+        figures = run(args.viewers, args.packets, args.profile, args.twcc)
     for k, v in figures.items():
         print(f"{k:22s} {v:6.2f}")
 
