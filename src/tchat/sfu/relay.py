@@ -7,14 +7,10 @@ unchanged (no decode, no re-encode), one stream per layer its viewers use. The e
 feeds those packets into local `Track`s of a room without a publisher, so its
 viewers are served by the same forwarder as on the origin.
 
-Relay datagrams (private network, never exposed to clients) start with
-`!BIBB`: type, subscription id (chosen by the edge), kind index, layer index.
-  origin → edge: MEDIA (+ the RTP packet as received), KEEPALIVE, END
-  edge → origin: PLI, NACK (+ !H original sequence numbers), DEMAND (+ one byte per
-                 kind: bitmask of the layer caps its viewers have), BYE
-Each side accepts a subscription's datagrams only from the address agreed at setup.
-Both sides send a datagram at least once a second; RELAY_TIMEOUT_S of silence ends
-the subscription (an edge then ends the room for its viewers: the origin is gone).
+Relay datagrams are sfu/relay_wire.py's (type, subscription, kind, layer + body). Each
+side accepts a subscription's datagrams only from the address agreed at setup. Both
+sides send a datagram at least once a second; RELAY_TIMEOUT_S of silence ends the
+subscription (an edge then ends the room for its viewers: the origin is gone).
 """
 
 from __future__ import annotations
@@ -30,6 +26,22 @@ from typing import Any
 from tchat.sfu import sdp
 from tchat.sfu.forwarder import HIGH, Track
 from tchat.sfu.ice import Addr
+from tchat.sfu.relay_wire import (
+    BYE,
+    DEMAND,
+    END,
+    KEEPALIVE,
+    MEDIA,
+    NACK,
+    NACK_WINDOW,
+    PLI,
+    PREFIX,
+    RELAY_TIMEOUT_S,
+    RTP_HEADER,
+    media_from_json,
+    media_to_json,
+    pick_layers,
+)
 from tchat.sfu.rtp import HEADER
 from tchat.sfu.settings import SfuSettings
 from tchat.sfu.worker import (
@@ -41,69 +53,20 @@ from tchat.sfu.worker import (
     widen_socket_buffers,
 )
 
+__all__ = [
+    "BYE",
+    "DEMAND",
+    "MEDIA",
+    "NACK",
+    "PREFIX",
+    "ClusterWorker",
+    "EdgeSub",
+    "OriginSub",
+    "media_from_json",
+    "media_to_json",
+    "pick_layers",
+]
 log = logging.getLogger("tchat.sfu.relay")
-MEDIA, PLI, NACK, DEMAND, KEEPALIVE, END, BYE = 1, 2, 3, 4, 5, 6, 7
-PREFIX = struct.Struct("!BIBB")
-RELAY_TIMEOUT_S = 3.0
-NACK_WINDOW = 64  # a relay gap wider than this is a restart or a long outage: no NACK
-_RTP = struct.Struct("!BBHII").pack
-
-
-def media_to_json(media: list[sdp.Media]) -> list[dict[str, Any]]:
-    """The publisher's negotiated media, as the edge needs it to answer its viewers."""
-    out = []
-    for m in media:
-        if m.codec is None:
-            continue
-        c = m.codec
-        out.append(
-            {
-                "kind": m.kind,
-                "mime": c.mime,
-                "payload_type": c.payload_type,
-                "clock_rate": c.clock_rate,
-                "channels": c.channels,
-                "fmtp": [list(p) for p in c.fmtp],
-                "rids": list(m.rids),
-                "rid_ext": m.rid_ext,
-            }
-        )
-    return out
-
-
-def media_from_json(items: list[dict[str, Any]]) -> list[sdp.Media]:
-    out = []
-    for i, d in enumerate(items):
-        codec = sdp.Codec(
-            mime=sdp.canonical_mime(str(d["mime"])),
-            payload_type=int(d["payload_type"]),
-            clock_rate=int(d["clock_rate"]),
-            channels=None if d.get("channels") is None else int(d["channels"]),
-            fmtp=tuple((str(k), str(v)) for k, v in d.get("fmtp", [])),
-        )
-        out.append(
-            sdp.Media(
-                mid=str(i),
-                kind=str(d["kind"]),
-                codec=codec,
-                rids=[str(r) for r in d.get("rids", [])],
-                rid_ext=int(d.get("rid_ext", 0)),
-            )
-        )
-    return out
-
-
-def pick_layers(caps: int, live: list[int]) -> int:
-    """Layers to relay for a set of viewer caps: per cap, the best live layer under it
-    (else the lowest live one) — the same rule `Track` applies to each viewer."""
-    mask = 0
-    if not live:
-        return 0
-    for cap in range(HIGH + 1):
-        if caps >> cap & 1:
-            under = [i for i in live if i <= cap]
-            mask |= 1 << (max(under) if under else min(live))
-    return mask
 
 
 @dataclass(eq=False)
@@ -271,7 +234,7 @@ class ClusterWorker(SfuWorker):
                 entry = layer.cache.get(seq)
                 if entry is not None:
                     _, ts, marker, payload = entry
-                    pkt = _RTP(0x80, marker | 96, seq, ts, layer.ssrc) + payload
+                    pkt = RTP_HEADER(0x80, marker | 96, seq, ts, layer.ssrc) + payload
                     self._relay_send(head + pkt, sub.addr)
         elif kind == BYE:
             self._drop_origin_sub(sub)
