@@ -197,7 +197,8 @@ class CqlChatStore:
         log.info("cql store connected to %s keyspace=%s", self.contact_points, self.keyspace)
         await self._lease_soon()  # claim_node() came before the cluster answered
 
-    def _connect(self) -> None:
+    def _new_cluster(self) -> Any:
+        """A cluster object (not yet connected) for the contact points."""
         from cassandra import ConsistencyLevel
         from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
         from cassandra.policies import (
@@ -212,7 +213,7 @@ class CqlChatStore:
             request_timeout=5.0,
         )
         ports = {port for _, port in self.contact_points}
-        cluster = Cluster(
+        return Cluster(
             [host for host, _ in self.contact_points],
             port=ports.pop() if len(ports) == 1 else 9042,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
@@ -221,6 +222,9 @@ class CqlChatStore:
             protocol_version=4,
             reconnection_policy=ExponentialReconnectionPolicy(0.5, 5.0),
         )
+
+    def _connect(self) -> None:
+        cluster = self._new_cluster()
         try:
             session = cluster.connect()
             for statement in schema_statements(
@@ -228,38 +232,42 @@ class CqlChatStore:
             ):
                 session.execute(statement, timeout=30)
             _add_missing_columns(session, self.keyspace)
-            ks = self.keyspace
-            self._insert = session.prepare(
-                f"INSERT INTO {ks}.messages (room, win, bucket, id, author, text, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?"
-            )
-            self._insert_window = session.prepare(
-                f"INSERT INTO {ks}.room_windows (room, win) VALUES (?, ?)"
-            )
-            cols = "id, author, text, deleted_at"
-            where = f"FROM {ks}.messages WHERE room = ? AND win = ? AND bucket = ?"
-            self._select = session.prepare(f"SELECT {cols} {where} LIMIT ?")
-            self._select_before = session.prepare(f"SELECT {cols} {where} AND id < ? LIMIT ?")
-            # The first round reads every bucket of a window in one request: the coordinator
-            # does the single-partition reads, we pay one round trip instead of CHAT_BUCKETS.
-            every = f"FROM {ks}.messages WHERE room = ? AND win = ? AND bucket IN ?"
-            self._select_buckets = session.prepare(
-                f"SELECT bucket, {cols} {every} PER PARTITION LIMIT ?"
-            )
-            self._select_buckets_before = session.prepare(
-                f"SELECT bucket, {cols} {every} AND id < ? PER PARTITION LIMIT ?"
-            )
-            self._select_windows = session.prepare(
-                f"SELECT win FROM {ks}.room_windows WHERE room = ? LIMIT ?"
-            )
-            self._select_windows_before = session.prepare(
-                f"SELECT win FROM {ks}.room_windows WHERE room = ? AND win <= ? LIMIT ?"
-            )
+            self._prepare_chat(session)
             self._prepare_moderation(session)
         except Exception:
+            # a half-set-up cluster keeps its threads and connections: release them
             cluster.shutdown()
             raise
         self._cluster, self._session = cluster, session
+
+    def _prepare_chat(self, session: Any) -> None:
+        ks = self.keyspace
+        self._insert = session.prepare(
+            f"INSERT INTO {ks}.messages (room, win, bucket, id, author, text, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+        )
+        self._insert_window = session.prepare(
+            f"INSERT INTO {ks}.room_windows (room, win) VALUES (?, ?)"
+        )
+        cols = "id, author, text, deleted_at"
+        where = f"FROM {ks}.messages WHERE room = ? AND win = ? AND bucket = ?"
+        self._select = session.prepare(f"SELECT {cols} {where} LIMIT ?")
+        self._select_before = session.prepare(f"SELECT {cols} {where} AND id < ? LIMIT ?")
+        # The first round reads every bucket of a window in one request: the coordinator
+        # does the single-partition reads, we pay one round trip instead of CHAT_BUCKETS.
+        every = f"FROM {ks}.messages WHERE room = ? AND win = ? AND bucket IN ?"
+        self._select_buckets = session.prepare(
+            f"SELECT bucket, {cols} {every} PER PARTITION LIMIT ?"
+        )
+        self._select_buckets_before = session.prepare(
+            f"SELECT bucket, {cols} {every} AND id < ? PER PARTITION LIMIT ?"
+        )
+        self._select_windows = session.prepare(
+            f"SELECT win FROM {ks}.room_windows WHERE room = ? LIMIT ?"
+        )
+        self._select_windows_before = session.prepare(
+            f"SELECT win FROM {ks}.room_windows WHERE room = ? AND win <= ? LIMIT ?"
+        )
 
     def _prepare_moderation(self, session: Any) -> None:
         ks = self.keyspace

@@ -26,7 +26,7 @@ import logging
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tchat.aio import cancel_and_wait
@@ -275,6 +275,25 @@ def _seconds(value: object, low: int, high: int, what: str) -> int:
     return int(value)
 
 
+@dataclass(slots=True)
+class _Acting:
+    """One action under way: who acts, where and when, and what it has changed so far
+    (rows are applied and published only once every write is stored)."""
+
+    room: str
+    identity: str
+    role: str
+    st: RoomState
+    now: float
+    id: int  # the action's id: its log entry's and the version of the rows it writes
+    rows: list[StateRow] = field(default_factory=list)
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, key: str, kind: str, value: int, until: float | None = None) -> StateRow:
+        return StateRow(self.room, key, kind, value, until, self.identity, self.now, self.id)
+
+
 # --- I/O shell ------------------------------------------------------------------------------
 Send = Callable[[str, str], Awaitable[None]]  # (channel, payload) over the bus
 
@@ -402,6 +421,31 @@ class Moderation:
     # --- actions ----------------------------------------------------------------------------
     async def act(self, room: str, identity: str, role: str, action: Action) -> LogEntry:
         """Carry out `action` by `identity` (token role `role`) in `room`; the log entry."""
+        st, now = await self._actor_state(room, identity, role)
+        acting = _Acting(room, identity, role, st, now, self._next_id())
+        target = action.target
+        if action.kind in ("delete", "timeout", "ban") and action.message_id is not None:
+            target = await self._by_message(acting, action, action.message_id)
+        if action.kind in ("timeout", "ban"):
+            assert target is not None
+            await self._restrict(acting, action, target)
+        elif action.kind == "unban":
+            assert target is not None
+            await self._unban(acting, target)
+        elif action.kind == "slow_mode":
+            row = acting.row(SLOW_MODE, "", action.seconds)
+            await self._write(
+                acting, row, NO_EXPIRY, {"type": "slow_mode", "seconds": action.seconds}
+            )
+            acting.detail = {"seconds": action.seconds}
+        elif action.kind == "clear":
+            row = acting.row(CLEARED, "", acting.id)
+            await self._write(acting, row, NO_EXPIRY, {"type": "cleared", "before": str(acting.id)})
+            acting.detail = {"before": str(acting.id)}
+        return await self._record(acting, action, target)
+
+    async def _actor_state(self, room: str, identity: str, role: str) -> tuple[RoomState, float]:
+        """The room's state and the action's time, once `identity` may moderate at all."""
         if not rank(role):
             raise ModerationError(
                 "not_moderator",
@@ -417,88 +461,82 @@ class Moderation:
                 "actor_restricted", f"you cannot moderate while {_held(held)}", 403
             )
         await self.note_role(room, identity, role)
-        action_id = self._next_id()
-        rows: list[StateRow] = []
-        frames: list[dict[str, Any]] = []
-        detail: dict[str, Any] = {}
-        target = action.target
-        if action.kind in ("delete", "timeout", "ban") and action.message_id is not None:
-            stored = await self._message(room, action.message_id)
-            target = stored.message.author
-            if action.kind == "delete":
-                self._may_act_on(st, identity, role, target, allow_self=True)
-                if stored.deleted:
-                    raise ModerationError(
-                        "already_deleted",
-                        f"message {action.message_id} was deleted by {stored.deleted_by}",
-                        409,
-                    )
-                await self._tombstone(room, [stored], identity, now)
-                frames.append(deleted_frame([stored.message.id]))
-                detail = {
-                    "message_id": str(stored.message.id),
-                    "author": stored.message.author,
-                    "text": stored.message.text,
-                }
-        if action.kind in ("timeout", "ban"):
-            assert target is not None
-            self._may_act_on(st, identity, role, target)
-            until = now + action.seconds if action.kind == "timeout" else None
-            row = StateRow(
-                room,
-                RESTRICT + target,
-                action.kind,
-                action.seconds,
-                until,
-                identity,
-                now,
-                action_id,
-            )
-            await self._put(row, action.seconds if until is not None else NO_EXPIRY)
-            rows.append(row)
-            frames.append(restriction_frame(target, row))
-            if until is not None:
-                detail = {"seconds": action.seconds, "until": until}
-            if action.delete_recent:
-                ids = await self._delete_recent(room, target, identity, now, st.cleared)
-                detail["deleted"] = [str(i) for i in ids]
-                if ids:
-                    frames.append(deleted_frame(ids))
-        elif action.kind == "unban":
-            assert target is not None
-            self._may_act_on(st, identity, role, target)
-            held = st.restriction(target, now)
-            if held is None:
+        return st, now
+
+    async def _by_message(self, acting: _Acting, action: Action, message_id: int) -> str:
+        """The message's author (the target); a delete tombstones the message here."""
+        stored = await self._message(acting.room, message_id)
+        author = stored.message.author
+        if action.kind == "delete":
+            self._may_act_on(acting.st, acting.identity, acting.role, author, allow_self=True)
+            if stored.deleted:
                 raise ModerationError(
-                    "not_restricted", f"{target!r} is not banned or timed out", 404
+                    "already_deleted",
+                    f"message {message_id} was deleted by {stored.deleted_by}",
+                    409,
                 )
-            row = StateRow(room, RESTRICT + target, "lifted", 0, None, identity, now, action_id)
-            await self._put(row, NO_EXPIRY)
-            rows.append(row)
-            frames.append(restriction_frame(target, None))
-            detail = {"lifted": held.kind}
-        elif action.kind == "slow_mode":
-            row = StateRow(room, SLOW_MODE, "", action.seconds, None, identity, now, action_id)
-            await self._put(row, NO_EXPIRY)
-            rows.append(row)
-            frames.append({"type": "slow_mode", "seconds": action.seconds})
-            detail = {"seconds": action.seconds}
-        elif action.kind == "clear":
-            row = StateRow(room, CLEARED, "", action_id, None, identity, now, action_id)
-            await self._put(row, NO_EXPIRY)
-            rows.append(row)
-            frames.append({"type": "cleared", "before": str(action_id)})
-            detail = {"before": str(action_id)}
+            await self._tombstone(acting.room, [stored], acting.identity, acting.now)
+            acting.frames.append(deleted_frame([stored.message.id]))
+            acting.detail = {
+                "message_id": str(stored.message.id),
+                "author": author,
+                "text": stored.message.text,
+            }
+        return author
+
+    async def _restrict(self, acting: _Acting, action: Action, target: str) -> None:
+        """A timeout or a ban, and with delete_recent the target's recent messages gone."""
+        self._may_act_on(acting.st, acting.identity, acting.role, target)
+        until = acting.now + action.seconds if action.kind == "timeout" else None
+        row = acting.row(RESTRICT + target, action.kind, action.seconds, until)
+        # a timeout's row expires with it; a ban's stays until unbanned
+        ttl_s = action.seconds if until is not None else NO_EXPIRY
+        await self._write(acting, row, ttl_s, restriction_frame(target, row))
+        if until is not None:
+            acting.detail = {"seconds": action.seconds, "until": until}
+        if action.delete_recent:
+            ids = await self._delete_recent(
+                acting.room, target, acting.identity, acting.now, acting.st.cleared
+            )
+            acting.detail["deleted"] = [str(i) for i in ids]
+            if ids:
+                acting.frames.append(deleted_frame(ids))
+
+    async def _unban(self, acting: _Acting, target: str) -> None:
+        self._may_act_on(acting.st, acting.identity, acting.role, target)
+        held = acting.st.restriction(target, acting.now)
+        if held is None:
+            raise ModerationError("not_restricted", f"{target!r} is not banned or timed out", 404)
+        row = acting.row(RESTRICT + target, "lifted", 0)
+        await self._write(acting, row, NO_EXPIRY, restriction_frame(target, None))
+        acting.detail = {"lifted": held.kind}
+
+    async def _write(
+        self, acting: _Acting, row: StateRow, ttl_s: int | None, frame: dict[str, Any]
+    ) -> None:
+        """Store the row; it is applied and published with the others once all are stored."""
+        await self._put(row, ttl_s)
+        acting.rows.append(row)
+        acting.frames.append(frame)
+
+    async def _record(self, acting: _Acting, action: Action, target: str | None) -> LogEntry:
         if action.reason:
-            detail["reason"] = action.reason
+            acting.detail["reason"] = action.reason
         entry = LogEntry(
-            action_id, room, identity, ROLE_NAMES[role], action.kind, target, detail, now
+            acting.id,
+            acting.room,
+            acting.identity,
+            ROLE_NAMES[acting.role],
+            action.kind,
+            target,
+            acting.detail,
+            acting.now,
         )
-        for row in rows:
-            st.apply(row)
+        for row in acting.rows:
+            acting.st.apply(row)
         # the effect is stored: publish it now, then log it (one round trip less before
         # other instances and the clients see it)
-        await self._publish(room, rows, frames)
+        await self._publish(acting.room, acting.rows, acting.frames)
         try:
             await self.store.append_log(entry)
         except StoreUnavailable as exc:

@@ -23,7 +23,13 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cassandra.cluster import Cluster, Session
+    from cassandra.query import PreparedStatement
+
+    from tchat.chat.cql import CqlChatStore
 
 SAMPLE_PER_PROCESS = 100_000
 
@@ -101,11 +107,9 @@ def _process_main(cfg: WriterConfig, index: int, out: Any) -> None:
     out.put(result)
 
 
-async def _store_loop(cfg: WriterConfig, writers: int, index: int) -> WriterResult:
+async def _open_store(cfg: WriterConfig, writers: int) -> CqlChatStore:
+    """A connected store sized for `writers` (one request in flight each)."""
     from tchat.chat.cql import CqlChatStore
-    from tchat.chat.ids import IdGenerator, id_time_ms
-    from tchat.chat.models import Message
-    from tchat.chat.store import StoreUnavailable
 
     store = CqlChatStore(
         cfg.contact_points,
@@ -117,6 +121,15 @@ async def _store_loop(cfg: WriterConfig, writers: int, index: int) -> WriterResu
     await store.start()
     await store.wait_connected(30)
     gc.freeze()  # the driver's schema metadata is long-lived: keep it out of gen-2 scans
+    return store
+
+
+async def _store_loop(cfg: WriterConfig, writers: int, index: int) -> WriterResult:
+    from tchat.chat.ids import IdGenerator, id_time_ms
+    from tchat.chat.models import Message
+    from tchat.chat.store import StoreUnavailable
+
+    store = await _open_store(cfg, writers)
     ids = IdGenerator(node=index)
     result = WriterResult()
     rng = random.Random(index)
@@ -171,14 +184,9 @@ async def _store_loop(cfg: WriterConfig, writers: int, index: int) -> WriterResu
     return result
 
 
-def _driver_loop(cfg: WriterConfig, slots: int, index: int) -> WriterResult:
-    """Bare driver: a plain loop issuing execute_async with at most `slots` in flight (a
-    semaphore released by the driver's callbacks); no asyncio, no store code. Closed loop
-    (`driver`: the ceiling) or paced at slots x rate_per_writer (`driver-paced`)."""
+def _driver_session(cfg: WriterConfig) -> tuple[Cluster, Session, PreparedStatement]:
+    """A bare driver session and the store's INSERT, prepared on it."""
     from cassandra.cluster import Cluster
-
-    from tchat.chat.cql import bucket_of
-    from tchat.chat.ids import IdGenerator, id_time_ms
 
     cluster = Cluster(
         [h for h, _ in cfg.contact_points], port=cfg.contact_points[0][1], protocol_version=4
@@ -188,25 +196,47 @@ def _driver_loop(cfg: WriterConfig, slots: int, index: int) -> WriterResult:
         f"INSERT INTO {cfg.keyspace}.messages (room, win, bucket, id, author, text, created_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?"
     )
-    ids = IdGenerator(node=index)
-    result = WriterResult()
-    rng = random.Random(index)
-    lock = threading.Lock()
-    in_flight = threading.Semaphore(slots)
-    end = cfg.start_at + cfg.duration_s
+    return cluster, session, insert
 
-    def done(t0: float, error: BaseException | None) -> None:
-        with lock:
+
+@dataclass
+class _DriverTally:
+    """The bare driver's completions: `done` runs on the driver's threads, hence the lock."""
+
+    start_at: float
+    in_flight: threading.Semaphore
+    rng: random.Random
+    result: WriterResult = field(default_factory=WriterResult)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def done(self, t0: float, error: BaseException | None) -> None:
+        result = self.result
+        with self.lock:
             if error is None:
                 result.ok += 1
-                result.add_latency((time.perf_counter() - t0) * 1000.0, rng)
-                sec = int(time.time() - cfg.start_at)
+                result.add_latency((time.perf_counter() - t0) * 1000.0, self.rng)
+                sec = int(time.time() - self.start_at)
                 result.per_second[sec] = result.per_second.get(sec, 0) + 1
             else:
                 result.failed += 1
                 key = type(error).__name__
                 result.errors[key] = result.errors.get(key, 0) + 1
-        in_flight.release()
+        self.in_flight.release()
+
+
+def _driver_loop(cfg: WriterConfig, slots: int, index: int) -> WriterResult:
+    """Bare driver: a plain loop issuing execute_async with at most `slots` in flight (a
+    semaphore released by the driver's callbacks); no asyncio, no store code. Closed loop
+    (`driver`: the ceiling) or paced at slots x rate_per_writer (`driver-paced`)."""
+    from tchat.chat.cql import bucket_of
+    from tchat.chat.ids import IdGenerator, id_time_ms
+
+    cluster, session, insert = _driver_session(cfg)
+    ids = IdGenerator(node=index)
+    in_flight = threading.Semaphore(slots)
+    tally = _DriverTally(cfg.start_at, in_flight, random.Random(index))
+    done = tally.done
+    end = cfg.start_at + cfg.duration_s
 
     delay = cfg.start_at - time.time()
     if delay > 0:
@@ -242,7 +272,7 @@ def _driver_loop(cfg: WriterConfig, slots: int, index: int) -> WriterResult:
     for _ in range(slots):  # wait for the last requests
         in_flight.acquire(timeout=30)
     cluster.shutdown()
-    return result
+    return tally.result
 
 
 def run_writers(cfg: WriterConfig, lead_s: float = 4.0) -> WriterResult:

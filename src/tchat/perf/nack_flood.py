@@ -62,6 +62,91 @@ def nack_datagram(
     return out, nacks * span
 
 
+def _octets(peer: ClientPeer) -> int:
+    return sum(s.octets for s in peer.stats.streams.values())
+
+
+async def _delivered_rate(peer: ClientPeer, warmup_s: float) -> tuple[int, float]:
+    """The viewer's video SSRC (its biggest stream) and its delivered rate in bits/s."""
+    await asyncio.wait_for(peer.media_started.wait(), 15)
+    await asyncio.sleep(warmup_s / 3)  # past the start-up keyframe
+    video = max(peer.stats.streams.items(), key=lambda kv: kv[1].octets)[0]
+    before = _octets(peer)
+    t0 = time.monotonic()
+    await asyncio.sleep(warmup_s)
+    delivered = _octets(peer) - before
+    return video, 8 * delivered / (time.monotonic() - t0)
+
+
+@dataclass
+class _Flood:
+    datagrams: int
+    items: int
+    nbytes: int
+    elapsed: float
+
+
+async def _flood(
+    peer: ClientPeer,
+    video: int,
+    flood_s: float,
+    datagrams_per_s: float,
+    nacks_per_datagram: int,
+    items_per_nack: int,
+) -> _Flood:
+    """Send NACK datagrams at `datagrams_per_s` for `flood_s`, each for the newest numbers."""
+    datagrams = items = nbytes = 0
+    start = time.monotonic()
+    while (now := time.monotonic()) - start < flood_s:
+        stream = peer.stats.streams[video]
+        packet, count = nack_datagram(
+            0x1234, video, stream.max_ext_seq, nacks_per_datagram, items_per_nack
+        )
+        assert peer.tx is not None
+        wire = peer.tx.protect_rtcp(packet)
+        peer._send(wire)
+        datagrams += 1
+        items += count
+        nbytes += len(wire)
+        await asyncio.sleep(max(0.0, start + datagrams / datagrams_per_s - now))
+    return _Flood(datagrams, items, nbytes, time.monotonic() - start)
+
+
+def _result(
+    flood: _Flood,
+    delivered_bps: float,
+    received: int,
+    stats0: dict[str, Any],
+    stats1: dict[str, Any],
+    drain_s: float,
+) -> NackFloodResult:
+    elapsed, nbytes = flood.elapsed, flood.nbytes
+    if "retransmitted_bytes" in stats1:
+        resent = int(stats1["retransmitted_bytes"]) - int(stats0["retransmitted_bytes"])
+        nacks = {k: int(stats1["nacks"][k]) - int(stats0["nacks"][k]) for k in stats1["nacks"]}
+        by = "sfu"
+    else:
+        # a server without the tally: what the viewer got beyond its delivered rate
+        resent = max(0, int(received - delivered_bps / 8 * (elapsed + drain_s)))
+        nacks, by = {}, "viewer"
+    resent_bps = 8 * resent / elapsed
+    return NackFloodResult(
+        datagrams=flood.datagrams,
+        nack_items=flood.items,
+        nack_bytes=nbytes,
+        flood_s=round(elapsed, 3),
+        delivered_bps=round(delivered_bps),
+        retransmitted_bytes=resent,
+        retransmitted_bps=round(resent_bps),
+        received_bytes=received,
+        amplification=round(resent / nbytes, 3) if nbytes else 0.0,
+        ratio_to_delivered=round(resent_bps / delivered_bps, 3) if delivered_bps else 0.0,
+        nacks=nacks,
+        sfu_load=float(stats1.get("load", 0.0)),
+        measured_by=by,
+    )
+
+
 async def measure_nack_flood(
     base_url: str,
     room: str,
@@ -84,57 +169,16 @@ async def measure_nack_flood(
         await peer.open()
         location = await whep_join(client, room, viewer_token, peer, layer)
         try:
-            await asyncio.wait_for(peer.media_started.wait(), 15)
-            await asyncio.sleep(warmup_s / 3)  # past the start-up keyframe
-            video = max(peer.stats.streams.items(), key=lambda kv: kv[1].octets)[0]
-            before = sum(s.octets for s in peer.stats.streams.values())
-            t0 = time.monotonic()
-            await asyncio.sleep(warmup_s)
-            delivered = sum(s.octets for s in peer.stats.streams.values()) - before
-            delivered_bps = 8 * delivered / (time.monotonic() - t0)
+            video, delivered_bps = await _delivered_rate(peer, warmup_s)
             stats0 = (await client.get("/sfu/stats")).json()
-            received0 = sum(s.octets for s in peer.stats.streams.values())
-            datagrams = items = nbytes = 0
-            start = time.monotonic()
-            while (now := time.monotonic()) - start < flood_s:
-                stream = peer.stats.streams[video]
-                packet, count = nack_datagram(
-                    0x1234, video, stream.max_ext_seq, nacks_per_datagram, items_per_nack
-                )
-                assert peer.tx is not None
-                wire = peer.tx.protect_rtcp(packet)
-                peer._send(wire)
-                datagrams += 1
-                items += count
-                nbytes += len(wire)
-                await asyncio.sleep(max(0.0, start + datagrams / datagrams_per_s - now))
-            elapsed = time.monotonic() - start
+            received0 = _octets(peer)
+            flood = await _flood(
+                peer, video, flood_s, datagrams_per_s, nacks_per_datagram, items_per_nack
+            )
             await asyncio.sleep(drain_s)
-            received = sum(s.octets for s in peer.stats.streams.values()) - received0
+            received = _octets(peer) - received0
             stats1 = (await client.get("/sfu/stats")).json()
         finally:
             peer.close()
             await client.delete(location, headers={"authorization": f"Bearer {viewer_token}"})
-    if "retransmitted_bytes" in stats1:
-        resent = int(stats1["retransmitted_bytes"]) - int(stats0["retransmitted_bytes"])
-        nacks = {k: int(stats1["nacks"][k]) - int(stats0["nacks"][k]) for k in stats1["nacks"]}
-        by = "sfu"
-    else:
-        resent = max(0, int(received - delivered_bps / 8 * (elapsed + drain_s)))
-        nacks, by = {}, "viewer"
-    resent_bps = 8 * resent / elapsed
-    return NackFloodResult(
-        datagrams=datagrams,
-        nack_items=items,
-        nack_bytes=nbytes,
-        flood_s=round(elapsed, 3),
-        delivered_bps=round(delivered_bps),
-        retransmitted_bytes=resent,
-        retransmitted_bps=round(resent_bps),
-        received_bytes=received,
-        amplification=round(resent / nbytes, 3) if nbytes else 0.0,
-        ratio_to_delivered=round(resent_bps / delivered_bps, 3) if delivered_bps else 0.0,
-        nacks=nacks,
-        sfu_load=float(stats1.get("load", 0.0)),
-        measured_by=by,
-    )
+    return _result(flood, delivered_bps, received, stats0, stats1, drain_s)

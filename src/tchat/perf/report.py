@@ -96,7 +96,7 @@ def _verdict(test: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def render_report(latest: Path) -> Path:
+def _load_suites(latest: Path) -> list[dict[str, Any]]:
     suites = []
     for suite in SUITES:
         path = latest / f"{suite}.json"
@@ -104,7 +104,101 @@ def render_report(latest: Path) -> Path:
             suites.append(json.loads(path.read_text()))
     if not suites:
         raise FileNotFoundError(f"no suite results in {latest} (run `make test-all` first)")
+    return suites
 
+
+def _summary_rows(data: dict[str, Any], test: dict[str, Any]) -> list[str]:
+    """One test's rows of the summary table; suite, test and verdict only on its first."""
+    metrics = test.get("metrics", {})
+    targets, gates = test.get("targets", {}), test.get("gates", {})
+    # the bounded metrics, gates first; figures-only suites (web): all
+    names = list(dict.fromkeys([*gates, *targets])) or list(metrics)
+    rows = []
+    for i, name in enumerate(names):
+        first = i == 0
+        rows.append(
+            f"<tr><td>{html.escape(data['suite']) if first else ''}</td>"
+            f"<td>{html.escape(test['name']) if first else ''}</td>"
+            f"<td>{_verdict(test) if first else ''}</td>"
+            f"<td><code>{html.escape(name)}</code></td><td>{_fmt(metrics.get(name))}</td>"
+            f"<td>{_bound(metrics, name, gates, True)}</td>"
+            f"<td>{_bound(metrics, name, targets, False)}</td>"
+            f"<td>{html.escape(_GUIDE[data['suite']]) if first else ''}</td></tr>"
+        )
+    return rows
+
+
+def _summary(suites: list[dict[str, Any]]) -> list[str]:
+    parts = [
+        "<h2>Summary</h2><table><tr><th>suite</th><th>test</th><th>verdict</th><th>metric</th>"
+        "<th>measured</th><th>gate (CI)</th><th>target (guide)</th>"
+        "<th>guide (Go, mostly mocked)</th></tr>"
+    ]
+    for data in suites:
+        for test in data["tests"]:
+            parts.extend(_summary_rows(data, test))
+    parts.append("</table>")
+    return parts
+
+
+def _test_section(test: dict[str, Any]) -> list[str]:
+    """One test's detail: every metric with its bounds, its notes and its plots."""
+    metrics = test.get("metrics", {})
+    targets, gates = test.get("targets", {}), test.get("gates", {})
+    parts = [
+        f"<h3>{html.escape(test['name'])}</h3><p>{_verdict(test)}</p><table><tr>"
+        "<th>metric</th><th>value</th><th>gate (CI)</th><th>target (guide)</th></tr>"
+    ]
+    for name, value in metrics.items():
+        parts.append(
+            f"<tr><td><code>{html.escape(name)}</code></td><td>{_fmt(value)}</td>"
+            f"<td>{_bound(metrics, name, gates, True)}</td>"
+            f"<td>{_bound(metrics, name, targets, False)}</td></tr>"
+        )
+    parts.append("</table>")
+    for note in test.get("notes", []):
+        parts.append(f"<p>{html.escape(note)}</p>")
+    series = test.get("series", {})
+    if series:
+        parts.append("<div class=plots>")
+        for name, points in series.items():
+            if points:
+                parts.append(
+                    f"<img alt='{html.escape(name)}' "
+                    f"src='data:image/png;base64,{_plot(name, points)}'>"
+                )
+        parts.append("</div>")
+    return parts
+
+
+def _suite_section(data: dict[str, Any]) -> list[str]:
+    parts = [
+        f"<h2 id={data['suite']}>{html.escape(data['suite'])}</h2>",
+        f"<p>started {html.escape(data['started_at'])} · host "
+        f"<code>{html.escape(json.dumps(data.get('host', {})))}</code><br>config "
+        f"<code>{html.escape(json.dumps(data.get('config', {})))}</code></p>",
+    ]
+    for test in data["tests"]:
+        parts.extend(_test_section(test))
+    return parts
+
+
+def _screenshots(latest: Path) -> list[str]:
+    screens = sorted((latest / "screens").glob("*.png"))
+    if not screens:
+        return []
+    parts = ["<h2>Screenshots</h2>", "<div class=plots>"]
+    parts.extend(
+        f"<a href='screens/{p.name}'><img alt='{html.escape(p.stem)}' src='screens/{p.name}'"
+        f" title='{html.escape(p.name)}' style='max-width:260px'></a>"
+        for p in screens
+    )
+    parts.append("</div>")
+    return parts
+
+
+def render_report(latest: Path) -> Path:
+    suites = _load_suites(latest)
     parts = [
         f"<!doctype html><meta charset=utf-8><title>tchat performance</title>"
         f"<style>{_CSS}</style><h1>tchat performance report</h1>"
@@ -117,73 +211,10 @@ def render_report(latest: Path) -> Path:
         "(<code>make test-chat</code> …), not <code>make test</code>. "
         "See docs/performance.md.</p>"
     )
-    parts.append(
-        "<h2>Summary</h2><table><tr><th>suite</th><th>test</th><th>verdict</th><th>metric</th>"
-        "<th>measured</th><th>gate (CI)</th><th>target (guide)</th>"
-        "<th>guide (Go, mostly mocked)</th></tr>"
-    )
+    parts.extend(_summary(suites))
     for data in suites:
-        for test in data["tests"]:
-            metrics = test.get("metrics", {})
-            targets, gates = test.get("targets", {}), test.get("gates", {})
-            # the bounded metrics, gates first; figures-only suites (web): all
-            names = list(dict.fromkeys([*gates, *targets])) or list(metrics)
-            for i, name in enumerate(names):
-                first = i == 0
-                parts.append(
-                    f"<tr><td>{html.escape(data['suite']) if first else ''}</td>"
-                    f"<td>{html.escape(test['name']) if first else ''}</td>"
-                    f"<td>{_verdict(test) if first else ''}</td>"
-                    f"<td><code>{html.escape(name)}</code></td><td>{_fmt(metrics.get(name))}</td>"
-                    f"<td>{_bound(metrics, name, gates, True)}</td>"
-                    f"<td>{_bound(metrics, name, targets, False)}</td>"
-                    f"<td>{html.escape(_GUIDE[data['suite']]) if first else ''}</td></tr>"
-                )
-    parts.append("</table>")
-
-    for data in suites:
-        parts.append(f"<h2 id={data['suite']}>{html.escape(data['suite'])}</h2>")
-        parts.append(
-            f"<p>started {html.escape(data['started_at'])} · host "
-            f"<code>{html.escape(json.dumps(data.get('host', {})))}</code><br>config "
-            f"<code>{html.escape(json.dumps(data.get('config', {})))}</code></p>"
-        )
-        for test in data["tests"]:
-            metrics = test.get("metrics", {})
-            targets, gates = test.get("targets", {}), test.get("gates", {})
-            parts.append(
-                f"<h3>{html.escape(test['name'])}</h3><p>{_verdict(test)}</p><table><tr>"
-                "<th>metric</th><th>value</th><th>gate (CI)</th><th>target (guide)</th></tr>"
-            )
-            for name, value in metrics.items():
-                parts.append(
-                    f"<tr><td><code>{html.escape(name)}</code></td><td>{_fmt(value)}</td>"
-                    f"<td>{_bound(metrics, name, gates, True)}</td>"
-                    f"<td>{_bound(metrics, name, targets, False)}</td></tr>"
-                )
-            parts.append("</table>")
-            for note in test.get("notes", []):
-                parts.append(f"<p>{html.escape(note)}</p>")
-            series = test.get("series", {})
-            if series:
-                parts.append("<div class=plots>")
-                for name, points in series.items():
-                    if points:
-                        parts.append(
-                            f"<img alt='{html.escape(name)}' "
-                            f"src='data:image/png;base64,{_plot(name, points)}'>"
-                        )
-                parts.append("</div>")
-    screens = sorted((latest / "screens").glob("*.png"))
-    if screens:
-        parts.append("<h2>Screenshots</h2>")
-        parts.append("<div class=plots>")
-        parts.extend(
-            f"<a href='screens/{p.name}'><img alt='{html.escape(p.stem)}' src='screens/{p.name}'"
-            f" title='{html.escape(p.name)}' style='max-width:260px'></a>"
-            for p in screens
-        )
-        parts.append("</div>")
+        parts.extend(_suite_section(data))
+    parts.extend(_screenshots(latest))
     out = latest / "index.html"
     out.write_text("\n".join(parts))
     return out

@@ -158,16 +158,21 @@ class SyntheticPublisher:
                     await asyncio.sleep(self.frame_gap_s)
                     for pkt in rest:
                         self.peer.send_rtp(pkt)
-                for rid in self.rids if self.padding_per_frame else ():
-                    for _ in range(self.padding_per_frame):
-                        s = seq[rid]
-                        head = rtp_header(VIDEO_PT, s & 0xFFFF, ts, self.ssrcs[rid], False, rid)
-                        # padding only (P bit): 200 bytes, the last one says how many
-                        pad = bytes([head[0] | 0x20]) + head[1:] + bytes(199) + b"\xc8"
-                        self.peer.send_rtp(pad)
-                        seq[rid] = s + 1
-                        self.sent += 1
+                if self.padding_per_frame:  # one call a frame, none when not padding
+                    self._send_padding(seq, ts)
                 frame_n += 1
+
+    def _send_padding(self, seq: dict[str, int], ts: int) -> None:
+        """After a frame, `padding_per_frame` padding-only packets on every layer."""
+        for rid in self.rids:
+            for _ in range(self.padding_per_frame):
+                s = seq[rid]
+                head = rtp_header(VIDEO_PT, s & 0xFFFF, ts, self.ssrcs[rid], False, rid)
+                # padding only (P bit): 200 bytes, the last one says how many
+                pad = bytes([head[0] | 0x20]) + head[1:] + bytes(199) + b"\xc8"
+                self.peer.send_rtp(pad)
+                seq[rid] = s + 1
+                self.sent += 1
 
     async def pause(self) -> None:
         """Stop sending media, keeping the session (viewers drain what is in flight)."""

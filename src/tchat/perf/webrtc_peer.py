@@ -363,8 +363,7 @@ class ClientPeer(asyncio.DatagramProtocol):
             self._note_transport_seq(data, time.monotonic())
         st = self.stats
         if not st.first_media:
-            st.first_media = time.monotonic()
-            self.media_started.set()
+            self._first_media()
         ssrc = int.from_bytes(data[8:12], "big")
         s = st.streams.get(ssrc)
         if s is None:
@@ -392,10 +391,8 @@ class ClientPeer(asyncio.DatagramProtocol):
                 st.decrypt_errors += 1
                 return
             payload = plain[start:end]
-            if not payload:  # padding only (a bandwidth probe): holds a sequence number
-                s.octets -= len(data)
-                st.padding += 1
-                s.max_ext_seq = max(s.max_ext_seq, ext)
+            if not payload:
+                self._padding(s, len(data), ext)
                 return
             if self.on_media is not None:
                 self.on_media(ssrc, ext, bool(plain[1] & 0x80), payload, time.time())
@@ -417,6 +414,17 @@ class ClientPeer(asyncio.DatagramProtocol):
                     s.reordered += 1
         if ext > s.max_ext_seq:
             s.max_ext_seq = ext
+
+    # The rare paths of _rtp, out of line: the per-packet path makes no extra call.
+    def _first_media(self) -> None:
+        self.stats.first_media = time.monotonic()
+        self.media_started.set()
+
+    def _padding(self, s: StreamStats, size: int, ext: int) -> None:
+        """Padding only (a bandwidth probe): not media, but it holds a sequence number."""
+        s.octets -= size
+        self.stats.padding += 1
+        s.max_ext_seq = max(s.max_ext_seq, ext)
 
     def _rtcp(self, data: bytes) -> None:
         self.stats.rtcp_in += 1

@@ -178,35 +178,13 @@ class Resumer:
             "resuming a recording left behind",
             extra=kv(id=rec.id, pending=len(pending), segments=len(manifest.kept)),
         )
-        for e in pending:
-            path = self.workdir / e.file
-            self.uploader.submit(
-                UploadJob(e.key, "segment", path.stat().st_size, self.clock(), path=path)
-            )
-        body = final_playlist(manifest, self.segment_s)
-        self.uploader.submit(UploadJob(rec.playlist_key, "playlist", len(body), self.clock(),
-                                       data=body))  # fmt: skip
-        task = asyncio.create_task(self.uploader.run())
-        try:
-            await self.uploader.drain(float("inf"))
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._upload(rec, manifest, pending)
         # a kept segment whose file is gone was stored before (the uploader deletes it
         # then): the store says whether that is so
         stored = {o.key for o in await self._listing(rec.prefix)}
         missing = [e for e in manifest.kept if e.key not in stored]
         lost = manifest.lost + missing
-        notes = [f"upload resumed later: {len(pending)} segments stored then"]
-        if self.rec.state == "recording":
-            notes.insert(0, "the server stopped during this recording")
-        elif self.rec.detail:
-            notes.append(f"before: {self.rec.detail}")
-        if manifest.lost:
-            notes.append(f"{len(manifest.lost)} segments lost: {manifest.lost[0].lost}")
-        if missing:
-            notes.append(f"{len(missing)} segments were neither stored nor kept on disk")
+        notes = self._notes(manifest, pending, missing)
         state: State = "failed" if lost else "available"
         kept = manifest.kept
         done = ended(
@@ -223,6 +201,37 @@ class Resumer:
         shutil.rmtree(self.workdir, ignore_errors=True)
         log.info("recording resumed", extra=kv(id=rec.id, state=state, segments=len(kept)))
         return done
+
+    async def _upload(self, rec: Recording, manifest: Manifest, pending: list[Entry]) -> None:
+        """Store the files still on disk, then the final playlist; wait until all are."""
+        for e in pending:
+            path = self.workdir / e.file
+            self.uploader.submit(
+                UploadJob(e.key, "segment", path.stat().st_size, self.clock(), path=path)
+            )
+        body = final_playlist(manifest, self.segment_s)
+        self.uploader.submit(UploadJob(rec.playlist_key, "playlist", len(body), self.clock(),
+                                       data=body))  # fmt: skip
+        task = asyncio.create_task(self.uploader.run())
+        try:
+            await self.uploader.drain(float("inf"))
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _notes(self, manifest: Manifest, pending: list[Entry], missing: list[Entry]) -> list[str]:
+        """What the finished recording's detail says about how it was finished."""
+        notes = [f"upload resumed later: {len(pending)} segments stored then"]
+        if self.rec.state == "recording":
+            notes.insert(0, "the server stopped during this recording")
+        elif self.rec.detail:
+            notes.append(f"before: {self.rec.detail}")
+        if manifest.lost:
+            notes.append(f"{len(manifest.lost)} segments lost: {manifest.lost[0].lost}")
+        if missing:
+            notes.append(f"{len(missing)} segments were neither stored nor kept on disk")
+        return notes
 
     async def _listing(self, prefix: str) -> list[ObjectInfo]:
         delay = 0.25

@@ -12,26 +12,9 @@ import contextlib
 from pathlib import Path
 
 
-def synthetic_args(
-    ffmpeg: str,
-    port: int,
-    duration_s: float,
-    *,
-    size: str = "320x180",
-    fps: int = 25,
-    keyframe_s: float = 1.0,
-    rtp: bool = False,
-) -> list[str]:
-    """FFmpeg arguments of the source: MPEG-TS (H.264 + AAC) over UDP, or with `rtp`
-    H.264 alone as RTP (payload type 96), the way the SFU will hand video over."""
-    gop = str(max(1, round(fps * keyframe_s)))
-    text = "%{localtime\\:%T} t=%{pts\\:hms}"
+def _inputs(size: str, fps: int, duration_s: float) -> list[str]:
+    """Test picture and a 440 Hz tone, both read at their native rate (-re): a live source."""
     return [
-        ffmpeg,
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-nostdin",
         "-re",
         "-f",
         "lavfi",
@@ -44,6 +27,14 @@ def synthetic_args(
         "sine=frequency=440:sample_rate=48000",
         "-t",
         f"{duration_s:.3f}",
+    ]
+
+
+def _video(fps: int, keyframe_s: float) -> list[str]:
+    """Clock-stamped H.264 with a fixed GOP, so segments cut on predictable keyframes."""
+    gop = str(max(1, round(fps * keyframe_s)))
+    text = "%{localtime\\:%T} t=%{pts\\:hms}"
+    return [
         "-vf",
         f"drawtext=text='{text}':x=6:y=6:fontsize=14:fontcolor=white:box=1:boxcolor=black",
         "-c:v",
@@ -60,19 +51,45 @@ def synthetic_args(
         "0",
         "-pix_fmt",
         "yuv420p",
-    ] + (
-        ["-an", "-payload_type", "96", "-f", "rtp", f"rtp://127.0.0.1:{port}?pkt_size=1200"]
-        if rtp
-        else [
-            "-c:a",
-            "aac",
-            "-b:a",
-            "64k",
-            "-f",
-            "mpegts",
-            f"udp://127.0.0.1:{port}?pkt_size=1316",
-        ]
-    )
+    ]
+
+
+def _output(port: int, rtp: bool) -> list[str]:
+    if rtp:
+        return ["-an", "-payload_type", "96", "-f", "rtp", f"rtp://127.0.0.1:{port}?pkt_size=1200"]
+    return [
+        "-c:a",
+        "aac",
+        "-b:a",
+        "64k",
+        "-f",
+        "mpegts",
+        f"udp://127.0.0.1:{port}?pkt_size=1316",
+    ]
+
+
+def synthetic_args(
+    ffmpeg: str,
+    port: int,
+    duration_s: float,
+    *,
+    size: str = "320x180",
+    fps: int = 25,
+    keyframe_s: float = 1.0,
+    rtp: bool = False,
+) -> list[str]:
+    """FFmpeg arguments of the source: MPEG-TS (H.264 + AAC) over UDP, or with `rtp`
+    H.264 alone as RTP (payload type 96), the way the SFU will hand video over."""
+    return [
+        ffmpeg,
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostdin",
+        *_inputs(size, fps, duration_s),
+        *_video(fps, keyframe_s),
+        *_output(port, rtp),
+    ]
 
 
 class SyntheticStream:

@@ -97,7 +97,8 @@ class Track:
         self._pli_at: dict[int, float] = {}
         self.dropped = 0  # packets of unknown layers, malformed, or padding-only
         self.delivered = 0
-        # cluster relay sinks (sfu/relay.py): each gets (layer index, the packet as received)
+        # cluster relay sinks (sfu/cluster/origin.py): each gets (layer index, the packet
+        # as received)
         self.relays: list[Callable[[int, bytes], None]] = []
 
     # -- per packet ------------------------------------------------------------
@@ -115,23 +116,13 @@ class Track:
                 self.dropped += 1
                 return 0
         if start >= end:  # padding-only (the publisher's bandwidth probe): not forwarded
-            self._skip(layer, (data[2] << 8) | data[3])
-            if self.relays:
-                # edges close up behind it too: its number, in a 13-byte padding stub
-                stub = b"\xa0" + data[1:12] + b"\x01"
-                for relay in self.relays:
-                    relay(layer.index, stub)
+            self._padding(layer, data)
             return 0
         payload = data[start:end]
         seq = (data[2] << 8) | data[3]
         ts = (data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7]
         marker = data[1] & 0x80
-        layer.cache.put(seq, ts, marker, payload)
-        layer.last_seen = now
-        layer.packets += 1
-        layer.octets += end - start
-        if (seq - layer.max_seq) & 0xFFFF < 0x8000:
-            layer.max_seq = seq
+        layer.received(seq, ts, marker, payload, now)
         index = layer.index
         for relay in self.relays:
             relay(index, data)
@@ -171,6 +162,14 @@ class Track:
             sent += 1
         self.delivered += sent
         return sent
+
+    def _padding(self, layer: Layer, data: bytes) -> None:
+        self._skip(layer, (data[2] << 8) | data[3])
+        if self.relays:
+            # edges close up behind it too: its number, in a 13-byte padding stub
+            stub = b"\xa0" + data[1:12] + b"\x01"
+            for relay in self.relays:
+                relay(layer.index, stub)
 
     def _bind(self, data: bytes, ssrc: int, now: float, hint: int = -1) -> Layer | None:
         """Map a new SSRC to its layer: by rid when simulcast, else it replaces layer 0."""

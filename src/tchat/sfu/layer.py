@@ -62,6 +62,15 @@ class Layer:
         self.sr_arrival = 0.0
         self._rr = (-1, 0)  # (extended highest seq, packets) at the previous report
 
+    def received(self, seq: int, ts: int, marker: int, payload: bytes, now: float) -> None:
+        """A media packet of this layer arrived: kept for NACK answers and counted."""
+        self.cache.put(seq, ts, marker, payload)
+        self.last_seen = now
+        self.packets += 1
+        self.octets += len(payload)
+        if (seq - self.max_seq) & 0xFFFF < 0x8000:
+            self.max_seq = seq
+
     def measure(self, now: float) -> None:
         """Once a second: the payload rate over the last ~4 s (two keyframe intervals)."""
         marks = self._rate_marks

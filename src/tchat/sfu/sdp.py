@@ -8,7 +8,6 @@ our sha-256 fingerprint, `setup:passive` (we are the DTLS server), rtcp-mux, BUN
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from aiortc.rtcdtlstransport import RTCDtlsFingerprint, RTCDtlsParameters
 from aiortc.rtcicetransport import RTCIceCandidate, RTCIceParameters
@@ -25,65 +24,42 @@ from aiortc.sdp import (
     grouplines,
 )
 
-MAX_SDP_BYTES = 64 * 1024
-MAX_RIDS = 3
-MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
-RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
-TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
-PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
+from tchat.sfu.negotiated import (
+    CANONICAL_MIME,
+    MAX_RIDS,
+    MAX_SDP_BYTES,
+    MID_URI,
+    PLAYOUT_DELAY_URI,
+    RID_URI,
+    TWCC_URI,
+    Codec,
+    LocalParams,
+    Media,
+    Negotiated,
+    SdpError,
+    canonical_mime,
+)
+
+__all__ = [
+    "CANONICAL_MIME",
+    "MAX_RIDS",
+    "MAX_SDP_BYTES",
+    "MID_URI",
+    "PLAYOUT_DELAY_URI",
+    "RID_URI",
+    "TWCC_URI",
+    "Codec",
+    "LocalParams",
+    "Media",
+    "Negotiated",
+    "SdpError",
+    "canonical_mime",
+    "negotiate_whep",
+    "negotiate_whip",
+]
 # Layer order when rid names follow a known scheme (q/h/f: quarter, half, full;
 # l/m/h: low, mid, high); otherwise the simulcast line lists the highest first.
-# Encoding names are case-insensitive (RFC 4855 §3; GStreamer writes OPUS, some write
-# h264): codecs are compared in lower case and kept under one spelling from here on.
-CANONICAL_MIME = {"audio/opus": "audio/opus", "video/h264": "video/H264", "video/vp8": "video/VP8"}
 _RID_SCHEMES = [{"q": 0, "h": 1, "f": 2}, {"l": 0, "m": 1, "h": 2}, {"low": 0, "mid": 1, "high": 2}]
-
-
-class SdpError(ValueError):
-    """The offer is malformed or cannot be answered; the message says why (HTTP 400)."""
-
-
-@dataclass(frozen=True, slots=True)
-class LocalParams:
-    ufrag: str
-    pwd: str
-    fingerprint: str  # sha-256, "AB:CD:…"
-    ip: str
-    port: int
-
-
-@dataclass(frozen=True, slots=True)
-class Codec:
-    mime: str  # "video/H264"
-    payload_type: int
-    clock_rate: int
-    channels: int | None = None
-    fmtp: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(slots=True)
-class Media:
-    mid: str
-    kind: str  # audio | video
-    codec: Codec | None  # None: rejected (inactive)
-    rids: list[str] = field(default_factory=list)  # lowest layer first
-    rids_offered: list[str] = field(default_factory=list)  # as the offer lists them
-    mid_ext: int = 0
-    rid_ext: int = 0
-    ssrc: int = 0  # WHEP: the SSRC we send with
-    twcc_ext: int = 0  # transport-wide CC extension id (0: not negotiated)
-    playout_ext: int = 0  # WHEP: playout-delay extension id (0: not negotiated)
-    rtx_pt: int = 0  # WHEP: RTX payload type for the codec (0: not negotiated)
-    rtx_ssrc: int = 0  # WHEP: the SSRC we send RTX with
-
-
-@dataclass(slots=True)
-class Negotiated:
-    answer: str
-    remote_ufrag: str
-    remote_pwd: str
-    remote_fingerprints: list[tuple[str, str]]
-    media: list[Media]
 
 
 def _parse(offer: str) -> tuple[SessionDescription, list[list[str]]]:
@@ -138,12 +114,6 @@ def _rids(lines: list[str]) -> tuple[list[str], list[str]]:
         if all(r.lower() in scheme for r in rids):
             return sorted(rids, key=lambda r: scheme[r.lower()]), rids
     return list(reversed(rids)), rids  # simulcast lines list the highest layer first
-
-
-def canonical_mime(mime: str) -> str:
-    """One spelling per codec ("OPUS" and "opus" → "audio/opus"); others lower-cased."""
-    lower = mime.lower()
-    return CANONICAL_MIME.get(lower, lower)
 
 
 def _fmtp_param(params: Mapping[str, object], name: str, default: str) -> str:
@@ -317,6 +287,54 @@ def _rtx_for(media: MediaDescription, pt: int) -> int:
     return 0
 
 
+def _whep_extensions(
+    m: MediaDescription, am: MediaDescription, chosen: RTCRtpCodecParameters | None, twcc: bool
+) -> tuple[int, int]:
+    """Transport-wide CC (and playout delay, only beside it) answered where offered: their
+    extension ids, 0 for none."""
+    exts = {e.uri: e.id for e in m.rtp.headerExtensions} if twcc and chosen else {}
+    twcc_id = int(exts.get(TWCC_URI) or 0)
+    playout_id = int(exts.get(PLAYOUT_DELAY_URI) or 0) if twcc_id else 0
+    if not 0 < twcc_id < 15 or not 0 <= playout_id < 15:
+        return 0, 0  # we write one-byte extensions only
+    if twcc_id:
+        am.rtp.headerExtensions = [RTCRtpHeaderExtensionParameters(id=twcc_id, uri=TWCC_URI)]
+        if playout_id:
+            am.rtp.headerExtensions.append(
+                RTCRtpHeaderExtensionParameters(id=playout_id, uri=PLAYOUT_DELAY_URI)
+            )
+        am.rtp.codecs[0].rtcpFeedback.append(RTCRtcpFeedback(type="transport-cc"))
+    return twcc_id, playout_id
+
+
+def _whep_streams(
+    m: MediaDescription,
+    am: MediaDescription,
+    chosen: RTCRtpCodecParameters,
+    ssrc: int,
+    rtx_ssrc: int,
+) -> tuple[int, int]:
+    """Our media SSRC in the answer and, where the offer has RTX for the chosen codec,
+    the RTX codec and SSRC (FID group): (RTX payload type, RTX SSRC), (0, 0) without."""
+    am.ssrc = [SsrcDescription(ssrc=ssrc, cname="tchat", msid=f"tchat {m.kind}")]
+    am.msid = f"tchat {m.kind}"
+    rtx_pt = _rtx_for(m, int(chosen.payloadType or 0)) if rtx_ssrc else 0
+    if not rtx_pt:
+        return 0, 0
+    am.rtp.codecs.append(
+        RTCRtpCodecParameters(
+            mimeType=f"{m.kind}/rtx",
+            clockRate=chosen.clockRate,
+            payloadType=rtx_pt,
+            parameters={"apt": int(chosen.payloadType or 0)},
+        )
+    )
+    am.fmt.append(rtx_pt)
+    am.ssrc_group = [GroupDescription(semantic="FID", items=[ssrc, rtx_ssrc])]
+    am.ssrc.append(SsrcDescription(ssrc=rtx_ssrc, cname="tchat", msid=f"tchat {m.kind}"))
+    return rtx_pt, rtx_ssrc
+
+
 def negotiate_whep(
     offer: str,
     local: LocalParams,
@@ -350,41 +368,12 @@ def negotiate_whep(
                 raise SdpError(f"viewer offers no {source.mime} for its {m.kind} section")
             taken.add(m.kind)
         am = _answer_media(m, local, chosen, "sendonly")
-        exts = {e.uri: e.id for e in m.rtp.headerExtensions} if twcc and chosen else {}
-        twcc_id = int(exts.get(TWCC_URI) or 0)
-        playout_id = int(exts.get(PLAYOUT_DELAY_URI) or 0) if twcc_id else 0
-        if not 0 < twcc_id < 15 or not 0 <= playout_id < 15:
-            twcc_id = playout_id = 0  # we write one-byte extensions only
-        if twcc_id:
-            am.rtp.headerExtensions = [RTCRtpHeaderExtensionParameters(id=twcc_id, uri=TWCC_URI)]
-            if playout_id:
-                am.rtp.headerExtensions.append(
-                    RTCRtpHeaderExtensionParameters(id=playout_id, uri=PLAYOUT_DELAY_URI)
-                )
-            am.rtp.codecs[0].rtcpFeedback.append(RTCRtcpFeedback(type="transport-cc"))
+        twcc_id, playout_id = _whep_extensions(m, am, chosen, twcc)
         rtx_pt = rtx_ssrc = 0
         if chosen is not None:
-            ssrc = ssrcs[m.kind]
-            am.ssrc = [SsrcDescription(ssrc=ssrc, cname="tchat", msid=f"tchat {m.kind}")]
-            am.msid = f"tchat {m.kind}"
-            rtx_ssrc = (rtx_ssrcs or {}).get(m.kind, 0)
-            rtx_pt = _rtx_for(m, int(chosen.payloadType or 0)) if rtx_ssrc else 0
-            if rtx_pt:
-                am.rtp.codecs.append(
-                    RTCRtpCodecParameters(
-                        mimeType=f"{m.kind}/rtx",
-                        clockRate=chosen.clockRate,
-                        payloadType=rtx_pt,
-                        parameters={"apt": int(chosen.payloadType or 0)},
-                    )
-                )
-                am.fmt.append(rtx_pt)
-                am.ssrc_group = [GroupDescription(semantic="FID", items=[ssrc, rtx_ssrc])]
-                am.ssrc.append(
-                    SsrcDescription(ssrc=rtx_ssrc, cname="tchat", msid=f"tchat {m.kind}")
-                )
-            else:
-                rtx_ssrc = 0
+            rtx_pt, rtx_ssrc = _whep_streams(
+                m, am, chosen, ssrcs[m.kind], (rtx_ssrcs or {}).get(m.kind, 0)
+            )
         answer.append(am)
         out.append(
             Media(
