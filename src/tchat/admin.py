@@ -19,6 +19,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from tchat.http import json_error
+from tchat.services import services
 
 ADMIN_HOST = "127.0.0.1"
 LOCAL_NAMES = {"127.0.0.1", "localhost", "[::1]"}
@@ -39,7 +40,7 @@ def bind_admin_socket(port: int) -> socket.socket:
 def is_admin_request(request: Request) -> bool:
     """Came in on the admin socket, addressed by a loopback name (a page whose name was
     DNS-rebound to 127.0.0.1 sends its own name as Host)."""
-    port = getattr(request.app.state, "admin_port", None)
+    port = services(request).admin_port
     server = request.scope.get("server")
     if port is None or not server or server[0] != ADMIN_HOST or server[1] != port:
         return False
@@ -51,7 +52,7 @@ def admin_only(request: Request, what: str) -> JSONResponse | None:
     """403 naming the admin listener unless the request came in on it."""
     if is_admin_request(request):
         return None
-    port = getattr(request.app.state, "admin_port", None)
+    port = services(request).admin_port
     where = f" ({admin_url(port)})" if port else ""
     return json_error(
         403, "forbidden", f"{what} are served on the admin listener{where} only, to this host"

@@ -20,20 +20,34 @@ from tchat.cors import ApiCors
 from tchat.http import BodyLimit, json_error
 from tchat.recording import api as recording_api
 from tchat.recording import live as live_recording
+from tchat.services import NotStarted, Services, install, services
 from tchat.sfu import api as sfu_api
 from tchat.web import pages
 
 log = logging.getLogger("tchat.app")
 
 
+# What each capability runs, in dependency order: the SFU (a cluster fails a dead
+# instance's recordings) needs the recording service, live recording joins the worker to
+# it, and pages point chat presence at the SFU.
+RUNNING = (
+    chat_api.running,
+    recording_api.running,
+    sfu_api.running,
+    live_recording.running,
+    pages.running,
+)
+
+
 def create_app(settings: Settings) -> FastAPI:
+    svc = Services(settings, recording_access=recording_api.Access(settings))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc.token_secret = settings.token_secret()
         async with AsyncExitStack() as stack:
-            app.state.settings = settings
-            app.state.secret = settings.token_secret()
-            for component in app.state.components:
-                await stack.enter_async_context(component(app))
+            for running in RUNNING:
+                await stack.enter_async_context(running(svc))
             # Start-up objects (driver metadata, routes, models) live as long as the
             # process: freezing them keeps gen-2 collections short on the request path.
             gc.freeze()
@@ -47,22 +61,44 @@ def create_app(settings: Settings) -> FastAPI:
         description="Live streaming: WHIP/WHEP SFU, chat, HLS recordings.",
         generate_unique_id_function=openapi.operation_id,
     )
-    app.state.components = []
-    app.state.settings = settings
+    install(app, svc)
     openapi.install(app)
 
-    @app.get("/healthz", tags=["ops"])
-    async def healthz(request: Request) -> dict[str, object]:
-        """Up (200). `status` is `degraded` while a dependency is failing: the chat bus
-        (Redis fan-out to other instances reconnecting; `bus` says since when)."""
-        chat = getattr(request.app.state, "chat", None)
-        bus = chat.bus.health() if chat is not None else {"ok": True, "state": "starting"}
-        status = "ok" if bus.get("ok", True) else "degraded"
-        return {"status": status, "version": __version__, "bus": bus}
+    app.get("/healthz", tags=["ops"])(healthz)
+    _install_errors(app)
+    app.get("/metrics", include_in_schema=False)(metrics)  # documented in tchat.openapi
+    app.add_middleware(BodyLimit)  # every request body capped (64 KiB; chat less): 413
+    app.mount("/metrics", make_asgi_app())
+    _mount_capabilities(app, settings)
+    # outermost: a preflight is answered before any route or page middleware sees it
+    app.add_middleware(ApiCors, origins=settings.cors_allowed_origins, routes=app.router.routes)
+    return app
+
+
+async def healthz(request: Request) -> dict[str, object]:
+    """Up (200). `status` is `degraded` while a dependency is failing: the chat bus
+    (Redis fan-out to other instances reconnecting; `bus` says since when)."""
+    chat = services(request).chat
+    bus = chat.bus.health() if chat is not None else {"ok": True, "state": "starting"}
+    status = "ok" if bus.get("ok", True) else "degraded"
+    return {"status": status, "version": __version__, "bus": bus}
+
+
+async def metrics() -> Response:
+    # answered here, not by the mount's 307 to /metrics/
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _install_errors(app: FastAPI) -> None:
+    """Every error in the documented JSON body."""
 
     @app.exception_handler(ValueError)
     async def value_error(request: Request, exc: ValueError) -> JSONResponse:
         return json_error(400, "bad_request", str(exc))
+
+    @app.exception_handler(NotStarted)
+    async def not_started(request: Request, exc: NotStarted) -> JSONResponse:
+        return json_error(503, "unavailable", str(exc), {"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -74,18 +110,6 @@ def create_app(settings: Settings) -> FastAPI:
         # headers kept (405's Allow)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return json_error(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
-
-    @app.get("/metrics", include_in_schema=False)  # documented in tchat.openapi
-    async def metrics() -> Response:
-        # answered here, not by the mount's 307 to /metrics/
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    app.add_middleware(BodyLimit)  # every request body capped (64 KiB; chat less): 413
-    app.mount("/metrics", make_asgi_app())
-    _mount_capabilities(app, settings)
-    # outermost: a preflight is answered before any route or page middleware sees it
-    app.add_middleware(ApiCors, origins=settings.cors_allowed_origins, routes=app.router.routes)
-    return app
 
 
 def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -104,8 +128,8 @@ def validation_error(request: Request, exc: RequestValidationError) -> JSONRespo
 
 
 def _mount_capabilities(app: FastAPI, settings: Settings) -> None:
-    """Each capability's `mount(app, settings)` adds its routes and appends its lifespan
-    component (a callable app -> async context manager) to `app.state.components`."""
-    # live_recording after both it joins; pages last (its catch-all routes come after the API)
-    for capability in (chat_api, recording_api, sfu_api, live_recording, pages):
+    """Each capability's `mount(app, settings)` adds its routes (no state: handlers reach
+    what runs through `services(request)`)."""
+    # pages last: its catch-all routes come after the API
+    for capability in (chat_api, recording_api, sfu_api, pages):
         capability.mount(app, settings)

@@ -70,11 +70,11 @@ def serve(host: str | None, port: int | None, sfu_instances: int | None) -> None
     except OSError as exc:
         click.echo(f"tchat: admin listener 127.0.0.1:{settings.admin_port}: {exc}", err=True)
         sys.exit(2)
-    app.state.admin_port = admin.getsockname()[1]
+    app.state.services.admin_port = port = admin.getsockname()[1]
     base = settings.base_url
     click.echo(f"tchat {__version__} serving on {base}")
     click.echo(f"  pages    {base}/  studio {base}/studio  watch {base}/watch/{{room}}")
-    click.echo(f"  admin    {admin_url(app.state.admin_port)} (this host only; never proxy it)")
+    click.echo(f"  admin    {admin_url(port)} (this host only; never proxy it)")
     click.echo(
         "  tokens   watch page gets chat tokens from the admin listener's /dev/token"
         if settings.dev_tokens_enabled

@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tchat.auth import TokenError, TokenForbidden
+from tchat.openapi import operation_id
 
 MAX_BODY_BYTES = 64 * 1024  # the largest body any route takes (an SDP offer)
 M = TypeVar("M", bound=BaseModel)
@@ -190,3 +191,15 @@ _DESCRIPTIONS = {
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for these error statuses, all with the ErrorBody schema."""
     return {s: {"model": ErrorBody, "description": _DESCRIPTIONS[s]} for s in statuses}
+
+
+def api_router(tag: str) -> APIRouter:
+    """A capability's routes, operation ids named as the app names them (tchat.openapi)."""
+    return APIRouter(tags=[tag], generate_unique_id_function=operation_id)
+
+
+def include(app: FastAPI, router: APIRouter) -> None:
+    """A router's routes as the app's own entries. FastAPI's `include_router` adds one
+    opaque entry per router, in which ApiCors (cors.py) finds no methods to answer a
+    plain OPTIONS with; the routes themselves route and document the same either way."""
+    app.router.routes.extend(router.routes)

@@ -1,6 +1,6 @@
 """One SFU instance process as `tchat serve` supervises it: `python -m tchat.instance`.
 
-The SFU instance of sfu/node.py, with the recording of the rooms it originates as one
+The SFU instance of sfu/cluster/instance.py, with the recording of the rooms it originates as one
 more reader of their publishes (recording/live.py): publishes land on origins, so they
 are recorded where the media is. This module wires the two; neither imports the other.
 """
@@ -13,13 +13,13 @@ import logging
 from tchat.config import Settings
 from tchat.recording.live import LiveRecording
 from tchat.recording.service import RecordingService
-from tchat.sfu import node
-from tchat.sfu.relay import ClusterWorker
+from tchat.sfu.cluster import instance as node
+from tchat.sfu.worker import SfuWorker
 
 log = logging.getLogger("tchat.instance")
 
 
-async def record_publishes(worker: ClusterWorker, settings: Settings) -> node.Closer | None:
+async def record_publishes(worker: SfuWorker, settings: Settings) -> node.Closer | None:
     if not settings.sfu_record:
         return None
     recording = RecordingService(settings)

@@ -374,7 +374,7 @@ async def test_redis_route_is_claimed_once_by_concurrent_publishes(
     own_redis: tuple[str, subprocess.Popen[bytes]],
 ) -> None:
     """Two servers taking a WHIP of one room at the same moment: one claim wins."""
-    from tchat.sfu.routing import RedisRouting
+    from tchat.sfu.cluster.routing import RedisRouting
 
     url, _ = own_redis
     a, b = RedisRouting(url), RedisRouting(url)

@@ -15,16 +15,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tchat.sfu.control import ControlAuth, control_key, sign
-from tchat.sfu.node import KEY_ENV
-from tchat.sfu.supervisor import end
+from tchat.sfu.cluster.control import ControlAuth, control_key, sign
+from tchat.sfu.cluster.instance import KEY_ENV
+from tchat.sfu.cluster.supervisor import end
 
 KEY = control_key("integration-secret-0123456789abcdef")
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[str]:
-    """A real `python -m tchat.sfu.node`; yields its control URL."""
+    """A real `python -m tchat.sfu.cluster.instance`; yields its control URL."""
     import subprocess
 
     env = {
@@ -35,7 +35,7 @@ def node(tmp_path: Path) -> Iterator[str]:
         "SFU_RECORD": "false",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tchat.sfu.node", "--id", "t-1"],
+        [sys.executable, "-m", "tchat.sfu.cluster.instance", "--id", "t-1"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,

@@ -41,7 +41,7 @@ async def _recording(client: httpx.AsyncClient, room: str, **want: Any) -> Any:
 
 @pytest.mark.parametrize("instances", [1, 2])
 async def test_whip_publish_is_recorded_and_playable(server_factory, instances: int) -> None:  # type: ignore[no-untyped-def]
-    """With 2 instances the origin's process records (sfu/node.py), not the server's."""
+    """With 2 instances the origin's process records (sfu/cluster/instance.py), not the server's."""
     server = server_factory(RECORDING_SEGMENT_SECONDS="2", NUM_SFU_INSTANCES=str(instances))
     room = "recorded"
     token = issue_token(SECRET, room, "publisher")

@@ -12,20 +12,19 @@ from tchat.auth import issue_token
 from tchat.chat import api as chat_api
 from tchat.chat.protocol import ProtocolError
 from tchat.config import load_settings
+from tchat.services import Services, install
 
 SECRET = "unit-secret-0123456789abcdef-0123456789"
 
 
 async def test_store_busy_is_503_with_retry_after() -> None:
     app = FastAPI()
-    app.state.components = []
     chat_api.mount(app, load_settings())
-    app.state.secret = SECRET
 
     async def post(room: str, author: str, text: str, role: str = "chat") -> None:
         raise ProtocolError("store_busy", "sqlite store busy")
 
-    app.state.chat = SimpleNamespace(post=post)
+    install(app, Services(load_settings(), token_secret=SECRET, chat=SimpleNamespace(post=post)))
     token = issue_token(SECRET, "r", "chat")
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:

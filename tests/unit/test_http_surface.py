@@ -66,8 +66,9 @@ def make_app(tmp_path: Path, **env: str) -> tuple[FastAPI, FakeSfu]:
     settings = load_settings(TCHAT_SECRET=SECRET, TCHAT_DATA_DIR=str(tmp_path), **env)
     app = create_app(settings)
     sfu = FakeSfu()
-    app.state.secret = SECRET  # what the lifespan sets; the routes here need no more
-    app.state.sfu_backend = sfu
+    # what the lifespan sets; the routes here need no more
+    app.state.services.token_secret = SECRET
+    app.state.services.sfu_backend = sfu
     return app, sfu
 
 

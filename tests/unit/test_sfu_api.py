@@ -8,6 +8,7 @@ import httpx
 from fastapi import FastAPI
 
 from tchat.config import load_settings
+from tchat.services import Services, install
 from tchat.sfu import api as sfu_api
 
 ADMIN_PORT = 8099
@@ -15,14 +16,13 @@ ADMIN_PORT = 8099
 
 def _client(peer: str, port: int = 8080) -> httpx.AsyncClient:
     app = FastAPI()
-    app.state.components = []
-    app.state.admin_port = ADMIN_PORT
     sfu_api.mount(app, load_settings())
 
     async def stats(viewers: bool) -> dict[str, object]:
         return {"viewers": [] if viewers else 0}
 
-    app.state.sfu_backend = SimpleNamespace(stats=stats)
+    backend = SimpleNamespace(stats=stats)
+    install(app, Services(load_settings(), admin_port=ADMIN_PORT, sfu_backend=backend))
     transport = httpx.ASGITransport(app=app, client=(peer, 40000))
     return httpx.AsyncClient(transport=transport, base_url=f"http://127.0.0.1:{port}")
 

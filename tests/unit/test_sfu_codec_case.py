@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tchat.recording.live import rtp_stream
 from tchat.sfu import sdp
-from tchat.sfu.relay import media_from_json, media_to_json
+from tchat.sfu.cluster.wire import media_from_json, media_to_json
 from tchat.sfu.rtp import h264_keyframe_start, keyframe_detector
 
 FP = "AA:" * 31 + "AA"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tchat.sfu.control import MAX_SKEW_S, ControlVerifier, control_key, sign
+from tchat.sfu.cluster.control import MAX_SKEW_S, ControlVerifier, control_key, sign
 
 KEY = control_key("unit-secret-0123456789abcdef-0123456789")
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from tchat.auth import verify_token
 from tchat.config import Settings, load_settings
+from tchat.services import Services, install
 from tchat.web import pages
 
 SECRET = "unit-secret-0123456789abcdef0123"
@@ -21,10 +22,8 @@ ADMIN_PORT = 8099
 
 def app_with(settings: Settings) -> FastAPI:
     app = FastAPI()
-    app.state.components = []
-    app.state.secret = SECRET
-    app.state.admin_port = ADMIN_PORT
-    app.state.sfu = SimpleNamespace(live_rooms=lambda: {})
+    sfu = SimpleNamespace(live_rooms=lambda: {})
+    install(app, Services(settings, token_secret=SECRET, admin_port=ADMIN_PORT, sfu=sfu))  # type: ignore[arg-type]
 
     @app.get("/recordings/{rec_id}")
     async def recording(rec_id: str) -> dict[str, str]:
@@ -169,12 +168,12 @@ def test_live_rooms_of_a_cluster_sum_viewers_over_instances() -> None:
         {"live_rooms": {"a": {"viewers": 4, "live_for_s": None}}},
         {},  # an instance that has not answered a heartbeat yet
     ]
-    app = FastAPI()
-    app.state.sfu_cluster = SimpleNamespace(
+    cluster = SimpleNamespace(
         supervisor=SimpleNamespace(
             instances={i: SimpleNamespace(stats=b) for i, b in enumerate(beats)}
         )
     )
-    assert pages.live_rooms(app) == [
+    svc = Services(load_settings(), sfu_cluster=cluster)  # type: ignore[arg-type]
+    assert pages.live_rooms(svc) == [
         {"room": "a", "viewers": 7, "live_for_s": 12.5, "recording_id": None}
     ]

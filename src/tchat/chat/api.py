@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Header, Path, Query, Request, WebSocket
+from fastapi import FastAPI, Header, Path, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -38,14 +38,17 @@ from tchat.chat.store import StoreUnavailable, make_store
 from tchat.config import Settings
 from tchat.http import (
     BodyTooLarge,
+    api_router,
     auth_failed,
     body_schema,
     error_responses,
+    include,
     read_model,
     too_large,
 )
 from tchat.metrics import CHAT_REJECTED
 from tchat.rooms import valid_room
+from tchat.services import Services, require, services
 
 _closing: set[asyncio.Future[None]] = set()  # keeps close tasks alive until done
 RoomPath = Annotated[str, Path(pattern=ROOM_PATTERN, description="Room name.")]
@@ -55,116 +58,122 @@ class PostBody(BaseModel):
     text: str = Field(description="Message text.")
 
 
+router = api_router("chat")
+
+
 def mount(app: FastAPI, settings: Settings) -> None:
-    router = APIRouter(tags=["chat"])
-
-    @asynccontextmanager
-    async def component(app: FastAPI) -> AsyncIterator[None]:
-        service = ChatService(
-            make_store(settings),
-            make_bus(settings.redis_url),
-            settings.chat_rate_per_s,
-            settings.chat_burst,
-            node_id=settings.chat_node_id,
-            shared=make_shared(settings.redis_url),
-        )
-        await service.start()
-        app.state.chat = service
-        try:
-            yield
-        finally:
-            await service.close()
-
-    app.state.components.append(component)
-
-    def chat(request: Request | WebSocket) -> ChatService:
-        service: ChatService = request.app.state.chat
-        return service
-
-    @router.get(
-        "/rooms/{room}/messages", response_model=HistoryPage, responses=error_responses(400, 503)
-    )
-    async def history(
-        request: Request,
-        room: RoomPath,
-        limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        before: Annotated[str | None, Query(pattern=r"^\d{1,19}$")] = None,
-    ) -> Any:
-        """Messages of a room, newest first; page with `before` = the last id you have."""
-        cursor = int(before) if before else None
-        if cursor is not None and cursor >= 2**63:
-            return JSONResponse(
-                {"error": "bad_request", "detail": "before is not a message id"}, 400
-            )
-        service = chat(request)
-        try:
-            # a cleared room's history starts after the clear (moderation)
-            after = await moderation_api.cleared_before(service, room)
-            messages = await service.store.history(room, limit, cursor, after)
-        except StoreUnavailable as exc:
-            return JSONResponse({"error": "store_unavailable", "detail": str(exc)}, 503)
-        except ModerationError as exc:
-            return JSONResponse(exc.body(), exc.status)
-        return {
-            "messages": [m.to_json() for m in messages],
-            "next_before": str(messages[-1].id) if len(messages) == limit else None,
-        }
-
-    # the JSON of the longest text, every character escaped (\uXXXX), and some room
-    body_limit = max(4096, settings.chat_max_chars * 6 + 512)
-
-    @router.post(
-        "/rooms/{room}/messages",
-        status_code=201,
-        response_model=MessageOut,
-        responses=error_responses(400, 401, 403, 413, 415, 429, 503),
-        openapi_extra={**body_schema(PostBody), "security": [{"bearer": []}]},
-    )
-    async def post_message(
-        request: Request,
-        room: RoomPath,
-        authorization: Annotated[str | None, Header()] = None,
-    ) -> Any:
-        """Post `{"text": …}` with `Authorization: Bearer <chat or publisher token>`; 201
-        once stored. The token is checked before the body is read; bodies over a few KiB
-        get 413."""
-        try:
-            grant = verify_token(request.app.state.secret, bearer(authorization), room, "chat")
-            body = await read_model(request, PostBody, body_limit)
-            message = await chat(request).post(
-                room, grant.identity, validate_text(body.text, settings.chat_max_chars), grant.role
-            )
-        except TokenError as exc:
-            return auth_failed(exc)  # 401 no valid token, 403 one without chat rights
-        except BodyTooLarge as exc:
-            return too_large(exc)
-        except ModerationError as exc:  # banned, timed out, slow mode: with until/retry_after
-            CHAT_REJECTED.labels(exc.code).inc()
-            return JSONResponse(exc.body(), exc.status)
-        except ProtocolError as exc:
-            CHAT_REJECTED.labels(exc.code).inc()
-            status = {"rate_limited": 429, "store_unavailable": 503, "store_busy": 503}.get(
-                exc.code, 400
-            )
-            headers = {"Retry-After": "1"} if exc.code == "store_busy" else None
-            return JSONResponse({"error": exc.code, "detail": exc.detail}, status, headers)
-        return message.to_json()
-
-    @router.websocket("/rooms/{room}/ws")
-    async def room_socket(websocket: WebSocket, room: str, token: str | None = None) -> None:
-        """Anyone reads; posting needs a chat/publisher token (query `token` or an auth frame)."""
-        await websocket.accept()
-        if not valid_room(room):
-            await websocket.close(code=4400, reason="invalid room name")
-            return
-        secret: str = websocket.app.state.secret
-        conn = ChatConnection(
-            lambda t: verify_token(secret, t, room, "chat"), settings.chat_max_chars, token
-        )
-        await RoomSocket(websocket, chat(websocket), room, conn).run()
-
-    app.include_router(router)
+    """The chat and moderation routes; what they use comes from `services(request)`."""
+    include(app, router)
     moderation_api.mount(app)
+
+
+@asynccontextmanager
+async def running(services: Services) -> AsyncIterator[None]:
+    """The chat service, on `services.chat` while the app runs."""
+    settings = services.settings
+    service = ChatService(
+        make_store(settings),
+        make_bus(settings.redis_url),
+        settings.chat_rate_per_s,
+        settings.chat_burst,
+        node_id=settings.chat_node_id,
+        shared=make_shared(settings.redis_url),
+    )
+    await service.start()
+    services.chat = service
+    try:
+        yield
+    finally:
+        await service.close()
+        services.chat = None  # routes answer 503 rather than use a closed service
+
+
+def body_limit(settings: Settings) -> int:
+    # the JSON of the longest text, every character escaped (\uXXXX), and some room
+    return max(4096, settings.chat_max_chars * 6 + 512)
+
+
+@router.get(
+    "/rooms/{room}/messages", response_model=HistoryPage, responses=error_responses(400, 503)
+)
+async def history(
+    request: Request,
+    room: RoomPath,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[str | None, Query(pattern=r"^\d{1,19}$")] = None,
+) -> Any:
+    """Messages of a room, newest first; page with `before` = the last id you have."""
+    cursor = int(before) if before else None
+    if cursor is not None and cursor >= 2**63:
+        return JSONResponse({"error": "bad_request", "detail": "before is not a message id"}, 400)
+    service = require(services(request).chat, "chat")
+    try:
+        # a cleared room's history starts after the clear (moderation)
+        after = await moderation_api.cleared_before(service, room)
+        messages = await service.store.history(room, limit, cursor, after)
+    except StoreUnavailable as exc:
+        return JSONResponse({"error": "store_unavailable", "detail": str(exc)}, 503)
+    except ModerationError as exc:
+        return JSONResponse(exc.body(), exc.status)
+    return {
+        "messages": [m.to_json() for m in messages],
+        "next_before": str(messages[-1].id) if len(messages) == limit else None,
+    }
+
+
+@router.post(
+    "/rooms/{room}/messages",
+    status_code=201,
+    response_model=MessageOut,
+    responses=error_responses(400, 401, 403, 413, 415, 429, 503),
+    openapi_extra={**body_schema(PostBody), "security": [{"bearer": []}]},
+)
+async def post_message(
+    request: Request,
+    room: RoomPath,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Any:
+    """Post `{"text": …}` with `Authorization: Bearer <chat or publisher token>`; 201
+    once stored. The token is checked before the body is read; bodies over a few KiB
+    get 413."""
+    svc = services(request)
+    settings = svc.settings
+    try:
+        grant = verify_token(svc.secret, bearer(authorization), room, "chat")
+        body = await read_model(request, PostBody, body_limit(settings))
+        message = await require(svc.chat, "chat").post(
+            room, grant.identity, validate_text(body.text, settings.chat_max_chars), grant.role
+        )
+    except TokenError as exc:
+        return auth_failed(exc)  # 401 no valid token, 403 one without chat rights
+    except BodyTooLarge as exc:
+        return too_large(exc)
+    except ModerationError as exc:  # banned, timed out, slow mode: with until/retry_after
+        CHAT_REJECTED.labels(exc.code).inc()
+        return JSONResponse(exc.body(), exc.status)
+    except ProtocolError as exc:
+        CHAT_REJECTED.labels(exc.code).inc()
+        status = {"rate_limited": 429, "store_unavailable": 503, "store_busy": 503}.get(
+            exc.code, 400
+        )
+        headers = {"Retry-After": "1"} if exc.code == "store_busy" else None
+        return JSONResponse({"error": exc.code, "detail": exc.detail}, status, headers)
+    return message.to_json()
+
+
+@router.websocket("/rooms/{room}/ws")
+async def room_socket(websocket: WebSocket, room: str, token: str | None = None) -> None:
+    """Anyone reads; posting needs a chat/publisher token (query `token` or an auth frame)."""
+    await websocket.accept()
+    if not valid_room(room):
+        await websocket.close(code=4400, reason="invalid room name")
+        return
+    svc = services(websocket)
+    secret = svc.secret
+    conn = ChatConnection(
+        lambda t: verify_token(secret, t, room, "chat"), svc.settings.chat_max_chars, token
+    )
+    await RoomSocket(websocket, require(svc.chat, "chat"), room, conn).run()
 
 
 class RoomSocket:

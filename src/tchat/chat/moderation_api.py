@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -31,11 +31,13 @@ from tchat.chat.moderation import (
     MAX_SLOW_MODE_S,
     MAX_TIMEOUT_S,
     Action,
+    Moderation,
     ModerationError,
     parse_action,
 )
 from tchat.chat.service import ChatService
-from tchat.http import error_responses
+from tchat.http import api_router, error_responses, include
+from tchat.services import require, services
 
 RoomPath = Annotated[str, Path(pattern=ROOM_PATTERN, description="Room name.")]
 Auth = Annotated[str | None, Header(description="Bearer <moderator or publisher token>")]
@@ -174,105 +176,115 @@ async def cleared_before(service: ChatService, room: str) -> int | None:
     return st.cleared or None
 
 
+router = api_router("chat moderation")
+
+
 def mount(app: FastAPI) -> None:
-    router = APIRouter(tags=["chat moderation"])
+    """The moderation routes (chat/api.py mounts them with the chat's)."""
+    include(app, router)
 
-    def chat(request: Request) -> ChatService:
-        service: ChatService = request.app.state.chat
-        return service
 
-    async def run(
-        request: Request, room: str, authorization: str | None, kind: str, body: BaseModel
-    ) -> JSONResponse:
-        try:
-            grant = moderator_grant(request.app.state.secret, authorization, room)
-            action = parse_action(kind, body.model_dump(exclude_none=True))
-            entry = await act(chat(request), room, grant, action)
-        except ModerationError as exc:
-            return JSONResponse(exc.body(), exc.status)
-        return JSONResponse(entry)
+def _moderation(request: Request) -> Moderation:
+    """The chat's moderation, or ModerationError 503 when this server runs without it."""
+    moderation = require(services(request).chat, "chat").moderation
+    if moderation is None:
+        raise ModerationError("moderation_off", "moderation is off on this server", 503)
+    return moderation
 
-    @router.post("/rooms/{room}/moderation/delete", response_model=LogEntryOut, responses=ERRORS)
-    async def delete(
-        request: Request, room: RoomPath, body: DeleteBody, authorization: Auth = None
-    ) -> Any:
-        """Delete a message: it leaves history, every client (a `deleted` frame) and recording
-        replays; its row keeps a tombstone (who, when)."""
-        return await run(request, room, authorization, "delete", body)
 
-    @router.post("/rooms/{room}/moderation/timeout", response_model=LogEntryOut, responses=ERRORS)
-    async def timeout(
-        request: Request, room: RoomPath, body: TimeoutBody, authorization: Auth = None
-    ) -> Any:
-        """Time an identity out for 1 s … 14 days: its posts get `timed_out` (with `until`)
-        until then; it ends by itself."""
-        return await run(request, room, authorization, "timeout", body)
+async def _run(
+    request: Request, room: str, authorization: str | None, kind: str, body: BaseModel
+) -> JSONResponse:
+    svc = services(request)
+    try:
+        grant = moderator_grant(svc.secret, authorization, room)
+        action = parse_action(kind, body.model_dump(exclude_none=True))
+        entry = await act(require(svc.chat, "chat"), room, grant, action)
+    except ModerationError as exc:
+        return JSONResponse(exc.body(), exc.status)
+    return JSONResponse(entry)
 
-    @router.post("/rooms/{room}/moderation/ban", response_model=LogEntryOut, responses=ERRORS)
-    async def ban(
-        request: Request, room: RoomPath, body: BanBody, authorization: Auth = None
-    ) -> Any:
-        """Ban an identity until unbanned: its posts get `banned`, whatever token it uses."""
-        return await run(request, room, authorization, "ban", body)
 
-    @router.post("/rooms/{room}/moderation/unban", response_model=LogEntryOut, responses=ERRORS)
-    async def unban(
-        request: Request, room: RoomPath, body: UnbanBody, authorization: Auth = None
-    ) -> Any:
-        """Lift a ban or timeout now."""
-        return await run(request, room, authorization, "unban", body)
+@router.post("/rooms/{room}/moderation/delete", response_model=LogEntryOut, responses=ERRORS)
+async def delete(
+    request: Request, room: RoomPath, body: DeleteBody, authorization: Auth = None
+) -> Any:
+    """Delete a message: it leaves history, every client (a `deleted` frame) and recording
+    replays; its row keeps a tombstone (who, when)."""
+    return await _run(request, room, authorization, "delete", body)
 
-    @router.post("/rooms/{room}/moderation/slow_mode", response_model=LogEntryOut, responses=ERRORS)
-    async def slow_mode(
-        request: Request, room: RoomPath, body: SlowModeBody, authorization: Auth = None
-    ) -> Any:
-        """Slow mode: at most one message per `seconds` per chatter (moderators and the
-        broadcaster exempt); 0 turns it off."""
-        return await run(request, room, authorization, "slow_mode", body)
 
-    @router.post("/rooms/{room}/moderation/clear", response_model=LogEntryOut, responses=ERRORS)
-    async def clear(
-        request: Request, room: RoomPath, authorization: Auth = None, body: ClearBody | None = None
-    ) -> Any:
-        """Clear the room's visible history (one room tombstone; no row is removed)."""
-        return await run(request, room, authorization, "clear", body or ClearBody())
+@router.post("/rooms/{room}/moderation/timeout", response_model=LogEntryOut, responses=ERRORS)
+async def timeout(
+    request: Request, room: RoomPath, body: TimeoutBody, authorization: Auth = None
+) -> Any:
+    """Time an identity out for 1 s … 14 days: its posts get `timed_out` (with `until`)
+    until then; it ends by itself."""
+    return await _run(request, room, authorization, "timeout", body)
 
-    @router.get("/rooms/{room}/moderation", response_model=StateOut, responses=ERRORS)
-    async def state(request: Request, room: RoomPath, authorization: Auth = None) -> Any:
-        """Restrictions in force, slow mode, clear mark and known moderators (moderators only)."""
-        try:
-            moderator_grant(request.app.state.secret, authorization, room)
-            moderation = chat(request).moderation
-            if moderation is None:
-                raise ModerationError("moderation_off", "moderation is off on this server", 503)
-            st = await moderation.state(room)
-        except ModerationError as exc:
-            return JSONResponse(exc.body(), exc.status)
-        return st.snapshot(moderation.clock())
 
-    @router.get("/rooms/{room}/moderation/log", response_model=LogPage, responses=ERRORS)
-    async def moderation_log(
-        request: Request,
-        room: RoomPath,
-        authorization: Auth = None,
-        limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        before: Annotated[str | None, Query(pattern=r"^\d{1,19}$")] = None,
-    ) -> Any:
-        """The room's moderation actions, newest first (moderators only)."""
-        try:
-            moderator_grant(request.app.state.secret, authorization, room)
-            moderation = chat(request).moderation
-            if moderation is None:
-                raise ModerationError("moderation_off", "moderation is off on this server", 503)
-            cursor = int(before) if before else None
-            if cursor is not None and cursor >= 2**63:
-                raise ModerationError("bad_request", "before is not an entry id")
-            entries = await moderation.read_log(room, limit, cursor)
-        except ModerationError as exc:
-            return JSONResponse(exc.body(), exc.status)
-        return {
-            "entries": [e.to_json() for e in entries],
-            "next_before": str(entries[-1].id) if len(entries) == limit else None,
-        }
+@router.post("/rooms/{room}/moderation/ban", response_model=LogEntryOut, responses=ERRORS)
+async def ban(request: Request, room: RoomPath, body: BanBody, authorization: Auth = None) -> Any:
+    """Ban an identity until unbanned: its posts get `banned`, whatever token it uses."""
+    return await _run(request, room, authorization, "ban", body)
 
-    app.include_router(router)
+
+@router.post("/rooms/{room}/moderation/unban", response_model=LogEntryOut, responses=ERRORS)
+async def unban(
+    request: Request, room: RoomPath, body: UnbanBody, authorization: Auth = None
+) -> Any:
+    """Lift a ban or timeout now."""
+    return await _run(request, room, authorization, "unban", body)
+
+
+@router.post("/rooms/{room}/moderation/slow_mode", response_model=LogEntryOut, responses=ERRORS)
+async def slow_mode(
+    request: Request, room: RoomPath, body: SlowModeBody, authorization: Auth = None
+) -> Any:
+    """Slow mode: at most one message per `seconds` per chatter (moderators and the
+    broadcaster exempt); 0 turns it off."""
+    return await _run(request, room, authorization, "slow_mode", body)
+
+
+@router.post("/rooms/{room}/moderation/clear", response_model=LogEntryOut, responses=ERRORS)
+async def clear(
+    request: Request, room: RoomPath, authorization: Auth = None, body: ClearBody | None = None
+) -> Any:
+    """Clear the room's visible history (one room tombstone; no row is removed)."""
+    return await _run(request, room, authorization, "clear", body or ClearBody())
+
+
+@router.get("/rooms/{room}/moderation", response_model=StateOut, responses=ERRORS)
+async def state(request: Request, room: RoomPath, authorization: Auth = None) -> Any:
+    """Restrictions in force, slow mode, clear mark and known moderators (moderators only)."""
+    try:
+        moderator_grant(services(request).secret, authorization, room)
+        moderation = _moderation(request)
+        st = await moderation.state(room)
+    except ModerationError as exc:
+        return JSONResponse(exc.body(), exc.status)
+    return st.snapshot(moderation.clock())
+
+
+@router.get("/rooms/{room}/moderation/log", response_model=LogPage, responses=ERRORS)
+async def moderation_log(
+    request: Request,
+    room: RoomPath,
+    authorization: Auth = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[str | None, Query(pattern=r"^\d{1,19}$")] = None,
+) -> Any:
+    """The room's moderation actions, newest first (moderators only)."""
+    try:
+        moderator_grant(services(request).secret, authorization, room)
+        moderation = _moderation(request)
+        cursor = int(before) if before else None
+        if cursor is not None and cursor >= 2**63:
+            raise ModerationError("bad_request", "before is not an entry id")
+        entries = await moderation.read_log(room, limit, cursor)
+    except ModerationError as exc:
+        return JSONResponse(exc.body(), exc.status)
+    return {
+        "entries": [e.to_json() for e in entries],
+        "next_before": str(entries[-1].id) if len(entries) == limit else None,
+    }

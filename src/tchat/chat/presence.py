@@ -38,7 +38,7 @@ class Presence:
         self.chat_counts = chat_counts
         self.deliver = deliver
         self.interval_s = interval_s
-        # WHEP viewers per room on this instance; the web layer sets it (app.state.sfu)
+        # WHEP viewers per room on this instance: pages.running points it at the SFU (Services)
         self.watchers: Callable[[], dict[str, int]] = dict
         self.hls: dict[str, int] = {}
         self.totals: Counts = {}

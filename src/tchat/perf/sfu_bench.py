@@ -197,10 +197,12 @@ def path_cost(viewers: int, packets: int) -> dict[str, float]:
 
 def relay_cost(packets: int = 20000) -> dict[str, float]:
     """CPU per packet relayed origin → edge, both ends in this process, real loopback UDP:
-    the origin's relay sink (prefix + sendto) and the edge's recvfrom + `relay_received`
+    the origin's relay sink (prefix + sendto) and the edge's recvfrom + `Relay.received`
     (parse, gap check, cache, forward to zero viewers), minus the same packets forwarded
     with no relay at all. Kernel time of both syscalls is included (process CPU)."""
-    from tchat.sfu.relay import MEDIA, PREFIX, ClusterWorker, media_from_json
+    from tchat.sfu.cluster.relay import Relay
+    from tchat.sfu.cluster.wire import MEDIA, PREFIX, media_from_json
+    from tchat.sfu.core import SfuCore
 
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
@@ -210,8 +212,8 @@ def relay_cost(packets: int = 20000) -> dict[str, float]:
     to, origin_addr = rx.getsockname(), tx.getsockname()
     payload = bytes([0x41]) + os.urandom(1100)
     media = [{"kind": "video", "mime": "video/H264", "payload_type": 102, "clock_rate": 90000}]
-    edge = ClusterWorker(SfuSettings(), clock=time.monotonic)
-    edge.open_edge("r", 1, origin_addr, "o", media_from_json(media))
+    edge = Relay(SfuCore(SfuSettings(), lambda data, addr: None, clock=time.monotonic))
+    edge.edge.open("r", 1, origin_addr, "o", media_from_json(media))
     head = PREFIX.pack(MEDIA, 1, 0, 0)
 
     def pkts(base: int) -> list[bytes]:
@@ -238,7 +240,7 @@ def relay_cost(packets: int = 20000) -> dict[str, float]:
     for p in batch:
         relayed.forward(p, 0.0)
         data, addr = rx.recvfrom(2048)
-        edge.relay_received(data, addr)
+        edge.received(data, addr)
         received += 1
     relay_cpu = time.process_time() - t0
     rx.close()

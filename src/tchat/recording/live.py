@@ -31,17 +31,15 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
-from fastapi import FastAPI
-
-from tchat.config import Settings
 from tchat.recording.recorder import Recorder
 from tchat.recording.service import RecordingService
 from tchat.recording.source import RtpStream, SdpSource, free_rtp_port
 from tchat.recording.synthetic import wait_udp_listener
+from tchat.services import Services, require
 from tchat.sfu import sdp
 from tchat.sfu.rtp import RtpError, keyframe_detector, payload_bounds
 from tchat.sfu.tap import Tap, taps_of
@@ -543,26 +541,20 @@ class LiveRecording:
         self._tasks.clear()
 
 
-def mount(app: FastAPI, settings: Settings) -> None:
-    """Wire the SFU to the recording service (both components must already be entered)."""
-    app.state.components.append(_component(settings))
-
-
-def _component(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    @asynccontextmanager
-    async def live_recording(app: FastAPI) -> AsyncIterator[None]:
-        app.state.live_recording = None
-        live: LiveRecording | None = None
-        # with NUM_SFU_INSTANCES > 1 there is no in-process worker: each instance
-        # process records the rooms it originates (sfu/node.py)
-        if settings.sfu_record and hasattr(app.state, "sfu"):
-            live = LiveRecording(app.state.sfu, app.state.recording)
-            app.state.sfu.publish_listeners.append(live)
-            app.state.live_recording = live
-        try:
-            yield
-        finally:
-            if live is not None:
-                await live.close()
-
-    return live_recording
+@asynccontextmanager
+async def running(services: Services) -> AsyncIterator[None]:
+    """Wire the SFU worker to the recording service (both must already be running)."""
+    # with NUM_SFU_INSTANCES > 1 there is no in-process worker: each instance
+    # process records the rooms it originates (sfu/cluster/instance.py)
+    if not services.settings.sfu_record or services.sfu is None:
+        yield
+        return
+    worker = services.sfu
+    live = LiveRecording(worker, require(services.recording, "recording"))
+    worker.publish_listeners.append(live)
+    services.live_recording = live
+    try:
+        yield
+    finally:
+        services.live_recording = None
+        await live.close()

@@ -1,5 +1,5 @@
 """WHIP (RFC 9725) and WHEP signalling routes over an SFU backend: the worker in this
-process, or several instance processes (sfu/cluster_api.py).
+process, or several instance processes (sfu/cluster/backend.py).
 
 POST an SDP offer with a Bearer token → 201, the SDP answer, a Location whose DELETE
 ends the session, an ETag naming the ICE session and, when ICE_SERVERS is set, one
@@ -21,9 +21,9 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -34,18 +34,22 @@ from tchat.auth import Grant, TokenError, TokenForbidden, bearer, verify_token
 from tchat.config import Settings
 from tchat.http import (
     BodyTooLarge,
+    api_router,
     auth_failed,
     body_schema,
     error_responses,
+    include,
     json_error,
     read_body,
     read_model,
     too_large,
 )
 from tchat.rooms import ROOM_RULE, valid_room
+from tchat.services import Services, require, services
+from tchat.sfu.backend import LocalSfu, SfuBackend
 from tchat.sfu.sdp import MAX_SDP_BYTES, SdpError
 from tchat.sfu.settings import SfuSettings
-from tchat.sfu.worker import Peer, Role, SessionError, SfuWorker
+from tchat.sfu.worker import Role, SessionError, SfuWorker
 
 LAYERS = {"low": 0, "mid": 1, "high": 2}
 CODES = {
@@ -74,7 +78,7 @@ def _grant(request: Request, room: str, role: Role) -> tuple[Grant, str] | JSONR
         return json_error(400, "bad_request", f"invalid room name: {ROOM_RULE}")
     token = bearer(request.headers.get("authorization"))
     try:
-        grant = verify_token(request.app.state.secret, token, room, role)
+        grant = verify_token(services(request).secret, token, room, role)
     except TokenError as exc:
         return auth_failed(exc)
     assert token is not None  # verify_token refuses a missing one
@@ -101,7 +105,7 @@ def _owned(
     session, dot, tag = resource.rpartition(".")
     if not dot or not session:
         return json_error(404, "not_found", f"no {role} session {resource!r} in room {room!r}")
-    want = session_tag(request.app.state.secret, room, role, session, token)
+    want = session_tag(services(request).secret, room, role, session, token)
     if not hmac.compare_digest(tag, want):
         return auth_failed(
             TokenForbidden(f"{role} session {resource!r} was started with another token")
@@ -195,63 +199,6 @@ def _sdp_exchange(created: str, *errors: int) -> dict[str, Any]:
     }
 
 
-class SfuBackend(Protocol):
-    """What the routes need from the SFU: the in-process worker (`LocalSfu`) or the
-    instance processes of a cluster (`cluster_api.Cluster`). Failures raise
-    `SessionError` (status and message; `SdpError` for a bad offer)."""
-
-    async def publish(
-        self, room: str, offer: str, owner: str = "", source: str = ""
-    ) -> tuple[str, str]:
-        """(session id, SDP answer). `owner` (token identity) and `source` (client
-        address) count against the limits on sessions still connecting."""
-        ...
-
-    async def view(
-        self, room: str, offer: str, max_layer: int, owner: str = "", source: str = ""
-    ) -> tuple[str, str]: ...
-
-    async def end(self, room: str, session: str, role: Role) -> None: ...
-
-    async def set_layer(self, room: str, session: str, max_layer: int) -> None: ...
-
-    async def stats(self, viewers: bool) -> dict[str, object]: ...
-
-
-class LocalSfu:
-    """The SFU worker of this process as a backend."""
-
-    def __init__(self, worker: SfuWorker) -> None:
-        self.worker = worker
-
-    async def publish(
-        self, room: str, offer: str, owner: str = "", source: str = ""
-    ) -> tuple[str, str]:
-        peer, answer = self.worker.add_publisher(room, offer, owner, source)
-        return peer.id, answer
-
-    async def view(
-        self, room: str, offer: str, max_layer: int, owner: str = "", source: str = ""
-    ) -> tuple[str, str]:
-        peer, answer = self.worker.add_viewer(room, offer, max_layer, owner, source)
-        return peer.id, answer
-
-    def _peer(self, room: str, session: str, role: Role) -> Peer:
-        peer = self.worker.peers.get(session)
-        if peer is None or peer.room.name != room or peer.role != role:
-            raise SessionError(404, f"no {role} session {session!r} in room {room!r}")
-        return peer
-
-    async def end(self, room: str, session: str, role: Role) -> None:
-        self.worker.close_peer(self._peer(room, session, role), "DELETE")
-
-    async def set_layer(self, room: str, session: str, max_layer: int) -> None:
-        self.worker.set_max_layer(self._peer(room, session, "viewer"), max_layer)
-
-    async def stats(self, viewers: bool) -> dict[str, object]:
-        return self.worker.stats(viewers=viewers)
-
-
 def _failed(exc: SdpError | SessionError) -> JSONResponse:
     if isinstance(exc, SdpError):
         return json_error(400, "bad_sdp", str(exc))
@@ -261,151 +208,157 @@ def _failed(exc: SdpError | SessionError) -> JSONResponse:
     return response
 
 
-def _local_component(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    sfu_settings = SfuSettings.from_settings(settings)
+@asynccontextmanager
+async def running(services: Services) -> AsyncIterator[None]:
+    """The in-process worker, or with NUM_SFU_INSTANCES > 1 the supervised instance
+    processes (sfu/cluster/backend.py); either is the routes' backend."""
+    settings = services.settings
+    if settings.num_sfu_instances > 1:
+        from tchat.sfu.cluster import backend
 
-    @asynccontextmanager
-    async def component(app: FastAPI) -> AsyncIterator[None]:
-        worker = SfuWorker(sfu_settings)
-        await worker.start()
-        app.state.sfu = worker
-        app.state.sfu_backend = LocalSfu(worker)
-        try:
+        async with backend.running(services):
             yield
-        finally:
-            await worker.stop()
+        return
+    worker = SfuWorker(SfuSettings.from_settings(settings))
+    await worker.start()
+    services.sfu, services.sfu_backend = worker, LocalSfu(worker)
+    try:
+        yield
+    finally:
+        await worker.stop()
+        services.sfu = services.sfu_backend = None
 
-    return component
+
+router = api_router("sfu")
+
+
+def _backend(request: Request) -> SfuBackend:
+    return require(services(request).sfu_backend, "the SFU")
+
+
+def _answer(
+    request: Request, kind: str, room: str, role: Role, session: str, token: str, answer: str
+) -> Response:
+    """201 with the answer, a Location bound to the token, the ETag and ICE server Links."""
+    svc = services(request)
+    location = f"/{kind}/{room}/{session}.{session_tag(svc.secret, room, role, session, token)}"
+    return _created(answer, location, ice_server_links(svc.settings))
+
+
+@router.post(
+    "/whip/{room}", **_sdp_exchange("Published: the SDP answer.", 400, 401, 403, 409, 415, 503)
+)
+async def whip(room: str, request: Request) -> Response:
+    """Publish: SDP offer in (Opus, H.264/VP8, ≤ 3 simulcast rids), answer out."""
+    auth = _grant(request, room, "publisher")
+    if isinstance(auth, Response):
+        return auth
+    grant, token = auth
+    offer = await _offer(request)
+    if isinstance(offer, Response):
+        return offer
+    try:
+        session, answer = await _backend(request).publish(
+            room, offer, grant.identity, _source(request)
+        )
+    except (SdpError, SessionError) as exc:
+        return _failed(exc)
+    return _answer(request, "whip", room, "publisher", session, token, answer)
+
+
+@router.post(
+    "/whep/{room}", **_sdp_exchange("Watching: the SDP answer.", 400, 401, 403, 404, 415, 503)
+)
+async def whep(room: str, request: Request, layer: str = "high") -> Response:
+    """Watch: SDP offer in (recvonly), answer out; `?layer=low|mid|high` caps quality."""
+    auth = _grant(request, room, "viewer")
+    if isinstance(auth, Response):
+        return auth
+    grant, token = auth
+    if layer not in LAYERS:
+        return json_error(400, "bad_request", "layer must be low, mid or high")
+    offer = await _offer(request)
+    if isinstance(offer, Response):
+        return offer
+    try:
+        session, answer = await _backend(request).view(
+            room, offer, LAYERS[layer], grant.identity, _source(request)
+        )
+    except (SdpError, SessionError) as exc:
+        return _failed(exc)
+    return _answer(request, "whep", room, "viewer", session, token, answer)
+
+
+async def _delete(room: str, resource: str, request: Request, role: Role) -> Response:
+    auth = _grant(request, room, role)
+    if isinstance(auth, Response):
+        return auth
+    session = _owned(request, room, role, resource, auth[1])
+    if isinstance(session, Response):
+        return session
+    try:
+        await _backend(request).end(room, session, role)
+    except SessionError as exc:
+        return _failed(exc)
+    return Response(status_code=200)
+
+
+_SESSION_DOC: dict[str, Any] = {
+    "response_class": Response,
+    "openapi_extra": {"security": BEARER},
+    "responses": {200: {"description": "Ended."}, **error_responses(401, 403, 404, 503)},
+}
+
+
+@router.delete("/whip/{room}/{session}", **_SESSION_DOC)
+async def whip_delete(room: str, session: str, request: Request) -> Response:
+    """End a publish session (its viewers end with it, on every instance); only
+    with the token that published."""
+    return await _delete(room, session, request, "publisher")
+
+
+@router.delete("/whep/{room}/{session}", **_SESSION_DOC)
+async def whep_delete(room: str, session: str, request: Request) -> Response:
+    """End a viewer session; only with the token that started it."""
+    return await _delete(room, session, request, "viewer")
+
+
+@router.put(
+    "/whep/{room}/{session}/layer",
+    response_model=LayerAnswer,
+    openapi_extra={**body_schema(LayerRequest), "security": BEARER},
+    responses=error_responses(400, 401, 403, 404, 413, 415),
+)
+async def whep_layer(room: str, session: str, request: Request) -> Any:
+    """Cap a viewer's simulcast layer (`{"max_layer": 0-2}`); the switch happens on the
+    next keyframe. Only with the token that started the session."""
+    auth = _grant(request, room, "viewer")
+    if isinstance(auth, Response):
+        return auth
+    peer = _owned(request, room, "viewer", session, auth[1])
+    if isinstance(peer, Response):
+        return peer
+    try:
+        body = await read_model(request, LayerRequest, 1024)
+        await _backend(request).set_layer(room, peer, body.max_layer)
+    except BodyTooLarge as exc:
+        return too_large(exc)
+    except SessionError as exc:
+        return _failed(exc)
+    return JSONResponse({"max_layer": body.max_layer})
+
+
+@router.get("/sfu/stats", response_model=None, responses=error_responses(403))
+async def sfu_stats(request: Request, viewers: bool = False) -> dict[str, object] | Response:
+    """Counters of the SFU (with several instances: each instance's and their sums):
+    peers, delivered packets, dropped datagrams by reason; `?viewers=true` adds each
+    adaptive viewer's estimate, layer, tier and switches (one instance) — only to
+    clients on the host itself (the admin listener), since it names sessions and
+    addresses."""
+    if viewers and (denied := admin_only(request, "per-viewer stats")):
+        return denied
+    return await _backend(request).stats(viewers)
 
 
 def mount(app: FastAPI, settings: Settings) -> None:
-    if settings.num_sfu_instances > 1:  # several instance processes: sfu/cluster_api.py
-        from tchat.sfu import cluster_api
-
-        app.state.components.append(cluster_api.component(settings))
-    else:
-        app.state.components.append(_local_component(settings))
-    links = ice_server_links(settings)
-
-    def backend_of(request: Request) -> SfuBackend:
-        backend: SfuBackend = request.app.state.sfu_backend
-        return backend
-
-    def location(
-        request: Request, kind: str, room: str, role: Role, session: str, token: str
-    ) -> str:
-        tag = session_tag(request.app.state.secret, room, role, session, token)
-        return f"/{kind}/{room}/{session}.{tag}"
-
-    @app.post(
-        "/whip/{room}",
-        tags=["sfu"],
-        **_sdp_exchange("Published: the SDP answer.", 400, 401, 403, 409, 415, 503),
-    )
-    async def whip(room: str, request: Request) -> Response:
-        """Publish: SDP offer in (Opus, H.264/VP8, ≤ 3 simulcast rids), answer out."""
-        auth = _grant(request, room, "publisher")
-        if isinstance(auth, Response):
-            return auth
-        grant, token = auth
-        offer = await _offer(request)
-        if isinstance(offer, Response):
-            return offer
-        try:
-            session, answer = await backend_of(request).publish(
-                room, offer, grant.identity, _source(request)
-            )
-        except (SdpError, SessionError) as exc:
-            return _failed(exc)
-        return _created(answer, location(request, "whip", room, "publisher", session, token), links)
-
-    @app.post(
-        "/whep/{room}",
-        tags=["sfu"],
-        **_sdp_exchange("Watching: the SDP answer.", 400, 401, 403, 404, 415, 503),
-    )
-    async def whep(room: str, request: Request, layer: str = "high") -> Response:
-        """Watch: SDP offer in (recvonly), answer out; `?layer=low|mid|high` caps quality."""
-        auth = _grant(request, room, "viewer")
-        if isinstance(auth, Response):
-            return auth
-        grant, token = auth
-        if layer not in LAYERS:
-            return json_error(400, "bad_request", "layer must be low, mid or high")
-        offer = await _offer(request)
-        if isinstance(offer, Response):
-            return offer
-        try:
-            session, answer = await backend_of(request).view(
-                room, offer, LAYERS[layer], grant.identity, _source(request)
-            )
-        except (SdpError, SessionError) as exc:
-            return _failed(exc)
-        return _created(answer, location(request, "whep", room, "viewer", session, token), links)
-
-    async def _delete(room: str, resource: str, request: Request, role: Role) -> Response:
-        auth = _grant(request, room, role)
-        if isinstance(auth, Response):
-            return auth
-        session = _owned(request, room, role, resource, auth[1])
-        if isinstance(session, Response):
-            return session
-        try:
-            await backend_of(request).end(room, session, role)
-        except SessionError as exc:
-            return _failed(exc)
-        return Response(status_code=200)
-
-    session_doc: dict[str, Any] = {
-        "tags": ["sfu"],
-        "response_class": Response,
-        "openapi_extra": {"security": BEARER},
-        "responses": {200: {"description": "Ended."}, **error_responses(401, 403, 404, 503)},
-    }
-
-    @app.delete("/whip/{room}/{session}", **session_doc)
-    async def whip_delete(room: str, session: str, request: Request) -> Response:
-        """End a publish session (its viewers end with it, on every instance); only
-        with the token that published."""
-        return await _delete(room, session, request, "publisher")
-
-    @app.delete("/whep/{room}/{session}", **session_doc)
-    async def whep_delete(room: str, session: str, request: Request) -> Response:
-        """End a viewer session; only with the token that started it."""
-        return await _delete(room, session, request, "viewer")
-
-    @app.put(
-        "/whep/{room}/{session}/layer",
-        tags=["sfu"],
-        response_model=LayerAnswer,
-        openapi_extra={**body_schema(LayerRequest), "security": BEARER},
-        responses=error_responses(400, 401, 403, 404, 413, 415),
-    )
-    async def whep_layer(room: str, session: str, request: Request) -> Any:
-        """Cap a viewer's simulcast layer (`{"max_layer": 0-2}`); the switch happens on the
-        next keyframe. Only with the token that started the session."""
-        auth = _grant(request, room, "viewer")
-        if isinstance(auth, Response):
-            return auth
-        peer = _owned(request, room, "viewer", session, auth[1])
-        if isinstance(peer, Response):
-            return peer
-        try:
-            body = await read_model(request, LayerRequest, 1024)
-            await backend_of(request).set_layer(room, peer, body.max_layer)
-        except BodyTooLarge as exc:
-            return too_large(exc)
-        except SessionError as exc:
-            return _failed(exc)
-        return JSONResponse({"max_layer": body.max_layer})
-
-    @app.get("/sfu/stats", tags=["sfu"], response_model=None, responses=error_responses(403))
-    async def sfu_stats(request: Request, viewers: bool = False) -> dict[str, object] | Response:
-        """Counters of the SFU (with several instances: each instance's and their sums):
-        peers, delivered packets, dropped datagrams by reason; `?viewers=true` adds each
-        adaptive viewer's estimate, layer, tier and switches (one instance) — only to
-        clients on the host itself (the admin listener), since it names sessions and
-        addresses."""
-        if viewers and (denied := admin_only(request, "per-viewer stats")):
-            return denied
-        return await backend_of(request).stats(viewers)
+    include(app, router)

@@ -29,6 +29,7 @@ import pylibsrtp
 
 from tchat.sfu import reports, rtcp
 from tchat.sfu.dtls import DtlsState
+from tchat.sfu.forwarder import Track
 from tchat.sfu.ice import Addr, Keepalive, StunError, parse_request, parse_response
 from tchat.sfu.peer import Peer, SendTo
 from tchat.sfu.rtp import (
@@ -135,6 +136,14 @@ class SfuCore(SfuSessions):
             self.delivered += track.forward(plain, now)
         except ValueError:
             self.drops["rtp_malformed"] += 1
+
+    def feed(self, track: Track, rtp: bytes, now: float, layer: int) -> None:
+        """RTP of a source other than a publisher here (a cluster edge's relay): forwarded
+        to the track's viewers like a publisher's."""
+        try:
+            self.delivered += track.forward(rtp, now, layer)
+        except ValueError:
+            self.drops["relay_rtp_malformed"] += 1
 
     def _too_large(self, peer: Peer, size: int) -> None:
         self.drops["rtp_too_large"] += 1

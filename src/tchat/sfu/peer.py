@@ -241,6 +241,16 @@ class Room:
     publisher: Peer | None = None
     tracks: dict[str, Track] = field(default_factory=dict)
     viewers: dict[str, Peer] = field(default_factory=dict)
+    # the media of a source other than a publisher here (a cluster edge's relay), which
+    # feeds `tracks` through SfuCore.feed; viewers join it as they join a publisher's
+    source_media: list[sdp.Media] | None = None
+
+    def media(self) -> list[sdp.Media] | None:
+        """What a viewer of this room receives, or None when nothing is live."""
+        pub = self.publisher
+        if pub is not None and not pub.closed:
+            return pub.media
+        return self.source_media
 
 
 def track_for(m: sdp.Media, request_keyframe: Callable[[int], None]) -> Track:

@@ -14,6 +14,7 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Literal
 
 from aiortc.rtcdtlstransport import RTCCertificate
 
@@ -28,6 +29,8 @@ from tchat.sfu.reports import SFU_SSRC
 from tchat.sfu.settings import SfuSettings
 
 log = logging.getLogger("tchat.sfu")
+# a viewer joined, a viewer's layer cap changed, a session (either role) closed
+PeerEvent = Literal["joined", "layer", "closed"]
 
 
 class SessionError(Exception):
@@ -64,6 +67,9 @@ class SfuSessions:
         # called with (publisher, True) once its media flows, (publisher, False) when it
         # ends: the recorder (recording/live.py) hangs off these, through taps (sfu/tap.py)
         self.publish_listeners: list[Callable[[Peer, bool], None]] = []
+        # called with each PeerEvent (a closed peer's room already updated): the cluster's
+        # relay roles (sfu/cluster/) follow sessions through these
+        self.peer_listeners: list[Callable[[PeerEvent, Peer], None]] = []
         # adaptive viewers' layers, probes and tiers (per-second policy, sfu/allocator.py)
         self.allocator = StreamAllocator(abr_config(settings))
 
@@ -170,20 +176,9 @@ class SfuSessions:
         _check_room(room_name)
         self._check_capacity("viewer", owner, source)
         room = self.rooms.get(room_name)
-        if room is None or room.publisher is None or room.publisher.closed:
+        media = room.media() if room is not None else None
+        if room is None or media is None:
             raise SessionError(404, f"room {room_name!r} has no publisher")
-        return self._join_viewer(room, room.publisher.media, offer, max_layer, owner, source)
-
-    def _join_viewer(
-        self,
-        room: Room,
-        media: list[sdp.Media],
-        offer: str,
-        max_layer: int,
-        owner: str = "",
-        source: str = "",
-    ) -> tuple[Peer, str]:
-        """A viewer of `room`, whose source is `media` (the publisher's, or the relay's)."""
         sources = {m.kind: m.codec for m in media if m.codec is not None}
         ssrcs = {kind: secrets.randbits(31) | 1 for kind in sources}
         rtx_ssrcs = {kind: secrets.randbits(31) | 1 for kind in sources}
@@ -194,6 +189,7 @@ class SfuSessions:
         peer = self._new_peer(room, "viewer", neg, ufrag, pwd, owner, source)
         peer.max_layer = max_layer
         room.viewers[peer.id] = peer
+        self._emit("joined", peer)
         return peer, neg.answer
 
     def set_max_layer(self, peer: Peer, max_layer: int) -> None:
@@ -201,6 +197,7 @@ class SfuSessions:
         now = self.now()
         for track, dt in peer.downtracks.values():
             track.set_max_layer(dt, max_layer, now)
+        self._emit("layer", peer)
 
     def close_peer(self, peer: Peer, reason: str) -> None:
         if peer.closed:
@@ -230,11 +227,12 @@ class SfuSessions:
                 self.close_peer(viewer, "publisher left")
             room.publisher = None
             room.tracks = {}
-        if room.publisher is None and not room.viewers:
+        if room.publisher is None and not room.viewers and self.rooms.get(room.name) is room:
             self.rooms.pop(room.name, None)
         log.info(
             "sfu close room=%s peer=%s role=%s reason=%s", room.name, peer.id, peer.role, reason
         )
+        self._emit("closed", peer)
 
     # -- events out ------------------------------------------------------------------
     def _notify(self, peer: Peer, live: bool) -> None:
@@ -243,6 +241,13 @@ class SfuSessions:
                 listener(peer, live)
             except Exception:  # a listener's failure must not end the stream
                 log.exception("publish listener failed room=%s", peer.room.name)
+
+    def _emit(self, event: PeerEvent, peer: Peer) -> None:
+        for listener in self.peer_listeners:
+            try:
+                listener(event, peer)
+            except Exception:  # a listener's failure must not break the session
+                log.exception("peer listener failed (%s) room=%s", event, peer.room.name)
 
     def _pli_sender(self, peer: Peer) -> Callable[[int], None]:
         def send_pli(media_ssrc: int) -> None:

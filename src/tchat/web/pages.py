@@ -18,7 +18,8 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
+from weakref import WeakKeyDictionary
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -32,6 +33,7 @@ from tchat.chat.protocol import RateLimiter
 from tchat.config import Settings
 from tchat.http import BodyTooLarge, body_schema, json_error, read_model, too_large
 from tchat.rooms import ROOM_PATTERN
+from tchat.services import Services, require, services
 
 STATIC = Path(__file__).parent / "static"
 DEV_TOKENS_PER_S = 0.5  # per source address, after a burst of
@@ -51,31 +53,31 @@ def _page(name: str) -> FileResponse:
     )
 
 
-def live_rooms(app: FastAPI) -> list[dict[str, Any]]:
+def live_rooms(svc: Services) -> list[dict[str, Any]]:
     """Rooms whose publisher is connected, with their viewer count (WHEP sessions on this
     server), live recording and, from presence, `watching` (WHEP + HLS pages, every
     instance) and `chatting` (chat sockets, every instance)."""
-    live = getattr(app.state, "live_recording", None)
-    chat = getattr(app.state, "chat", None)
     out = []
-    for room in _sfu_rooms(app):
-        room["recording_id"] = _live_recording_id(app, live, room["room"])
-        if chat is not None:
-            room.update(chat.presence.of(room["room"]))
+    for room in _sfu_rooms(svc):
+        room["recording_id"] = _live_recording_id(svc, room["room"])
+        if svc.chat is not None:
+            room.update(svc.chat.presence.of(room["room"]))
         out.append(room)
     return sorted(out, key=lambda r: (-r["viewers"], r["room"]))
 
 
-def _sfu_rooms(app: FastAPI) -> list[dict[str, Any]]:
+def _sfu_rooms(svc: Services) -> list[dict[str, Any]]:
     """Live rooms of this server's SFU (worker or cluster) with their WHEP viewers."""
-    cluster = getattr(app.state, "sfu_cluster", None)
+    cluster = svc.sfu_cluster
     per_worker: list[dict[str, dict[str, Any]]]
     if cluster is not None:  # the instances' last heartbeats (≤ 1 s old); this server's only
+        # each heartbeat carries its worker's live_rooms() as JSON
         per_worker = [
-            inst.stats.get("live_rooms") or {} for inst in cluster.supervisor.instances.values()
+            cast("dict[str, dict[str, Any]]", inst.stats.get("live_rooms") or {})
+            for inst in cluster.supervisor.instances.values()
         ]
     else:
-        per_worker = [app.state.sfu.live_rooms()]
+        per_worker = [require(svc.sfu, "the SFU").live_rooms()]
     merged: dict[str, dict[str, Any]] = {}
     for rooms in per_worker:
         for name, r in rooms.items():
@@ -87,14 +89,12 @@ def _sfu_rooms(app: FastAPI) -> list[dict[str, Any]]:
     return [room for room in merged.values() if room["live_for_s"] is not None]
 
 
-def _live_recording_id(app: FastAPI, live: Any, room: str) -> str | None:
-    if live is not None:
-        rec_id: str | None = live.recording_of(room)
-        return rec_id
-    recording = getattr(app.state, "recording", None)  # cluster: the nodes record
-    if recording is None:
+def _live_recording_id(svc: Services, room: str) -> str | None:
+    if svc.live_recording is not None:
+        return svc.live_recording.recording_of(room)
+    if svc.recording is None:  # cluster: the nodes record
         return None
-    recs = recording.catalog.list(room=room, state="recording", limit=1)
+    recs = svc.recording.catalog.list(room=room, state="recording", limit=1)
     return recs[0].id if recs else None
 
 
@@ -118,117 +118,153 @@ class RecordingPageMiddleware:
         await self.app(scope, receive, send)
 
 
-def mount(app: FastAPI, settings: Settings) -> None:
-    dev_tokens = settings.dev_tokens_enabled
-    app.add_middleware(RecordingPageMiddleware)
-
-    @asynccontextmanager
-    async def component(app: FastAPI) -> AsyncIterator[None]:
-        chat = getattr(app.state, "chat", None)
-        if chat is not None:  # presence counts this server's WHEP viewers per room
-            chat.presence.watchers = lambda: {r["room"]: r["viewers"] for r in _sfu_rooms(app)}
+@asynccontextmanager
+async def running(services: Services) -> AsyncIterator[None]:
+    """Chat presence counts this server's WHEP viewers per room."""
+    chat = services.chat
+    if chat is None:
         yield
+        return
+    chat.presence.watchers = lambda: {r["room"]: r["viewers"] for r in _sfu_rooms(services)}
+    try:
+        yield
+    finally:
+        chat.presence.watchers = dict  # the SFU stops next: its rooms are no longer there
 
-    app.state.components.append(component)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/", include_in_schema=False)
-    async def home() -> Response:
-        return _page("index.html")
+async def home() -> Response:
+    return _page("index.html")
 
-    @app.get("/studio", include_in_schema=False)
-    async def studio() -> Response:
-        return _page("studio.html")
 
-    @app.get("/watch/{room}", include_in_schema=False)
-    async def watch(room: str) -> Response:
-        return _page("watch.html")
+async def studio() -> Response:
+    return _page("studio.html")
 
-    def dev_token_url(request: Request) -> str | None:
-        """Where the pages get dev tokens: the admin listener (auto), here (on), nowhere."""
-        if not dev_tokens:
-            return None
-        port = getattr(request.app.state, "admin_port", None)
-        if settings.web_dev_tokens == "on" or port is None:
-            return "/dev/token"
-        return admin_url(port) + "/dev/token"
 
-    @app.get("/live", tags=["web"])
-    async def live(request: Request) -> JSONResponse:
-        """Rooms live now (publisher connected), most watched first (RECORDING_ACCESS=private:
-        only those a viewer token opens); where the pages get dev tokens (`dev_token_url`,
-        null when off)."""
-        rooms = live_rooms(request.app)
-        access = getattr(request.app.state, "recording_access", None)
-        private = access is not None and access.private
-        if access is not None and private:  # only rooms the viewer token (Bearer, ?token=) opens
-            grant = access.grant(request)
-            rooms = [
-                r for r in rooms if isinstance(grant, Grant) and grant.allows(r["room"], "viewer")
-            ]
-        return JSONResponse(
-            {
-                "rooms": rooms,
-                "access": "private" if private else "public",
-                "dev_tokens": dev_tokens,
-                "dev_token_url": dev_token_url(request),
-            },
-            headers={"Cache-Control": "no-store"},
-        )
+async def watch(room: str) -> Response:
+    return _page("watch.html")
 
+
+def _dev_token_url(request: Request) -> str | None:
+    """Where the pages get dev tokens: the admin listener (auto), here (on), nowhere."""
+    svc = services(request)
+    if not svc.settings.dev_tokens_enabled:
+        return None
+    if svc.settings.web_dev_tokens == "on" or svc.admin_port is None:
+        return "/dev/token"
+    return admin_url(svc.admin_port) + "/dev/token"
+
+
+async def live(request: Request) -> JSONResponse:
+    """Rooms live now (publisher connected), most watched first (RECORDING_ACCESS=private:
+    only those a viewer token opens); where the pages get dev tokens (`dev_token_url`,
+    null when off)."""
+    svc = services(request)
+    rooms = live_rooms(svc)
+    access = svc.recording_access
+    private = access is not None and access.private
+    if access is not None and private:  # only rooms the viewer token (Bearer, ?token=) opens
+        grant = access.grant(request)
+        rooms = [r for r in rooms if isinstance(grant, Grant) and grant.allows(r["room"], "viewer")]
+    return JSONResponse(
+        {
+            "rooms": rooms,
+            "access": "private" if private else "public",
+            "dev_tokens": svc.settings.dev_tokens_enabled,
+            "dev_token_url": _dev_token_url(request),
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _cors(request: Request) -> dict[str, str]:
     # the pages are served by the public listener and ask the admin one: a cross-origin
     # request, allowed for this server's own page origins only
+    settings = services(request).settings
     own_origins = {
         settings.base_url.rstrip("/"),
         *(f"http://{name}:{settings.port}" for name in LOCAL_NAMES),
     }
-    issued = RateLimiter(DEV_TOKENS_PER_S, DEV_TOKEN_BURST, time.monotonic)
+    origin = request.headers.get("origin", "")
+    if origin in own_origins:
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return {"Vary": "Origin"}
 
-    def cors(request: Request) -> dict[str, str]:
-        origin = request.headers.get("origin", "")
-        if origin in own_origins:
-            return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
-        return {"Vary": "Origin"}
 
-    def with_cors(response: Response, request: Request) -> Response:
-        response.headers.update(cors(request))
-        return response
+def _with_cors(response: Response, request: Request) -> Response:
+    response.headers.update(_cors(request))
+    return response
 
-    @app.options("/dev/token", include_in_schema=False)
-    async def dev_token_preflight(request: Request) -> Response:
-        headers = cors(request)
-        if "Access-Control-Allow-Origin" in headers:
-            headers["Access-Control-Allow-Methods"] = "POST"
-            headers["Access-Control-Allow-Headers"] = "content-type"
-            headers["Access-Control-Max-Age"] = "600"
-        return Response(status_code=204, headers=headers)
 
-    @app.post("/dev/token", tags=["web"], openapi_extra=body_schema(TokenRequest))
-    async def dev_token(request: Request) -> Response:
-        """Local development only: a viewer or chat token (never a publisher token) for
-        anyone who asks, `{"room", "role"}`. With WEB_DEV_TOKENS=auto only on the admin
-        listener; 403 when off. The token's identity is one per source address (`dev-…`),
-        so chat rate limits hold per address however many tokens it takes; issuing is
-        rate-limited per address too (429)."""
-        if not dev_tokens:
-            detail = "dev tokens are off (server not on loopback defaults); paste a token"
-            return with_cors(json_error(403, "forbidden", detail), request)
-        if settings.web_dev_tokens == "auto" and (denied := admin_only(request, "dev tokens")):
-            return with_cors(denied, request)
-        client = request.client.host if request.client else "unknown"
-        if not issued.allow(client):
-            wait = max(1, round(issued.retry_after(client)))
-            denied = json_error(429, "rate_limited", f"too many dev tokens; retry in {wait}s")
-            denied.headers["Retry-After"] = str(wait)
-            return with_cors(denied, request)
-        try:
-            body = await read_model(request, TokenRequest, 1024)
-        except BodyTooLarge as exc:
-            return with_cors(too_large(exc), request)
-        secret: str = request.app.state.secret
-        identity = "dev-" + hmac.new(secret.encode(), client.encode(), "sha256").hexdigest()[:12]
-        token = issue_token(secret, body.room, body.role, identity, ttl_s=settings.token_ttl)
-        return JSONResponse(
-            {"token": token, "room": body.room, "role": body.role, "identity": identity},
-            headers=cors(request),
+# dev tokens issued, per app as before (both listeners serve one app; tests build many)
+_ISSUED: WeakKeyDictionary[Any, RateLimiter] = WeakKeyDictionary()
+
+
+def _issued(request: Request) -> RateLimiter:
+    limiter = _ISSUED.get(request.app)
+    if limiter is None:
+        limiter = _ISSUED[request.app] = RateLimiter(
+            DEV_TOKENS_PER_S, DEV_TOKEN_BURST, time.monotonic
         )
+    return limiter
+
+
+async def dev_token_preflight(request: Request) -> Response:
+    headers = _cors(request)
+    if "Access-Control-Allow-Origin" in headers:
+        headers["Access-Control-Allow-Methods"] = "POST"
+        headers["Access-Control-Allow-Headers"] = "content-type"
+        headers["Access-Control-Max-Age"] = "600"
+    return Response(status_code=204, headers=headers)
+
+
+async def dev_token(request: Request) -> Response:
+    """Local development only: a viewer or chat token (never a publisher token) for
+    anyone who asks, `{"room", "role"}`. With WEB_DEV_TOKENS=auto only on the admin
+    listener; 403 when off. The token's identity is one per source address (`dev-…`),
+    so chat rate limits hold per address however many tokens it takes; issuing is
+    rate-limited per address too (429)."""
+    settings = services(request).settings
+    if not settings.dev_tokens_enabled:
+        detail = "dev tokens are off (server not on loopback defaults); paste a token"
+        return _with_cors(json_error(403, "forbidden", detail), request)
+    if settings.web_dev_tokens == "auto" and (denied := admin_only(request, "dev tokens")):
+        return _with_cors(denied, request)
+    client = request.client.host if request.client else "unknown"
+    issued = _issued(request)
+    if not issued.allow(client):
+        wait = max(1, round(issued.retry_after(client)))
+        denied = json_error(429, "rate_limited", f"too many dev tokens; retry in {wait}s")
+        denied.headers["Retry-After"] = str(wait)
+        return _with_cors(denied, request)
+    try:
+        body = await read_model(request, TokenRequest, 1024)
+    except BodyTooLarge as exc:
+        return _with_cors(too_large(exc), request)
+    secret = services(request).secret
+    identity = "dev-" + hmac.new(secret.encode(), client.encode(), "sha256").hexdigest()[:12]
+    token = issue_token(secret, body.room, body.role, identity, ttl_s=settings.token_ttl)
+    return JSONResponse(
+        {"token": token, "room": body.room, "role": body.role, "identity": identity},
+        headers=_cors(request),
+    )
+
+
+def mount(app: FastAPI, settings: Settings) -> None:
+    app.add_middleware(RecordingPageMiddleware)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # the app's own routes, not an included APIRouter (see recording/api.py's mount)
+    page: dict[str, Any] = {"methods": ["GET"], "include_in_schema": False}
+    app.add_api_route("/", home, **page)
+    app.add_api_route("/studio", studio, **page)
+    app.add_api_route("/watch/{room}", watch, **page)
+    app.add_api_route("/live", live, methods=["GET"], tags=["web"])
+    app.add_api_route(
+        "/dev/token", dev_token_preflight, methods=["OPTIONS"], include_in_schema=False
+    )
+    app.add_api_route(
+        "/dev/token",
+        dev_token,
+        methods=["POST"],
+        tags=["web"],
+        openapi_extra=body_schema(TokenRequest),
+    )

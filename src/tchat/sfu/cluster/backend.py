@@ -12,19 +12,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
-from fastapi import FastAPI
 
 from tchat.config import Settings
-from tchat.sfu.control import ControlAuth, control_key
-from tchat.sfu.routing import InstanceRecord, Routing, RoutingUnavailable, make_routing, pick
-from tchat.sfu.supervisor import LocalInstance, Supervisor
+from tchat.services import Services
+from tchat.sfu.cluster.control import ControlAuth, control_key
+from tchat.sfu.cluster.routing import (
+    InstanceRecord,
+    Routing,
+    RoutingUnavailable,
+    make_routing,
+    pick,
+)
+from tchat.sfu.cluster.supervisor import LocalInstance, Supervisor
 from tchat.sfu.worker import Role, SessionError
 
 log = logging.getLogger("tchat.sfu.cluster")
@@ -103,7 +109,7 @@ class Cluster:
             raise SessionError(status, str(data.get("detail", "")))
         return data
 
-    # --- the routes' backend (api.SfuBackend) ------------------------------------------
+    # --- the routes' backend (backend.SfuBackend) ------------------------------------------
     async def publish(
         self, room: str, offer: str, owner: str = "", source: str = ""
     ) -> tuple[str, str]:
@@ -226,21 +232,16 @@ def _fail_recordings(recording: Recordings, inst: LocalInstance) -> None:
             )
 
 
-def component(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """The cluster's lifespan: supervised instances, routing; the routes' backend."""
-
-    @asynccontextmanager
-    async def cluster_component(app: FastAPI) -> AsyncIterator[None]:
-        cluster = Cluster(settings)
-        recording = getattr(app.state, "recording", None)
-        if recording is not None:
-            cluster.supervisor.on_lost = partial(_fail_recordings, recording)
-        await cluster.start()
-        app.state.sfu_cluster = cluster
-        app.state.sfu_backend = cluster
-        try:
-            yield
-        finally:
-            await cluster.stop()
-
-    return cluster_component
+@asynccontextmanager
+async def running(services: Services) -> AsyncIterator[None]:
+    """The cluster: supervised instances and routing, as the routes' backend."""
+    cluster = Cluster(services.settings)
+    if services.recording is not None:
+        cluster.supervisor.on_lost = partial(_fail_recordings, services.recording)
+    await cluster.start()
+    services.sfu_cluster = services.sfu_backend = cluster
+    try:
+        yield
+    finally:
+        await cluster.stop()
+        services.sfu_cluster = services.sfu_backend = None

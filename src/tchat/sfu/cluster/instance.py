@@ -2,12 +2,13 @@
 
 `python -m tchat.instance` is the instance `tchat serve` supervises: this module's
 `main` with the recording of the rooms it originates as a reader (tchat/instance.py
-wires it; the SFU does not import the recorder). `python -m tchat.sfu.node` runs the
-SFU alone.
+wires it; the SFU does not import the recorder). `python -m tchat.sfu.cluster.instance`
+runs the SFU alone.
 
-A `ClusterWorker` (media UDP port + relay UDP port) and a small internal control API
-(HTTP on SFU_UDP_HOST, every request signed with the control key derived from the
-token secret: sfu/control.py) that the signalling processes call. On start it prints one JSON line
+An `SfuWorker` (media UDP port) with a `Relay` (relay UDP port: sfu/cluster/relay.py) and
+a small internal control API (HTTP on SFU_UDP_HOST, every request signed with the
+control key derived from the token secret: control.py) that the signalling processes
+call. On start it prints one JSON line
 with its ports; it exits when its stdin closes (the supervising `tchat serve` died).
 """
 
@@ -31,19 +32,20 @@ from pydantic import BaseModel, Field
 
 from tchat.config import Settings
 from tchat.rooms import ROOM_PATTERN
-from tchat.sfu.control import ControlAuth, ControlVerifier, SignedOnly, control_key
-from tchat.sfu.relay import ClusterWorker, media_from_json
+from tchat.sfu.cluster.control import ControlAuth, ControlVerifier, SignedOnly, control_key
+from tchat.sfu.cluster.relay import Relay
+from tchat.sfu.cluster.wire import media_from_json
 from tchat.sfu.sdp import SdpError
 from tchat.sfu.settings import SfuSettings
-from tchat.sfu.worker import SessionError
+from tchat.sfu.worker import Peer, SessionError, SfuWorker
 
-log = logging.getLogger("tchat.sfu.node")
+log = logging.getLogger("tchat.sfu.cluster.instance")
 KEY_ENV = "TCHAT_SFU_CONTROL_KEY"
 FINALIZE_BUDGET_S = 20.0  # on exit, recordings this node holds may finalize this long
 # Readers attached to the worker before it serves (the recorder): called once, they
 # return what to await after the worker stopped (finalizing), or None.
 Closer = Callable[[], Awaitable[None]]
-Readers = Callable[[ClusterWorker, Settings], Awaitable[Closer | None]]
+Readers = Callable[[SfuWorker, Settings], Awaitable[Closer | None]]
 
 
 class PublishBody(BaseModel):
@@ -83,32 +85,38 @@ def _error(exc: Exception) -> JSONResponse:
     return JSONResponse({"status": exc.status, "detail": str(exc)}, status_code=exc.status)
 
 
-def control_app(worker: ClusterWorker, key: str, instance_id: str) -> FastAPI:
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    client = httpx.AsyncClient(timeout=5.0, auth=ControlAuth(key))
-    joining: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # room → lock, users
-    app.add_middleware(SignedOnly, verifier=ControlVerifier(key))  # every request signed
+class Control:
+    """The instance's control API, called by the signalling processes (backend.py)."""
 
-    @app.post("/publish")
-    async def publish(body: PublishBody) -> Any:
+    def __init__(self, worker: SfuWorker, relay: Relay, key: str, instance_id: str) -> None:
+        self.worker = worker
+        self.relay = relay
+        self.instance_id = instance_id
+        self.client = httpx.AsyncClient(timeout=5.0, auth=ControlAuth(key))
+        self.joining: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # room → lock, users
+
+    async def publish(self, body: PublishBody) -> Any:
+        # the room moved here: stop relaying the old one
+        self.relay.edge.end(body.room, "publisher moved")
         try:
-            peer, answer = worker.add_publisher(body.room, body.offer, body.owner, body.source)
+            peer, answer = self.worker.add_publisher(body.room, body.offer, body.owner, body.source)
         except (SdpError, SessionError) as exc:
             return _error(exc)
         return {"peer": peer.id, "answer": answer}
 
-    async def _ensure_edge(room: str, origin: Origin) -> None:
-        sub = worker.edge_subs.get(room)
+    async def _ensure_edge(self, room: str, origin: Origin) -> None:
+        edge = self.relay.edge
+        sub = edge.subs.get(room)
         if sub is not None and sub.origin_id == origin.id:
             return
         if sub is not None:
-            worker.end_edge(room, "room moved to another origin")
-        sid = worker.new_sid()
+            edge.end(room, "room moved to another origin")
+        sid = edge.new_sid()
         try:
-            resp = await client.post(
+            resp = await self.client.post(
                 origin.control + "/relay",
-                json={"room": room, "sid": sid, "host": worker.relay_host,
-                      "port": worker.relay_port},
+                json={"room": room, "sid": sid, "host": self.relay.host,
+                      "port": self.relay.port},
             )  # fmt: skip
         except httpx.HTTPError as exc:
             raise SessionError(503, f"origin instance unreachable: {exc}") from None
@@ -116,73 +124,83 @@ def control_app(worker: ClusterWorker, key: str, instance_id: str) -> FastAPI:
             detail = resp.json().get("detail", resp.text) if resp.content else ""
             raise SessionError(404 if resp.status_code == 404 else 503, str(detail))
         media = media_from_json(resp.json()["media"])
-        worker.open_edge(room, sid, (origin.relay_host, origin.relay_port), origin.id, media)
+        edge.open(room, sid, (origin.relay_host, origin.relay_port), origin.id, media)
 
-    @app.post("/view")
-    async def view(body: ViewBody) -> Any:
+    async def _pull(self, room: str, origin: Origin) -> None:
+        # one subscription per room even when viewers arrive together
+        lock, users = self.joining.setdefault(room, (asyncio.Lock(), [0]))
+        users[0] += 1
         try:
-            if body.origin is not None and body.origin.id != instance_id:
-                # one subscription per room even when viewers arrive together
-                lock, users = joining.setdefault(body.room, (asyncio.Lock(), [0]))
-                users[0] += 1
-                try:
-                    async with lock:
-                        await _ensure_edge(body.room, body.origin)
-                finally:
-                    users[0] -= 1
-                    if not users[0]:
-                        joining.pop(body.room, None)
-            peer, answer = worker.add_viewer(
+            async with lock:
+                await self._ensure_edge(room, origin)
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                self.joining.pop(room, None)
+
+    async def view(self, body: ViewBody) -> Any:
+        try:
+            if body.origin is not None and body.origin.id != self.instance_id:
+                await self._pull(body.room, body.origin)
+            peer, answer = self.worker.add_viewer(
                 body.room, body.offer, body.max_layer, body.owner, body.source
             )
         except (SdpError, SessionError) as exc:
-            sub = worker.edge_subs.get(body.room)
+            sub = self.relay.edge.subs.get(body.room)
             if sub is not None and not sub.room.viewers:  # pulled for this viewer only
-                worker.end_edge(body.room, "no viewer")
+                self.relay.edge.end(body.room, "no viewer")
             return _error(exc)
         return {"peer": peer.id, "answer": answer}
 
-    @app.post("/relay")
-    async def relay(body: RelayBody) -> Any:
+    async def relay_to(self, body: RelayBody) -> Any:
         try:
-            media = worker.subscribe(body.room, body.sid, (body.host, body.port))
+            media = self.relay.origin.subscribe(body.room, body.sid, (body.host, body.port))
         except SessionError as exc:
             return _error(exc)
         return {"media": media}
 
-    def _peer(room: str, peer_id: str, role: str) -> Any:
-        peer = worker.peers.get(peer_id)
+    def _peer(self, room: str, peer_id: str, role: str) -> Peer | None:
+        peer = self.worker.peers.get(peer_id)
         if peer is None or peer.room.name != room or peer.role != role:
             return None
         return peer
 
-    @app.delete("/rooms/{room}/{role}/{peer_id}")
-    async def delete(room: str, role: str, peer_id: str) -> Any:
-        peer = _peer(room, peer_id, role)
+    async def delete(self, room: str, role: str, peer_id: str) -> Any:
+        peer = self._peer(room, peer_id, role)
         if peer is None:
             return JSONResponse({"status": 404, "detail": "no such session"}, status_code=404)
-        worker.close_peer(peer, "DELETE")
+        self.worker.close_peer(peer, "DELETE")
         return {}
 
-    @app.put("/rooms/{room}/viewer/{peer_id}/layer")
-    async def layer(room: str, peer_id: str, body: LayerBody) -> Any:
-        peer = _peer(room, peer_id, "viewer")
+    async def layer(self, room: str, peer_id: str, body: LayerBody) -> Any:
+        peer = self._peer(room, peer_id, "viewer")
         if peer is None:
             return JSONResponse({"status": 404, "detail": "no such session"}, status_code=404)
-        worker.set_max_layer(peer, body.max_layer)
+        self.worker.set_max_layer(peer, body.max_layer)
         return {"max_layer": body.max_layer}
 
-    @app.get("/rooms/{room}")
-    async def room_state(room: str) -> Any:
-        return {"publisher": worker.has_publisher(room)}
+    async def room_state(self, room: str) -> Any:
+        return {"publisher": self.relay.origin.has_publisher(room)}
 
-    @app.get("/stats")
-    async def stats() -> Any:
-        out = worker.stats()
+    async def stats(self) -> Any:
+        out = self.worker.stats()
+        out.update(self.relay.stats())
         out["pid"] = os.getpid()
-        out["id"] = instance_id
+        out["id"] = self.instance_id
         return out
 
+
+def control_app(worker: SfuWorker, relay: Relay, key: str, instance_id: str) -> FastAPI:
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.add_middleware(SignedOnly, verifier=ControlVerifier(key))  # every request signed
+    control = Control(worker, relay, key, instance_id)
+    app.post("/publish")(control.publish)
+    app.post("/view")(control.view)
+    app.post("/relay")(control.relay_to)
+    app.delete("/rooms/{room}/{role}/{peer_id}")(control.delete)
+    app.put("/rooms/{room}/viewer/{peer_id}/layer")(control.layer)
+    app.get("/rooms/{room}")(control.room_state)
+    app.get("/stats")(control.stats)
     return app
 
 
@@ -194,13 +212,15 @@ async def _serve(args: argparse.Namespace, settings: Settings, readers: Readers 
         sfu = SfuSettings(**{**_fields(sfu), "udp_port": args.udp_port})
     key = os.environ.get(KEY_ENV) or control_key(settings.token_secret())
     # this process runs the SFU only: its CPU is the SFU's work (admission, placement)
-    worker = ClusterWorker(sfu, relay_host=sfu.udp_host, cpu_clock=time.process_time)
+    worker = SfuWorker(sfu, cpu_clock=time.process_time)
+    relay = Relay(worker, host=sfu.udp_host)
     await worker.start()
+    await relay.start()
     close_readers = await readers(worker, settings) if readers is not None else None
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((sfu.udp_host, 0))
-    app = control_app(worker, key, args.id)
+    app = control_app(worker, relay, key, args.id)
     server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     )
@@ -209,7 +229,7 @@ async def _serve(args: argparse.Namespace, settings: Settings, readers: Readers 
         json.dumps(
             {
                 "udp_port": worker.port,
-                "relay_port": worker.relay_port,
+                "relay_port": relay.port,
                 "control_port": sock.getsockname()[1],
                 "pid": os.getpid(),
             }
@@ -221,6 +241,7 @@ async def _serve(args: argparse.Namespace, settings: Settings, readers: Readers 
     await loop.run_in_executor(None, sys.stdin.buffer.read)
     server.should_exit = True
     await serving
+    await relay.stop()
     await worker.stop()
     if close_readers is not None:
         await close_readers()
@@ -230,7 +251,9 @@ def _fields(s: SfuSettings) -> dict[str, Any]:
     return {name: getattr(s, name) for name in s.__dataclass_fields__}
 
 
-def main(readers: Readers | None = None, prog: str = "python -m tchat.sfu.node") -> None:
+def main(
+    readers: Readers | None = None, prog: str = "python -m tchat.sfu.cluster.instance"
+) -> None:
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--id", required=True, help="instance id (routing key)")
     parser.add_argument("--udp-port", type=int, default=None)

@@ -1,10 +1,11 @@
 """N SFU instance processes under one `tchat serve`: spawn, heartbeat, restart.
 
-Each instance is `python -m tchat.instance` (sfu/node.py with the recorder). Once a second the
-supervisor reads every instance's /stats (its load figures) and publishes its
-record to the routing store with a TTL; a process that exits is removed from
-routing at once (its rooms' routes die with it) and started again under a new id,
-so viewers it held can reconnect and a publisher it held can go live again.
+Each instance is `python -m tchat.instance` (sfu/cluster/instance.py with the
+recorder). Once a second the supervisor reads every instance's /stats (its load
+figures) and publishes its record to the routing store with a TTL; a process that
+exits is removed from routing at once (its rooms' routes die with it) and started
+again under a new id, so viewers it held can reconnect and a publisher it held can go
+live again.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from dataclasses import dataclass
 import httpx
 
 from tchat.aio import cancel_and_wait
-from tchat.sfu.control import ControlAuth
-from tchat.sfu.node import FINALIZE_BUDGET_S, KEY_ENV
-from tchat.sfu.routing import InstanceRecord, Routing, RoutingUnavailable
+from tchat.sfu.cluster.control import ControlAuth
+from tchat.sfu.cluster.instance import FINALIZE_BUDGET_S, KEY_ENV
+from tchat.sfu.cluster.routing import InstanceRecord, Routing, RoutingUnavailable
 
-log = logging.getLogger("tchat.sfu.supervisor")
+log = logging.getLogger("tchat.sfu.cluster.supervisor")
 HEARTBEAT_S = 1.0
 # a live process whose /stats does not answer (busy) stays routable this many beats;
 # after that its record is left to expire (a hung instance leaves routing)
