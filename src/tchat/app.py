@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from tchat import __version__, openapi
 from tchat.chat import api as chat_api
 from tchat.config import Settings
-from tchat.cors import ApiCors
+from tchat.cors import ApiCors, allowed_methods
 from tchat.http import BodyLimit, json_error
 from tchat.recording import api as recording_api
 from tchat.recording import live as live_recording
@@ -109,7 +109,11 @@ def _install_errors(app: FastAPI) -> None:
         # Starlette's own 404/405 (unknown path, method not allowed), in our error body;
         # headers kept (405's Allow)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return json_error(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allow = allowed_methods(app.router.routes, request.scope)
+            headers["Allow"] = ", ".join(sorted(allow))
+        return json_error(exc.status_code, code, str(exc.detail), headers)
 
 
 def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -61,12 +61,7 @@ class ApiCors:
         await self.cors(scope, receive, send)
 
     def _options(self, scope: Scope) -> Response:
-        allowed: set[str] = set()
-        for route in self.routes:
-            match, _ = route.matches({**scope, "method": "GET"})
-            methods = getattr(route, "methods", None)
-            if match != Match.NONE and methods:
-                allowed |= set(methods)
+        allowed = allowed_methods(self.routes, scope)
         if not allowed:
             return Response(
                 b'{"error":"not_found","detail":"no such resource"}',
@@ -78,3 +73,15 @@ class ApiCors:
         if "POST" in allowed and scope["path"].startswith(("/whip/", "/whep/")):
             headers["Accept-Post"] = "application/sdp"
         return Response(status_code=204, headers=headers)
+
+
+def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> set[str]:
+    """Every method some route takes at the scope's path (an `Allow` header lists them
+    all; Starlette's own 405 names only the first route's)."""
+    allowed: set[str] = set()
+    for route in routes:
+        match, _ = route.matches({**scope, "method": "GET"})
+        methods = getattr(route, "methods", None)
+        if match != Match.NONE and methods:
+            allowed |= set(methods)
+    return allowed

@@ -180,6 +180,7 @@ _DESCRIPTIONS = {
     403: "A valid token that does not grant this room, role or session.",
     404: "No such room, session or object.",
     409: "Conflict (the room already has a publisher).",
+    412: "If-Match names another version (an ICE session restarted since).",
     413: "Request body too large.",
     415: "Wrong Content-Type for the body.",
     429: "Rate limited.",

@@ -30,6 +30,7 @@ from tchat.sfu import rtcp, twcc
 from tchat.sfu.dtls import DtlsEndpoint, DtlsState, fingerprint, make_context
 from tchat.sfu.rtp import RtpError, header_extension, is_rtcp, payload_bounds
 from tchat.sfu.sdp import PLAYOUT_DELAY_URI, TWCC_URI
+from tchat.sfu.sdpfrag import parse_fragment
 
 MID_EXT, RID_EXT = 4, 10
 TWCC_EXT, PLAYOUT_EXT = 5, 6
@@ -211,18 +212,9 @@ class ClientPeer(asyncio.DatagramProtocol):
         self.remote = (cand.ip, cand.port)
         fps = [(f.algorithm.lower(), f.value) for f in media.dtls.fingerprints]
         loop = asyncio.get_running_loop()
-        self._stun_ok = loop.create_future()
         self._dtls_ok = loop.create_future()
         deadline = loop.time() + timeout_s
-        delay = 0.1
-        while not self._stun_ok.done():
-            self._send_check()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._stun_ok), delay)
-            except TimeoutError:
-                delay = min(delay * 2, 1.0)
-                if loop.time() > deadline:
-                    raise TimeoutError("ICE check got no answer") from None
+        await self._nominate(deadline)
         self.dtls = DtlsEndpoint(self.identity.ctx, server=False, remote_fingerprints=fps)
         self.dtls.start()
         self._flush_dtls()
@@ -241,6 +233,39 @@ class ClientPeer(asyncio.DatagramProtocol):
         self._timer = asyncio.create_task(self._periodic())
         if self.adaptive:
             self._tw_task = asyncio.create_task(self._twcc_loop())
+
+    async def _nominate(self, deadline: float) -> None:
+        """Our nominating check, retried with backoff until the SFU answers it."""
+        loop = asyncio.get_running_loop()
+        self._stun_ok = ok = loop.create_future()
+        delay = 0.1
+        while not ok.done():
+            self._send_check()
+            try:
+                await asyncio.wait_for(asyncio.shield(ok), delay)
+            except TimeoutError:
+                delay = min(delay * 2, 1.0)
+                if loop.time() > deadline:
+                    raise TimeoutError("ICE check got no answer") from None
+
+    def restart_fragment(self) -> str:
+        """New ICE credentials (an ICE restart, RFC 8445 §9): the body of a WHIP/WHEP
+        PATCH (application/trickle-ice-sdpfrag)."""
+        self.ufrag, self.pwd = secrets.token_hex(4), secrets.token_hex(16)
+        return f"a=ice-ufrag:{self.ufrag}\r\na=ice-pwd:{self.pwd}\r\n"
+
+    async def move(self, answer: str, host: str = "127.0.0.1", timeout_s: float = 10.0) -> None:
+        """Take up the SFU's answer to our restart from a new local address, as a phone
+        that changed networks: a new socket nominates until the SFU answers, the old one
+        is closed. DTLS and SRTP go on."""
+        ours = parse_fragment(answer)
+        assert ours.ufrag is not None and ours.pwd is not None
+        old = self.transport
+        await self.open(host)  # connection_made: self.transport is the new socket
+        if old is not None:
+            old.close()
+        self._remote_ufrag, self._remote_pwd = ours.ufrag, ours.pwd
+        await self._nominate(asyncio.get_running_loop().time() + timeout_s)
 
     def _send_check(self) -> None:
         msg = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)

@@ -9,17 +9,20 @@ room/session, 409 room already published, 413 offer over 64 KiB, 415 not
 application/sdp, 429 too many sessions of this token or address still connecting, 503
 full (Retry-After on 429 and 503).
 
-A session is ended (DELETE) or capped (PUT …/layer) only with the token that created
-it: the session URL carries an HMAC of the session and that token, so any process
-sharing the secret checks it, for the in-process worker and a cluster alike, with no
-state. Another valid token of the room gets 403.
+PATCH the session URL with an `application/trickle-ice-sdpfrag` body (RFC 9725 §4.3):
+new ice-ufrag/ice-pwd restart ICE (200, our new credentials in a fragment, a new ETag;
+DTLS and SRTP go on); a fragment of the same ufrag trickles candidates (204: accepted,
+and not needed by our ICE-lite agent, which learns addresses from the peer's checks).
+An If-Match other than `*` must name the current ICE session (else 412).
+
+A session is ended (DELETE), capped (PUT …/layer) or patched only with the token that
+created it: the session URL carries an HMAC of the session and that token
+(sfu/access.py). Another valid token of the room gets 403.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,12 +33,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from tchat.admin import admin_only
-from tchat.auth import Grant, TokenError, TokenForbidden, bearer, verify_token
 from tchat.config import Settings
 from tchat.http import (
     BodyTooLarge,
     api_router,
-    auth_failed,
     body_schema,
     error_responses,
     include,
@@ -44,10 +45,12 @@ from tchat.http import (
     read_model,
     too_large,
 )
-from tchat.rooms import ROOM_RULE, valid_room
 from tchat.services import Services, require, services
+from tchat.sfu.access import authorize, owned, session_tag, source
+from tchat.sfu.api_docs import BEARER, PATCH_DOC, SESSION_DOC, sdp_exchange
 from tchat.sfu.backend import LocalSfu, SfuBackend
 from tchat.sfu.sdp import MAX_SDP_BYTES, SdpError
+from tchat.sfu.sdpfrag import MAX_FRAGMENT_BYTES, MEDIA_TYPE, parse_fragment
 from tchat.sfu.settings import SfuSettings
 from tchat.sfu.worker import Role, SessionError, SfuWorker
 
@@ -56,10 +59,10 @@ CODES = {
     400: "bad_sdp",
     404: "not_found",
     409: "conflict",
+    412: "precondition_failed",
     429: "too_many_sessions",
     503: "unavailable",
 }
-BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 _UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
 
 
@@ -71,60 +74,19 @@ class LayerAnswer(BaseModel):
     max_layer: int
 
 
-def _grant(request: Request, room: str, role: Role) -> tuple[Grant, str] | JSONResponse:
-    """The token's grant and the token itself (session URLs are bound to it), or the
-    error response for a bad room name or token."""
-    if not valid_room(room):
-        return json_error(400, "bad_request", f"invalid room name: {ROOM_RULE}")
-    token = bearer(request.headers.get("authorization"))
-    try:
-        grant = verify_token(services(request).secret, token, room, role)
-    except TokenError as exc:
-        return auth_failed(exc)
-    assert token is not None  # verify_token refuses a missing one
-    return grant, token
-
-
-def _source(request: Request) -> str:
-    """The client address (a trusted proxy's X-Forwarded-For, see TCHAT_TRUSTED_PROXIES)."""
-    return request.client.host if request.client else ""
-
-
-def session_tag(secret: str, room: str, role: Role, session: str, token: str) -> str:
-    """What binds a session URL to the token that created it (16 url-safe chars)."""
-    msg = "\0".join(("tchat-sfu-session", role, room, session, token)).encode()
-    digest = hmac.new(secret.encode(), msg, hashlib.sha256).digest()[:12]
-    return base64.urlsafe_b64encode(digest).decode()
-
-
-def _owned(
-    request: Request, room: str, role: Role, resource: str, token: str
-) -> str | JSONResponse:
-    """The backend's session id of a session URL segment (`<session>.<tag>`) if `token`
-    created it; 404 for a segment that is no session URL, 403 for another token's."""
-    session, dot, tag = resource.rpartition(".")
-    if not dot or not session:
-        return json_error(404, "not_found", f"no {role} session {resource!r} in room {room!r}")
-    want = session_tag(services(request).secret, room, role, session, token)
-    if not hmac.compare_digest(tag, want):
-        return auth_failed(
-            TokenForbidden(f"{role} session {resource!r} was started with another token")
-        )
-    return session
-
-
-async def _offer(request: Request) -> str | JSONResponse:
+async def _text(request: Request, media_type: str, limit: int) -> str | JSONResponse:
+    """The body of an SDP offer or ICE fragment: 415 for another type, 413 past `limit`."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/sdp":
-        return json_error(415, "unsupported_media_type", "send the offer as application/sdp")
+    if ctype != media_type:
+        return json_error(415, "unsupported_media_type", f"send the body as {media_type}")
     try:
-        body = await read_body(request, MAX_SDP_BYTES)
+        body = await read_body(request, limit)
     except BodyTooLarge as exc:
         return too_large(exc)
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
-        return json_error(400, "bad_sdp", "SDP offer is not UTF-8")
+        return json_error(400, "bad_sdp", f"the {media_type} body is not UTF-8")
 
 
 def ice_server_links(settings: Settings) -> list[str]:
@@ -140,12 +102,28 @@ def ice_server_links(settings: Settings) -> list[str]:
     return links
 
 
-def etag_of(answer: str, location: str) -> str:
-    """A strong ETag naming this ICE session (our ufrag in the answer): what an ICE
-    restart's If-Match would have to name (RFC 9725 §4.4)."""
-    match = _UFRAG.search(answer)
-    basis = f"{location}\0{match.group(1) if match else answer}".encode()
-    return '"' + hashlib.sha256(basis).hexdigest()[:32] + '"'
+def etag_of(sdp_text: str, location: str) -> str:
+    """A strong ETag naming the ICE session: our ufrag in an answer or restart fragment
+    (the client has it already) and a digest of the session URL, so If-Match can be
+    checked against the session's current ufrag (RFC 9725 §4.3)."""
+    match = _UFRAG.search(sdp_text)
+    return f'"{match.group(1) if match else ""}-{_url_digest(location)}"'
+
+
+def _url_digest(location: str) -> str:
+    return hashlib.sha256(location.encode()).hexdigest()[:16]
+
+
+def _if_match(request: Request) -> str | JSONResponse | None:
+    """The ufrag an If-Match names; None for `*` or no If-Match; 412 for what cannot be
+    one of this session's ETags (another session's, a weak tag, a list)."""
+    value = request.headers.get("if-match", "").strip()
+    if value in ("", "*"):
+        return None
+    ufrag, _, digest = value.strip('"').rpartition("-")
+    if value != f'"{ufrag}-{digest}"' or digest != _url_digest(request.url.path):
+        return json_error(412, "precondition_failed", "If-Match must be * or our ETag")
+    return ufrag
 
 
 def _created(answer: str, location: str, links: list[str]) -> Response:
@@ -158,45 +136,6 @@ def _created(answer: str, location: str, links: list[str]) -> Response:
     for link in links:
         resp.headers.append("Link", link)
     return resp
-
-
-def _sdp_exchange(created: str, *errors: int) -> dict[str, Any]:
-    """OpenAPI of a WHIP/WHEP POST: an application/sdp body in, 201 with the answer."""
-    text = {"schema": {"type": "string"}}
-    return {
-        "response_class": Response,
-        "status_code": 201,
-        "openapi_extra": {
-            "requestBody": {
-                "required": True,
-                "description": "The SDP offer (the whole offer, ICE candidates included).",
-                "content": {"application/sdp": text},
-            },
-            "security": BEARER,
-        },
-        "responses": {
-            201: {
-                "description": created,
-                "content": {"application/sdp": text},
-                "headers": {
-                    "Location": {
-                        "description": "The session URL: DELETE ends the session.",
-                        "schema": {"type": "string"},
-                    },
-                    "ETag": {
-                        "description": "Names the ICE session.",
-                        "schema": {"type": "string"},
-                    },
-                    "Link": {
-                        "description": "One per STUN/TURN server (when ICE_SERVERS is set): "
-                        '`<stun:…>; rel="ice-server"`.',
-                        "schema": {"type": "string"},
-                    },
-                },
-            },
-            **error_responses(*errors),
-        },
-    }
 
 
 def _failed(exc: SdpError | SessionError) -> JSONResponse:
@@ -246,20 +185,20 @@ def _answer(
 
 
 @router.post(
-    "/whip/{room}", **_sdp_exchange("Published: the SDP answer.", 400, 401, 403, 409, 415, 503)
+    "/whip/{room}", **sdp_exchange("Published: the SDP answer.", 400, 401, 403, 409, 415, 503)
 )
 async def whip(room: str, request: Request) -> Response:
     """Publish: SDP offer in (Opus, H.264/VP8, ≤ 3 simulcast rids), answer out."""
-    auth = _grant(request, room, "publisher")
+    auth = authorize(request, room, "publisher")
     if isinstance(auth, Response):
         return auth
     grant, token = auth
-    offer = await _offer(request)
+    offer = await _text(request, "application/sdp", MAX_SDP_BYTES)
     if isinstance(offer, Response):
         return offer
     try:
         session, answer = await _backend(request).publish(
-            room, offer, grant.identity, _source(request)
+            room, offer, grant.identity, source(request)
         )
     except (SdpError, SessionError) as exc:
         return _failed(exc)
@@ -267,22 +206,22 @@ async def whip(room: str, request: Request) -> Response:
 
 
 @router.post(
-    "/whep/{room}", **_sdp_exchange("Watching: the SDP answer.", 400, 401, 403, 404, 415, 503)
+    "/whep/{room}", **sdp_exchange("Watching: the SDP answer.", 400, 401, 403, 404, 415, 503)
 )
 async def whep(room: str, request: Request, layer: str = "high") -> Response:
     """Watch: SDP offer in (recvonly), answer out; `?layer=low|mid|high` caps quality."""
-    auth = _grant(request, room, "viewer")
+    auth = authorize(request, room, "viewer")
     if isinstance(auth, Response):
         return auth
     grant, token = auth
     if layer not in LAYERS:
         return json_error(400, "bad_request", "layer must be low, mid or high")
-    offer = await _offer(request)
+    offer = await _text(request, "application/sdp", MAX_SDP_BYTES)
     if isinstance(offer, Response):
         return offer
     try:
         session, answer = await _backend(request).view(
-            room, offer, LAYERS[layer], grant.identity, _source(request)
+            room, offer, LAYERS[layer], grant.identity, source(request)
         )
     except (SdpError, SessionError) as exc:
         return _failed(exc)
@@ -290,10 +229,10 @@ async def whep(room: str, request: Request, layer: str = "high") -> Response:
 
 
 async def _delete(room: str, resource: str, request: Request, role: Role) -> Response:
-    auth = _grant(request, room, role)
+    auth = authorize(request, room, role)
     if isinstance(auth, Response):
         return auth
-    session = _owned(request, room, role, resource, auth[1])
+    session = owned(request, room, role, resource, auth[1])
     if isinstance(session, Response):
         return session
     try:
@@ -303,24 +242,54 @@ async def _delete(room: str, resource: str, request: Request, role: Role) -> Res
     return Response(status_code=200)
 
 
-_SESSION_DOC: dict[str, Any] = {
-    "response_class": Response,
-    "openapi_extra": {"security": BEARER},
-    "responses": {200: {"description": "Ended."}, **error_responses(401, 403, 404, 503)},
-}
-
-
-@router.delete("/whip/{room}/{session}", **_SESSION_DOC)
+@router.delete("/whip/{room}/{session}", **SESSION_DOC)
 async def whip_delete(room: str, session: str, request: Request) -> Response:
     """End a publish session (its viewers end with it, on every instance); only
     with the token that published."""
     return await _delete(room, session, request, "publisher")
 
 
-@router.delete("/whep/{room}/{session}", **_SESSION_DOC)
+@router.delete("/whep/{room}/{session}", **SESSION_DOC)
 async def whep_delete(room: str, session: str, request: Request) -> Response:
     """End a viewer session; only with the token that started it."""
     return await _delete(room, session, request, "viewer")
+
+
+async def _patch(room: str, resource: str, request: Request, role: Role) -> Response:
+    auth = authorize(request, room, role)
+    if isinstance(auth, Response):
+        return auth
+    session = owned(request, room, role, resource, auth[1])
+    if isinstance(session, Response):
+        return session
+    body, expect = await _text(request, MEDIA_TYPE, MAX_FRAGMENT_BYTES), _if_match(request)
+    if isinstance(body, Response) or isinstance(expect, Response):
+        return body if isinstance(body, Response) else expect  # type: ignore[return-value]
+    try:
+        answer = await _backend(request).patch_ice(
+            room, session, role, parse_fragment(body), expect
+        )
+    except (SdpError, SessionError) as exc:
+        return _failed(exc)
+    if answer is None:
+        return Response(status_code=204)  # trickled candidates: accepted
+    etag = etag_of(answer, request.url.path)
+    resp = Response(answer, media_type=MEDIA_TYPE, headers={"ETag": etag})
+    for link in ice_server_links(services(request).settings):
+        resp.headers.append("Link", link)
+    return resp
+
+
+@router.patch("/whip/{room}/{session}", **PATCH_DOC)
+async def whip_patch(room: str, session: str, request: Request) -> Response:
+    """ICE restart or trickle ICE of a publish session (RFC 9725 §4.3)."""
+    return await _patch(room, session, request, "publisher")
+
+
+@router.patch("/whep/{room}/{session}", **PATCH_DOC)
+async def whep_patch(room: str, session: str, request: Request) -> Response:
+    """ICE restart or trickle ICE of a viewer session."""
+    return await _patch(room, session, request, "viewer")
 
 
 @router.put(
@@ -332,10 +301,10 @@ async def whep_delete(room: str, session: str, request: Request) -> Response:
 async def whep_layer(room: str, session: str, request: Request) -> Any:
     """Cap a viewer's simulcast layer (`{"max_layer": 0-2}`); the switch happens on the
     next keyframe. Only with the token that started the session."""
-    auth = _grant(request, room, "viewer")
+    auth = authorize(request, room, "viewer")
     if isinstance(auth, Response):
         return auth
-    peer = _owned(request, room, "viewer", session, auth[1])
+    peer = owned(request, room, "viewer", session, auth[1])
     if isinstance(peer, Response):
         return peer
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from tchat.sfu.sdpfrag import IceFragment
 from tchat.sfu.worker import Peer, Role, SessionError, SfuWorker
 
 
@@ -27,6 +28,13 @@ class SfuBackend(Protocol):
     async def end(self, room: str, session: str, role: Role) -> None: ...
 
     async def set_layer(self, room: str, session: str, max_layer: int) -> None: ...
+
+    async def patch_ice(
+        self, room: str, session: str, role: Role, fragment: IceFragment, expect: str | None
+    ) -> str | None:
+        """An ICE restart (our answer fragment) or trickled candidates (None);
+        `expect`: the ufrag an If-Match names (412 if it is not the session's)."""
+        ...
 
     async def stats(self, viewers: bool) -> dict[str, object]: ...
 
@@ -60,6 +68,11 @@ class LocalSfu:
 
     async def set_layer(self, room: str, session: str, max_layer: int) -> None:
         self.worker.set_max_layer(self._peer(room, session, "viewer"), max_layer)
+
+    async def patch_ice(
+        self, room: str, session: str, role: Role, fragment: IceFragment, expect: str | None
+    ) -> str | None:
+        return self.worker.patch_ice(self._peer(room, session, role), fragment, expect)
 
     async def stats(self, viewers: bool) -> dict[str, object]:
         return self.worker.stats(viewers=viewers)

@@ -163,6 +163,21 @@ class IceLite:
         self.confirmed.add(addr)
         return True
 
+    def restart(
+        self, local: tuple[str, str], remote: tuple[str, str], keep: Addr | None
+    ) -> set[Addr]:
+        """An ICE restart (RFC 8445 §9): new credentials both ways; every address must
+        prove itself again under them, except `keep` (where media flows now), which goes
+        on carrying media until the peer nominates another. DTLS and SRTP are untouched.
+        Returns the addresses forgotten."""
+        self.local_ufrag, self.local_pwd = local
+        self.remote_ufrag, self.remote_pwd = remote
+        forgotten = self.candidates - {keep} if keep else set(self.candidates)
+        self.candidates -= forgotten
+        self.confirmed -= forgotten
+        self.unconfirmed.clear()
+        return forgotten
+
     def heard(self, now: float) -> None:
         """Authenticated media or RTCP from the peer on the selected pair: it is alive."""
         self.last_heard = now

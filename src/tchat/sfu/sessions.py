@@ -19,11 +19,12 @@ from typing import Literal
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from tchat.rooms import ROOM_RULE, valid_room
-from tchat.sfu import rtcp, sdp, twcc
+from tchat.sfu import rtcp, sdp, sdpfrag, twcc
 from tchat.sfu.allocator import StreamAllocator, abr_config
 from tchat.sfu.dtls import DtlsEndpoint, fingerprint, make_context
 from tchat.sfu.forwarder import HIGH, Layer, NackStats
 from tchat.sfu.ice import Addr, IceLite, new_credentials
+from tchat.sfu.negotiated import SdpError
 from tchat.sfu.peer import Peer, Role, Room, SendTo, track_for
 from tchat.sfu.reports import SFU_SSRC
 from tchat.sfu.settings import SfuSettings
@@ -198,6 +199,32 @@ class SfuSessions:
         for track, dt in peer.downtracks.values():
             track.set_max_layer(dt, max_layer, now)
         self._emit("layer", peer)
+
+    def patch_ice(
+        self, peer: Peer, fragment: sdpfrag.IceFragment, expect_ufrag: str | None = None
+    ) -> str | None:
+        """A WHIP/WHEP PATCH: with new remote credentials an ICE restart, answered with our
+        fragment (new ufrag/pwd, same candidate); else trickled candidates, accepted and
+        not needed (a lite agent learns the peer's addresses from its checks): None.
+        412 when `expect_ufrag` (what If-Match names) is no longer the session's."""
+        if peer.closed:
+            raise SessionError(404, f"{peer.role} session {peer.id!r} has ended")
+        if expect_ufrag is not None and expect_ufrag != peer.ice.local_ufrag:
+            raise SessionError(412, "If-Match names an ICE session that was restarted since")
+        if fragment.ufrag is None or fragment.ufrag == peer.ice.remote_ufrag:
+            return None
+        if fragment.pwd is None:
+            raise SdpError("an ICE restart needs a=ice-pwd with the new a=ice-ufrag")
+        self.by_ufrag.pop(peer.ice.local_ufrag, None)
+        ufrag, pwd = new_credentials()
+        forgotten = peer.ice.restart((ufrag, pwd), (fragment.ufrag, fragment.pwd), peer.addr)
+        self.by_ufrag[ufrag] = peer
+        for addr in forgotten:
+            if self.by_addr.get(addr) is peer:
+                del self.by_addr[addr]
+        peer.held = [(a, d) for a, d in peer.held if a not in forgotten]
+        log.info("sfu ice restart room=%s peer=%s role=%s", peer.room.name, peer.id, peer.role)
+        return sdpfrag.write_fragment(ufrag, pwd, self.settings.candidate_ip, self.port, peer.media)
 
     def close_peer(self, peer: Peer, reason: str) -> None:
         if peer.closed:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from functools import partial
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -31,6 +32,7 @@ from tchat.sfu.cluster.routing import (
     pick,
 )
 from tchat.sfu.cluster.supervisor import LocalInstance, Supervisor
+from tchat.sfu.sdpfrag import IceFragment
 from tchat.sfu.worker import Role, SessionError
 
 log = logging.getLogger("tchat.sfu.cluster")
@@ -163,8 +165,9 @@ class Cluster:
 
     async def _session(
         self, room: str, session: str, role: str, method: str, suffix: str = "", body: Any = None
-    ) -> InstanceRecord:
-        """Send a session's request to the instance named in its id; 404 if none has it."""
+    ) -> tuple[InstanceRecord, dict[str, Any]]:
+        """Send a session's request to the instance named in its id (the instance and its
+        answer); 404 if none has it."""
         iid, _, peer = session.partition(".")
         try:
             insts = {i.id: i for i in await self.routing.instances()}
@@ -174,15 +177,15 @@ class Cluster:
             raise SessionError(404, f"no session {session!r} in room {room!r}")
         path = f"/rooms/{quote(room, safe='')}/{role}/{peer}{suffix}"
         try:
-            await self._ok(method, insts[iid], path, body)
+            data = await self._ok(method, insts[iid], path, body)
         except SessionError as exc:
             if exc.status == 404:
                 raise SessionError(404, f"no {role} session {session!r} in room {room!r}") from None
             raise
-        return insts[iid]
+        return insts[iid], data
 
     async def end(self, room: str, session: str, role: Role) -> None:
-        inst = await self._session(room, session, role, "DELETE")
+        inst, _ = await self._session(room, session, role, "DELETE")
         if role == "publisher":
             try:
                 await self.routing.clear_route(room, inst.id)
@@ -191,6 +194,14 @@ class Cluster:
 
     async def set_layer(self, room: str, session: str, max_layer: int) -> None:
         await self._session(room, session, "viewer", "PUT", "/layer", {"max_layer": max_layer})
+
+    async def patch_ice(
+        self, room: str, session: str, role: Role, fragment: IceFragment, expect: str | None
+    ) -> str | None:
+        body = {**asdict(fragment), "expect": expect}
+        _, data = await self._session(room, session, role, "PATCH", "/ice", body)
+        answer = data.get("answer")
+        return str(answer) if answer is not None else None
 
     async def stats(self, viewers: bool) -> dict[str, object]:
         """This server's instances (per-instance figures) and their sums; per-viewer

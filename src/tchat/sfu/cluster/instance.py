@@ -36,6 +36,7 @@ from tchat.sfu.cluster.control import ControlAuth, ControlVerifier, SignedOnly, 
 from tchat.sfu.cluster.relay import Relay
 from tchat.sfu.cluster.wire import media_from_json
 from tchat.sfu.sdp import SdpError
+from tchat.sfu.sdpfrag import IceFragment
 from tchat.sfu.settings import SfuSettings
 from tchat.sfu.worker import Peer, SessionError, SfuWorker
 
@@ -76,6 +77,16 @@ class RelayBody(BaseModel):
 
 class LayerBody(BaseModel):
     max_layer: int = Field(ge=0, le=2)
+
+
+class IceBody(BaseModel):
+    """A parsed WHIP/WHEP PATCH fragment (sfu/sdpfrag.py) and what If-Match expects."""
+
+    ufrag: str | None = Field(None, max_length=256)
+    pwd: str | None = Field(None, max_length=256)
+    candidates: list[str] = Field(default_factory=list, max_length=64)
+    end_of_candidates: bool = False
+    expect: str | None = Field(None, max_length=256)
 
 
 def _error(exc: Exception) -> JSONResponse:
@@ -179,6 +190,16 @@ class Control:
         self.worker.set_max_layer(peer, body.max_layer)
         return {"max_layer": body.max_layer}
 
+    async def ice(self, room: str, role: str, peer_id: str, body: IceBody) -> Any:
+        peer = self._peer(room, peer_id, role)
+        if peer is None:
+            return JSONResponse({"status": 404, "detail": "no such session"}, status_code=404)
+        fragment = IceFragment(body.ufrag, body.pwd, tuple(body.candidates), body.end_of_candidates)
+        try:
+            return {"answer": self.worker.patch_ice(peer, fragment, body.expect)}
+        except (SdpError, SessionError) as exc:
+            return _error(exc)
+
     async def room_state(self, room: str) -> Any:
         return {"publisher": self.relay.origin.has_publisher(room)}
 
@@ -199,6 +220,7 @@ def control_app(worker: SfuWorker, relay: Relay, key: str, instance_id: str) -> 
     app.post("/relay")(control.relay_to)
     app.delete("/rooms/{room}/{role}/{peer_id}")(control.delete)
     app.put("/rooms/{room}/viewer/{peer_id}/layer")(control.layer)
+    app.patch("/rooms/{room}/{role}/{peer_id}/ice")(control.ice)
     app.get("/rooms/{room}")(control.room_state)
     app.get("/stats")(control.stats)
     return app
