@@ -4,7 +4,8 @@ RFC 9725 lets WHIP/WHEP endpoints answer OPTIONS for CORS preflight; a player or
 publisher page on another origin needs it for WHIP, WHEP, the session resources
 (DELETE, PUT …/layer), the chat REST API and the recordings API. Those paths get
 Starlette's CORSMiddleware with the origins of CORS_ORIGINS: `Authorization` and
-`Content-Type` (and `If-Match`) allowed, `Location`, `ETag` and `Link` exposed, no
+`Content-Type` (and `If-Match`) allowed, `Location`, `ETag`, `Link` and `Retry-After`
+exposed, no
 cookies (tokens are bearer tokens), Private Network Access preflights answered.
 Other paths (the pages, /dev/token, /sfu/stats) get no CORS headers: a page
 elsewhere cannot read them.
@@ -26,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 PREFIXES = ("/whip/", "/whep/", "/rooms/", "/recordings", "/cdn/")
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 ALLOW_HEADERS = ("Authorization", "Content-Type", "If-Match")
-EXPOSE_HEADERS = ("Location", "ETag", "Link", "Accept-Post")
+EXPOSE_HEADERS = ("Location", "ETag", "Link", "Accept-Post", "Retry-After")
 
 
 class ApiCors:

@@ -143,8 +143,6 @@ class Cluster:
         origin = next((i for i in insts if i.id == origin_id), None)
         if origin is None:
             raise SessionError(404, f"room {room!r} has no publisher")
-        target = pick(insts, self.pending(insts), origin.id)
-        assert target is not None  # the origin itself is a candidate
         body: dict[str, Any] = {
             "room": room,
             "offer": offer,
@@ -152,16 +150,29 @@ class Cluster:
             "owner": owner,
             "source": source,
         }
-        if target.id != origin.id:
-            body["origin"] = {
-                "id": origin.id,
-                "control": origin.control,
-                "relay_host": origin.host,
-                "relay_port": origin.relay_port,
-            }
-        self.placed(target.id)
-        data = await self._ok("POST", target, "/view", body)
-        return f"{target.id}.{data['peer']}", str(data["answer"])
+        relay = {
+            "id": origin.id,
+            "control": origin.control,
+            "relay_host": origin.host,
+            "relay_port": origin.relay_port,
+        }
+        # an instance that is full or overloaded (503) passes the viewer on to the next
+        # one; only when every instance refuses does the client get the 503
+        left = list(insts)
+        while True:
+            target = pick(left, self.pending(insts), origin.id)
+            assert target is not None  # the origin is among them until it refused
+            self.placed(target.id)
+            request = body if target.id == origin.id else {**body, "origin": relay}
+            try:
+                data = await self._ok("POST", target, "/view", request)
+            except SessionError as exc:
+                left.remove(target)
+                if exc.status != 503 or not left:
+                    raise
+                log.info("sfu cluster: %s refused a viewer of %s (%s)", target.id, room, exc)
+                continue
+            return f"{target.id}.{data['peer']}", str(data["answer"])
 
     async def _session(
         self, room: str, session: str, role: str, method: str, suffix: str = "", body: Any = None

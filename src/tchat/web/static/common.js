@@ -8,10 +8,11 @@ export function showError(node, message) {
 }
 
 export class HttpError extends Error {
-  constructor(status, code, detail) {
+  constructor(status, code, detail, retryAfter = null) {
     super(detail || code || `HTTP ${status}`);
     this.status = status;
     this.code = code;
+    this.retryAfter = retryAfter; // seconds the server asked us to wait (429, 503), or null
   }
 }
 
@@ -22,7 +23,8 @@ export async function failure(resp) {
     code = body.error || "";
     detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
   } catch { detail = resp.statusText; }
-  return new HttpError(resp.status, code, detail);
+  const wait = Number(resp.headers.get("retry-after"));
+  return new HttpError(resp.status, code, detail, resp.headers.has("retry-after") && wait >= 0 ? wait : null);
 }
 
 // GET JSON; with a token (RECORDING_ACCESS=private needs one for recordings and /live).
@@ -95,8 +97,11 @@ export function explain(err, room) {
     if (err.status === 401 || err.status === 403) return `Token rejected: ${err.message}`;
     if (err.status === 404) return `Room "${room}" is offline.`;
     if (err.status === 409) return `Room "${room}" is already live from another publisher.`;
-    if (err.status === 429) return `Too many connections are starting from here: ${err.message}. Retrying…`;
-    if (err.status === 503) return `The server is busy: ${err.message}. Try again shortly.`;
+    if (err.status === 429) return `Too many connections are starting from here: ${err.message}.`;
+    if (err.status === 503) {
+      const when = err.retryAfter === null ? "shortly" : `in ${err.retryAfter} s`;
+      return `The server is busy: ${err.message}. Try again ${when}.`;
+    }
     return `Error ${err.status}: ${err.message}`;
   }
   return String(err && err.message ? err.message : err);

@@ -17,6 +17,7 @@ window.tchatWatch = { transport: null, joinMs: null, width: 0, height: 0, latenc
   error: "" };
 const state = { pc: null, session: null, token: "", sessionToken: "", last: null, retry: null, hls: null };
 const OFFLINE_RETRY_MS = 3000;
+const BUSY_TRIES = 5; // WebRTC attempts a full SFU answers (503) before the HLS fallback
 // how long WebRTC may take to connect before the HLS fallback (?fallback_after=ms)
 const ICE_TIMEOUT_MS = Number(params.get("fallback_after")) || 10000;
 
@@ -67,6 +68,7 @@ async function watch() {
     const s = pc.connectionState;
     if (s === "connected") {
       clearTimeout(iceTimer);
+      state.busyTries = 0;
       window.tchatWatch.transport = "webrtc";
       setStatus("● live (WebRTC)");
       showError($("#error"), "");
@@ -97,10 +99,19 @@ async function watch() {
       setStatus("offline");
       fail(`Room "${room}" is offline. Waiting for it to go live…`);
       state.retry = setTimeout(watch, OFFLINE_RETRY_MS);
-    } else if (err instanceof HttpError && err.status === 429) {
-      setStatus("busy"); // too many sessions of this token/address still connecting
-      fail(explain(err, room));
-      state.retry = setTimeout(watch, OFFLINE_RETRY_MS);
+    } else if (err instanceof HttpError && (err.status === 429 || err.status === 503)) {
+      // 429: too many sessions of this token/address still connecting; 503: the SFU (every
+      // instance of it) is full or overloaded. Either says when to come back: do as told.
+      const waitMs = err.retryAfter === null ? OFFLINE_RETRY_MS : Math.max(1, err.retryAfter) * 1000;
+      state.busyTries = (state.busyTries || 0) + 1;
+      if (err.status === 503 && state.busyTries > BUSY_TRIES) {
+        hlsFallback(explain(err, room)); // still full after a while: the recording's HLS
+        return;
+      }
+      setStatus("busy");
+      const why = err.status === 503 ? `The server is busy: ${err.message}.` : explain(err, room);
+      fail(`${why} Retrying in ${Math.round(waitMs / 1000)} s…`);
+      state.retry = setTimeout(watch, waitMs);
     } else if (err instanceof HttpError && (err.status === 401 || err.status === 403)) {
       setStatus("no access");
       $("#tokenform").hidden = false;
