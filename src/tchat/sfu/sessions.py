@@ -65,6 +65,7 @@ class SfuSessions:
         self.connect_times: list[float] = []
         self.nack_totals = NackStats()  # of viewers that have left
         self.retransmitted_left = 0  # bytes resent to viewers that have left
+        self.ice_restarts = 0
         # called with (publisher, True) once its media flows, (publisher, False) when it
         # ends: the recorder (recording/live.py) hangs off these, through taps (sfu/tap.py)
         self.publish_listeners: list[Callable[[Peer, bool], None]] = []
@@ -223,6 +224,7 @@ class SfuSessions:
             if self.by_addr.get(addr) is peer:
                 del self.by_addr[addr]
         peer.held = [(a, d) for a, d in peer.held if a not in forgotten]
+        self.ice_restarts += 1
         log.info("sfu ice restart room=%s peer=%s role=%s", peer.room.name, peer.id, peer.role)
         return sdpfrag.write_fragment(ufrag, pwd, self.settings.candidate_ip, self.port, peer.media)
 
@@ -323,6 +325,7 @@ class SfuSessions:
             "nacks": self.nack_stats().as_dict(),
             "retransmitted_bytes": self.retransmitted_left
             + sum(d.rtx_octets for p in self.peers.values() for _, d in p.downtracks.values()),
+            "ice_restarts": self.ice_restarts,
             "drops": dict(self.drops),
         }
 

@@ -229,6 +229,7 @@ class Cluster:
             "viewers_connected": total("viewers_connected"),
             "delivered_packets": total("delivered_packets"),
             "relay_packets_out": total("relay_packets_out"),
+            "ice_restarts": total("ice_restarts"),
         }
 
 

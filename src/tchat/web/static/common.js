@@ -90,6 +90,31 @@ export async function signal(url, pc, token) {
   return new URL(resp.headers.get("location"), location.href).href;
 }
 
+// ICE restart over the session URL (WHIP/WHEP PATCH, RFC 9725 §4.3), for a network path
+// that broke (Wi-Fi → cellular): the browser's new ICE credentials out, the server's back,
+// patched into the answer it gave. DTLS and the media go on in the same session.
+export async function restartIce(pc, sessionUrl, token) {
+  const offer = await pc.createOffer({ iceRestart: true });
+  await pc.setLocalDescription(offer);
+  const ice = (sdp) => [/a=ice-ufrag:(\S+)/.exec(sdp), /a=ice-pwd:(\S+)/.exec(sdp)].map((m) => m && m[1]);
+  const [ufrag, pwd] = ice(offer.sdp);
+  const resp = await fetch(sessionUrl, {
+    method: "PATCH",
+    headers: { "content-type": "application/trickle-ice-sdpfrag", "if-match": "*",
+      authorization: `Bearer ${token}` },
+    body: `a=ice-ufrag:${ufrag}\r\na=ice-pwd:${pwd}\r\n`,
+  });
+  if (resp.status !== 200) {
+    await pc.setLocalDescription({ type: "rollback" }).catch(() => {});
+    throw await failure(resp);
+  }
+  const [ourUfrag, ourPwd] = ice(await resp.text());
+  const sdp = pc.remoteDescription.sdp
+    .replace(/a=ice-ufrag:\S+/g, `a=ice-ufrag:${ourUfrag}`)
+    .replace(/a=ice-pwd:\S+/g, `a=ice-pwd:${ourPwd}`);
+  await pc.setRemoteDescription({ type: "answer", sdp });
+}
+
 export function explain(err, room) {
   if (err instanceof HttpError) {
     // 401: no valid token (none, or malformed, expired…); 403: a valid one without the right

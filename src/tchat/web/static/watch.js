@@ -1,7 +1,7 @@
 // Watch: WHEP player (quality, latency), chat beside it, HLS fallback on the live recording.
 // A moderator token in the fragment (#token=…) also brings the chat's moderation controls.
-import { $, explain, getJson, header, HttpError, kbps, rememberToken, showError, signal,
-  viewerToken } from "/static/common.js";
+import { $, explain, getJson, header, HttpError, kbps, rememberToken, restartIce, showError,
+  signal, viewerToken } from "/static/common.js";
 import { ChatPanel } from "/static/chat.js";
 
 header("");
@@ -14,9 +14,10 @@ const chat = new ChatPanel($("#chat"), room);
 window.tchatChat = chat;
 // figures the browser tests read
 window.tchatWatch = { transport: null, joinMs: null, width: 0, height: 0, latencyMs: null,
-  error: "" };
+  error: "", iceRestarts: 0 };
 const state = { pc: null, session: null, token: "", sessionToken: "", last: null, retry: null, hls: null };
 const OFFLINE_RETRY_MS = 3000;
+const RESTART_AFTER_MS = 2000; // "disconnected" this long (room still live): restart ICE
 const BUSY_TRIES = 5; // WebRTC attempts a full SFU answers (503) before the HLS fallback
 // how long WebRTC may take to connect before the HLS fallback (?fallback_after=ms)
 const ICE_TIMEOUT_MS = Number(params.get("fallback_after")) || 10000;
@@ -74,12 +75,17 @@ async function watch() {
       showError($("#error"), "");
     } else if (s === "failed" && window.tchatWatch.transport !== "webrtc") {
       hlsFallback("WebRTC connection failed");
-    } else if (s === "failed" || s === "closed") {
+    } else if (s === "failed") {
+      reconnect(pc); // the path broke for good: one ICE restart, else a new session
+    } else if (s === "closed") {
       ended(pc);
     } else if (s === "disconnected") {
-      // no DTLS close seen (lost): if the room is not live any more, the stream ended
+      // no DTLS close seen (lost): if the room is not live any more, the stream ended;
+      // if it is, our network changed or dropped: restart ICE if it stays so
       getJson("/live").then((live) => {
-        if (pc === state.pc && !live.rooms.some((r) => r.room === room)) ended(pc);
+        if (pc !== state.pc) return;
+        if (!live.rooms.some((r) => r.room === room)) ended(pc);
+        else setTimeout(() => { if (pc === state.pc && pc.connectionState === "disconnected") reconnect(pc); }, RESTART_AFTER_MS);
       }).catch(() => {});
     }
   });
@@ -121,6 +127,29 @@ async function watch() {
     }
   }
 }
+
+// ICE restart in the same session (docs/sfu.md); a new session if the server refuses it
+// (the session ended meanwhile: 404) or it does not connect.
+async function reconnect(pc) {
+  if (state.restarting === pc || !state.session) return ended(pc);
+  state.restarting = pc;
+  setStatus("reconnecting…");
+  try {
+    await restartIce(pc, state.session, state.sessionToken);
+    window.tchatWatch.iceRestarts += 1;
+    if (pc.connectionState === "connected") setStatus("● live (WebRTC)"); // it never dropped
+  } catch {
+    if (pc === state.pc) ended(pc);
+    return;
+  }
+  setTimeout(() => {
+    if (pc === state.pc && pc.connectionState !== "connected") ended(pc);
+    else if (state.restarting === pc) state.restarting = null;
+  }, ICE_TIMEOUT_MS);
+}
+// for the browser tests
+window.tchatWatch.restartIce = () => state.pc && reconnect(state.pc);
+window.tchatWatchPc = () => state.pc;
 
 // The publisher left (the SFU ends its viewers): wait for the room to come back.
 function ended(pc) {
