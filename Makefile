@@ -37,7 +37,7 @@ run: venv web-deps
 	@echo "Go live: open the studio URL below (publisher token for room 'demo' in it);"
 	@echo "OBS/WHIP: Authorization: Bearer <the token on the second line>"
 	@$(TCHAT) token --room demo --role publisher --identity studio --url
-	@$(TCHAT) serve
+	@SFU_TCP_PORT=$${SFU_TCP_PORT:-8189} $(TCHAT) serve  # ICE over TCP for UDP-blocked viewers
 
 # hls.js for the pages, pinned, from npm (scripts/web-deps.sh)
 web-deps:

@@ -266,6 +266,15 @@ class Settings(BaseSettings):
         alias="SFU_UDP_PORT",
         description="SFU media UDP port shared by all peers (0: any free port).",
     )
+    sfu_tcp_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        alias="SFU_TCP_PORT",
+        description="ICE over TCP (RFC 6544): a passive TCP candidate on this port beside "
+        "the UDP one, for clients whose network blocks UDP (0: off; `make run` sets 8189). "
+        "With NUM_SFU_INSTANCES > 1 instance i listens on this port + i.",
+    )
     sfu_public_ip: str = Field(
         "",
         alias="SFU_PUBLIC_IP",

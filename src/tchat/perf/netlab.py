@@ -86,6 +86,17 @@ class NetLab:
         _run(*inside, "add", "rule", "inet", "netlab", "in", "meta", "l4proto", "udp",
              "numgen", "random", "mod", "1000", "<", str(per_mille), "drop")  # fmt: skip
 
+    def block_udp(self, link: Link) -> None:
+        """Drop every UDP datagram into and out of the namespace (an office network
+        that lets only TCP through): WebRTC must use ICE over TCP there."""
+        inside = ["ip", "netns", "exec", link.netns, "nft"]
+        _run(*inside, "add", "table", "inet", "noudp")
+        for chain, hook in (("in", "input"), ("out", "output")):
+            _run(*inside, "add", "chain", "inet", "noudp", chain,
+                 f"{{ type filter hook {hook} priority 0; }}")  # fmt: skip
+            _run(*inside, "add", "rule", "inet", "noudp", chain, "meta", "l4proto", "udp",
+                 "drop")  # fmt: skip
+
     def change(self, link: Link, rate_bps: int) -> None:
         _run("tc", "qdisc", "change", "dev", link.host_if, "root", "tbf", *tbf_args(rate_bps))
         link.rate_bps = rate_bps

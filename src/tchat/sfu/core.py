@@ -209,7 +209,7 @@ class SfuCore(SfuSessions):
             self.drops["stun_" + str(exc).split(":")[0].replace(" ", "_")[:32]] += 1
             return
         self.by_addr[addr] = peer
-        peer.follow(addr, self._send)
+        peer.follow(addr, self.sender(addr))
         for reply in replies:
             self._send(reply, addr)
 
@@ -220,7 +220,7 @@ class SfuCore(SfuSessions):
         if peer is None or msg is None or not peer.ice.handle_response(msg, addr):
             self.drops["stun_response_unexpected"] += 1
             return
-        peer.follow(addr, self._send)
+        peer.follow(addr, self.sender(addr))
         for held in peer.release(addr):
             self._dtls(held, addr, now)
 
@@ -233,7 +233,7 @@ class SfuCore(SfuSessions):
             if not peer.hold(addr, data):  # handled once addr answers our check
                 self.drops["dtls_unconfirmed"] += 1
             return
-        was = peer.dtls_received(data, addr, self._send)
+        was = peer.dtls_received(data, addr, self.sender(addr))
         state = peer.dtls.state
         if state == DtlsState.CONNECTED and was == DtlsState.HANDSHAKE:
             self._connected(peer, now)

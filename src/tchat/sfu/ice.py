@@ -178,6 +178,14 @@ class IceLite:
         self.unconfirmed.clear()
         return forgotten
 
+    def forget(self, addr: Addr) -> None:
+        """An address that cannot be reached any more (its TCP connection closed)."""
+        self.candidates.discard(addr)
+        self.confirmed.discard(addr)
+        self.unconfirmed.pop(addr, None)
+        if self.nominated == addr:
+            self.nominated = None
+
     def heard(self, now: float) -> None:
         """Authenticated media or RTCP from the peer on the selected pair: it is alive."""
         self.last_heard = now

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MAX_SDP_BYTES = 64 * 1024
+UDP_PRIORITY = 2130706431  # host candidates; TCP's lower, so it is used when UDP fails
+TCP_PRIORITY = 1518280447
 MAX_RIDS = 3
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
@@ -28,6 +30,17 @@ class LocalParams:
     fingerprint: str  # sha-256, "AB:CD:…"
     ip: str
     port: int
+    tcp_port: int = 0  # a passive TCP candidate too (ICE-TCP) when set
+
+    def candidates(self) -> list[tuple[str, str, int, int, str | None]]:
+        """Our host candidates (foundation, protocol, port, priority, tcptype): UDP, and
+        a passive TCP one (RFC 6544) with a lower priority when ICE-TCP is on."""
+        out: list[tuple[str, str, int, int, str | None]] = [
+            ("1", "udp", self.port, UDP_PRIORITY, None)
+        ]
+        if self.tcp_port:
+            out.append(("2", "tcp", self.tcp_port, TCP_PRIORITY, "passive"))
+        return out
 
 
 @dataclass(frozen=True, slots=True)

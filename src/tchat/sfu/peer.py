@@ -44,6 +44,10 @@ class ViewerFeedback(Protocol):
     def on_nack(self, peer: Peer, pair: Pair, lost: int) -> None: ...
 
 
+def _nowhere(data: bytes) -> None:
+    pass
+
+
 @dataclass(eq=False)
 class Peer:
     id: str
@@ -92,6 +96,13 @@ class Peer:
         self.send = lambda data: sendto(data, addr)
         for _, dt in self.downtracks.values():
             dt.send = self.send
+
+    def unselect(self) -> None:
+        """The selected address is gone (a TCP connection closed): send nothing."""
+        self.addr = None
+        self.send = _nowhere
+        for _, dt in self.downtracks.values():
+            dt.send = _nowhere
 
     def follow(self, addr: Addr, sendto: SendTo) -> None:
         """Media goes to the nominated address once it is confirmed; until then it stays

@@ -163,15 +163,11 @@ def _answer_media(
     m.ice = RTCIceParameters(usernameFragment=local.ufrag, password=local.pwd, iceLite=True)
     m.ice_candidates = [
         RTCIceCandidate(
-            component=1,
-            foundation="1",
-            ip=local.ip,
-            port=local.port,
-            priority=2130706431,
-            protocol="udp",
-            type="host",
+            component=1, foundation=f, ip=local.ip, port=port, priority=prio, protocol=proto,
+            type="host", tcpType=tcp_type,
         )
-    ]
+        for f, proto, port, prio, tcp_type in local.candidates()
+    ]  # fmt: skip
     m.ice_candidates_complete = True
     m.dtls = RTCDtlsParameters(
         fingerprints=[RTCDtlsFingerprint(algorithm="sha-256", value=local.fingerprint)],

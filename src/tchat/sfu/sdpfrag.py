@@ -13,12 +13,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tchat.sfu.negotiated import Media, SdpError
+from tchat.sfu.negotiated import LocalParams, Media, SdpError
 
 MEDIA_TYPE = "application/trickle-ice-sdpfrag"
 MAX_FRAGMENT_BYTES = 16 * 1024
 _ICE_CHARS = re.compile(r"[A-Za-z0-9+/]+")  # ice-char (RFC 8839 §5.4)
-HOST_PRIORITY = 2130706431  # our one host candidate, as in the SDP answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,19 +67,18 @@ def parse_fragment(text: str) -> IceFragment:
     return IceFragment(ufrag, pwd, tuple(candidates), end)
 
 
-def write_fragment(ufrag: str, pwd: str, ip: str, port: int, media: list[Media]) -> str:
-    """Our answer to an ICE restart: ice-lite, the new credentials and our candidate, in
-    the BUNDLE's first media section (RFC 9725 §4.3.2's shape)."""
+def write_fragment(local: LocalParams, media: list[Media]) -> str:
+    """Our answer to an ICE restart: ice-lite, the new credentials and our candidates,
+    in the BUNDLE's first media section (RFC 9725 §4.3.2's shape)."""
     bundled = [m for m in media if m.codec is not None] or media[:1]
     lines = ["a=ice-lite", "a=group:BUNDLE " + " ".join(m.mid for m in bundled)]
     if bundled:
         first = bundled[0]
         pt = first.codec.payload_type if first.codec is not None else 0
         lines += [f"m={first.kind} 9 UDP/TLS/RTP/SAVPF {pt}", f"a=mid:{first.mid}"]
-    lines += [
-        f"a=ice-ufrag:{ufrag}",
-        f"a=ice-pwd:{pwd}",
-        f"a=candidate:1 1 udp {HOST_PRIORITY} {ip} {port} typ host",
-        "a=end-of-candidates",
-    ]
+    lines += [f"a=ice-ufrag:{local.ufrag}", f"a=ice-pwd:{local.pwd}"]
+    for foundation, proto, port, prio, tcp_type in local.candidates():
+        tail = f" tcptype {tcp_type}" if tcp_type else ""
+        lines.append(f"a=candidate:{foundation} 1 {proto} {prio} {local.ip} {port} typ host{tail}")
+    lines.append("a=end-of-candidates")
     return "\r\n".join(lines) + "\r\n"

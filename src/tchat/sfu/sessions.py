@@ -47,13 +47,16 @@ class SfuSessions:
         self, settings: SfuSettings, send: SendTo, clock: Callable[[], float] | None = None
     ) -> None:
         self.settings = settings
-        self._send = send
+        self._udp = send
+        # TCP connections (sfu/tcp.py) by their address: what sends one packet, framed
+        self.streams: dict[Addr, Callable[[bytes], None]] = {}
         self._clock = clock
         self.load = 0.0  # the SFU's work over the last second, in cores (the core sets it)
         self.cert = RTCCertificate.generateCertificate()
         self.fingerprint = fingerprint(self.cert)
         self.ctx = make_context(self.cert)
         self.port = 0  # the UDP port in our candidates (the shell binds it)
+        self.tcp_port = 0  # the ICE-TCP port in our candidates, 0 if none (sfu/tcp.py)
         self.rooms: dict[str, Room] = {}
         self.peers: dict[str, Peer] = {}
         self.by_ufrag: dict[str, Peer] = {}
@@ -75,13 +78,36 @@ class SfuSessions:
         # adaptive viewers' layers, probes and tiers (per-second policy, sfu/allocator.py)
         self.allocator = StreamAllocator(abr_config(settings))
 
+    def _send(self, data: bytes, addr: Addr) -> None:
+        stream = self.streams.get(addr)
+        if stream is None:
+            self._udp(data, addr)
+        else:
+            stream(data)
+
+    def sender(self, addr: Addr) -> SendTo:
+        """What sends to `addr`: the UDP socket, or the TCP connection that address is.
+        Bound once per selected address, so the per-packet path does no lookup."""
+        stream = self.streams.get(addr)
+        return self._udp if stream is None else (lambda data, _addr: stream(data))
+
+    def stream_closed(self, addr: Addr) -> None:
+        """A TCP connection ended: nothing more goes to it, and it names no session."""
+        self.streams.pop(addr, None)
+        peer = self.by_addr.pop(addr, None)
+        if peer is not None:
+            peer.ice.forget(addr)
+            if peer.addr == addr:
+                peer.unselect()  # media waits for the peer's next nominated address
+
     def now(self) -> float:
         assert self._clock is not None
         return self._clock()
 
     # -- signalling ------------------------------------------------------------------
     def _local(self, ufrag: str, pwd: str) -> sdp.LocalParams:
-        return sdp.LocalParams(ufrag, pwd, self.fingerprint, self.settings.candidate_ip, self.port)
+        ip = self.settings.candidate_ip
+        return sdp.LocalParams(ufrag, pwd, self.fingerprint, ip, self.port, self.tcp_port)
 
     def _new_peer(
         self,
@@ -226,7 +252,7 @@ class SfuSessions:
         peer.held = [(a, d) for a, d in peer.held if a not in forgotten]
         self.ice_restarts += 1
         log.info("sfu ice restart room=%s peer=%s role=%s", peer.room.name, peer.id, peer.role)
-        return sdpfrag.write_fragment(ufrag, pwd, self.settings.candidate_ip, self.port, peer.media)
+        return sdpfrag.write_fragment(self._local(ufrag, pwd), peer.media)
 
     def close_peer(self, peer: Peer, reason: str) -> None:
         if peer.closed:

@@ -20,6 +20,7 @@ def _setting(name: str) -> Any:
 class SfuSettings:
     udp_host: str = _setting("sfu_udp_host")
     udp_port: int = _setting("sfu_udp_port")
+    tcp_port: int = _setting("sfu_tcp_port")
     public_ip: str = _setting("sfu_public_ip")
     consent_timeout_s: float = _setting("sfu_consent_timeout")
     connect_timeout_s: float = _setting("sfu_connect_timeout")

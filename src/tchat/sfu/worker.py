@@ -1,4 +1,5 @@
-"""The SFU's asyncio shell: one UDP socket, the timer loop, the CPU accounting.
+"""The SFU's asyncio shell: one UDP socket (and the ICE-TCP port, sfu/tcp.py), the timer
+loop, the CPU accounting.
 
 Everything else is the sans-I/O `SfuCore` (sfu/core.py), which this class extends only
 with I/O: `datagram_received` hands each datagram to `receive_datagram` with the loop's
@@ -21,6 +22,7 @@ from tchat.sfu.ice import Addr
 from tchat.sfu.peer import Peer, Role, Room, track_for
 from tchat.sfu.sessions import SessionError
 from tchat.sfu.settings import SfuSettings
+from tchat.sfu.tcp import TcpLink
 
 __all__ = [
     "PACE_S",
@@ -62,6 +64,8 @@ class SfuWorker(SfuCore, asyncio.DatagramProtocol):
         self._busy_clock = busy_clock
         self.transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.Task[None] | None = None
+        self._tcp: asyncio.Server | None = None  # ICE-TCP (sfu/tcp.py), when configured
+        self._links: set[TcpLink] = set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -76,7 +80,20 @@ class SfuWorker(SfuCore, asyncio.DatagramProtocol):
         # queue it rather than drop
         widen_socket_buffers(transport)
         self._timer = asyncio.create_task(self._run_timers(), name="sfu-timers")
-        log.info("sfu listening udp=%s:%d", self.settings.udp_host, self.port)
+        if self.settings.tcp_port:
+            max_links = 2 * self.settings.max_peers
+            self._tcp = await loop.create_server(
+                lambda: TcpLink(self, self._links, max_links),
+                self.settings.udp_host,
+                self.settings.tcp_port,
+            )
+            self.tcp_port = self._tcp.sockets[0].getsockname()[1]
+        log.info(
+            "sfu listening udp=%s:%d tcp=%s",
+            self.settings.udp_host,
+            self.port,
+            self.tcp_port or "off",
+        )
 
     async def stop(self) -> None:
         for peer in list(self.peers.values()):
@@ -84,6 +101,10 @@ class SfuWorker(SfuCore, asyncio.DatagramProtocol):
         await cancel_and_wait(self._timer)
         if self.transport:
             self.transport.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            for link in list(self._links):
+                link.close()
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         started = self._busy_clock()

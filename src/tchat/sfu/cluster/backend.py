@@ -51,6 +51,7 @@ class Cluster:
             self.key,
             host=settings.sfu_udp_host,
             base_udp_port=settings.sfu_udp_port,
+            base_tcp_port=settings.sfu_tcp_port,
             max_load=settings.sfu_max_load,
             # resolved paths: a relative TCHAT_DATA_DIR means the server's, not the child's
             env={"TCHAT_DATA_DIR": str(settings.data_dir), "FFMPEG": settings.ffmpeg},

@@ -232,6 +232,8 @@ async def _serve(args: argparse.Namespace, settings: Settings, readers: Readers 
     sfu = SfuSettings.from_settings(settings)
     if args.udp_port is not None:
         sfu = SfuSettings(**{**_fields(sfu), "udp_port": args.udp_port})
+    if args.tcp_port is not None:
+        sfu = SfuSettings(**{**_fields(sfu), "tcp_port": args.tcp_port})
     key = os.environ.get(KEY_ENV) or control_key(settings.token_secret())
     # this process runs the SFU only: its CPU is the SFU's work (admission, placement)
     worker = SfuWorker(sfu, cpu_clock=time.process_time)
@@ -279,6 +281,7 @@ def main(
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--id", required=True, help="instance id (routing key)")
     parser.add_argument("--udp-port", type=int, default=None)
+    parser.add_argument("--tcp-port", type=int, default=None)
     args = parser.parse_args()
     from tchat.config import load_settings
     from tchat.logs import setup_logging

@@ -71,6 +71,7 @@ class Supervisor:
         key: str,
         host: str,
         base_udp_port: int = 0,
+        base_tcp_port: int = 0,
         max_load: float = 0.9,
         env: dict[str, str] | None = None,
     ) -> None:
@@ -81,6 +82,7 @@ class Supervisor:
         self.key = key
         self.host = host
         self.base_udp_port = base_udp_port
+        self.base_tcp_port = base_tcp_port  # ICE-TCP: instance i on base + i (0: off)
         self.max_load = max_load
         self.serve_id = secrets.token_hex(3)
         self.instances: dict[int, LocalInstance] = {}
@@ -115,8 +117,10 @@ class Supervisor:
         self._generation += 1
         instance_id = f"{self.serve_id}-{index}-{self._generation}"
         port = self.base_udp_port + index if self.base_udp_port else 0
+        tcp = self.base_tcp_port + index if self.base_tcp_port else 0
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tchat.instance", "--id", instance_id, "--udp-port", str(port),
+            "--tcp-port", str(tcp),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             env={**os.environ, **self.env, KEY_ENV: self.key},
         )  # fmt: skip

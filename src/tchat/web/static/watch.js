@@ -14,7 +14,7 @@ const chat = new ChatPanel($("#chat"), room);
 window.tchatChat = chat;
 // figures the browser tests read
 window.tchatWatch = { transport: null, joinMs: null, width: 0, height: 0, latencyMs: null,
-  error: "", iceRestarts: 0 };
+  error: "", iceRestarts: 0, iceProtocol: null };
 const state = { pc: null, session: null, token: "", sessionToken: "", last: null, retry: null, hls: null };
 const OFFLINE_RETRY_MS = 3000;
 const RESTART_AFTER_MS = 2000; // "disconnected" this long (room still live): restart ICE
@@ -198,6 +198,17 @@ async function hlsFallback(why) {
   video.play().catch(() => {});
 }
 
+// "udp" or "tcp" (ICE-TCP, when the network blocks UDP): the selected pair's local side
+function iceProtocol(report) {
+  for (const s of report.values()) {
+    if (s.type !== "transport" || !s.selectedCandidatePairId) continue;
+    const pair = report.get(s.selectedCandidatePairId);
+    const local = pair && report.get(pair.localCandidateId);
+    if (local) return local.protocol;
+  }
+  return null;
+}
+
 async function stats() {
   const q = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;
   const w = window.tchatWatch;
@@ -207,7 +218,9 @@ async function stats() {
   if (state.pc && state.pc.connectionState === "connected") {
     let rtt = 0, buffer = null;
     const now = performance.now();
-    (await state.pc.getStats()).forEach((s) => {
+    const report = await state.pc.getStats();
+    w.iceProtocol = iceProtocol(report);
+    report.forEach((s) => {
       if (s.type === "inbound-rtp" && s.kind === "video") {
         if (state.last) rate = kbps(s.bytesReceived - state.last.bytes, (now - state.last.at) / 1000);
         state.last = { bytes: s.bytesReceived, at: now };
@@ -222,7 +235,8 @@ async function stats() {
     w.latencyMs = Math.round(state.hls.latency * 1000);
   }
   const layer = $("#quality").selectedOptions[0].textContent;
-  $("#stats").innerHTML = `<div>transport<b>${w.transport || "…"}</b></div>
+  const over = w.transport === "webrtc" && w.iceProtocol ? ` (${w.iceProtocol})` : "";
+  $("#stats").innerHTML = `<div>transport<b>${w.transport || "…"}${over}</b></div>
     <div>quality<b id="q">${w.width}×${w.height}${w.transport === "webrtc" ? ` (${layer})` : ""}</b></div>
     <div>latency<b id="latency">${w.latencyMs ?? "…"} ms</b></div>
     <div>bitrate<b>${w.transport === "hls" ? "—" : `${rate} kbit/s · ${fps} fps`}</b></div>
