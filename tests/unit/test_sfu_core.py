@@ -92,6 +92,17 @@ def publish(core: SfuCore, pub: Client, clock: Clock, seq: int, key: bool) -> No
         core.receive_datagram(pub.dtls.srtp.tx.protect(packet), pub.addr, clock.t)
 
 
+def live_core(identity: Identity, **settings: float) -> tuple[SfuCore, Wire, Clock, Client]:
+    """A core with a connected three-layer publisher in room "r" (for other tests)."""
+    clock, wire = Clock(), Wire()
+    config = {"consent_timeout_s": CONSENT_S, "idle_timeout_s": 1e3, **settings}
+    core = SfuCore(SfuSettings(**config), wire, clock)  # type: ignore[arg-type]
+    core.start_timer(clock.t)
+    client = ClientPeer(identity)
+    peer, _ = core.add_publisher("r", client.offer(rids=["h", "m", "l"], publish=True))
+    return core, wire, clock, connect(core, wire, peer, client, PUB)
+
+
 def run_timer(core: SfuCore, clock: Clock, seconds: float) -> None:
     end = clock.t + seconds
     while clock.t < end:

@@ -12,9 +12,7 @@ from tchat.sfu import sdpfrag
 from tchat.sfu.core import SfuCore
 from tchat.sfu.negotiated import SdpError
 from tchat.sfu.sessions import SessionError
-from tchat.sfu.settings import SfuSettings
-from tests.unit.fakes import Clock
-from tests.unit.test_sfu_core import PUB, V1, Client, Wire, connect, publish
+from tests.unit.test_sfu_core import PUB, V1, Client, Wire, connect, live_core, publish
 
 MOVED = ("10.9.9.9", 7000)
 CONSENT_S = 30.0
@@ -97,12 +95,8 @@ def _seqs(client: Client, wire: Wire) -> list[int]:
 
 
 def test_viewer_restarts_ice_and_moves_to_a_new_address_mid_stream(identity: Identity) -> None:
-    clock, wire = Clock(), Wire()
-    core = SfuCore(SfuSettings(consent_timeout_s=CONSENT_S, idle_timeout_s=1e3), wire, clock)
-    core.start_timer(clock.t)
-    pub_client = ClientPeer(identity)
-    pub_peer, _ = core.add_publisher("r", pub_client.offer(rids=["h", "m", "l"], publish=True))
-    pub = connect(core, wire, pub_peer, pub_client, PUB)
+    core, wire, clock, pub = live_core(identity, consent_timeout_s=CONSENT_S)
+    pub_peer = pub.peer
     client = ClientPeer(identity)
     peer, _ = core.add_viewer("r", client.offer(), max_layer=0)
     viewer = connect(core, wire, peer, client, V1)

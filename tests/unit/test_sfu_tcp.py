@@ -10,11 +10,8 @@ import pytest
 from tchat.perf.sfu_bench import handshake
 from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu import sdpfrag
-from tchat.sfu.core import SfuCore
-from tchat.sfu.settings import SfuSettings
 from tchat.sfu.tcp import Framer, FramingError, frame
-from tests.unit.fakes import Clock
-from tests.unit.test_sfu_core import PUB, Client, Wire, connect, publish
+from tests.unit.test_sfu_core import Client, live_core, publish
 
 TCP_VIEWER = ("10.0.0.9", 40123)
 
@@ -37,13 +34,8 @@ def test_framer_refuses_what_is_not_a_packet(bad: bytes) -> None:
 
 def test_a_viewer_over_a_tcp_connection() -> None:
     identity = Identity.create()
-    clock, wire = Clock(), Wire()
-    core = SfuCore(SfuSettings(consent_timeout_s=30.0, idle_timeout_s=1e3), wire, clock)
+    core, wire, clock, pub = live_core(identity)
     core.port, core.tcp_port = 5000, 5001
-    core.start_timer(clock.t)
-    pub_client = ClientPeer(identity)
-    pub_peer, _ = core.add_publisher("r", pub_client.offer(rids=["h", "m", "l"], publish=True))
-    pub = connect(core, wire, pub_peer, pub_client, PUB)
 
     client = ClientPeer(identity)
     peer, answer = core.add_viewer("r", client.offer(), max_layer=0)

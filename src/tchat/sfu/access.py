@@ -56,3 +56,12 @@ def owned(request: Request, room: str, role: Role, resource: str, token: str) ->
             TokenForbidden(f"{role} session {resource!r} was started with another token")
         )
     return session
+
+
+def session_of(request: Request, room: str, role: Role, resource: str) -> str | JSONResponse:
+    """The backend's session id of a session URL segment, if the request's token may act
+    on it (it created the session); else the error response (400/401/403/404)."""
+    auth = authorize(request, room, role)
+    if isinstance(auth, JSONResponse):
+        return auth
+    return owned(request, room, role, resource, auth[1])

@@ -46,7 +46,7 @@ from tchat.http import (
     too_large,
 )
 from tchat.services import Services, require, services
-from tchat.sfu.access import authorize, owned, session_tag, source
+from tchat.sfu.access import authorize, session_of, session_tag, source
 from tchat.sfu.api_docs import BEARER, PATCH_DOC, SESSION_DOC, sdp_exchange
 from tchat.sfu.backend import LocalSfu, SfuBackend
 from tchat.sfu.sdp import MAX_SDP_BYTES, SdpError
@@ -229,10 +229,7 @@ async def whep(room: str, request: Request, layer: str = "high") -> Response:
 
 
 async def _delete(room: str, resource: str, request: Request, role: Role) -> Response:
-    auth = authorize(request, room, role)
-    if isinstance(auth, Response):
-        return auth
-    session = owned(request, room, role, resource, auth[1])
+    session = session_of(request, room, role, resource)
     if isinstance(session, Response):
         return session
     try:
@@ -256,10 +253,7 @@ async def whep_delete(room: str, session: str, request: Request) -> Response:
 
 
 async def _patch(room: str, resource: str, request: Request, role: Role) -> Response:
-    auth = authorize(request, room, role)
-    if isinstance(auth, Response):
-        return auth
-    session = owned(request, room, role, resource, auth[1])
+    session = session_of(request, room, role, resource)
     if isinstance(session, Response):
         return session
     body, expect = await _text(request, MEDIA_TYPE, MAX_FRAGMENT_BYTES), _if_match(request)
@@ -301,10 +295,7 @@ async def whep_patch(room: str, session: str, request: Request) -> Response:
 async def whep_layer(room: str, session: str, request: Request) -> Any:
     """Cap a viewer's simulcast layer (`{"max_layer": 0-2}`); the switch happens on the
     next keyframe. Only with the token that started the session."""
-    auth = authorize(request, room, "viewer")
-    if isinstance(auth, Response):
-        return auth
-    peer = owned(request, room, "viewer", session, auth[1])
+    peer = session_of(request, room, "viewer", session)
     if isinstance(peer, Response):
         return peer
     try:
