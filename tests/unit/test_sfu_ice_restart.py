@@ -109,7 +109,7 @@ def test_viewer_restarts_ice_and_moves_to_a_new_address_mid_stream(identity: Ide
     # an If-Match naming another ICE session changes nothing
     restart = sdpfrag.IceFragment("newU", "n" * 24)
     with pytest.raises(SessionError) as refused:
-        core.patch_ice(peer, restart, expect_ufrag="0ld0")
+        core.patch_ice(peer, restart, expect=("0ld0",))
     assert refused.value.status == 412 and peer.ice.local_ufrag == old_ufrag
     # trickled candidates of the current generation: accepted, nothing changes
     assert core.patch_ice(peer, sdpfrag.IceFragment(peer.ice.remote_ufrag, None, ("x",))) is None
@@ -118,7 +118,7 @@ def test_viewer_restarts_ice_and_moves_to_a_new_address_mid_stream(identity: Ide
         core.patch_ice(peer, sdpfrag.IceFragment("newU", None))
 
     # the restart: new credentials both ways; media goes on to the old address meanwhile
-    answer = core.patch_ice(peer, restart, expect_ufrag=old_ufrag)
+    answer = core.patch_ice(peer, restart, expect=(old_ufrag,))
     assert answer is not None
     ours = sdpfrag.parse_fragment(answer)
     assert ours.ufrag == peer.ice.local_ufrag != old_ufrag and ours.pwd == peer.ice.local_pwd

@@ -88,6 +88,22 @@ async def test_patch_restarts_ice_or_takes_candidates() -> None:
             url, content=_restart("z9zz"), headers={**mine, **FRAG, "if-match": "*"}
         )
         assert again.status_code == 200 and peer.ice.remote_ufrag == "z9zz"
+        # the same restart asked again (its answer lost on the way): the same answer
+        restarts = core.ice_restarts
+        dup = await c.patch(url, content=_restart("z9zz"), headers={**mine, **FRAG})
+        assert dup.status_code == 200 and dup.text == again.text
+        assert core.ice_restarts == restarts
+        # a late PATCH of a generation restarted since changes nothing
+        late = await c.patch(url, content=_restart("n3wU"), headers={**mine, **FRAG})
+        assert late.status_code == 412 and peer.ice.remote_ufrag == "z9zz"
+        # If-Match may list tags (RFC 9110): one of them names the session
+        listed = {**mine, **FRAG, "if-match": f'"x-0123456789abcdef", {again.headers["etag"]}'}
+        r = await c.patch(
+            url,
+            content="a=ice-ufrag:z9zz\r\na=candidate:1 1 udp 1 192.0.2.7 9 typ host\r\n",
+            headers=listed,
+        )
+        assert r.status_code == 204
 
         assert (await c.delete(url, headers=mine)).status_code == 200
         gone = await c.patch(url, content=_restart("y8yy"), headers={**mine, **FRAG})

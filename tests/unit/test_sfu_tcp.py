@@ -10,10 +10,25 @@ import pytest
 from tchat.perf.sfu_bench import handshake
 from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu import sdpfrag
-from tchat.sfu.tcp import Framer, FramingError, frame
+from tchat.sfu.tcp import Framer, FramingError, frame, tcp_addr, wire_addr
 from tests.unit.test_sfu_core import Client, live_core, publish
 
-TCP_VIEWER = ("10.0.0.9", 40123)
+TCP_VIEWER = tcp_addr("10.0.0.9", 40123)
+
+
+class Stream:
+    """A TCP connection as the core sees it: what was written into it, and closed."""
+
+    def __init__(self, out: list[tuple[bytes, tuple[str, int]]]) -> None:
+        self.out = out
+        self.closed = False
+
+    def write(self, packet: bytes) -> None:
+        assert not self.closed
+        self.out.append((packet, TCP_VIEWER))
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def test_framer_splits_and_joins_frames() -> None:
@@ -43,8 +58,10 @@ def test_a_viewer_over_a_tcp_connection() -> None:
         "a=candidate:2 1 tcp 1518280447 " in answer and " 5001 typ host tcptype passive" in answer
     )
     framed: list[tuple[bytes, tuple[str, int]]] = []  # what went into the connection
-    core.streams[TCP_VIEWER] = lambda data: framed.append((data, TCP_VIEWER))
+    core.streams[TCP_VIEWER] = Stream(framed)
     dtls = handshake(core, framed, peer, client, TCP_VIEWER)  # ICE + DTLS over the stream
+    # the same (ip, port) over UDP (another user behind the same NAT) is someone else
+    assert wire_addr(TCP_VIEWER) not in core.by_addr and core.by_addr[TCP_VIEWER] is peer
     viewer = Client(peer, TCP_VIEWER, dtls)
     publish(core, pub, clock, 1, key=True)
     assert not [a for _, a in wire.sent if a == TCP_VIEWER]  # none by the UDP socket
@@ -61,3 +78,16 @@ def test_a_viewer_over_a_tcp_connection() -> None:
 
     restart = core.patch_ice(peer, sdpfrag.IceFragment("newU", "n" * 24))
     assert restart is not None and "a=candidate:2 1 tcp 1518280447 " in restart
+
+
+def test_the_connection_of_an_ended_session_is_closed() -> None:
+    identity = Identity.create()
+    core = live_core(identity)[0]
+    client = ClientPeer(identity)
+    peer, _ = core.add_viewer("r", client.offer(), max_layer=0)
+    framed: list[tuple[bytes, tuple[str, int]]] = []
+    core.streams[TCP_VIEWER] = stream = Stream(framed)
+    handshake(core, framed, peer, client, TCP_VIEWER)
+    core.close_peer(peer, "DELETE")
+    assert stream.closed and TCP_VIEWER not in core.by_addr
+    assert any(d[0] == 21 for d, _ in framed)  # its close_notify went first

@@ -31,6 +31,7 @@ from tchat.sfu.forwarder import DownTrack, Track, TwccSender
 from tchat.sfu.ice import Addr
 from tchat.sfu.peer import Peer
 from tchat.sfu.settings import SfuSettings
+from tchat.sfu.tcp import wire_addr
 
 
 def _session() -> Session:
@@ -123,7 +124,7 @@ def handshake(
     for msg in map(stun.parse_message, take()):
         if msg.message_class == stun.Class.REQUEST:  # the SFU's check: answer it
             reply = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, msg.transaction_id)
-            reply.attributes["XOR-MAPPED-ADDRESS"] = addr
+            reply.attributes["XOR-MAPPED-ADDRESS"] = wire_addr(addr)  # a TCP one untagged
             reply.add_message_integrity(client.pwd.encode())
             core.receive_datagram(bytes(reply), addr, now)
     dtls = DtlsEndpoint(

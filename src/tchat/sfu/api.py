@@ -114,16 +114,22 @@ def _url_digest(location: str) -> str:
     return hashlib.sha256(location.encode()).hexdigest()[:16]
 
 
-def _if_match(request: Request) -> str | JSONResponse | None:
-    """The ufrag an If-Match names; None for `*` or no If-Match; 412 for what cannot be
-    one of this session's ETags (another session's, a weak tag, a list)."""
+def _if_match(request: Request) -> tuple[str, ...] | JSONResponse | None:
+    """The ufrags of the ICE sessions an If-Match names (RFC 9110: one tag or a list);
+    None for `*` or no If-Match (it is optional here); 412 when no entry can be one of
+    this session's ETags (another session's, a weak tag)."""
     value = request.headers.get("if-match", "").strip()
-    if value in ("", "*"):
+    entries = [e.strip() for e in value.split(",") if e.strip()]
+    if not entries or "*" in entries:
         return None
-    ufrag, _, digest = value.strip('"').rpartition("-")
-    if value != f'"{ufrag}-{digest}"' or digest != _url_digest(request.url.path):
+    ufrags = []
+    for entry in entries:
+        ufrag, _, digest = entry.strip('"').rpartition("-")
+        if entry == f'"{ufrag}-{digest}"' and digest == _url_digest(request.url.path):
+            ufrags.append(ufrag)
+    if not ufrags:
         return json_error(412, "precondition_failed", "If-Match must be * or our ETag")
-    return ufrag
+    return tuple(ufrags)
 
 
 def _created(answer: str, location: str, links: list[str]) -> Response:

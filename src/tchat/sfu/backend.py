@@ -30,10 +30,15 @@ class SfuBackend(Protocol):
     async def set_layer(self, room: str, session: str, max_layer: int) -> None: ...
 
     async def patch_ice(
-        self, room: str, session: str, role: Role, fragment: IceFragment, expect: str | None
+        self,
+        room: str,
+        session: str,
+        role: Role,
+        fragment: IceFragment,
+        expect: tuple[str, ...] | None,
     ) -> str | None:
         """An ICE restart (our answer fragment) or trickled candidates (None);
-        `expect`: the ufrag an If-Match names (412 if it is not the session's)."""
+        `expect`: the ufrags an If-Match names (412 if none is the session's)."""
         ...
 
     async def stats(self, viewers: bool) -> dict[str, object]: ...
@@ -70,7 +75,12 @@ class LocalSfu:
         self.worker.set_max_layer(self._peer(room, session, "viewer"), max_layer)
 
     async def patch_ice(
-        self, room: str, session: str, role: Role, fragment: IceFragment, expect: str | None
+        self,
+        room: str,
+        session: str,
+        role: Role,
+        fragment: IceFragment,
+        expect: tuple[str, ...] | None,
     ) -> str | None:
         return self.worker.patch_ice(self._peer(room, session, role), fragment, expect)
 

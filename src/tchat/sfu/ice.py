@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 from aioice import stun
 
+from tchat.sfu.tcp import wire_addr
+
 Addr = tuple[str, int]
 
 
@@ -102,6 +104,7 @@ class IceLite:
     candidates: set[Addr] = field(default_factory=set)
     confirmed: set[Addr] = field(default_factory=set)  # answered one of our checks
     unconfirmed: dict[Addr, _Unconfirmed] = field(default_factory=dict)
+    previous: tuple[str, ...] = ()  # remote ufrags before the last restarts (stale PATCHes)
 
     def handle(self, msg: stun.Message, addr: Addr, now: float, size: int = 0) -> list[bytes]:
         """What to send `addr` for an authenticated request of `size` bytes: the success
@@ -124,7 +127,7 @@ class IceLite:
             message_class=stun.Class.RESPONSE,
             transaction_id=msg.transaction_id,
         )
-        resp.attributes["XOR-MAPPED-ADDRESS"] = addr
+        resp.attributes["XOR-MAPPED-ADDRESS"] = wire_addr(addr)
         resp.add_message_integrity(self.local_pwd.encode())
         out = [bytes(resp)]
         if addr in self.confirmed or not self.remote_pwd:
@@ -170,12 +173,14 @@ class IceLite:
         prove itself again under them, except `keep` (where media flows now), which goes
         on carrying media until the peer nominates another. DTLS and SRTP are untouched.
         Returns the addresses forgotten."""
+        self.previous = (*self.previous[-3:], self.remote_ufrag)
         self.local_ufrag, self.local_pwd = local
         self.remote_ufrag, self.remote_pwd = remote
         forgotten = self.candidates - {keep} if keep else set(self.candidates)
         self.candidates -= forgotten
         self.confirmed -= forgotten
         self.unconfirmed.clear()
+        self.nominated = keep  # a new nomination must come under the new credentials
         return forgotten
 
     def forget(self, addr: Addr) -> None:

@@ -13,25 +13,38 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterator
-from typing import Literal
+from collections.abc import Callable, Iterable
+from typing import Literal, Protocol
 
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from tchat.rooms import ROOM_RULE, valid_room
-from tchat.sfu import rtcp, sdp, sdpfrag, twcc
+from tchat.sfu import figures, rtcp, sdp, sdpfrag, twcc
 from tchat.sfu.allocator import StreamAllocator, abr_config
 from tchat.sfu.dtls import DtlsEndpoint, fingerprint, make_context
-from tchat.sfu.forwarder import HIGH, Layer, NackStats
+from tchat.sfu.forwarder import HIGH, NackStats
 from tchat.sfu.ice import Addr, IceLite, new_credentials
 from tchat.sfu.negotiated import SdpError
 from tchat.sfu.peer import Peer, Role, Room, SendTo, track_for
 from tchat.sfu.reports import SFU_SSRC
 from tchat.sfu.settings import SfuSettings
+from tchat.sfu.tcp import is_tcp
 
 log = logging.getLogger("tchat.sfu")
 # a viewer joined, a viewer's layer cap changed, a session (either role) closed
 PeerEvent = Literal["joined", "layer", "closed"]
+
+
+class Stream(Protocol):
+    """A TCP connection as the core sees it (sfu/tcp.py's TcpLink)."""
+
+    def write(self, packet: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _nowhere(data: bytes, addr: Addr) -> None:
+    pass
 
 
 class SessionError(Exception):
@@ -48,8 +61,8 @@ class SfuSessions:
     ) -> None:
         self.settings = settings
         self._udp = send
-        # TCP connections (sfu/tcp.py) by their address: what sends one packet, framed
-        self.streams: dict[Addr, Callable[[bytes], None]] = {}
+        # TCP connections (sfu/tcp.py) by their (tagged) address
+        self.streams: dict[Addr, Stream] = {}
         self._clock = clock
         self.load = 0.0  # the SFU's work over the last second, in cores (the core sets it)
         self.cert = RTCCertificate.generateCertificate()
@@ -79,17 +92,25 @@ class SfuSessions:
         self.allocator = StreamAllocator(abr_config(settings))
 
     def _send(self, data: bytes, addr: Addr) -> None:
-        stream = self.streams.get(addr)
-        if stream is None:
-            self._udp(data, addr)
-        else:
-            stream(data)
+        self.sender(addr)(data, addr)
 
     def sender(self, addr: Addr) -> SendTo:
-        """What sends to `addr`: the UDP socket, or the TCP connection that address is.
-        Bound once per selected address, so the per-packet path does no lookup."""
+        """What sends to `addr`: the UDP socket, or the TCP connection that address is
+        (nothing once that closed). Bound once per selected address, so the per-packet
+        path does no lookup."""
+        if not is_tcp(addr):
+            return self._udp
         stream = self.streams.get(addr)
-        return self._udp if stream is None else (lambda data, _addr: stream(data))
+        return _nowhere if stream is None else (lambda data, _addr: stream.write(data))
+
+    def _forget(self, peer: Peer, addrs: Iterable[Addr]) -> None:
+        """Addresses that no longer name `peer`; their TCP connections are closed."""
+        for addr in addrs:
+            if self.by_addr.get(addr) is peer:
+                del self.by_addr[addr]
+            stream = self.streams.get(addr)
+            if stream is not None:
+                stream.close()
 
     def stream_closed(self, addr: Addr) -> None:
         """A TCP connection ended: nothing more goes to it, and it names no session."""
@@ -228,27 +249,37 @@ class SfuSessions:
         self._emit("layer", peer)
 
     def patch_ice(
-        self, peer: Peer, fragment: sdpfrag.IceFragment, expect_ufrag: str | None = None
+        self,
+        peer: Peer,
+        fragment: sdpfrag.IceFragment,
+        expect: tuple[str, ...] | None = None,
     ) -> str | None:
         """A WHIP/WHEP PATCH: with new remote credentials an ICE restart, answered with our
-        fragment (new ufrag/pwd, same candidate); else trickled candidates, accepted and
+        fragment (new ufrag/pwd, same candidates); else trickled candidates, accepted and
         not needed (a lite agent learns the peer's addresses from its checks): None.
-        412 when `expect_ufrag` (what If-Match names) is no longer the session's."""
+        412 when If-Match names only earlier ICE sessions (`expect`: their ufrags) or the
+        fragment is of a generation restarted since."""
+        ice = peer.ice
         if peer.closed:
             raise SessionError(404, f"{peer.role} session {peer.id!r} has ended")
-        if expect_ufrag is not None and expect_ufrag != peer.ice.local_ufrag:
+        if expect is not None and ice.local_ufrag not in expect:
             raise SessionError(412, "If-Match names an ICE session that was restarted since")
-        if fragment.ufrag is None or fragment.ufrag == peer.ice.remote_ufrag:
+        if fragment.ufrag is not None and fragment.ufrag in ice.previous:
+            raise SessionError(412, "the fragment is of an ICE session restarted since")
+        if fragment.ufrag is None or fragment.ufrag == ice.remote_ufrag:
+            if expect is None and fragment.pwd == ice.remote_pwd and not fragment.candidates:
+                # the restart we answered, asked again (our answer was lost): same answer
+                return sdpfrag.write_fragment(
+                    self._local(ice.local_ufrag, ice.local_pwd), peer.media
+                )
             return None
         if fragment.pwd is None:
             raise SdpError("an ICE restart needs a=ice-pwd with the new a=ice-ufrag")
-        self.by_ufrag.pop(peer.ice.local_ufrag, None)
+        self.by_ufrag.pop(ice.local_ufrag, None)
         ufrag, pwd = new_credentials()
-        forgotten = peer.ice.restart((ufrag, pwd), (fragment.ufrag, fragment.pwd), peer.addr)
+        forgotten = ice.restart((ufrag, pwd), (fragment.ufrag, fragment.pwd), peer.addr)
         self.by_ufrag[ufrag] = peer
-        for addr in forgotten:
-            if self.by_addr.get(addr) is peer:
-                del self.by_addr[addr]
+        self._forget(peer, forgotten)
         peer.held = [(a, d) for a, d in peer.held if a not in forgotten]
         self.ice_restarts += 1
         log.info("sfu ice restart room=%s peer=%s role=%s", peer.room.name, peer.id, peer.role)
@@ -261,9 +292,7 @@ class SfuSessions:
         peer.close_dtls(self._send)
         self.peers.pop(peer.id, None)
         self.by_ufrag.pop(peer.ice.local_ufrag, None)
-        for addr in peer.ice.candidates:
-            if self.by_addr.get(addr) is peer:
-                del self.by_addr[addr]
+        self._forget(peer, list(peer.ice.candidates))
         self._handshake_over(peer)
         self.allocator.remove(peer)
         self.nack_totals.add(peer.nacks)
@@ -310,58 +339,15 @@ class SfuSessions:
 
         return send_pli
 
-    # -- figures ---------------------------------------------------------------------
-    def _layers(self) -> Iterator[Layer]:
-        for room in self.rooms.values():
-            for track in room.tracks.values():
-                yield from (layer for layer in track.layers if layer is not None)
-
+    # -- figures (sfu/figures.py) ----------------------------------------------------
     def live_rooms(self) -> dict[str, dict[str, object]]:
-        """Rooms with viewers or a connected publisher here: viewer count (media flowing)
-        and, where the publisher is on this worker, how long it has been live."""
-        now = self.now()
-        out: dict[str, dict[str, object]] = {}
-        for room in self.rooms.values():
-            pub = room.publisher
-            origin = pub is not None and not pub.closed and pub.connected_at is not None
-            viewers = sum(1 for v in room.viewers.values() if v.srtp is not None)
-            if origin or viewers:
-                out[room.name] = {
-                    "viewers": viewers,
-                    "live_for_s": round(now - pub.connected_at, 1)
-                    if origin and pub is not None and pub.connected_at is not None
-                    else None,
-                }
-        return out
+        return figures.live_rooms(self.rooms.values(), self.now())
 
     def _stats(self) -> dict[str, object]:
-        return {
-            "udp_port": self.port,
-            "rooms": len(self.rooms),
-            "peers": len(self.peers),
-            "load": round(self.load, 3),
-            "viewers_connected": sum(
-                1 for p in self.peers.values() if p.role == "viewer" and p.srtp is not None
-            ),
-            # what publishers sent that never arrived (RR accounting, current rooms): a
-            # viewer cannot get those back, whatever it NACKs
-            "publisher_packets_lost": sum(layer.lost for layer in self._layers()),
-            # padding-only packets publishers sent (their probes): never forwarded
-            "publisher_padding_packets": sum(layer.padding for layer in self._layers()),
-            "nacks": self.nack_stats().as_dict(),
-            "retransmitted_bytes": self.retransmitted_left
-            + sum(d.rtx_octets for p in self.peers.values() for _, d in p.downtracks.values()),
-            "ice_restarts": self.ice_restarts,
-            "drops": dict(self.drops),
-        }
+        return figures.session_stats(self)
 
     def nack_stats(self) -> NackStats:
-        """What every viewer's NACKs asked for and got, since start."""
-        total = NackStats()
-        total.add(self.nack_totals)
-        for peer in self.peers.values():
-            total.add(peer.nacks)
-        return total
+        return figures.nack_stats(self.nack_totals, self.peers.values())
 
 
 def _check_room(name: str) -> None:

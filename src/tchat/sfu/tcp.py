@@ -1,14 +1,16 @@
 """ICE over TCP (RFC 6544): one passive TCP port beside the UDP one, for clients whose
 network blocks UDP. Each connection carries STUN, DTLS and SRTP framed as RFC 4571
 says (a 16-bit length before each packet); the core sees them as datagrams from the
-connection's address and answers through `SfuCore.streams`, so ICE, DTLS and media
-work as over UDP. Media over TCP suffers head-of-line blocking: it is the fallback,
+connection's (tagged) address and answers through `SfuCore.streams`, so ICE, DTLS and
+media work as over UDP. Media over TCP suffers head-of-line blocking: it is the fallback,
 offered with a lower priority than the UDP candidate.
 
 `Framer` is the framing without I/O; `TcpLink` is the asyncio protocol of one
 connection (the shell's, like `SfuWorker` for UDP). A connection no session claims
 (its address never passed an authenticated check) within the connect timeout is
-closed, the number of connections is capped, and what waits in a slow client's send
+closed, and so is one whose session ended or forgot it; connections are capped in all
+(2 × SFU_MAX_PEERS, and half the process's file descriptors) and unclaimed ones per
+client address (SFU_MAX_CONNECTING_PER_ADDRESS); what waits in a slow client's send
 buffer is bounded: past `MAX_BACKLOG` bytes packets are dropped, not queued.
 """
 
@@ -24,7 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tchat.sfu")
 MAX_FRAME = 0xFFFF
-MAX_BACKLOG = 512 * 1024  # bytes queued for one client before packets are dropped
+MAX_BACKLOG = 128 * 1024  # bytes queued for one client before packets are dropped
+TCP_TAG = "/tcp"  # on the ip of a TCP connection's address (see tcp_addr)
 
 
 class FramingError(ValueError):
@@ -56,8 +59,25 @@ class Framer:
         return out
 
 
+def tcp_addr(ip: str, port: int) -> Addr:
+    """The core's name for a TCP connection: the peer's address tagged, so it can never
+    be taken for the same (ip, port) over UDP (two users behind one NAT may have both)."""
+    return (ip + TCP_TAG, port)
+
+
+def wire_addr(addr: Addr) -> Addr:
+    """The address itself (for XOR-MAPPED-ADDRESS), TCP tag removed."""
+    return (addr[0].removesuffix(TCP_TAG), addr[1])
+
+
+def is_tcp(addr: Addr) -> bool:
+    return addr[0].endswith(TCP_TAG)
+
+
 class TcpLink(asyncio.Protocol):
-    """One client connection to the SFU's TCP port."""
+    """One client connection to the SFU's TCP port. Registered in `SfuCore.streams`
+    while open; the core closes it when the session that claimed it ends or forgets
+    its address (sessions.py), and it closes itself if no session claims it in time."""
 
     def __init__(self, core: SfuWorker, links: set[TcpLink], max_links: int) -> None:
         self.core = core
@@ -66,22 +86,37 @@ class TcpLink(asyncio.Protocol):
         self.framer = Framer()
         self.transport: asyncio.Transport | None = None
         self.addr: Addr | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         peer = self.transport.get_extra_info("peername")
-        if len(self.links) >= self.max_links or peer is None:
+        if peer is None or not self._admit(str(peer[0])):
             self.core.drops["tcp_refused"] += 1
             self.transport.close()
             return
-        self.addr = (str(peer[0]), int(peer[1]))
+        self.addr = tcp_addr(str(peer[0]), int(peer[1]))
         self.links.add(self)
-        self.core.streams[self.addr] = self.write
-        asyncio.get_running_loop().call_later(
+        self.core.streams[self.addr] = self
+        self._timer = asyncio.get_running_loop().call_later(
             self.core.settings.connect_timeout_s, self._claimed_or_close
         )
 
+    def _admit(self, ip: str) -> bool:
+        """Under the cap of connections, and of unclaimed ones from this address."""
+        if len(self.links) >= self.max_links:
+            return False
+        mine = sum(
+            1
+            for link in self.links
+            if link.addr is not None
+            and wire_addr(link.addr)[0] == ip
+            and link.addr not in self.core.by_addr
+        )
+        return mine < self.core.settings.max_connecting_per_address
+
     def _claimed_or_close(self) -> None:
+        self._timer = None
         if self.addr is not None and self.addr not in self.core.by_addr:
             self.core.drops["tcp_unclaimed"] += 1
             self.close()
@@ -111,6 +146,9 @@ class TcpLink(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.links.discard(self)
         if self.addr is not None:
             self.core.stream_closed(self.addr)

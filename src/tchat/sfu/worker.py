@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 import time
 from collections.abc import Callable
@@ -81,7 +82,10 @@ class SfuWorker(SfuCore, asyncio.DatagramProtocol):
         widen_socket_buffers(transport)
         self._timer = asyncio.create_task(self._run_timers(), name="sfu-timers")
         if self.settings.tcp_port:
-            max_links = 2 * self.settings.max_peers
+            # each connection is a file descriptor: leave half of them to everything else
+            max_links = min(
+                2 * self.settings.max_peers, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2
+            )
             self._tcp = await loop.create_server(
                 lambda: TcpLink(self, self._links, max_links),
                 self.settings.udp_host,
@@ -105,6 +109,7 @@ class SfuWorker(SfuCore, asyncio.DatagramProtocol):
             self._tcp.close()
             for link in list(self._links):
                 link.close()
+            await self._tcp.wait_closed()
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         started = self._busy_clock()

@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from functools import partial
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -208,9 +207,16 @@ class Cluster:
         await self._session(room, session, "viewer", "PUT", "/layer", {"max_layer": max_layer})
 
     async def patch_ice(
-        self, room: str, session: str, role: Role, fragment: IceFragment, expect: str | None
+        self,
+        room: str,
+        session: str,
+        role: Role,
+        fragment: IceFragment,
+        expect: tuple[str, ...] | None,
     ) -> str | None:
-        body = {**asdict(fragment), "expect": expect}
+        # candidates stay here: a lite agent does not use them (any number is accepted)
+        body = {"ufrag": fragment.ufrag, "pwd": fragment.pwd, "expect": expect,
+                "end_of_candidates": fragment.end_of_candidates}  # fmt: skip
         _, data = await self._session(room, session, role, "PATCH", "/ice", body)
         answer = data.get("answer")
         return str(answer) if answer is not None else None

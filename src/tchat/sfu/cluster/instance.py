@@ -84,9 +84,8 @@ class IceBody(BaseModel):
 
     ufrag: str | None = Field(None, max_length=256)
     pwd: str | None = Field(None, max_length=256)
-    candidates: list[str] = Field(default_factory=list, max_length=64)
     end_of_candidates: bool = False
-    expect: str | None = Field(None, max_length=256)
+    expect: list[str] | None = Field(None, max_length=16)
 
 
 def _error(exc: Exception) -> JSONResponse:
@@ -194,9 +193,10 @@ class Control:
         peer = self._peer(room, peer_id, role)
         if peer is None:
             return JSONResponse({"status": 404, "detail": "no such session"}, status_code=404)
-        fragment = IceFragment(body.ufrag, body.pwd, tuple(body.candidates), body.end_of_candidates)
+        fragment = IceFragment(body.ufrag, body.pwd, (), body.end_of_candidates)
+        expect = tuple(body.expect) if body.expect is not None else None
         try:
-            return {"answer": self.worker.patch_ice(peer, fragment, body.expect)}
+            return {"answer": self.worker.patch_ice(peer, fragment, expect)}
         except (SdpError, SessionError) as exc:
             return _error(exc)
 

@@ -46,6 +46,7 @@ async function watch() {
   const t0 = performance.now();
   const pc = new RTCPeerConnection();
   state.pc = pc;
+  clearTimeout(state.restartTimer);
   pc.addTransceiver("audio", { direction: "recvonly" });
   pc.addTransceiver("video", { direction: "recvonly" });
   pc.addEventListener("track", (e) => {
@@ -69,6 +70,7 @@ async function watch() {
     const s = pc.connectionState;
     if (s === "connected") {
       clearTimeout(iceTimer);
+      clearTimeout(state.restartTimer);
       state.busyTries = 0;
       window.tchatWatch.transport = "webrtc";
       setStatus("● live (WebRTC)");
@@ -81,12 +83,19 @@ async function watch() {
       ended(pc);
     } else if (s === "disconnected") {
       // no DTLS close seen (lost): if the room is not live any more, the stream ended;
-      // if it is, our network changed or dropped: restart ICE if it stays so
+      // if it is (or /live cannot tell: our network is changing), restart ICE if it
+      // stays disconnected
+      const later = () => {
+        clearTimeout(state.restartTimer);
+        state.restartTimer = setTimeout(() => {
+          if (pc === state.pc && pc.connectionState === "disconnected") reconnect(pc);
+        }, RESTART_AFTER_MS);
+      };
       getJson("/live").then((live) => {
         if (pc !== state.pc) return;
         if (!live.rooms.some((r) => r.room === room)) ended(pc);
-        else setTimeout(() => { if (pc === state.pc && pc.connectionState === "disconnected") reconnect(pc); }, RESTART_AFTER_MS);
-      }).catch(() => {});
+        else later();
+      }).catch(later);
     }
   });
   const layer = ["low", "mid", "high"][Number($("#quality").value)];
@@ -131,7 +140,8 @@ async function watch() {
 // ICE restart in the same session (docs/sfu.md); a new session if the server refuses it
 // (the session ended meanwhile: 404) or it does not connect.
 async function reconnect(pc) {
-  if (state.restarting === pc || !state.session) return ended(pc);
+  if (state.restarting === pc) return; // one restart at a time; its own timeout decides
+  if (!state.session) return ended(pc);
   state.restarting = pc;
   setStatus("reconnecting…");
   try {
@@ -139,14 +149,30 @@ async function reconnect(pc) {
     window.tchatWatch.iceRestarts += 1;
     if (pc.connectionState === "connected") setStatus("● live (WebRTC)"); // it never dropped
   } catch {
-    if (pc === state.pc) ended(pc);
+    state.restarting = null;
+    if (pc === state.pc) rejoin(pc); // refused (e.g. the session ended): a new one
     return;
   }
   setTimeout(() => {
-    if (pc === state.pc && pc.connectionState !== "connected") ended(pc);
-    else if (state.restarting === pc) state.restarting = null;
+    if (state.restarting === pc) state.restarting = null;
+    if (pc === state.pc && pc.connectionState !== "connected") rejoin(pc);
   }, ICE_TIMEOUT_MS);
 }
+
+// Give up on this session (ended for the SFU too: it would hold a place until its consent
+// timeout) and start a new one.
+function rejoin(pc) {
+  if (state.session) {
+    fetch(state.session, { method: "DELETE", headers: { authorization: `Bearer ${state.sessionToken}` } })
+      .catch(() => {});
+  }
+  setStatus("reconnecting…");
+  pc.close();
+  state.pc = null;
+  state.session = null;
+  state.retry = setTimeout(watch, 0);
+}
+
 // for the browser tests
 window.tchatWatch.restartIce = () => state.pc && reconnect(state.pc);
 window.tchatWatchPc = () => state.pc;
