@@ -299,6 +299,14 @@ class Settings(BaseSettings):
         alias="SFU_IDLE_TIMEOUT",
         description="End a publish session that sends no media this long.",
     )
+    sfu_publisher_grace: Duration = Field(
+        20.0,
+        ge=0,
+        alias="SFU_PUBLISHER_GRACE",
+        description="A publisher lost without a DELETE (consent timeout, DTLS failure, no "
+        "media) leaves its room open this long: viewers wait, and a new WHIP publish of the "
+        "room resumes their media (0: the room ends at once).",
+    )
     sfu_sr_interval: Duration = Field(
         1.0,
         gt=0,

@@ -112,7 +112,10 @@ def run_timer(core: SfuCore, clock: Clock, seconds: float) -> None:
 
 def test_publisher_and_two_viewers_through_the_core_alone(identity: Identity) -> None:
     clock, wire = Clock(), Wire()
-    core = SfuCore(SfuSettings(consent_timeout_s=CONSENT_S, idle_timeout_s=1000.0), wire, clock)
+    # no grace for a lost publisher here (test_sfu_publisher_grace.py has it): the consent
+    # timeout at the end ends every session and the room at once
+    settings = SfuSettings(consent_timeout_s=CONSENT_S, idle_timeout_s=1000.0, publisher_grace_s=0)
+    core = SfuCore(settings, wire, clock)
     core.start_timer(clock.t)
     live: list[tuple[str, bool]] = []
     core.publish_listeners.append(lambda peer, up: live.append((peer.id, up)))

@@ -493,6 +493,15 @@ class ClientPeer(asyncio.DatagramProtocol):
         if self.tx is not None:
             self._send(self.tx.protect_rtcp(packet))
 
+    def vanish(self) -> None:
+        """Go silent as a killed process does: no DTLS close_notify, no DELETE."""
+        self.closed = True
+        for task in (self._timer, self._tw_task):
+            if task is not None:
+                task.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
     def close(self) -> None:
         if self.closed:
             return

@@ -442,13 +442,31 @@ class LiveRecording:
         self.worker = worker
         self.service = service
         self.active: dict[str, tuple[RecorderSink, Recorder]] = {}  # by publisher peer id
+        self.keys: dict[str, list[str]] = {}  # the same: what the recording's callbacks hold
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def __call__(self, peer: Peer, live: bool) -> None:
-        if live:
+        lost = peer.resumes
+        if live and lost is not None and lost.id in self.active:
+            self._resume(lost, peer)
+        elif live:
             self._start(peer)
         else:
-            self._stop(peer)
+            self._stop(peer.id)
+
+    def _resume(self, lost: Peer, peer: Peer) -> None:
+        """The room's publisher came back (SFU grace period): the same recording goes on,
+        from a new FFmpeg run that starts a discontinuity. The sink's taps are on the
+        room's tracks, which the new publisher feeds."""
+        entry = self.active.pop(lost.id)
+        self.active[peer.id] = entry
+        self.keys[peer.id] = key = self.keys.pop(lost.id)
+        key[0] = peer.id
+        if (task := self._tasks.pop(lost.id, None)) is not None:
+            self._tasks[peer.id] = task
+        log.info("recording room=%s id=%s resumes (publisher back)", peer.room.name, entry[1].id)
+        entry[0].restart(self.worker.now())  # nothing more to the closing run
+        entry[1].cut()
 
     def _start(self, peer: Peer) -> None:
         worker = self.worker
@@ -457,6 +475,7 @@ class LiveRecording:
             return
         sdp_path = self.service.workdir / f"{peer.id}.sdp"
         video_port = streams[0].port
+        key = [peer.id]  # the publisher it follows: another one if the stream resumes
         try:
             source = SdpSource(
                 sdp_path,
@@ -464,15 +483,16 @@ class LiveRecording:
                 keyframe=lambda: sink.request_keyframe(worker.now()),
                 codec_args=codec_args(streams),
                 stream_time=lambda: sink.stream_time(worker.now()),
-                on_run=lambda: self._gate(peer.id, sink, video_port),
+                on_run=lambda: self._gate(key[0], sink, video_port),
             )
             recorder = self.service.start(peer.room.name, source)
         except Exception:
             sink.detach()  # no recording: stop copying the stream
             raise
         self.active[peer.id] = (sink, recorder)
+        self.keys[peer.id] = key
         # a recording that ends on its own (FFmpeg failed for good) stops the copying too
-        recorder.on_done(lambda _: self._stop(peer))
+        recorder.on_done(lambda _: self._stop(key[0]))
         # FFmpeg rereads the SDP file on each restart: it goes when the recording is done
         recorder.on_done(lambda _: sdp_path.unlink(missing_ok=True))
         log.info(
@@ -508,18 +528,19 @@ class LiveRecording:
             sink.tick(self.worker.now())
             await asyncio.sleep(TICK_S)
 
-    def _stop(self, peer: Peer) -> None:
-        task = self._tasks.pop(peer.id, None)
+    def _stop(self, key: str) -> None:
+        task = self._tasks.pop(key, None)
         if task is not None:
             task.cancel()
-        entry = self.active.pop(peer.id, None)
+        self.keys.pop(key, None)
+        entry = self.active.pop(key, None)
         if entry is None:
             return
         sink, recorder = entry
         if sink.layers:
             log.info(
                 "recording room=%s id=%s video layers %s",
-                peer.room.name,
+                recorder.room,
                 recorder.id,
                 ", ".join(f"{rid}@{t:.1f}s" for t, rid in sink.layers),
             )

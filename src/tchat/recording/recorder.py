@@ -178,6 +178,7 @@ class Recorder:
         self.stop_requested_at: float | None = None
         self.available_at: float | None = None
         self._stop = asyncio.Event()
+        self._cut = asyncio.Event()
         self._task: asyncio.Task[Recording] | None = None
         self.recording = Recording(self.id, room, "recording", started_at=clock())
 
@@ -192,6 +193,11 @@ class Recorder:
         if self.stop_requested_at is None:
             self.stop_requested_at = self.clock()
         self._stop.set()
+
+    def cut(self) -> None:
+        """The stream goes on from another source (its publisher came back): close this
+        FFmpeg run and go on in a new one, whose first segment starts a discontinuity."""
+        self._cut.set()
 
     async def wait(self) -> Recording:
         assert self._task is not None
@@ -299,6 +305,11 @@ class Recorder:
             )
             self._discontinuity_next = True
             return
+        if stat.st_size == 0:
+            # listed by an FFmpeg stopped before any media of its run arrived (the stream
+            # resumed and ended at once): nothing to play, so nothing to list
+            path.unlink(missing_ok=True)
+            return
         if run.media_start is None and closed.program_date_time is not None:
             run.media_start = closed.program_date_time.timestamp()
         info = await asyncio.to_thread(_read_info, path)
@@ -385,7 +396,7 @@ class Recorder:
                 since = max(self.recording.started_at, run.media_at or 0.0)
                 if not self.segments and now - since > self.opts.no_media_timeout_s:
                     raise _NoMedia()
-                if self._stop.is_set() and signalled_at is None:
+                if (self._stop.is_set() or self._cut.is_set()) and signalled_at is None:
                     proc.send_signal(signal.SIGTERM)  # FFmpeg closes the segment, writes ENDLIST
                     signalled_at = now
                 elif signalled_at is not None and now - signalled_at > self.opts.stop_grace_s:
@@ -411,6 +422,11 @@ class Recorder:
                 return f"no media received within {self.opts.no_media_timeout_s:g}s" + (
                     f" (ffmpeg: {run.stderr[-1]})" if run.stderr else ""
                 )
+            if self._cut.is_set() and not self._stop.is_set():
+                self._cut.clear()  # a planned new run (cut): not a failure
+                self._discontinuity_next = True
+                index += 1
+                continue
             if self._stop.is_set() or rc == 0:
                 return ""  # stopped, or the input ended on its own
             tail = " | ".join(list(run.stderr)[-2:])

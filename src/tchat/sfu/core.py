@@ -239,7 +239,7 @@ class SfuCore(SfuSessions):
             self._connected(peer, now)
         elif state == DtlsState.FAILED:
             self.drops["dtls_failed"] += 1
-            self.close_peer(peer, peer.dtls.error)
+            self.close_peer(peer, peer.dtls.error, resumable=True)
         elif state == DtlsState.CLOSED:
             self.close_peer(peer, "peer closed DTLS")
 
@@ -291,7 +291,7 @@ class SfuCore(SfuSessions):
                     pub.send_rtcp(packet)
         for peer in list(self.handshaking):
             if now - peer.created_at > self.settings.connect_timeout_s:
-                self.close_peer(peer, "ICE/DTLS did not complete in time")
+                self.close_peer(peer, "ICE/DTLS did not complete in time", resumable=True)
                 continue
             peer.dtls_timer(self._send)
         if now - self._last_second >= 1.0:
@@ -312,12 +312,13 @@ class SfuCore(SfuSessions):
         if self._cpu_mark is not None and now > self._cpu_mark[0]:
             self.load = (work - self._cpu_mark[1]) / (now - self._cpu_mark[0])
         self._cpu_mark = (now, work)
+        self.end_lost(now)
         for peer in list(self.peers.values()):
             if peer.ice.consent_expired(now, self.settings.consent_timeout_s):
-                self.close_peer(peer, "ICE consent expired")
+                self.close_peer(peer, "ICE consent expired", resumable=True)
             elif peer.role == "publisher" and peer.connected_at is not None:
                 if peer.media_stalled(now, self.settings.idle_timeout_s):
-                    self.close_peer(peer, "publisher sent no media")
+                    self.close_peer(peer, "publisher sent no media", resumable=True)
         for room in self.rooms.values():
             for track in room.tracks.values():
                 track.tick(now)

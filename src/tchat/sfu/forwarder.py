@@ -202,6 +202,18 @@ class Track:
         self.tick(now)  # let waiting viewers target the new layer at once
         return layer
 
+    def rebind(
+        self, rids: list[str], rid_ext: int, request_keyframe: Callable[[int], None]
+    ) -> None:
+        """Another publisher takes the track over (a resume): its SSRCs and rids; each
+        viewer waits for its first keyframe and numbers on from where it stopped."""
+        self.rids, self.rid_ext, self.request_keyframe = list(rids), rid_ext, request_keyframe
+        self.layers = [None] * max(1, len(self.rids))
+        self.by_ssrc.clear()
+        self._pli_at.clear()
+        for dt in self.downtracks:
+            dt.current = -1
+
     def _skip(self, layer: Layer, seq: int) -> None:
         """A padding-only packet: counted as received; viewers on the layer close up."""
         layer.padding += 1

@@ -80,6 +80,7 @@ class Peer:
     resend: RetransmitBudget = field(default_factory=RetransmitBudget)
     nacks: NackStats = field(default_factory=NackStats)
     sent_mark: tuple[float, int] = (0.0, 0)  # (time, bytes sent) at the last second
+    resumes: Peer | None = None  # publisher: the lost one whose stream this one continues
 
     def connecting_keys(self) -> list[str]:
         """The admission counters a connecting session holds: its identity, its address."""
@@ -255,12 +256,18 @@ class Room:
     # the media of a source other than a publisher here (a cluster edge's relay), which
     # feeds `tracks` through SfuCore.feed; viewers join it as they join a publisher's
     source_media: list[sdp.Media] | None = None
+    # a publisher lost without a DELETE: the room waits for it until `grace_until`
+    # (tracks and viewers kept; a new publish of the room resumes them)
+    lost: Peer | None = None
+    grace_until: float = 0.0
 
     def media(self) -> list[sdp.Media] | None:
         """What a viewer of this room receives, or None when nothing is live."""
         pub = self.publisher
         if pub is not None and not pub.closed:
             return pub.media
+        if self.lost is not None:
+            return self.lost.media  # viewers may join a room that waits for its publisher
         return self.source_media
 
 

@@ -201,11 +201,21 @@ class SfuSessions:
         self.rooms[room_name] = room
         peer = self._new_peer(room, "publisher", neg, ufrag, pwd, owner, source)
         room.publisher = peer
-        room.tracks = {}
+        lost, room.lost = room.lost, None
+        same = {m.kind: m.codec.mime for m in neg.media if m.codec is not None}
+        if lost is not None and same == {k: t.mime for k, t in room.tracks.items()}:
+            peer.resumes = lost  # the same stream goes on: its tracks, viewers, recording
+        elif lost is not None:
+            self._end_stream(room, lost)  # other codecs: its viewers cannot go on
+        if peer.resumes is None:
+            room.tracks = {}
         for m in neg.media:
             assert m.codec is not None
-            track = track_for(m, self._pli_sender(peer))
-            room.tracks[m.kind] = track
+            track = room.tracks.get(m.kind)
+            if track is None:
+                track = room.tracks[m.kind] = track_for(m, self._pli_sender(peer))
+            else:  # each viewer goes on at the new publisher's first keyframe
+                track.rebind(m.rids, m.rid_ext, self._pli_sender(peer))
             peer.track_by_pt[m.codec.payload_type] = track
             if m.twcc_ext and peer.twcc_in is None:
                 # one transport-wide sequence across the bundle (browsers use one id)
@@ -285,7 +295,26 @@ class SfuSessions:
         log.info("sfu ice restart room=%s peer=%s role=%s", peer.room.name, peer.id, peer.role)
         return sdpfrag.write_fragment(self._local(ufrag, pwd), peer.media)
 
-    def close_peer(self, peer: Peer, reason: str) -> None:
+    def _end_stream(self, room: Room, publisher: Peer) -> None:
+        """The stream ended: its viewers have nothing left to watch."""
+        room.lost = None
+        if publisher.connected_at is not None:
+            self._notify(publisher, False)
+        for viewer in list(room.viewers.values()):
+            self.close_peer(viewer, "publisher left")
+        room.tracks = {}
+
+    def end_lost(self, now: float) -> None:
+        """Once a second: rooms whose lost publisher did not come back in time end."""
+        for room in list(self.rooms.values()):
+            if room.lost is not None and now >= room.grace_until:
+                self._end_stream(room, room.lost)
+                if room.publisher is None and self.rooms.get(room.name) is room:
+                    self.rooms.pop(room.name, None)
+
+    def close_peer(self, peer: Peer, reason: str, resumable: bool = False) -> None:
+        """End a session. `resumable`: a publisher lost rather than ended (no DELETE):
+        its room waits `publisher_grace_s` for a new publish (see Room.lost)."""
         if peer.closed:
             return
         peer.closed = True
@@ -304,14 +333,20 @@ class SfuSessions:
         if peer.role == "viewer":
             room.viewers.pop(peer.id, None)
         elif room.publisher is peer:
-            if peer.connected_at is not None:
-                self._notify(peer, False)
-            # the stream ended: its viewers have nothing left to watch
-            for viewer in list(room.viewers.values()):
-                self.close_peer(viewer, "publisher left")
             room.publisher = None
-            room.tracks = {}
-        if room.publisher is None and not room.viewers and self.rooms.get(room.name) is room:
+            # lost (not ended by DELETE), or a resume that never connected: wait on
+            lost = peer if peer.connected_at is not None else peer.resumes
+            grace = self.settings.publisher_grace_s
+            until = self.now() + grace if lost is peer else room.grace_until
+            if resumable and grace > 0 and lost is not None and until > self.now():
+                room.lost, room.grace_until = lost, until
+                log.info("sfu room=%s waits %.0fs for its publisher", room.name, until - self.now())
+            elif lost is not None:
+                self._end_stream(room, lost)
+            else:
+                self._end_stream(room, peer)
+        empty = room.publisher is None and room.lost is None and not room.viewers
+        if empty and self.rooms.get(room.name) is room:
             self.rooms.pop(room.name, None)
         log.info(
             "sfu close room=%s peer=%s role=%s reason=%s", room.name, peer.id, peer.role, reason

@@ -25,6 +25,7 @@ class SfuSettings:
     consent_timeout_s: float = _setting("sfu_consent_timeout")
     connect_timeout_s: float = _setting("sfu_connect_timeout")
     idle_timeout_s: float = _setting("sfu_idle_timeout")
+    publisher_grace_s: float = _setting("sfu_publisher_grace")
     sr_interval_s: float = _setting("sfu_sr_interval")
     max_peers: int = _setting("sfu_max_peers")
     max_connecting_per_identity: int = _setting("sfu_max_connecting_per_identity")
