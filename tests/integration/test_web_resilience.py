@@ -134,3 +134,50 @@ async def _frames_grow(page: Page, by: int = 20) -> None:
         f"{FRAMES} > {start + by}",
         timeout=WAIT_MS,
     )
+
+
+async def test_watch_page_waits_through_a_publisher_blip(
+    server_factory,  # type: ignore[no-untyped-def]
+    media: PreparedMedia,
+) -> None:
+    """The broadcaster's connection drops (a killed publisher: no DELETE): the page says
+    "reconnecting…" instead of ending, keeps its session, and plays on when a new
+    publish of the room comes (issue 17 item 1)."""
+    server = server_factory(SFU_CONSENT_TIMEOUT="4s", SFU_IDLE_TIMEOUT="4s")
+    room = "blip"
+    errors: list[str] = []
+    posts: list[int] = []
+
+    def seen(resp: Response) -> None:
+        if resp.request.method == "POST" and f"/whep/{room}" in resp.url:
+            posts.append(resp.status)
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        first = SyntheticPublisher(Identity.create(), media, ["l"])
+        await first.start(client, room, token(room, "publisher"))
+        async with async_playwright() as pw:
+            browser = await launch(pw)
+            page = await new_page(browser, errors)
+            page.on("response", seen)
+            await page.goto(f"{server.url}/watch/{room}")
+            await page.wait_for_function(WEBRTC, timeout=WAIT_MS)
+            await _frames_grow(page)
+
+            await first.pause()
+            first.peer.vanish()  # killed: no close_notify, no DELETE
+            await page.wait_for_function(
+                "document.querySelector('#status').textContent.startsWith('reconnecting')",
+                timeout=WAIT_MS,
+            )
+            await screenshot(page, "watch-publisher-reconnecting")
+            second = SyntheticPublisher(Identity.create(), media, ["l"])
+            await second.start(client, room, token(room, "publisher"))
+            await _frames_grow(page)
+            await page.wait_for_function(
+                "document.querySelector('#status').textContent === '● live (WebRTC)'",
+                timeout=WAIT_MS,
+            )
+            assert posts == [201], posts  # the same session all along
+            await browser.close()
+        await second.stop(client, token(room, "publisher"))
+    assert errors == []

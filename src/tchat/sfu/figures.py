@@ -27,13 +27,15 @@ def live_rooms(rooms: Iterable[Room], now: float) -> dict[str, dict[str, object]
         pub = room.publisher
         origin = pub is not None and not pub.closed and pub.connected_at is not None
         viewers = sum(1 for v in room.viewers.values() if v.srtp is not None)
-        if origin or viewers:
+        if origin or viewers or room.lost is not None:
             out[room.name] = {
                 "viewers": viewers,
                 "live_for_s": round(now - pub.connected_at, 1)
                 if origin and pub is not None and pub.connected_at is not None
                 else None,
             }
+            if room.lost is not None:  # its publisher was lost and may come back (grace)
+                out[room.name]["reconnecting"] = True
     return out
 
 

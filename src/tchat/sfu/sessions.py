@@ -32,7 +32,7 @@ from tchat.sfu.tcp import is_tcp
 
 log = logging.getLogger("tchat.sfu")
 # a viewer joined, a viewer's layer cap changed, a session (either role) closed
-PeerEvent = Literal["joined", "layer", "closed"]
+PeerEvent = Literal["joined", "layer", "closed", "resumed"]
 
 
 class Stream(Protocol):
@@ -221,6 +221,8 @@ class SfuSessions:
                 # one transport-wide sequence across the bundle (browsers use one id)
                 peer.twcc_in_ext = m.twcc_ext
                 peer.twcc_in = twcc.TwccReceiver()
+        if peer.resumes is not None:
+            self._emit("resumed", peer)  # the same tracks, fed by another source from now
         log.info("whip room=%s peer=%s media=%s", room_name, peer.id, _describe(neg.media))
         return peer, neg.answer
 
@@ -295,14 +297,18 @@ class SfuSessions:
         log.info("sfu ice restart room=%s peer=%s role=%s", peer.room.name, peer.id, peer.role)
         return sdpfrag.write_fragment(self._local(ufrag, pwd), peer.media)
 
-    def _end_stream(self, room: Room, publisher: Peer) -> None:
-        """The stream ended: its viewers have nothing left to watch."""
+    def _end_stream(self, room: Room, publisher: Peer, announce: bool = True) -> None:
+        """The stream ended: its viewers have nothing left to watch. `announce`: say
+        `closed` of its (lost) publisher again, now for good (the cluster's origin keeps
+        its edges through a grace); not when it is the peer being closed, which will."""
         room.lost = None
         if publisher.connected_at is not None:
             self._notify(publisher, False)
         for viewer in list(room.viewers.values()):
             self.close_peer(viewer, "publisher left")
         room.tracks = {}
+        if announce:
+            self._emit("closed", publisher)
 
     def end_lost(self, now: float) -> None:
         """Once a second: rooms whose lost publisher did not come back in time end."""
@@ -341,10 +347,8 @@ class SfuSessions:
             if resumable and grace > 0 and lost is not None and until > self.now():
                 room.lost, room.grace_until = lost, until
                 log.info("sfu room=%s waits %.0fs for its publisher", room.name, until - self.now())
-            elif lost is not None:
-                self._end_stream(room, lost)
             else:
-                self._end_stream(room, peer)
+                self._end_stream(room, lost or peer, announce=lost not in (None, peer))
         empty = room.publisher is None and room.lost is None and not room.viewers
         if empty and self.rooms.get(room.name) is room:
             self.rooms.pop(room.name, None)

@@ -83,10 +83,13 @@ def _sfu_rooms(svc: Services) -> list[dict[str, Any]]:
         for name, r in rooms.items():
             agg = merged.setdefault(name, {"room": name, "viewers": 0, "live_for_s": None})
             agg["viewers"] += r["viewers"]
+            if r.get("reconnecting"):
+                agg["reconnecting"] = True
             if r["live_for_s"] is not None:
                 agg["live_for_s"] = r["live_for_s"]
-    # edge viewers of a room whose origin is gone are not a live room
-    return [room for room in merged.values() if room["live_for_s"] is not None]
+    # edge viewers of a room whose origin is gone are not a live room; one whose publisher
+    # was lost and may come back (the SFU's grace period) still is, `reconnecting`
+    return [r for r in merged.values() if r["live_for_s"] is not None or r.get("reconnecting")]
 
 
 def _live_recording_id(svc: Services, room: str) -> str | None:

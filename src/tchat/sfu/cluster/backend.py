@@ -98,9 +98,10 @@ class Cluster:
             data = {"detail": resp.text[:200]}
         return resp.status_code, data if isinstance(data, dict) else {"detail": str(data)}
 
-    async def has_publisher(self, inst: InstanceRecord, room: str) -> bool:
+    async def room_state(self, inst: InstanceRecord, room: str) -> dict[str, Any]:
+        """{"publisher": live there, "waiting": its lost publisher's grace runs there}."""
         status, data = await self.call("GET", inst, f"/rooms/{quote(room, safe='')}")
-        return status == 200 and bool(data.get("publisher"))
+        return data if status == 200 else {}
 
     async def _ok(
         self, method: str, inst: InstanceRecord, path: str, body: dict[str, Any] | None = None
@@ -119,13 +120,17 @@ class Cluster:
             insts = await self.routing.instances()
             by_id = {i.id: i for i in insts}
             current = await self.routing.route(room)
-            if current in by_id and await self.has_publisher(by_id[current], room):
+            state = await self.room_state(by_id[current], room) if current in by_id else {}
+            if state.get("publisher"):
                 raise SessionError(409, f"room {room!r} already has a publisher")
-            target = pick(insts, self.pending(insts), None)
+            # a lost publisher's room waits on its instance (viewers, relays): resume there
+            target = by_id.get(current or "") if state.get("waiting") else None
             if target is None:
-                raise SessionError(503, "no SFU instance is up")
-            if not await self.routing.set_route(room, target.id, current):
-                raise SessionError(409, f"room {room!r} is going live elsewhere")
+                target = pick(insts, self.pending(insts), None)
+                if target is None:
+                    raise SessionError(503, "no SFU instance is up")
+                if not await self.routing.set_route(room, target.id, current):
+                    raise SessionError(409, f"room {room!r} is going live elsewhere")
         except RoutingUnavailable as exc:
             raise _unavailable(exc) from None
         body = {"room": room, "offer": offer, "owner": owner, "source": source}

@@ -23,6 +23,7 @@ from tchat.sfu.cluster.wire import (
     PLI,
     PREFIX,
     RELAY_TIMEOUT_S,
+    RESTART,
 )
 from tchat.sfu.core import SfuCore
 from tchat.sfu.forwarder import HIGH, Track
@@ -47,6 +48,7 @@ class EdgeSub:
     heard_at: float
     packets: int = 0
     nacks: int = 0
+    generation: int = 0  # of the origin's source (RESTART)
 
 
 class Edge:
@@ -140,6 +142,12 @@ class Edge:
             self.core.feed(track, rtp, now, i)
         elif kind == END:
             self.end(sub.room.name, "origin ended the room")
+        elif kind == RESTART and k != sub.generation:
+            # a new publisher feeds the origin's tracks (it may reuse SSRCs): the viewers
+            # here go on at its first keyframe, numbering on, as the origin's do
+            sub.generation = k
+            for track in sub.tracks:
+                track.rebind(track.rids, track.rid_ext, track.request_keyframe)
 
     def _peer_event(self, event: PeerEvent, peer: Peer) -> None:
         sub = self.subs.get(peer.room.name)

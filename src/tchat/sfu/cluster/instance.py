@@ -201,7 +201,8 @@ class Control:
             return _error(exc)
 
     async def room_state(self, room: str) -> Any:
-        return {"publisher": self.relay.origin.has_publisher(room)}
+        origin = self.relay.origin
+        return {"publisher": origin.has_publisher(room), "waiting": origin.waiting(room)}
 
     async def stats(self) -> Any:
         out = self.worker.stats()

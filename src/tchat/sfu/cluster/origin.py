@@ -21,6 +21,7 @@ from tchat.sfu.cluster.wire import (
     PLI,
     PREFIX,
     RELAY_TIMEOUT_S,
+    RESTART,
     RTP_HEADER,
     media_to_json,
     pick_layers,
@@ -56,11 +57,17 @@ class Origin:
         self._send = send
         self.subs: dict[int, OriginSub] = {}
         self.relay_out = 0  # MEDIA datagrams sent to edges
+        self.generations: dict[str, int] = {}  # per room: its source restarts (RESTART)
         core.peer_listeners.append(self._peer_event)
 
     def has_publisher(self, room_name: str) -> bool:
         room = self.core.rooms.get(room_name)
         return room is not None and room.publisher is not None and not room.publisher.closed
+
+    def waiting(self, room_name: str) -> bool:
+        """The room's publisher was lost and its grace runs here (sessions.py)."""
+        room = self.core.rooms.get(room_name)
+        return room is not None and room.lost is not None
 
     def subscribe(self, room_name: str, sid: int, addr: Addr) -> list[dict[str, Any]]:
         """An edge starts pulling `room_name`; returns the publisher's media."""
@@ -146,12 +153,21 @@ class Origin:
                 self._send(head + pkt, sub.addr)
 
     def _peer_event(self, event: PeerEvent, peer: Peer) -> None:
-        if event != "closed" or peer.role != "publisher":
-            return
+        if event == "resumed":
+            self._restart(peer.room.name)
+        if event != "closed" or peer.role != "publisher" or peer.room.lost is peer:
+            return  # (a lost publisher's room keeps its edges until its grace ends)
         for sub in [s for s in self.subs.values() if s.room == peer.room.name]:
             self.drop(sub)
             for _ in range(3):  # UDP: say it more than once; the timeout is the backstop
                 self._send(PREFIX.pack(END, sub.sid, 0, 0), sub.addr)
+
+    def _restart(self, room_name: str) -> None:
+        """Tell the room's edges its source started over (a resumed publisher)."""
+        generation = self.generations[room_name] = (self.generations.get(room_name, 0) + 1) % 256
+        for sub in [s for s in self.subs.values() if s.room == room_name]:
+            for _ in range(3):  # UDP: more than once (the generation makes it idempotent)
+                self._send(PREFIX.pack(RESTART, sub.sid, generation, 0), sub.addr)
 
     def tick(self, now: float) -> None:
         """Once a second: silent edges dropped, layers re-picked, keepalives."""

@@ -23,7 +23,7 @@ import logging
 
 from tchat.sfu.cluster.edge import Edge
 from tchat.sfu.cluster.origin import Origin
-from tchat.sfu.cluster.wire import END, KEEPALIVE, MEDIA, PREFIX
+from tchat.sfu.cluster.wire import END, KEEPALIVE, MEDIA, PREFIX, RESTART
 from tchat.sfu.core import SfuCore
 from tchat.sfu.ice import Addr
 from tchat.sfu.worker import widen_socket_buffers
@@ -89,7 +89,7 @@ class Relay(asyncio.DatagramProtocol):
             self.core.drops["relay_short"] += 1
             return
         kind, sid, k, i = PREFIX.unpack_from(data)
-        if kind in (MEDIA, KEEPALIVE, END):
+        if kind in (MEDIA, KEEPALIVE, END, RESTART):
             edge = self.edge.by_sid(sid)
             if edge is None or edge.origin != addr:
                 self.core.drops["relay_unknown_source"] += 1

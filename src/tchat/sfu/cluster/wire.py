@@ -2,7 +2,9 @@
 
 Relay datagrams (private network, never exposed to clients) start with `PREFIX`
 (`!BIBB`): type, subscription id (chosen by the edge), kind index, layer index.
-  origin → edge: MEDIA (+ the RTP packet as received), KEEPALIVE, END
+  origin → edge: MEDIA (+ the RTP packet as received), KEEPALIVE, END, RESTART (the
+                 room's source started over — a resumed publisher —, kind index =
+                 a generation number mod 256)
   edge → origin: PLI, NACK (+ !H original sequence numbers), DEMAND (+ one byte per
                  kind: bitmask of the layer caps its viewers have), BYE
 The subscription's media description travels as JSON (`media_to_json`) in the control
@@ -17,7 +19,7 @@ from typing import Any
 from tchat.sfu import sdp
 from tchat.sfu.forwarder import HIGH
 
-MEDIA, PLI, NACK, DEMAND, KEEPALIVE, END, BYE = 1, 2, 3, 4, 5, 6, 7
+MEDIA, PLI, NACK, DEMAND, KEEPALIVE, END, BYE, RESTART = 1, 2, 3, 4, 5, 6, 7, 8
 PREFIX = struct.Struct("!BIBB")
 RELAY_TIMEOUT_S = 3.0  # a subscription silent this long is over (both send ≥ 1/s)
 NACK_WINDOW = 64  # a relay gap wider than this is a restart or a long outage: no NACK

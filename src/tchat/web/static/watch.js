@@ -235,11 +235,31 @@ function iceProtocol(report) {
   return null;
 }
 
+// Frames stopped while the connection holds: if the broadcaster's connection dropped and
+// may come back (the SFU keeps the room for a while), say so; media resumes by itself.
+async function paused(w) {
+  const now = performance.now();
+  if (w.frames !== state.lastFrames) {
+    state.lastFrames = w.frames;
+    state.framesAt = now;
+    if (w.reconnecting) { w.reconnecting = false; setStatus("● live (WebRTC)"); }
+    return;
+  }
+  if (w.transport !== "webrtc" || now - state.framesAt < 3000 || now - (state.pausedAt || 0) < 3000) return;
+  state.pausedAt = now;
+  try {
+    const mine = (await getJson("/live")).rooms.find((r) => r.room === room);
+    w.reconnecting = Boolean(mine && mine.reconnecting);
+    if (w.reconnecting) setStatus("reconnecting… (the broadcaster's connection dropped)");
+  } catch { /* the next second tries again */ }
+}
+
 async function stats() {
   const q = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;
   const w = window.tchatWatch;
   w.width = video.videoWidth; w.height = video.videoHeight;
   w.frames = q ? q.totalVideoFrames : 0;
+  paused(w);
   let rate = 0, fps = 0;
   if (state.pc && state.pc.connectionState === "connected") {
     let rtt = 0, buffer = null;
