@@ -298,9 +298,8 @@ class SfuSessions:
         return sdpfrag.write_fragment(self._local(ufrag, pwd), peer.media)
 
     def _end_stream(self, room: Room, publisher: Peer, announce: bool = True) -> None:
-        """The stream ended: its viewers have nothing left to watch. `announce`: say
-        `closed` of its (lost) publisher again, now for good (the cluster's origin keeps
-        its edges through a grace); not when it is the peer being closed, which will."""
+        """The stream ended: its viewers have nothing left to watch. `announce`: `closed`
+        again for its lost publisher, for good (a cluster origin keeps edges till then)."""
         room.lost = None
         if publisher.connected_at is not None:
             self._notify(publisher, False)
