@@ -202,7 +202,10 @@ class Control:
 
     async def room_state(self, room: str) -> Any:
         origin = self.relay.origin
-        return {"publisher": origin.has_publisher(room), "waiting": origin.waiting(room)}
+        state = {"publisher": origin.has_publisher(room)}
+        if origin.waiting(room):  # a lost publisher's grace runs here (sessions.py)
+            state["waiting"] = True
+        return state
 
     async def stats(self) -> Any:
         out = self.worker.stats()
