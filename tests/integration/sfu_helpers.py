@@ -31,6 +31,11 @@ def token(room: str, role: str) -> str:
     return issue_token(SECRET, room, role)
 
 
+def media_received(viewer: ClientPeer) -> int:
+    """RTP packets a generator viewer received, all its streams."""
+    return sum(s.received for s in viewer.stats.streams.values())
+
+
 def auth(room: str, role: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token(room, role)}"}
 

@@ -20,13 +20,9 @@ from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.recording.playlist import parse, validate
 
 from .hls_checks import probe_all
-from .sfu_helpers import eventually, join_viewer, token, wait_for
+from .sfu_helpers import eventually, join_viewer, media_received, token, wait_for
 
 VIEWERS = 5
-
-
-def _media(viewer: ClientPeer) -> int:
-    return sum(s.received for s in viewer.stats.streams.values())
 
 
 @pytest.mark.parametrize("instances", [1, 2], ids=["one-process", "cluster"])
@@ -52,7 +48,7 @@ async def test_a_publisher_that_vanishes_is_resumed_by_a_new_publish(
         viewers = [ClientPeer(identity, decrypt=True) for _ in range(VIEWERS)]
         for v in viewers:
             await join_viewer(client, room, v, "low")
-        await wait_for(lambda: all(_media(v) >= 100 for v in viewers), what="media before")
+        await wait_for(lambda: all(media_received(v) >= 100 for v in viewers), what="media before")
 
         await first.pause()
         first.peer.vanish()  # killed: no close_notify, no DELETE
@@ -61,7 +57,7 @@ async def test_a_publisher_that_vanishes_is_resumed_by_a_new_publish(
         )
         stats = (await client.get("/sfu/stats")).json()
         assert stats["viewers_connected"] == VIEWERS, stats  # nobody was sent away
-        before = [_media(v) for v in viewers]
+        before = [media_received(v) for v in viewers]
 
         t0 = loop.time()
         second = SyntheticPublisher(identity, media, ["l"])
@@ -70,13 +66,13 @@ async def test_a_publisher_that_vanishes_is_resumed_by_a_new_publish(
 
         def all_resumed() -> bool:
             for i, v in enumerate(viewers):
-                if i not in resumed and _media(v) > before[i]:
+                if i not in resumed and media_received(v) > before[i]:
                     resumed[i] = loop.time() - t0
             return len(resumed) == VIEWERS
 
         await wait_for(all_resumed, what="every viewer resumed")
         await wait_for(
-            lambda: all(_media(v) >= b + 400 for v, b in zip(viewers, before, strict=True)),
+            lambda: all(media_received(v) >= b + 400 for v, b in zip(viewers, before, strict=True)),
             what="media going on after the resume",
         )
         times = sorted(resumed.values())

@@ -16,11 +16,7 @@ from tchat.perf.sfu_media import PreparedMedia
 from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu.sdpfrag import MEDIA_TYPE, parse_fragment
 
-from .sfu_helpers import auth, join_viewer, token, wait_for
-
-
-def _media(viewer: ClientPeer) -> int:
-    return sum(s.received for s in viewer.stats.streams.values())
+from .sfu_helpers import auth, join_viewer, media_received, token, wait_for
 
 
 @pytest.mark.parametrize("instances", [1, 2], ids=["one-process", "cluster"])
@@ -38,7 +34,7 @@ async def test_ice_restart_moves_a_viewer_to_a_new_address(
         await pub.start(client, room, token(room, "publisher"))
         viewer = ClientPeer(identity, decrypt=True)
         url = await join_viewer(client, room, viewer, "low")
-        await wait_for(lambda: _media(viewer) >= 30, what="media before the restart")
+        await wait_for(lambda: media_received(viewer) >= 30, what="media before the restart")
         assert viewer.transport is not None
         old_addr = viewer.transport.get_extra_info("sockname")
 
@@ -49,12 +45,12 @@ async def test_ice_restart_moves_a_viewer_to_a_new_address(
         ours = parse_fragment(r.text)
         assert ours.ufrag and ours.pwd and ours.candidates
 
-        before, t0 = _media(viewer), loop.time()
+        before, t0 = media_received(viewer), loop.time()
         await viewer.move(r.text)
         assert viewer.transport.get_extra_info("sockname") != old_addr
-        await wait_for(lambda: _media(viewer) > before, what="media at the new address")
+        await wait_for(lambda: media_received(viewer) > before, what="media at the new address")
         gap_s = loop.time() - t0
-        await wait_for(lambda: _media(viewer) >= before + 60, what="media keeps flowing")
+        await wait_for(lambda: media_received(viewer) >= before + 60, what="media keeps flowing")
         print(f"ice restart gap ({instances} instance(s)): {gap_s * 1000:.0f} ms")
         assert viewer.stats.decrypt_errors == 0  # the same SRTP keys
         for s in viewer.stats.streams.values():

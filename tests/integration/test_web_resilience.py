@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import httpx
-from playwright.async_api import Page, Response, async_playwright
+from playwright.async_api import Browser, Page, Response, async_playwright
 
 from tchat.perf.sfu_load import SyntheticPublisher
 from tchat.perf.sfu_media import PreparedMedia
@@ -99,11 +100,7 @@ async def test_watch_page_restarts_ice_in_its_session(
         await pub.start(client, room, token(room, "publisher"))
         async with async_playwright() as pw:
             browser = await launch(pw)
-            page = await new_page(browser, errors)
-            page.on("response", seen)
-            await page.goto(f"{server.url}/watch/{room}")
-            await page.wait_for_function(WEBRTC, timeout=WAIT_MS)
-            await _frames_grow(page)
+            page = await _playing(browser, f"{server.url}/watch/{room}", errors, seen)
 
             changes = await page.evaluate(PAIR_CHANGES)
             before_drops = (await client.get("/sfu/stats")).json()["drops"]
@@ -126,6 +123,18 @@ async def test_watch_page_restarts_ice_in_its_session(
             await browser.close()
         await pub.stop(client, token(room, "publisher"))
     assert errors == []
+
+
+async def _playing(
+    browser: Browser, url: str, errors: list[str], seen: Callable[[Response], None]
+) -> Page:
+    """A watch page at `url`, its responses to `seen`, playing over WebRTC."""
+    page = await new_page(browser, errors)
+    page.on("response", seen)
+    await page.goto(url)
+    await page.wait_for_function(WEBRTC, timeout=WAIT_MS)
+    await _frames_grow(page)
+    return page
 
 
 async def _frames_grow(page: Page, by: int = 20) -> None:
@@ -157,11 +166,7 @@ async def test_watch_page_waits_through_a_publisher_blip(
         await first.start(client, room, token(room, "publisher"))
         async with async_playwright() as pw:
             browser = await launch(pw)
-            page = await new_page(browser, errors)
-            page.on("response", seen)
-            await page.goto(f"{server.url}/watch/{room}")
-            await page.wait_for_function(WEBRTC, timeout=WAIT_MS)
-            await _frames_grow(page)
+            page = await _playing(browser, f"{server.url}/watch/{room}", errors, seen)
 
             await first.pause()
             first.peer.vanish()  # killed: no close_notify, no DELETE

@@ -49,17 +49,27 @@ class Client:
     addr: Addr
     dtls: DtlsEndpoint
 
-    def rtp_payloads(self, wire: Wire) -> list[bytes]:
-        """The payloads of the video RTP the SFU sent this client (header without
-        extensions: these viewers negotiated none)."""
+    def _video(self, wire: Wire) -> list[bytes]:
+        """The video RTP the SFU sent this client, decrypted (header without extensions:
+        these viewers negotiated none)."""
         assert self.dtls.srtp is not None
         out = []
         for d in wire.take(self.addr):
             if 128 <= d[0] <= 191 and not 192 <= d[1] <= 223:
                 plain = self.dtls.srtp.rx.unprotect(d)
                 if plain[1] & 0x7F == 102:
-                    out.append(plain[12:])
+                    out.append(plain)
         return out
+
+    def rtp_payloads(self, wire: Wire) -> list[bytes]:
+        return [p[12:] for p in self._video(wire)]
+
+    def video_rtp(self, wire: Wire) -> list[tuple[int, int]]:
+        """(sequence number, timestamp) of each."""
+        return [
+            (int.from_bytes(p[2:4], "big"), int.from_bytes(p[4:8], "big"))
+            for p in self._video(wire)
+        ]
 
     def rtcp_in(self, wire: Wire) -> list[object]:
         assert self.dtls.srtp is not None

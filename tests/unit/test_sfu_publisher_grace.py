@@ -11,7 +11,7 @@ import pytest
 from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu.core import SfuCore
 from tchat.sfu.peer import Peer
-from tests.unit.test_sfu_core import V1, Client, Wire, connect, live_core, publish
+from tests.unit.test_sfu_core import V1, connect, live_core, publish
 from tests.unit.test_sfu_ice_restart import _check
 
 PUB2 = ("10.0.0.7", 5002)
@@ -21,18 +21,6 @@ GRACE_S = 20.0
 @pytest.fixture(scope="module")
 def identity() -> Identity:
     return Identity.create()
-
-
-def _rtp(client: Client, wire: Wire) -> list[tuple[int, int]]:
-    """(sequence number, timestamp) of the video RTP the SFU sent this client."""
-    assert client.dtls.srtp is not None
-    out = []
-    for d in wire.take(client.addr):
-        if 128 <= d[0] <= 191 and not 192 <= d[1] <= 223:
-            plain = client.dtls.srtp.rx.unprotect(d)
-            if plain[1] & 0x7F == 102:
-                out.append((int.from_bytes(plain[2:4], "big"), int.from_bytes(plain[4:8], "big")))
-    return out
 
 
 def _alive(core: SfuCore, peer: Peer, addr: tuple[str, int]) -> None:
@@ -63,7 +51,7 @@ def test_a_lost_publisher_is_resumed_by_a_new_publish(identity: Identity) -> Non
     viewer = connect(core, wire, peer, client, V1)
     publish(core, pub, clock, 1, key=True)
     publish(core, pub, clock, 2, key=False)
-    before = _rtp(viewer, wire)
+    before = viewer.video_rtp(wire)
     assert len(before) == 2
 
     # the publisher goes silent (its process killed): consent ends it, not its room
@@ -79,10 +67,10 @@ def test_a_lost_publisher_is_resumed_by_a_new_publish(identity: Identity) -> Non
     pub2 = connect(core, wire, pub2_peer, client2, PUB2)
     assert events == [(pub2_peer.id, True, pub.peer.id)]  # the same stream, going on
     publish(core, pub2, clock, 900, key=False)  # not a keyframe: viewers wait
-    assert _rtp(viewer, wire) == []
+    assert viewer.video_rtp(wire) == []
     publish(core, pub2, clock, 901, key=True)
     publish(core, pub2, clock, 902, key=False)
-    after = _rtp(viewer, wire)
+    after = viewer.video_rtp(wire)
     assert [s for s, _ in after] == [before[-1][0] + 1, before[-1][0] + 2]
     gap_ticks = (after[0][1] - before[-1][1]) & 0xFFFFFFFF
     assert 30 * 90000 < gap_ticks < 40 * 90000  # the timestamps moved on with the clock
