@@ -17,6 +17,7 @@ import pytest
 from playwright.async_api import async_playwright
 
 from tchat.perf.netlab import NetLab, can_create_namespaces
+from tchat.perf.results import TestResult, record_test
 from tchat.perf.server import free_port
 from tchat.perf.sfu_load import SyntheticPublisher
 from tchat.perf.sfu_media import PreparedMedia
@@ -89,7 +90,21 @@ async def test_udp_blocked_chromium_plays_over_ice_tcp(
                 udp = await _watch(
                     await new_page(host, errors), f"{server.url}/watch/{room}{viewer}"
                 )
-                print(f"ICE-TCP {tcp} | UDP {udp}")
+                result = TestResult("ice_tcp_vs_udp")
+                result.metrics = {
+                    "tcp_join_ms": tcp["joinMs"],
+                    "udp_join_ms": udp["joinMs"],
+                    "tcp_latency_ms": tcp["latencyMs"],
+                    "udp_latency_ms": udp["latencyMs"],
+                }
+                result.notes = [
+                    "Chromium watch pages on one room: one in a network namespace whose UDP "
+                    "nftables drops (plays over ICE-TCP), one on the host (UDP). Join = WHEP "
+                    "request → first decoded frame; latency = the page's estimate (RTT/2 + "
+                    "jitter-buffer delay). One run; veth/loopback."
+                ]
+                result.evaluate()
+                record_test("network", result)
                 assert tcp["transport"] == "webrtc" and tcp["protocol"] == "tcp", tcp
                 assert udp["transport"] == "webrtc" and udp["protocol"] == "udp", udp
                 stats = (await client.get("/sfu/stats")).json()

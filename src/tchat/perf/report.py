@@ -22,6 +22,7 @@ _GUIDE = {  # the guide's "Performance Benchmarks" rows, for context next to our
     "recording": "T071: 10 segments, <5s first",
     "web": "issue 8: pages in a real browser (figures, no guide target)",
     "abuse": "issue 14: floods; amplification, RSS growth, service kept (no guide target)",
+    "network": "issue 17: publisher resume, ICE restart, ICE-TCP (figures, no guide target)",
 }
 
 _CSS = """

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SUITES = ("load", "latency", "chat", "recording", "web", "abuse")
+SUITES = ("load", "latency", "chat", "recording", "web", "abuse", "network")
 REPORTS_DIR = Path(os.environ.get("TCHAT_REPORTS_DIR", "reports"))
 ENFORCE_MODES = ("all", "gates")  # PERF_ENFORCE: what fails a run (targets are always reported)
 
@@ -216,6 +216,25 @@ class SuiteResults:
             tmp.write_text(body)
             tmp.replace(path)
         return latest
+
+
+def record_test(suite: str, test: TestResult, reports_dir: Path = REPORTS_DIR) -> Path:
+    """Put one test's result into latest/<suite>.json beside the others already there
+    (for suites whose tests run apart, e.g. the integration tests' network figures)."""
+    path = reports_dir / "latest" / f"{suite}.json"
+    results = SuiteResults(suite)
+    try:
+        old = json.loads(path.read_text())
+        results.started_at = old["started_at"]
+        tests = [t for t in old.get("tests", []) if t.get("name") != test.name]
+    except (OSError, ValueError, KeyError):
+        tests = []
+    body = {**results.to_json(), "tests": [*tests, test.to_json()]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(body, indent=2) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def host_info() -> dict[str, Any]:

@@ -366,6 +366,10 @@ class RecorderSink:
         if not self._audio_open and now - self.enabled_at >= AUDIO_WAIT_S:
             self._audio_open = True  # no video keyframe yet: do not hold the audio back
 
+    def flowing(self, now: float) -> bool:
+        """Media arrives on some tapped track (a layer heard lately)."""
+        return any(tap.track.available(now) for tap in self.tracks.values())
+
     def stream_time(self, now: float) -> float:
         """Seconds of video FFmpeg has received, on its timeline (its RTP input starts at
         the first packet's timestamp; 0 until then): a keyframe asked for once this
@@ -525,7 +529,11 @@ class LiveRecording:
 
     async def _tick(self, sink: RecorderSink) -> None:
         while sink.tracks:
-            sink.tick(self.worker.now())
+            now = self.worker.now()
+            sink.tick(now)
+            entry = next((e for e in self.active.values() if e[0] is sink), None)
+            if entry is not None and entry[1].idle and sink.flowing(now):
+                entry[1].cut()  # media again after a stall: a new FFmpeg run goes on
             await asyncio.sleep(TICK_S)
 
     def _stop(self, key: str) -> None:

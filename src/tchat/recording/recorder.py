@@ -85,6 +85,16 @@ class SegmentUpload:
         return None if self.uploaded_at is None else self.uploaded_at - self.closed_at
 
 
+async def _first(*events: asyncio.Event) -> None:
+    """Until one of `events` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
 def ffmpeg_hls_args(opts: RecorderOptions, source: Source) -> list[str]:
     return [
         opts.ffmpeg,
@@ -179,6 +189,7 @@ class Recorder:
         self.available_at: float | None = None
         self._stop = asyncio.Event()
         self._cut = asyncio.Event()
+        self.idle = False  # a live input went quiet: no FFmpeg runs until it goes on
         self._task: asyncio.Task[Recording] | None = None
         self.recording = Recording(self.id, room, "recording", started_at=clock())
 
@@ -422,6 +433,13 @@ class Recorder:
                 return f"no media received within {self.opts.no_media_timeout_s:g}s" + (
                     f" (ffmpeg: {run.stderr[-1]})" if run.stderr else ""
                 )
+            live = getattr(self.source, "live", False)
+            if rc == 0 and live and self.segments and not self._stop.is_set():
+                # a live input went quiet (its publisher stalled or was lost): the stream
+                # has not ended; wait until it is stopped or goes on (cut), no FFmpeg
+                self.idle = True
+                await _first(self._stop, self._cut)
+                self.idle = False
             if self._cut.is_set() and not self._stop.is_set():
                 self._cut.clear()  # a planned new run (cut): not a failure
                 self._discontinuity_next = True

@@ -124,7 +124,10 @@ def render_sdp(streams: list[RtpStream]) -> str:
 
 
 class SdpSource:
-    """RTP/SDP input. `keyframe` is the SFU's PLI sender for the recorded video layer."""
+    """RTP/SDP input. `keyframe` is the SFU's PLI sender for the recorded video layer.
+    `live`: its input going quiet is a stall, not the end (the owner stops it)."""
+
+    live = True
 
     def __init__(
         self,
