@@ -10,8 +10,9 @@
 # stress-ng is missing), --out DIR (default reports/repeat/<UTC time>[-busy]),
 # --run-timeout S (one run's limit, default 1800: a hung run counts as failed), -x/--stop
 # (stop at the first failing run). Targets default to every tests/integration module of
-# the browser, SFU, WHIP and interop tests that exists. Needs `make venv web-deps` (and
-# nothing of `tchat services up`: these tests start their own servers).
+# the browser (all that drive Chromium), SFU, WHIP and interop tests that exists. Needs
+# `make venv web-deps` (and nothing of `tchat services up`: these tests start their own
+# servers).
 # Prints, and writes to DIR/summary.txt: runs, failing runs, failures by test with the
 # first line of each distinct message, run durations. Exit status 1 if any run failed.
 set -uo pipefail
@@ -34,7 +35,10 @@ if ((${#targets[@]} == 0)); then
   for f in tests/integration/test_sfu_*.py tests/integration/test_web*.py \
            tests/integration/test_whip*.py tests/integration/test_*browser*.py \
            tests/integration/test_*broadcast*.py tests/integration/test_*journey*.py \
-           tests/integration/test_*interop*.py tests/integration/test_*gst*.py; do
+           tests/integration/test_*interop*.py tests/integration/test_*gst*.py \
+           tests/integration/test_cors.py tests/integration/test_recording_layers.py \
+           tests/integration/test_shaped_uplink.py tests/integration/test_ice_tcp.py \
+           tests/integration/test_publisher_resume.py; do
     [[ " ${targets[*]} " == *" $f "* ]] || targets+=("$f")
   done
 fi
