@@ -117,7 +117,10 @@ class Origin:
 
     def _apply_demand(self, sub: OriginSub, now: float) -> None:
         for k, track in enumerate(sub.tracks):
-            mask = pick_layers(sub.caps[k], track.available(now))
+            live = track.available(now)
+            if not live:
+                continue  # nothing flows: keep what to relay when it does (a resume)
+            mask = pick_layers(sub.caps[k], live)
             added = mask & ~sub.masks[k]
             sub.masks[k] = mask
             for i in range(HIGH + 1):
@@ -166,6 +169,10 @@ class Origin:
         """Tell the room's edges its source started over (a resumed publisher)."""
         generation = self.generations[room_name] = (self.generations.get(room_name, 0) + 1) % 256
         for sub in [s for s in self.subs.values() if s.room == room_name]:
+            # relay the new source's layers from its first packet (as if every layer were
+            # live); the next demand pass keeps only those that are
+            for k, track in enumerate(sub.tracks):
+                sub.masks[k] = pick_layers(sub.caps[k], list(range(len(track.layers))))
             for _ in range(3):  # UDP: more than once (the generation makes it idempotent)
                 self._send(PREFIX.pack(RESTART, sub.sid, generation, 0), sub.addr)
 
