@@ -258,6 +258,7 @@ class SfuCore(SfuSessions):
                 track.add(dt, now)
         else:
             self._notify(peer, True)
+            peer.resumes = None  # told (the recording follows it): no chain of old peers
         log.debug(
             "sfu connected peer=%s role=%s in %.3fs", peer.id, peer.role, now - peer.created_at
         )
