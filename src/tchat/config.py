@@ -333,6 +333,21 @@ class Settings(BaseSettings):
         description="WHIP/WHEP sessions one client address may have connecting at once; more "
         "get 429.",
     )
+    sfu_max_handshaking: int = Field(
+        32,
+        ge=1,
+        alias="SFU_MAX_HANDSHAKING",
+        description="WHEP sessions doing ICE/DTLS at once per SFU worker; more viewers wait "
+        "in arrival order for a slot (a join storm is admitted at the rate handshakes "
+        "complete, none fails its handshake for lack of CPU).",
+    )
+    sfu_join_wait: Duration = Field(
+        10.0,
+        gt=0,
+        alias="SFU_JOIN_WAIT",
+        description="Longest a WHEP request waits for a handshake slot before 503 with a "
+        "Retry-After estimated from the admission rate.",
+    )
     sfu_publisher_reserve: float = Field(
         0.05,
         ge=0,

@@ -9,9 +9,9 @@ from aioice import stun
 
 from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu import sdpfrag
+from tchat.sfu.admission import SessionError
 from tchat.sfu.core import SfuCore
 from tchat.sfu.negotiated import SdpError
-from tchat.sfu.sessions import SessionError
 from tests.unit.test_sfu_core import PUB, V1, Client, Wire, connect, live_core, publish
 
 MOVED = ("10.9.9.9", 7000)

@@ -306,18 +306,27 @@ async def run_viewers(
     layer: str = "mid",
     first_media_timeout_s: float = 15.0,
     on_connected: Any = None,
+    arrival_span_s: float = 0.0,
 ) -> tuple[list[ViewerResult], dict[str, float]]:
-    """Open `count` viewers, hold them `hold_s` after the last joined, close them."""
+    """Open `count` viewers, hold them `hold_s` after the last joined, close them.
+    `arrival_span_s` > 0: viewer i arrives (its WHEP request starts, `concurrency` at most
+    in flight) at i/count of that span after the start, a join storm's arrivals."""
     identity = Identity.create()
     media = prepare(MEDIA_CACHE)
     known = media.known_payloads()
     sem = asyncio.Semaphore(concurrency)
     peers: list[ClientPeer] = []
     results: list[ViewerResult] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # a storm's viewers each on a connection of its own, as different people's browsers
+    # are (a pooled keep-alive connection the server times out just as it is reused fails
+    # its POST: an artefact of one client standing in for many)
+    keepalive = 0 if arrival_span_s > 0 else concurrency
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=keepalive)
     async with httpx.AsyncClient(base_url=base_url, timeout=30.0, limits=limits) as client:
 
         async def one(i: int) -> None:
+            if arrival_span_s > 0:
+                await asyncio.sleep(t_start + arrival_span_s * i / count - time.monotonic())
             async with sem:
                 peer, res = await open_viewer(
                     client, identity, room, token, layer, i % sample_every == 0, known,
@@ -408,6 +417,10 @@ def _main() -> None:
     v.add_argument("--sample-every", type=int, default=20)
     v.add_argument("--concurrency", type=int, default=16)
     v.add_argument("--layer", default="mid")
+    v.add_argument(
+        "--arrival-span", type=float, default=0.0,
+        help="spread the viewers' arrivals evenly over this many seconds (a join storm)",
+    )  # fmt: skip
     args = parser.parse_args()
     import uvloop
 
@@ -415,6 +428,7 @@ def _main() -> None:
         run_viewers(
             args.url, args.room, args.token, args.count, args.hold,
             args.sample_every, args.concurrency, args.layer,
+            arrival_span_s=args.arrival_span,
         )
     )  # fmt: skip
     out = summarize(results, marks["t_joined"] - marks["t_start"], marks["t_end"])

@@ -149,7 +149,7 @@ def _failed(exc: SdpError | SessionError) -> JSONResponse:
         return json_error(400, "bad_sdp", str(exc))
     response = json_error(exc.status, CODES.get(exc.status, "unavailable"), str(exc))
     if exc.status in (429, 503):
-        response.headers["Retry-After"] = "2"
+        response.headers["Retry-After"] = str(exc.retry_after or 2)
     return response
 
 

@@ -59,7 +59,7 @@ class LocalSfu:
     async def view(
         self, room: str, offer: str, max_layer: int, owner: str = "", source: str = ""
     ) -> tuple[str, str]:
-        peer, answer = self.worker.add_viewer(room, offer, max_layer, owner, source)
+        peer, answer = await self.worker.admit_viewer(room, offer, max_layer, owner, source)
         return peer.id, answer
 
     def _peer(self, room: str, session: str, role: Role) -> Peer:

@@ -20,6 +20,7 @@ from aiortc.rtcdtlstransport import RTCCertificate
 
 from tchat.rooms import ROOM_RULE, valid_room
 from tchat.sfu import figures, rtcp, sdp, sdpfrag, twcc
+from tchat.sfu.admission import SessionError
 from tchat.sfu.allocator import StreamAllocator, abr_config
 from tchat.sfu.dtls import DtlsEndpoint, fingerprint, make_context
 from tchat.sfu.forwarder import HIGH, NackStats
@@ -47,14 +48,6 @@ def _nowhere(data: bytes, addr: Addr) -> None:
     pass
 
 
-class SessionError(Exception):
-    """A WHIP/WHEP request that cannot be served; `status` is the HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class SfuSessions:
     def __init__(
         self, settings: SfuSettings, send: SendTo, clock: Callable[[], float] | None = None
@@ -75,8 +68,10 @@ class SfuSessions:
         self.by_ufrag: dict[str, Peer] = {}
         self.by_addr: dict[Addr, Peer] = {}
         self.handshaking: set[Peer] = set()
-        # sessions still connecting, per token identity and per client address
+        # sessions still connecting (and waiting to: sfu/admission.py), per token
+        # identity and per client address
         self.connecting: Counter[str] = Counter()
+        self.waiting: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.connect_times: list[float] = []
         self.nack_totals = NackStats()  # of viewers that have left
@@ -166,23 +161,27 @@ class SfuSessions:
                 if self.connecting[key] <= 0:
                     del self.connecting[key]  # the counter holds connecting sessions only
 
-    def _check_capacity(self, role: Role, owner: str = "", source: str = "") -> None:
-        """503 when full (viewers leave a share to publishers) or overloaded; 429 when the
-        token identity or the client address already has too many sessions connecting:
-        a session holds a DTLS context and a peer slot until it connects or times out."""
+    def _check_capacity(
+        self, role: Role, owner: str = "", source: str = "", load: bool = True
+    ) -> None:
+        """503 when full (viewers leave a share to publishers) or overloaded (unless not
+        `load`: sfu/admission.py waits that out); 429 when the token identity or the client
+        address already has too many sessions connecting or waiting to: a session holds a
+        DTLS context and a peer slot until it connects or times out."""
         cfg = self.settings
         limit = cfg.max_peers if role == "publisher" else cfg.max_viewers
         if len(self.peers) >= limit:
             raise SessionError(503, f"SFU is full ({len(self.peers)} sessions)")
-        if self.load > cfg.max_load:
+        if load and self.load > cfg.max_load:
             # past one core, new sessions' handshakes queue behind media and time out,
             # and everyone's packets start to drop: refuse instead (the client retries)
             raise SessionError(503, f"SFU is overloaded ({self.load:.0%} of a core)")
-        if owner and self.connecting["id:" + owner] >= cfg.max_connecting_per_identity:
+        busy = self.connecting + self.waiting
+        if owner and busy["id:" + owner] >= cfg.max_connecting_per_identity:
             raise SessionError(
                 429, f"{cfg.max_connecting_per_identity} sessions of this token are connecting"
             )
-        if source and self.connecting["ip:" + source] >= cfg.max_connecting_per_address:
+        if source and busy["ip:" + source] >= cfg.max_connecting_per_address:
             raise SessionError(
                 429, f"{cfg.max_connecting_per_address} sessions from this address are connecting"
             )

@@ -30,6 +30,8 @@ class SfuSettings:
     max_peers: int = _setting("sfu_max_peers")
     max_connecting_per_identity: int = _setting("sfu_max_connecting_per_identity")
     max_connecting_per_address: int = _setting("sfu_max_connecting_per_address")
+    max_handshaking: int = _setting("sfu_max_handshaking")
+    join_wait_s: float = _setting("sfu_join_wait")
     publisher_reserve: float = _setting("sfu_publisher_reserve")
     max_load: float = _setting("sfu_max_load")
     abr: bool = _setting("sfu_abr")

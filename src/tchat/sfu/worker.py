@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable
 
 from tchat.aio import cancel_and_wait
+from tchat.sfu.admission import JoinQueue, SessionError
 from tchat.sfu.core import PACE_S, TICK_S, SfuCore
 from tchat.sfu.ice import Addr
 from tchat.sfu.peer import Peer, Role, Room, track_for
-from tchat.sfu.sessions import SessionError
 from tchat.sfu.settings import SfuSettings
 from tchat.sfu.tcp import TcpLink
 
@@ -67,6 +67,33 @@ class SfuWorker(SfuCore, asyncio.DatagramProtocol):
         self._timer: asyncio.Task[None] | None = None
         self._tcp: asyncio.Server | None = None  # ICE-TCP (sfu/tcp.py), when configured
         self._links: set[TcpLink] = set()
+        self.joins = JoinQueue(
+            settings.max_handshaking,
+            settings.join_wait_s,
+            lambda: len(self.handshaking),
+            self.waiting,
+            lambda: self.now(),
+            lambda: self.load > self.settings.max_load,
+        )
+
+    async def admit_viewer(
+        self, room: str, offer: str, max_layer: int, owner: str = "", source: str = ""
+    ) -> tuple[Peer, str]:
+        """`add_viewer` once a handshake slot is free (sfu/admission.py): refusals that
+        waiting would not change come at once, the rest wait in arrival order."""
+        self._check_capacity("viewer", owner, source, load=False)
+        keys = [k for k, v in (("id:" + owner, owner), ("ip:" + source, source)) if v]
+        async with self.joins.turn(keys):
+            return self.add_viewer(room, offer, max_layer, owner, source)
+
+    def _handshake_over(self, peer: Peer) -> None:
+        super()._handshake_over(peer)
+        self.joins.pump()  # a slot is free: the next waiting viewer goes on
+
+    def stats(self, viewers: bool = False) -> dict[str, object]:
+        out = super().stats(viewers)
+        out["admission"] = self.joins.stats()
+        return out
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -135,6 +162,7 @@ class SfuWorker(SfuCore, asyncio.DatagramProtocol):
             try:
                 now = self.now()
                 self.handle_timer(now)
+                self.joins.pump()  # the load may have fallen below SFU_MAX_LOAD
             except Exception:
                 log.exception("sfu timer failed")
             self.busy += self._busy_clock() - started

@@ -55,7 +55,9 @@ class Cluster:
             # resolved paths: a relative TCHAT_DATA_DIR means the server's, not the child's
             env={"TCHAT_DATA_DIR": str(settings.data_dir), "FFMPEG": settings.ffmpeg},
         )
-        self.client = httpx.AsyncClient(timeout=10.0, auth=ControlAuth(self.key))
+        # an instance may hold a viewer SFU_JOIN_WAIT for a handshake slot (sfu/admission.py)
+        timeout = 10.0 + settings.sfu_join_wait
+        self.client = httpx.AsyncClient(timeout=timeout, auth=ControlAuth(self.key))
         self._placed: list[tuple[float, str]] = []
 
     async def start(self) -> None:
@@ -109,7 +111,10 @@ class Cluster:
         """`call`, with an instance's refusal raised as SessionError (its status)."""
         status, data = await self.call(method, inst, path, body)
         if status != 200:
-            raise SessionError(status, str(data.get("detail", "")))
+            retry = data.get("retry_after")
+            raise SessionError(
+                status, str(data.get("detail", "")), retry if isinstance(retry, int) else None
+            )
         return data
 
     # --- the routes' backend (backend.SfuBackend) ------------------------------------------

@@ -92,7 +92,8 @@ def _error(exc: Exception) -> JSONResponse:
     if isinstance(exc, SdpError):
         return JSONResponse({"status": 400, "detail": str(exc)}, status_code=400)
     assert isinstance(exc, SessionError)
-    return JSONResponse({"status": exc.status, "detail": str(exc)}, status_code=exc.status)
+    body = {"status": exc.status, "detail": str(exc), "retry_after": exc.retry_after}
+    return JSONResponse(body, status_code=exc.status)
 
 
 class Control:
@@ -152,7 +153,7 @@ class Control:
         try:
             if body.origin is not None and body.origin.id != self.instance_id:
                 await self._pull(body.room, body.origin)
-            peer, answer = self.worker.add_viewer(
+            peer, answer = await self.worker.admit_viewer(
                 body.room, body.offer, body.max_layer, body.owner, body.source
             )
         except (SdpError, SessionError) as exc:

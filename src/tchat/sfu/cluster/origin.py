@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tchat.sfu.admission import SessionError
 from tchat.sfu.cluster.wire import (
     BYE,
     DEMAND,
@@ -30,7 +31,7 @@ from tchat.sfu.core import SfuCore
 from tchat.sfu.forwarder import HIGH, Track
 from tchat.sfu.ice import Addr
 from tchat.sfu.peer import Peer, SendTo
-from tchat.sfu.sessions import PeerEvent, SessionError
+from tchat.sfu.sessions import PeerEvent
 
 log = logging.getLogger("tchat.sfu.relay")
 
