@@ -149,3 +149,25 @@ async def test_waiting_viewers_count_against_the_per_address_limit() -> None:
         task.cancel()
     await asyncio.gather(waiting, other, return_exceptions=True)
     assert not w.waiting
+
+
+async def test_an_overloaded_worker_holds_viewers_until_its_load_falls() -> None:
+    """Over SFU_MAX_LOAD no slot is free: a storm's own handshakes push the load up for
+    a moment, and its viewers wait that out instead of being refused."""
+    identity = Identity.create()
+    clock, cpu = [0.0], [0.0]
+    w = SfuWorker(SfuSettings(max_load=0.9), clock=lambda: clock[0], cpu_clock=lambda: cpu[0])
+    w.add_publisher("r", ClientPeer(identity).offer(publish=True))
+    for busy in (0.5, 0.95):
+        clock[0] += 1.0
+        cpu[0] += busy
+        w.tick(clock[0])
+    viewer = asyncio.create_task(w.admit_viewer("r", ClientPeer(identity).offer(), 2))
+    await settle()
+    assert not viewer.done()
+    clock[0] += 1.0
+    cpu[0] += 0.3
+    w.tick(clock[0])
+    w.joins.pump()  # what the worker's timer loop does after each tick
+    peer, _ = await asyncio.wait_for(viewer, 5)
+    assert peer.role == "viewer"
