@@ -11,7 +11,7 @@ import pytest
 from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu.admission import JoinQueue, SessionError
 from tchat.sfu.settings import SfuSettings
-from tchat.sfu.worker import SfuWorker
+from tchat.sfu.worker import HANDSHAKE_SLOT_S, SfuWorker
 
 
 class Slots:
@@ -44,7 +44,7 @@ async def test_requests_wait_in_arrival_order_for_a_free_slot() -> None:
     tasks = [asyncio.create_task(enter(q, slots, log, f"v{i}", ["ip:a"])) for i in range(5)]
     await settle()
     assert log == ["v0", "v1"]  # two handshakes at once, the rest wait
-    assert q.stats()["waiting"] == 3 and q.waiting["ip:a"] == 3
+    assert q.stats()["waiting"] == 3 and q.connecting["ip:a"] == 3
     slots.busy -= 1  # v0's handshake ended (the worker pumps then)
     q.pump()
     await settle()
@@ -54,23 +54,45 @@ async def test_requests_wait_in_arrival_order_for_a_free_slot() -> None:
     await asyncio.gather(*tasks)
     assert log == ["v0", "v1", "v2", "v3", "v4"]  # arrival order
     assert q.stats()["admitted_after_waiting"] == 3 and q.stats()["waiting"] == 0
-    assert not q.waiting  # the per-key counts of waiting requests are gone
+    assert not q.connecting  # the per-key counts of waiting requests are gone
 
 
-async def test_a_request_that_makes_no_session_frees_its_slot() -> None:
+async def test_a_request_that_makes_no_session_frees_its_slot_for_the_next() -> None:
     slots, log = Slots(), []
     q = queue(slots, limit=1)
+    go_on = asyncio.Event()
 
     async def fails() -> None:
         async with q.turn():
+            await go_on.wait()
             raise SessionError(404, "room has no publisher")
 
     first = asyncio.create_task(fails())
+    await settle()
     second = asyncio.create_task(enter(q, slots, log, "v", []))
+    await settle()
+    assert log == [] and q.stats()["waiting"] == 1  # behind the first
+    go_on.set()
     with pytest.raises(SessionError):
         await first
-    await second
+    await asyncio.wait_for(second, 5)
     assert log == ["v"]
+
+
+async def test_stopping_refuses_the_waiting_and_admits_no_one() -> None:
+    slots = Slots()
+    slots.busy = 1
+    q = queue(slots, limit=1)
+    waiting = asyncio.create_task(enter(q, slots, [], "v", ["ip:a"]))
+    await settle()
+    q.close()
+    with pytest.raises(SessionError) as err:
+        await waiting
+    assert err.value.status == 503 and not q.connecting
+    slots.busy = 0
+    with pytest.raises(SessionError):
+        async with q.turn():
+            pass
 
 
 async def test_waiting_past_the_deadline_is_503_with_retry_after() -> None:
@@ -82,7 +104,7 @@ async def test_waiting_past_the_deadline_is_503_with_retry_after() -> None:
             pass
     assert err.value.status == 503 and err.value.retry_after is not None
     assert 1 <= err.value.retry_after <= 30
-    assert q.stats()["waiting"] == 0 and not q.waiting and q.refused == 1
+    assert q.stats()["waiting"] == 0 and not q.connecting and q.refused == 1
 
 
 async def test_a_client_gone_while_waiting_or_just_granted_keeps_no_slot() -> None:
@@ -148,7 +170,7 @@ async def test_waiting_viewers_count_against_the_per_address_limit() -> None:
     for task in (waiting, other):
         task.cancel()
     await asyncio.gather(waiting, other, return_exceptions=True)
-    assert not w.waiting
+    assert not w.connecting
 
 
 async def test_an_overloaded_worker_holds_viewers_until_its_load_falls() -> None:
@@ -171,3 +193,19 @@ async def test_an_overloaded_worker_holds_viewers_until_its_load_falls() -> None
     w.joins.pump()  # what the worker's timer loop does after each tick
     peer, _ = await asyncio.wait_for(viewer, 5)
     assert peer.role == "viewer"
+
+
+async def test_a_handshake_that_drags_on_frees_its_slot() -> None:
+    """A session connecting past HANDSHAKE_SLOT_S goes on connecting but no longer holds
+    a slot: a few clients that never finish cannot hold the queue shut."""
+    identity = Identity.create()
+    clock = [0.0]
+    w = SfuWorker(SfuSettings(max_handshaking=1), clock=lambda: clock[0])
+    w.add_publisher("r", ClientPeer(identity).offer(publish=True))  # never connects
+    viewer = asyncio.create_task(w.admit_viewer("r", ClientPeer(identity).offer(), 2))
+    await settle()
+    assert not viewer.done()
+    clock[0] += HANDSHAKE_SLOT_S + 0.1
+    w.joins.pump()  # what the worker's timer loop does after each tick
+    peer, _ = await asyncio.wait_for(viewer, 5)
+    assert peer.role == "viewer" and len(w.handshaking) == 2

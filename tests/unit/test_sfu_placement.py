@@ -20,9 +20,16 @@ def _cluster(full: set[str], refuse: int = 503) -> tuple[Cluster, list[tuple[str
     asked: list[tuple[str, bool]] = []  # (instance, told to pull from the origin)
 
     async def call(
-        method: str, inst: InstanceRecord, path: str, body: dict[str, Any] | None = None
+        method: str,
+        inst: InstanceRecord,
+        path: str,
+        body: dict[str, Any] | None = None,
+        limit_s: float = 10.0,
     ) -> tuple[int, dict[str, Any]]:
         assert (method, path) == ("POST", "/view") and body is not None
+        # each instance may hold the viewer a third of SFU_JOIN_WAIT (10 s) in its join
+        # queue, and the request's timeout leaves it that long
+        assert body["max_wait"] == pytest.approx(10 / 3) and limit_s > body["max_wait"]
         asked.append((inst.id, "origin" in body))
         if inst.id in full:
             return refuse, {"detail": f"SFU is full ({inst.id})"}

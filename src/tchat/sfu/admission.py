@@ -43,7 +43,7 @@ class JoinQueue:
         limit: int,
         max_wait_s: float,
         handshaking: Callable[[], int],
-        waiting: Counter[str],
+        connecting: Counter[str],
         clock: Callable[[], float],
         overloaded: Callable[[], bool] = lambda: False,
     ) -> None:
@@ -54,15 +54,17 @@ class JoinQueue:
         self._clock = clock
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._reserved = 0  # admitted requests that have not created their session yet
-        # waiting requests per identity/address key: they count against the limits on
-        # sessions connecting (sessions.py), or one client could queue without bound
-        self.waiting = waiting
+        # the sessions' per identity/address counts of sessions connecting: a waiting
+        # request counts there too (the 429 limits), or one client could queue without
+        # bound
+        self.connecting = connecting
         self._admitted_at: deque[float] = deque()
         self.admitted = 0
         self.queued = 0  # admitted after waiting
         self.refused = 0
         self.waiting_max = 0
         self.wait_max_s = 0.0
+        self.closed = False
 
     def _free(self) -> int:
         if self._overloaded():
@@ -84,7 +86,7 @@ class JoinQueue:
         """Let waiting requests in while slots are free (a handshake ended, a request
         admitted made no session, the load fell: the worker calls this on each)."""
         now = self._clock()
-        while self._waiters and self._free() > 0:
+        while self._waiters and not self.closed and self._free() > 0:
             fut = self._waiters.popleft()
             if not fut.done():
                 self._grant(now)
@@ -100,46 +102,62 @@ class JoinQueue:
             retry_after=min(30, max(1, math.ceil(wait))),
         )
 
+    def close(self) -> None:
+        """The SFU is stopping: every waiting request is refused, none admitted."""
+        self.closed = True
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(SessionError(503, "the SFU is shutting down", retry_after=2))
+
     @asynccontextmanager
-    async def turn(self, keys: Iterable[str] = ()) -> AsyncIterator[None]:
-        """Wait for a handshake slot; the caller creates its session inside (or fails to:
-        the slot is free again either way on exit)."""
+    async def turn(
+        self, keys: Iterable[str] = (), max_wait_s: float | None = None
+    ) -> AsyncIterator[None]:
+        """Wait for a handshake slot (at most `max_wait_s`, default the queue's); the
+        caller creates its session inside (or fails to: the slot is free again either
+        way on exit)."""
         now = self._clock()
+        if self.closed:
+            raise SessionError(503, "the SFU is shutting down", retry_after=2)
         if not self._waiters and self._free() > 0:
             self._grant(now)
         else:
-            await self._wait(list(keys), now)
+            wait = self.max_wait_s if max_wait_s is None else min(max_wait_s, self.max_wait_s)
+            await self._wait(list(keys), now, wait)
         try:
             yield
         finally:
             self._reserved -= 1
             self.pump()
 
-    async def _wait(self, keys: list[str], now: float) -> None:
+    async def _wait(self, keys: list[str], now: float, max_wait_s: float) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
-        self.waiting.update(keys)
+        self.connecting.update(keys)
         self.waiting_max = max(self.waiting_max, len(self._waiters))
         try:
             # asyncio.wait leaves `fut` alone on timeout: a grant racing the deadline is
             # seen below, not lost with a reserved slot
-            await asyncio.wait([fut], timeout=self.max_wait_s)
+            await asyncio.wait([fut], timeout=max_wait_s)
         except BaseException:
             self._leave(fut)  # the client went away while waiting
             raise
         finally:
-            self.waiting.subtract(keys)
+            self.connecting.subtract(keys)
             for key in keys:
-                if self.waiting[key] <= 0:
-                    del self.waiting[key]
+                if self.connecting[key] <= 0:
+                    del self.connecting[key]
         if not fut.done():
             self._leave(fut)
-            raise self._refuse(self._clock(), f"no slot within {self.max_wait_s:g} s")
+            raise self._refuse(self._clock(), f"no slot within {max_wait_s:g} s")
+        fut.result()  # raises when the queue was closed
         self.queued += 1
         self.wait_max_s = max(self.wait_max_s, self._clock() - now)
 
     def _leave(self, fut: asyncio.Future[None]) -> None:
-        if fut.done() and not fut.cancelled():  # granted, but nobody will use the slot
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            # granted, but nobody will use the slot
             self._reserved -= 1
             self.pump()
         else:

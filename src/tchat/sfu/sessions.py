@@ -68,10 +68,9 @@ class SfuSessions:
         self.by_ufrag: dict[str, Peer] = {}
         self.by_addr: dict[Addr, Peer] = {}
         self.handshaking: set[Peer] = set()
-        # sessions still connecting (and waiting to: sfu/admission.py), per token
+        # sessions still connecting (or waiting to: sfu/admission.py), per token
         # identity and per client address
         self.connecting: Counter[str] = Counter()
-        self.waiting: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.connect_times: list[float] = []
         self.nack_totals = NackStats()  # of viewers that have left
@@ -176,12 +175,11 @@ class SfuSessions:
             # past one core, new sessions' handshakes queue behind media and time out,
             # and everyone's packets start to drop: refuse instead (the client retries)
             raise SessionError(503, f"SFU is overloaded ({self.load:.0%} of a core)")
-        busy = self.connecting + self.waiting
-        if owner and busy["id:" + owner] >= cfg.max_connecting_per_identity:
+        if owner and self.connecting["id:" + owner] >= cfg.max_connecting_per_identity:
             raise SessionError(
                 429, f"{cfg.max_connecting_per_identity} sessions of this token are connecting"
             )
-        if source and busy["ip:" + source] >= cfg.max_connecting_per_address:
+        if source and self.connecting["ip:" + source] >= cfg.max_connecting_per_address:
             raise SessionError(
                 429, f"{cfg.max_connecting_per_address} sessions from this address are connecting"
             )
@@ -232,9 +230,10 @@ class SfuSessions:
         max_layer: int = HIGH,
         owner: str = "",
         source: str = "",
+        load: bool = True,  # False: sfu/admission.py waited the load out already
     ) -> tuple[Peer, str]:
         _check_room(room_name)
-        self._check_capacity("viewer", owner, source)
+        self._check_capacity("viewer", owner, source, load)
         room = self.rooms.get(room_name)
         media = room.media() if room is not None else None
         if room is None or media is None:

@@ -38,6 +38,7 @@ __all__ = [
 ]
 log = logging.getLogger("tchat.sfu")
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
+HANDSHAKE_SLOT_S = 3.0  # loopback handshakes in a 500-a-second storm took 0.1–1.5 s
 
 
 def widen_socket_buffers(transport: asyncio.BaseTransport) -> None:
@@ -70,21 +71,38 @@ class SfuWorker(SfuCore, asyncio.DatagramProtocol):
         self.joins = JoinQueue(
             settings.max_handshaking,
             settings.join_wait_s,
-            lambda: len(self.handshaking),
-            self.waiting,
+            self._slots_taken,
+            self.connecting,
             lambda: self.now(),
             lambda: self.load > self.settings.max_load,
         )
 
+    def _slots_taken(self) -> int:
+        """Sessions holding a handshake slot: connecting for less than HANDSHAKE_SLOT_S.
+        One that takes longer goes on connecting but frees its slot, so a few clients
+        that never finish cannot hold the queue shut for SFU_CONNECT_TIMEOUT."""
+        since = self.now() - HANDSHAKE_SLOT_S
+        return sum(1 for peer in self.handshaking if peer.created_at > since)
+
     async def admit_viewer(
-        self, room: str, offer: str, max_layer: int, owner: str = "", source: str = ""
+        self,
+        room: str,
+        offer: str,
+        max_layer: int,
+        owner: str = "",
+        source: str = "",
+        max_wait_s: float | None = None,
     ) -> tuple[Peer, str]:
         """`add_viewer` once a handshake slot is free (sfu/admission.py): refusals that
-        waiting would not change come at once, the rest wait in arrival order."""
+        waiting would not change come at once, the rest wait in arrival order (at most
+        `max_wait_s`, default SFU_JOIN_WAIT)."""
         self._check_capacity("viewer", owner, source, load=False)
+        live = self.rooms.get(room)
+        if live is None or live.media() is None:
+            return self.add_viewer(room, offer, max_layer, owner, source)  # 400/404 at once
         keys = [k for k, v in (("id:" + owner, owner), ("ip:" + source, source)) if v]
-        async with self.joins.turn(keys):
-            return self.add_viewer(room, offer, max_layer, owner, source)
+        async with self.joins.turn(keys, max_wait_s):
+            return self.add_viewer(room, offer, max_layer, owner, source, load=False)
 
     def _handshake_over(self, peer: Peer) -> None:
         super()._handshake_over(peer)
@@ -127,6 +145,7 @@ class SfuWorker(SfuCore, asyncio.DatagramProtocol):
         )
 
     async def stop(self) -> None:
+        self.joins.close()
         for peer in list(self.peers.values()):
             self.close_peer(peer, "shutdown")
         await cancel_and_wait(self._timer)
@@ -162,7 +181,10 @@ class SfuWorker(SfuCore, asyncio.DatagramProtocol):
             try:
                 now = self.now()
                 self.handle_timer(now)
-                self.joins.pump()  # the load may have fallen below SFU_MAX_LOAD
             except Exception:
                 log.exception("sfu timer failed")
+            try:
+                self.joins.pump()  # the load fell, or a slow handshake's slot expired
+            except Exception:
+                log.exception("sfu admission failed")
             self.busy += self._busy_clock() - started

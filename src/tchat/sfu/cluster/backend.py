@@ -55,9 +55,8 @@ class Cluster:
             # resolved paths: a relative TCHAT_DATA_DIR means the server's, not the child's
             env={"TCHAT_DATA_DIR": str(settings.data_dir), "FFMPEG": settings.ffmpeg},
         )
-        # an instance may hold a viewer SFU_JOIN_WAIT for a handshake slot (sfu/admission.py)
-        timeout = 10.0 + settings.sfu_join_wait
-        self.client = httpx.AsyncClient(timeout=timeout, auth=ControlAuth(self.key))
+        self.client = httpx.AsyncClient(timeout=10.0, auth=ControlAuth(self.key))
+        self.join_wait = settings.sfu_join_wait
         self._placed: list[tuple[float, str]] = []
 
     async def start(self) -> None:
@@ -88,10 +87,17 @@ class Cluster:
         self._placed.append((time.time(), instance_id))
 
     async def call(
-        self, method: str, inst: InstanceRecord, path: str, body: dict[str, Any] | None = None
+        self,
+        method: str,
+        inst: InstanceRecord,
+        path: str,
+        body: dict[str, Any] | None = None,
+        limit_s: float = 10.0,  # the request's HTTP timeout
     ) -> tuple[int, dict[str, Any]]:
         try:
-            resp = await self.client.request(method, inst.control + path, json=body)
+            resp = await self.client.request(
+                method, inst.control + path, json=body, timeout=limit_s
+            )
         except httpx.HTTPError as exc:
             return 503, {"detail": f"SFU instance {inst.id} unreachable: {exc}"}
         try:
@@ -106,10 +112,15 @@ class Cluster:
         return data if status == 200 else {}
 
     async def _ok(
-        self, method: str, inst: InstanceRecord, path: str, body: dict[str, Any] | None = None
+        self,
+        method: str,
+        inst: InstanceRecord,
+        path: str,
+        body: dict[str, Any] | None = None,
+        limit_s: float = 10.0,
     ) -> dict[str, Any]:
         """`call`, with an instance's refusal raised as SessionError (its status)."""
-        status, data = await self.call(method, inst, path, body)
+        status, data = await self.call(method, inst, path, body, limit_s)
         if status != 200:
             retry = data.get("retry_after")
             raise SessionError(
@@ -174,8 +185,13 @@ class Cluster:
             assert target is not None  # the origin is among them until it refused
             self.placed(target.id)
             request = body if target.id == origin.id else {**body, "origin": relay}
+            # a full instance holds the viewer in its join queue (sfu/admission.py): each
+            # gets a share of SFU_JOIN_WAIT, so passing it on costs no more in all
+            wait = self.join_wait / len(insts)
             try:
-                data = await self._ok("POST", target, "/view", request)
+                data = await self._ok(
+                    "POST", target, "/view", {**request, "max_wait": wait}, 10.0 + wait
+                )
             except SessionError as exc:
                 left.remove(target)
                 if exc.status != 503 or not left:

@@ -22,6 +22,7 @@ import os
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -66,6 +67,9 @@ class Origin(BaseModel):
 class ViewBody(PublishBody):
     max_layer: int = Field(2, ge=0, le=2)
     origin: Origin | None = None  # None: this instance is the room's origin
+    # longest wait for a handshake slot here (None: SFU_JOIN_WAIT); the signalling gives
+    # the instances it may still pass the viewer to a share of it
+    max_wait: float | None = Field(None, gt=0, le=300)
 
 
 class RelayBody(BaseModel):
@@ -105,6 +109,7 @@ class Control:
         self.instance_id = instance_id
         self.client = httpx.AsyncClient(timeout=5.0, auth=ControlAuth(key))
         self.joining: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # room → lock, users
+        self.viewing: Counter[str] = Counter()  # view requests in progress, per room
 
     async def publish(self, body: PublishBody) -> Any:
         # the room moved here: stop relaying the old one
@@ -150,17 +155,23 @@ class Control:
                 self.joining.pop(room, None)
 
     async def view(self, body: ViewBody) -> Any:
+        self.viewing[body.room] += 1
         try:
             if body.origin is not None and body.origin.id != self.instance_id:
                 await self._pull(body.room, body.origin)
             peer, answer = await self.worker.admit_viewer(
-                body.room, body.offer, body.max_layer, body.owner, body.source
+                body.room, body.offer, body.max_layer, body.owner, body.source, body.max_wait
             )
         except (SdpError, SessionError) as exc:
             sub = self.relay.edge.subs.get(body.room)
-            if sub is not None and not sub.room.viewers:  # pulled for this viewer only
+            # pulled for viewers none of whom got in, and none still waiting to
+            if sub is not None and not sub.room.viewers and self.viewing[body.room] == 1:
                 self.relay.edge.end(body.room, "no viewer")
             return _error(exc)
+        finally:
+            self.viewing[body.room] -= 1
+            if self.viewing[body.room] <= 0:
+                del self.viewing[body.room]
         return {"peer": peer.id, "answer": answer}
 
     async def relay_to(self, body: RelayBody) -> Any:
