@@ -25,16 +25,19 @@ from .sfu_helpers import eventually, join_viewer, media_received, token, wait_fo
 
 VIEWERS = 50
 DECRYPTING = 5  # the others count packets from their headers (cheap on a 2-core box)
+AUDIO_PT = 111  # Opus in the viewers' offer (tchat.perf.webrtc_peer)
 
 
 class ResumeProbe(ClientPeer):
-    """A viewer noting its first RTP packet after `armed_at` (monotonic)."""
+    """A viewer noting its first video packet after `armed_at` (monotonic): the first
+    of the new publisher's keyframe, where the forwarder resumes each viewer."""
 
     armed_at: float | None = None
     resumed_at: float | None = None
 
     def _rtp(self, data: bytes) -> None:
-        if self.armed_at is not None and self.resumed_at is None:
+        video = len(data) > 1 and data[1] & 0x7F != AUDIO_PT  # the header is in the clear
+        if video and self.armed_at is not None and self.resumed_at is None:
             self.resumed_at = time.monotonic()
         super()._rtp(data)
 
@@ -100,7 +103,8 @@ async def test_a_publisher_that_vanishes_is_resumed_by_a_new_publish(
         result.notes = [
             f"A synthetic publisher watched by {VIEWERS} viewers ({DECRYPTING} decrypting) is "
             "killed (no close_notify, no DELETE) and a new one publishes 8 s later; resume = "
-            "the new WHIP POST → each viewer's first RTP packet after it (noted on arrival)."
+            "the new WHIP POST → each viewer's first video packet after it (the new "
+            "publisher's keyframe; noted on arrival)."
         ]
         result.evaluate()
         record_test("network", result)

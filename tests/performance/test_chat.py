@@ -71,10 +71,14 @@ THROUGHPUT_TARGET = 95_000.0 if PROFILE == "full" else 0.95 * OFFERED
 BUCKETS = int(os.environ.get("CHAT_BUCKETS", "4"))
 BASELINE_MSG_S = sized("CHAT_BASELINE_MSG_S", min(OFFERED / 5, 200), min(OFFERED / 5, 200))
 BASELINE_WRITERS = 10
-# Gates relative to the bare driver in the same seconds (ratios of p99s; a baseline p99
-# under RATIO_FLOOR_MS counts as that much: below it scheduling noise of either process
-# dominates). Measured here: writes 1.1-1.6x, recent-50 ~1.5x (docs/performance.md).
-WRITE_P99_VS_DRIVER = 3.0
+# Gates relative to the bare driver in the same seconds (ratios; a baseline under
+# RATIO_FLOOR_MS counts as that much: below it scheduling noise of either process
+# dominates). Writes: the median write against the driver's (measured 0.9-2.2x in six CI
+# runs) and the p99s, whose ratio one stall of either process moves by 3x (the
+# driver's p99 is the 10th-worst of its 1,000 writes: 0.67-1.16x in five runs, 3.7x in
+# a sixth with the same code on a quiet box); recent-50 ~1.1-1.7x (docs/performance.md).
+WRITE_P50_VS_DRIVER = 3.0
+WRITE_P99_VS_DRIVER = 6.0
 RECENT50_P99_VS_DRIVER = 3.0
 RATIO_FLOOR_MS = 1.0
 
@@ -331,17 +335,21 @@ def TestChatWriteLatency(load_run: dict[str, Any], record: TestResult) -> None:
         "driver_p99_write_ms": _r(driver_p99),
         "driver_write_samples": len(base.latencies_ms),
         "driver_write_failed": base.failed,
+        "p50_write_vs_driver": ratio(
+            percentile(lat, 50), percentile(base.latencies_ms, 50), RATIO_FLOOR_MS
+        ),
         "p99_write_vs_driver": ratio(p99, driver_p99, RATIO_FLOOR_MS),
     }
     record.targets = {"p99_write_ms": "<= 5"}
     record.gates = {
+        "p50_write_vs_driver": f"<= {WRITE_P50_VS_DRIVER:g}",
         "p99_write_vs_driver": f"<= {WRITE_P99_VS_DRIVER:g}",
         "driver_write_failed": "== 0",
     }
     record.notes.append(
         f"driver_* = a paced bare scylla-driver writer ({BASELINE_MSG_S:g} msg/s, own room and "
-        "process) in the same seconds; p99_write_vs_driver = p99_write_ms / "
-        f"max(driver_p99_write_ms, {RATIO_FLOOR_MS:g} ms), the CI gate."
+        "process) in the same seconds; p50/p99_write_vs_driver = p50/p99_write_ms / "
+        f"max(driver_p50/p99_write_ms, {RATIO_FLOOR_MS:g} ms), the CI gates."
     )
     record.notes.append(
         "p*_write_ms = CqlChatStore.append() call to acknowledgement (the store's write "
