@@ -57,7 +57,7 @@ from tchat.perf.browser_viewer import (
 )
 from tchat.perf.browser_viewer import summarize as browser_summary
 from tchat.perf.netlab import NetLab, can_create_namespaces
-from tchat.perf.results import REPORTS_DIR, TestResult, parse_json_line, percentile
+from tchat.perf.results import REPORTS_DIR, TestResult, percentile, run_helper
 from tchat.perf.server import free_port, serve_process
 from tchat.perf.sfu_load import AUDIO_LAYER, MEDIA_CACHE, SyntheticPublisher
 from tchat.perf.sfu_media import LATENCY_LAYERS, prepare
@@ -106,16 +106,12 @@ async def _poll_stats(url: str, stop: asyncio.Event, out: list[dict[str, Any]]) 
 async def _viewer(lab: NetLab, index: int, port: int, duration: float) -> dict[str, Any]:
     link = lab.links[index]
     token = issue_token(SECRET, ROOM, "viewer", ttl_s=3600)
-    proc = await asyncio.create_subprocess_exec(
+    args = [
         *lab.exec_args(link), sys.executable, "-m", "tchat.perf.latency_viewer",
         "--url", f"http://{link.host_ip}:{port}", "--room", ROOM, "--token", token,
         "--bind", link.ns_ip, "--duration", str(duration),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    if proc.returncode != 0 or not out.strip():
-        raise RuntimeError(f"latency viewer failed ({proc.returncode}): {err.decode()[-1500:]}")
-    result: dict[str, Any] = parse_json_line(out, "latency viewer")
+    ]  # fmt: skip
+    result: dict[str, Any] = await run_helper(args, "latency viewer")
     return result
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ import pytest
 
 from tchat.auth import issue_token
 from tchat.perf import results as perf_results
-from tchat.perf.results import parse_json_line, percentile, ratio
+from tchat.perf.results import percentile, ratio, run_helper
 from tchat.perf.server import serve_process
 from tchat.perf.sfu_bench import relay_cost
 from tchat.perf.sfu_bench import run as bench_run
@@ -148,17 +147,13 @@ async def _swarm(
     url: str, count: int, hold: float, span: float = 0.0, concurrency: int = CONCURRENCY
 ) -> dict[str, Any]:
     token = issue_token(SECRET, ROOM, "viewer", ttl_s=3600)
-    proc = await asyncio.create_subprocess_exec(
+    args = [
         sys.executable, "-m", "tchat.perf.sfu_load", "viewers", "--url", url, "--room", ROOM,
         "--token", token, "--count", str(count), "--hold", str(hold),
         "--sample-every", str(SAMPLE_EVERY), "--concurrency", str(concurrency),
         "--layer", LAYER, "--arrival-span", str(span),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    if proc.returncode != 0 or not out.strip():
-        raise RuntimeError(f"viewer swarm failed ({proc.returncode}): {err.decode()[-1500:]}")
-    result: dict[str, Any] = parse_json_line(out, "load viewers")
+    ]  # fmt: skip
+    result: dict[str, Any] = await run_helper(args, "viewer swarm")
     return result
 
 

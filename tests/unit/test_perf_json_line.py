@@ -1,5 +1,6 @@
-"""A helper process's JSON result reaches its parent whole, even when its stdout pipe is
-non-blocking and the parent reads late (T069 once read 131,072 of ~300,000 bytes)."""
+"""A helper process's JSON result reaches its parent whole: through the file the parent
+names (`run_helper`: T069 read 131,072, then 65,536 of ~300,000 bytes through a pipe), or
+on stdout, even when that pipe is non-blocking and the parent reads late."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from tchat.perf.results import parse_json_line
+from tchat.perf.results import parse_json_line, run_helper
 
 CHILD = """
 import os, fcntl
@@ -35,3 +36,23 @@ def test_a_cut_line_is_an_error_saying_so() -> None:
         parse_json_line(b"log line\n" + whole[:100], "child")
     with pytest.raises(RuntimeError, match="printed nothing"):
         parse_json_line(b"  \n", "child")
+
+
+RESULT = """
+from tchat.perf.results import print_json_line
+print_json_line({"samples": [[i, i / 7] for i in range(20000)]})
+"""
+
+
+async def test_a_helper_writes_its_result_to_the_file_its_parent_named() -> None:
+    result = await run_helper([sys.executable, "-c", RESULT], "child")
+    assert len(result["samples"]) == 20000  # ~300 KB, as a latency viewer's
+
+
+async def test_a_helper_without_a_result_is_an_error_saying_so() -> None:
+    with pytest.raises(RuntimeError, match="child exited 0 without a result"):
+        await run_helper([sys.executable, "-c", "pass"], "child")
+    with pytest.raises(RuntimeError, match=r"child failed \(3\): .*boom"):
+        await run_helper(
+            [sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"], "child"
+        )

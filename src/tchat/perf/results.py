@@ -20,6 +20,7 @@ assertion agree.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import operator
@@ -27,6 +28,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,14 +40,47 @@ REPORTS_DIR = Path(os.environ.get("TCHAT_REPORTS_DIR", "reports"))
 ENFORCE_MODES = ("all", "gates")  # PERF_ENFORCE: what fails a run (targets are always reported)
 
 
+RESULT_FILE_ENV = "TCHAT_RESULT_FILE"  # where a helper process writes its result
+
+
 def print_json_line(obj: Any) -> None:
-    """A helper process's result: one JSON line on stdout, whole. Stdout is made
-    blocking first: on a non-blocking pipe `print` wrote only what the pipe took (2 × 64
-    KiB of a latency viewer's 300 KB) and exited 0, and T069 read a truncated line."""
+    """A helper process's result: into the file its parent named in TCHAT_RESULT_FILE
+    (`run_helper`), whole (a temporary name, then renamed), else one JSON line on stdout.
+    Through a pipe a latency viewer's ~300 KB line arrived cut twice in fresh-clone CI
+    runs, exit 0: 131,072 bytes on a non-blocking stdout, then 65,536 bytes after stdout
+    was made blocking (below); a file has no such failure."""
+    text = json.dumps(obj)
+    path = os.environ.get(RESULT_FILE_ENV)
+    if path:
+        part = Path(path + ".part")
+        part.write_text(text)
+        os.replace(part, path)
+        return
     fd = sys.stdout.fileno()
     os.set_blocking(fd, True)
-    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+async def run_helper(args: list[str], what: str) -> Any:
+    """Run a helper process (`python -m …`, maybe behind `ip netns exec`, which keeps the
+    environment) to its end; its result, read from the file it wrote (print_json_line).
+    A helper that fails or writes no result raises RuntimeError with its stderr's end."""
+    with tempfile.TemporaryDirectory(prefix="tchat-result-") as tmp:
+        path = Path(tmp) / "result.json"
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            env={**os.environ, RESULT_FILE_ENV: str(path)},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        tail = err.decode(errors="replace")[-1500:]
+        if proc.returncode != 0:
+            raise RuntimeError(f"{what} failed ({proc.returncode}): {tail}")
+        if not path.exists():
+            raise RuntimeError(f"{what} exited 0 without a result: {tail}")
+        return json.loads(path.read_text())
 
 
 def parse_json_line(out: bytes, what: str) -> Any:
