@@ -14,6 +14,7 @@ setup. Needs root (CAP_NET_ADMIN).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 
@@ -50,6 +51,21 @@ class NetLab:
     prefix: str = field(default_factory=lambda: f"tl{os.getpid() % 100000}")
     links: list[Link] = field(default_factory=list)
     subnet: int = field(default_factory=lambda: 200 + os.getpid() % 50)
+
+    def __post_init__(self) -> None:
+        # a lab some killed run left behind holds its names and its 10.N.0.0/16: the
+        # same N on two host links sends this lab's packets into the old one (two
+        # Chromium tests timed out that way in a CI run, the left lab's pid % 50 being
+        # the new one's)
+        taken = _host_subnets()
+        self.subnet = next(
+            n for k in range(150) if (n := 100 + (self.subnet - 100 + k) % 150) not in taken
+        )
+        names = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+        base, suffix = self.prefix, 0
+        while any(name.startswith(self.prefix + "-") for name in names):
+            suffix += 1
+            self.prefix = f"{base}{chr(ord('a') + suffix - 1)}"
 
     def add(self, rate_bps: int) -> Link:
         i = len(self.links)
@@ -118,6 +134,14 @@ class NetLab:
             # deleting the namespace takes its veth end and so the pair; be sure anyway
             subprocess.run(["ip", "link", "del", link.host_if], capture_output=True, timeout=20)
         self.links.clear()
+
+
+def _host_subnets() -> set[int]:
+    """The N of every 10.N.x.x address on this host's links."""
+    out = subprocess.run(
+        ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=20
+    ).stdout
+    return {int(m) for m in re.findall(r"inet 10\.(\d+)\.", out)}
 
 
 def can_create_namespaces() -> str | None:
