@@ -27,6 +27,14 @@ from contextlib import asynccontextmanager
 RATE_WINDOW_S = 5.0  # admissions counted over this long for the Retry-After estimate
 
 
+def release(counter: Counter[str], keys: Iterable[str]) -> None:
+    """Count `keys` down; a key at 0 is dropped, so the counter holds live entries only."""
+    for key in keys:
+        counter[key] -= 1
+        if counter[key] <= 0:
+            del counter[key]
+
+
 class SessionError(Exception):
     """A WHIP/WHEP request that cannot be served; `status` is the HTTP status,
     `retry_after` (seconds) when the client should come back later."""
@@ -144,10 +152,7 @@ class JoinQueue:
             self._leave(fut)  # the client went away while waiting
             raise
         finally:
-            self.connecting.subtract(keys)
-            for key in keys:
-                if self.connecting[key] <= 0:
-                    del self.connecting[key]
+            release(self.connecting, keys)
         if not fut.done():
             self._leave(fut)
             raise self._refuse(self._clock(), f"no slot within {max_wait_s:g} s")

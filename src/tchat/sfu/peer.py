@@ -83,13 +83,7 @@ class Peer:
     resumes: Peer | None = None  # publisher: the lost one whose stream this one continues
 
     def connecting_keys(self) -> list[str]:
-        """The admission counters a connecting session holds: its identity, its address."""
-        keys = []
-        if self.owner:
-            keys.append("id:" + self.owner)
-        if self.source:
-            keys.append("ip:" + self.source)
-        return keys
+        return connecting_keys(self.owner, self.source)
 
     # -- ICE: where media goes ------------------------------------------------------------
     def select(self, addr: Addr, sendto: SendTo) -> None:
@@ -269,6 +263,17 @@ class Room:
         if self.lost is not None:
             return self.lost.media  # viewers may join a room that waits for its publisher
         return self.source_media
+
+
+def connecting_keys(owner: str, source: str) -> list[str]:
+    """The admission counters a connecting session (or one waiting to connect) holds:
+    its token identity, its client address."""
+    keys = []
+    if owner:
+        keys.append("id:" + owner)
+    if source:
+        keys.append("ip:" + source)
+    return keys
 
 
 def track_for(m: sdp.Media, request_keyframe: Callable[[int], None]) -> Track:

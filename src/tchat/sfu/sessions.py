@@ -20,7 +20,7 @@ from aiortc.rtcdtlstransport import RTCCertificate
 
 from tchat.rooms import ROOM_RULE, valid_room
 from tchat.sfu import figures, rtcp, sdp, sdpfrag, twcc
-from tchat.sfu.admission import SessionError
+from tchat.sfu.admission import SessionError, release
 from tchat.sfu.allocator import StreamAllocator, abr_config
 from tchat.sfu.dtls import DtlsEndpoint, fingerprint, make_context
 from tchat.sfu.forwarder import HIGH, NackStats
@@ -155,10 +155,7 @@ class SfuSessions:
     def _handshake_over(self, peer: Peer) -> None:
         if peer in self.handshaking:
             self.handshaking.discard(peer)
-            for key in peer.connecting_keys():
-                self.connecting[key] -= 1
-                if self.connecting[key] <= 0:
-                    del self.connecting[key]  # the counter holds connecting sessions only
+            release(self.connecting, peer.connecting_keys())
 
     def _check_capacity(
         self, role: Role, owner: str = "", source: str = "", load: bool = True

@@ -21,7 +21,7 @@ from tchat.aio import cancel_and_wait
 from tchat.sfu.admission import JoinQueue, SessionError
 from tchat.sfu.core import PACE_S, TICK_S, SfuCore
 from tchat.sfu.ice import Addr
-from tchat.sfu.peer import Peer, Role, Room, track_for
+from tchat.sfu.peer import Peer, Role, Room, connecting_keys, track_for
 from tchat.sfu.settings import SfuSettings
 from tchat.sfu.tcp import TcpLink
 
@@ -100,8 +100,7 @@ class SfuWorker(SfuCore, asyncio.DatagramProtocol):
         live = self.rooms.get(room)
         if live is None or live.media() is None:
             return self.add_viewer(room, offer, max_layer, owner, source)  # 400/404 at once
-        keys = [k for k, v in (("id:" + owner, owner), ("ip:" + source, source)) if v]
-        async with self.joins.turn(keys, max_wait_s):
+        async with self.joins.turn(connecting_keys(owner, source), max_wait_s):
             return self.add_viewer(room, offer, max_layer, owner, source, load=False)
 
     def _handshake_over(self, peer: Peer) -> None:

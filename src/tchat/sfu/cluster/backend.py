@@ -37,6 +37,7 @@ from tchat.sfu.worker import Role, SessionError
 log = logging.getLogger("tchat.sfu.cluster")
 
 PENDING_S = 10.0  # forget placements after this even if no heartbeat came
+CONTROL_TIMEOUT_S = 10.0  # an instance's control call (/view: plus its join wait)
 
 
 class Cluster:
@@ -55,7 +56,7 @@ class Cluster:
             # resolved paths: a relative TCHAT_DATA_DIR means the server's, not the child's
             env={"TCHAT_DATA_DIR": str(settings.data_dir), "FFMPEG": settings.ffmpeg},
         )
-        self.client = httpx.AsyncClient(timeout=10.0, auth=ControlAuth(self.key))
+        self.client = httpx.AsyncClient(timeout=CONTROL_TIMEOUT_S, auth=ControlAuth(self.key))
         self.join_wait = settings.sfu_join_wait
         self._placed: list[tuple[float, str]] = []
 
@@ -92,7 +93,7 @@ class Cluster:
         inst: InstanceRecord,
         path: str,
         body: dict[str, Any] | None = None,
-        limit_s: float = 10.0,  # the request's HTTP timeout
+        limit_s: float = CONTROL_TIMEOUT_S,  # the request's HTTP timeout
     ) -> tuple[int, dict[str, Any]]:
         try:
             resp = await self.client.request(
@@ -117,7 +118,7 @@ class Cluster:
         inst: InstanceRecord,
         path: str,
         body: dict[str, Any] | None = None,
-        limit_s: float = 10.0,
+        limit_s: float = CONTROL_TIMEOUT_S,
     ) -> dict[str, Any]:
         """`call`, with an instance's refusal raised as SessionError (its status)."""
         status, data = await self.call(method, inst, path, body, limit_s)
@@ -190,7 +191,7 @@ class Cluster:
             wait = self.join_wait / len(insts)
             try:
                 data = await self._ok(
-                    "POST", target, "/view", {**request, "max_wait": wait}, 10.0 + wait
+                    "POST", target, "/view", {**request, "max_wait": wait}, CONTROL_TIMEOUT_S + wait
                 )
             except SessionError as exc:
                 left.remove(target)

@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 
 from tchat.config import Settings
 from tchat.rooms import ROOM_PATTERN
+from tchat.sfu.admission import release
 from tchat.sfu.cluster.control import ControlAuth, ControlVerifier, SignedOnly, control_key
 from tchat.sfu.cluster.relay import Relay
 from tchat.sfu.cluster.wire import media_from_json
@@ -169,9 +170,7 @@ class Control:
                 self.relay.edge.end(body.room, "no viewer")
             return _error(exc)
         finally:
-            self.viewing[body.room] -= 1
-            if self.viewing[body.room] <= 0:
-                del self.viewing[body.room]
+            release(self.viewing, [body.room])
         return {"peer": peer.id, "answer": answer}
 
     async def relay_to(self, body: RelayBody) -> Any:
