@@ -6,7 +6,7 @@ TCHAT := $(VENV)/bin/tchat
 PERF_PROFILE ?= ci
 export PERF_PROFILE
 
-.PHONY: help setup system venv web-deps run test test-web test-unit test-integration lint perf-ci \
+.PHONY: help setup system venv web-deps native run test test-web test-unit test-integration lint perf-ci \
         test-all test-chat test-load test-latency test-recording test-abuse report \
         services-up services-down services-status down clean
 
@@ -16,6 +16,7 @@ help:
 	@echo "make test-all       every performance suite (PERF_PROFILE=full for the guide's sizes)"
 	@echo "make test-chat|test-load|test-latency|test-recording|test-abuse   one suite"
 	@echo "make test-web       the pages in headless Chromium (screenshots, web.json)"
+	@echo "make native         build the SFU's native fan-out (needs cargo; optional)"
 	@echo "make report         render reports/latest/index.html"
 	@echo "make services-up|services-down|services-status   Cassandra, Redis, SeaweedFS"
 
@@ -33,11 +34,15 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-run: venv web-deps
+run: venv web-deps native
 	@echo "Go live: open the studio URL below (publisher token for room 'demo' in it);"
 	@echo "OBS/WHIP: Authorization: Bearer <the token on the second line>"
 	@$(TCHAT) token --room demo --role publisher --identity studio --url
 	@SFU_TCP_PORT=$${SFU_TCP_PORT:-8189} $(TCHAT) serve  # ICE over TCP for UDP-blocked viewers
+
+# the SFU's native fan-out (native/: Rust, by maturin); skipped with a note where no cargo
+native: venv
+	@bash scripts/build-native.sh
 
 # hls.js for the pages, pinned, from npm (scripts/web-deps.sh)
 web-deps:
@@ -61,13 +66,13 @@ test-web: venv web-deps
 	$(PY) -m pytest tests/integration/test_web_pages.py tests/integration/test_whip_obs.py \
 	  tests/integration/test_sfu_recording.py -q
 
-test-unit: venv
+test-unit: venv native
 	$(PY) -m pytest tests/unit -q
 
-test-integration: services-up web-deps
+test-integration: services-up web-deps native
 	$(PY) -m pytest tests/integration -q
 
-test: setup web-deps lint services-up
+test: setup web-deps native lint services-up
 	$(PY) -m pytest tests/unit tests/integration -q
 	@rc=0; $(MAKE) --no-print-directory perf-ci || rc=$$?; \
 	  $(MAKE) --no-print-directory report; exit $$rc
@@ -76,17 +81,17 @@ test: setup web-deps lint services-up
 perf-ci:
 	@bash scripts/perf-suite.sh --ci-available
 
-test-all: services-up
+test-all: services-up native
 	@rc=0; for s in chat load latency recording abuse; do bash scripts/perf-suite.sh $$s || rc=1; done; \
 	  $(MAKE) --no-print-directory report; exit $$rc
 
 test-chat: services-up
 	@bash scripts/perf-suite.sh chat
 
-test-load: venv
+test-load: venv native
 	@bash scripts/perf-suite.sh load
 
-test-latency: venv
+test-latency: venv native
 	@bash scripts/perf-suite.sh latency
 
 test-recording: services-up

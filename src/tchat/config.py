@@ -380,6 +380,13 @@ class Settings(BaseSettings):
         alias="SFU_RECORD",
         description="Record every WHIP publish to HLS (H.264 video copied, Opus → AAC).",
     )
+    sfu_fastpath: Literal["auto", "native", "python"] = Field(
+        "auto",
+        alias="SFU_FASTPATH",
+        description="The per-packet fan-out: native (the tchat_fastpath extension, `make "
+        "native`: rewrite, libsrtp and one sendmmsg per packet for all viewers), python (the "
+        "reference), or auto (native when built; start-up logs which runs).",
+    )
     sfu_abr: bool = Field(
         True,
         alias="SFU_ABR",

@@ -35,6 +35,7 @@ from .sfu_helpers import (
     auth,
     eventually,
     join_viewer,
+    require_native,
     wait_for,
 )
 
@@ -58,11 +59,14 @@ async def _aiortc_publish(client: httpx.AsyncClient, room: str, codec: str) -> R
     return pc
 
 
+@pytest.mark.parametrize("fanout", ["native", "python"])
 @pytest.mark.parametrize("codec", ["H264", "VP8"])
 async def test_aiortc_publisher_to_aiortc_viewers_decodes_frames(
-    server_factory, codec: str
+    server_factory, codec: str, fanout: str
 ) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory()
+    if fanout == "native":
+        require_native()
+    server = server_factory(SFU_FASTPATH=fanout)
     room = f"aiortc-{codec.lower()}"
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         pub = await _aiortc_publish(client, room, codec)
@@ -102,6 +106,9 @@ async def test_aiortc_publisher_to_aiortc_viewers_decodes_frames(
         await wait_for(lambda: all(frames.get(k, 0) >= 20 for k in want), what="decoded frames")
         stats = (await client.get("/sfu/stats")).json()
         assert stats["viewers_connected"] == 2 and stats["delivered_packets"] > 0
+        assert stats["fanout"]["path"] == fanout, stats["fanout"]
+        if fanout == "native":  # sent by sendmmsg, none refused
+            assert stats["fanout"]["datagrams"] > 0 and stats["fanout"]["send_errors"] == 0
 
         # the SFU's receiver reports reach the publisher (it derives RTT from them)
         async def remote_inbound() -> set[str]:

@@ -19,6 +19,7 @@ from tchat.sfu.core import TICK_S, SfuCore
 from tchat.sfu.dtls import DtlsEndpoint, DtlsState
 from tchat.sfu.peer import Peer
 from tchat.sfu.settings import SfuSettings
+from tests.native import require_native
 from tests.unit.fakes import Clock
 
 Addr = tuple[str, int]
@@ -120,11 +121,16 @@ def run_timer(core: SfuCore, clock: Clock, seconds: float) -> None:
         core.handle_timer(clock.t)
 
 
-def test_publisher_and_two_viewers_through_the_core_alone(identity: Identity) -> None:
+@pytest.mark.parametrize("fanout", ["native", "python"])
+def test_publisher_and_two_viewers_through_the_core_alone(identity: Identity, fanout: str) -> None:
+    if fanout == "native":
+        require_native()
     clock, wire = Clock(), Wire()
     # no grace for a lost publisher here (test_sfu_publisher_grace.py has it): the consent
     # timeout at the end ends every session and the room at once
-    settings = SfuSettings(consent_timeout_s=CONSENT_S, idle_timeout_s=1000.0, publisher_grace_s=0)
+    settings = SfuSettings(
+        consent_timeout_s=CONSENT_S, idle_timeout_s=1000.0, publisher_grace_s=0, fastpath=fanout
+    )
     core = SfuCore(settings, wire, clock)
     core.start_timer(clock.t)
     live: list[tuple[str, bool]] = []

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from tchat.perf.webrtc_peer import ClientPeer, Identity
-from tchat.sfu.dtls import PROFILES, _session
+from tchat.sfu.dtls import PROFILES, srtp_session
 from tchat.sfu.forwarder import DownTrack, Track, TwccSender
 from tchat.sfu.rtp import RTP_LIMIT
 from tchat.sfu.settings import SfuSettings
@@ -20,8 +20,8 @@ def _pair(profile_index: int, receivers: int = 1) -> tuple[object, ...]:
     """An outbound SRTP session and `receivers` inbound ones sharing its key."""
     profile = PROFILES[profile_index]
     key = secrets.token_bytes(profile.key_length + profile.salt_length)
-    rxs = [_session(key, profile, inbound=True) for _ in range(receivers)]
-    return _session(key, profile, inbound=False), *rxs
+    rxs = [srtp_session(key, profile, inbound=True) for _ in range(receivers)]
+    return srtp_session(key, profile, inbound=False), *rxs
 
 
 def _rtp(size: int, seq: int, payload_head: bytes = b"\x65") -> bytes:

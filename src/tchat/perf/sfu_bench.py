@@ -6,6 +6,8 @@ loopback `sendto` per packet (to a socket nobody reads; the kernel drops them).
 µs of CPU per delivered packet, split into protect, sendto and the rest (rewrite);
 `--twcc` stamps transport-wide sequence numbers and playout delay, as for adaptive
 viewers.
+`--fastpath native|python|both` (default `SFU_FASTPATH`, else auto) picks the fan-out
+(sfu/fastpath.py); `both` measures the two side by side in one run.
 `--relay` prints the cluster relay's CPU per relayed packet instead (`relay_cost`);
 `--path` the whole datagram path through `SfuCore.receive_datagram` (SRTP unprotect,
 demux, forward; sessions connected in memory: `path_cost`).
@@ -20,31 +22,38 @@ import pstats
 import socket
 import struct
 import time
+from typing import Any
 
 from aioice import stun
-from pylibsrtp import Policy, Session
 
 from tchat.perf.webrtc_peer import ClientPeer, Identity, rtp_header
+from tchat.sfu import fastpath
 from tchat.sfu.core import SfuCore
-from tchat.sfu.dtls import DtlsEndpoint, DtlsState
-from tchat.sfu.forwarder import DownTrack, Track, TwccSender
+from tchat.sfu.dtls import PROFILES, DtlsEndpoint, DtlsState, NativeTx, outbound
+from tchat.sfu.forwarder import DownTrack, Track
 from tchat.sfu.ice import Addr
 from tchat.sfu.peer import Peer
 from tchat.sfu.settings import SfuSettings
 from tchat.sfu.tcp import wire_addr
 
 
-def _session() -> Session:
-    policy = Policy(
-        key=os.urandom(28),
-        ssrc_type=Policy.SSRC_ANY_OUTBOUND,
-        srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
-    )
-    policy.allow_repeat_tx = True
-    return Session(policy)
+def _downtrack(path: fastpath.FastPath, n: int, send: Any, fd: int, addr: Addr) -> DownTrack:
+    """Viewer n's downtrack with its own AES-128-GCM key, on `path`'s fan-out."""
+    tx = outbound(os.urandom(28), PROFILES[0], path.module)
+    if not isinstance(tx, NativeTx):
+        return DownTrack(1000 + n, 96, 90000, tx.protect, send)
+    dt = fastpath.NativeDownTrack(tx.module, tx.rtp, 1000 + n, 96, 90000, send)
+    dt.route(fd, addr, send)
+    return dt
 
 
-def run(viewers: int, packets: int, profile: bool, twcc: bool = False) -> dict[str, float]:
+def run(
+    viewers: int,
+    packets: int,
+    profile: bool,
+    twcc: bool = False,
+    path: fastpath.FastPath | None = None,
+) -> dict[str, float]:
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -57,14 +66,15 @@ def run(viewers: int, packets: int, profile: bool, twcc: bool = False) -> dict[s
         except BlockingIOError:
             pass
 
+    path = path or fastpath.choose("python")
     track = Track("video", "video/H264", 90000)
     payload = bytes([0x65]) + os.urandom(1100)
     first = struct.pack("!BBHII", 0x80, 102, 0, 0, 42) + payload
     track.forward(first, 0.0)
-    for _ in range(viewers):
-        dt = DownTrack(1000 + _, 96, 90000, _session().protect, send)
+    for n in range(viewers):
+        dt = _downtrack(path, n, send, out.fileno(), addr)
         if twcc:
-            dt.enable_twcc(TwccSender(), 5)
+            dt.enable_twcc(dt.new_twcc(), 5)
             dt.set_playout_delay(6, 0, 200)
         track.add(dt, 0.0)
     pkts = [struct.pack("!BBHII", 0x80, 102, i, i * 3000, 42) + payload for i in range(1, packets)]
@@ -79,7 +89,7 @@ def run(viewers: int, packets: int, profile: bool, twcc: bool = False) -> dict[s
     cpu = time.process_time() - t0
     delivered = viewers * len(pkts)
     # the two big parts in isolation, same sizes
-    s = _session()
+    s = outbound(os.urandom(28), PROFILES[0], path.module)
     t0 = time.process_time()
     for i in range(20000):
         s.protect(struct.pack("!BBHII", 0x80, 96, i, 0, 7) + payload)
@@ -94,11 +104,14 @@ def run(viewers: int, packets: int, profile: bool, twcc: bool = False) -> dict[s
     sink.close()
     out.close()
     total = 1e6 * cpu / delivered
+    fan = track.fanout
     return {
+        "native": float(path.native),
         "us_per_packet": total,
         "protect_us": protect_us,
         "sendto_us": send_us,
         "rewrite_and_loop_us": total - protect_us - send_us,
+        "syscalls_per_packet": fan.syscalls / len(pkts) if fan is not None else float(viewers),
     }
 
 
@@ -141,18 +154,19 @@ def handshake(
     return dtls
 
 
-def path_cost(viewers: int, packets: int) -> dict[str, float]:
+def path_cost(viewers: int, packets: int, mode: str = "python") -> dict[str, float]:
     """CPU per delivered packet of the whole datagram path, `SfuCore.receive_datagram`:
     SRTP unprotect, demux, `Track.forward` to `viewers` (rewrite, protect) and a loopback
     sendto each. No event loop: sessions are connected in memory (`handshake`), the
-    clock is faked, the sends go to a socket nobody reads."""
+    clock is faked; each viewer is a loopback socket nobody reads (`mode`: the fan-out,
+    whose native path sends by the core's socket as a worker's does)."""
     clock = [100.0]
     outbox: list[tuple[bytes, Addr]] = []
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind(("127.0.0.1", 0))
+    sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(viewers)]
+    for sink in sinks:
+        sink.bind(("127.0.0.1", 0))
     out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     out.setblocking(False)
-    target = sink.getsockname()
     capture = [True]
 
     def send(data: bytes, addr: Addr) -> None:
@@ -160,12 +174,20 @@ def path_cost(viewers: int, packets: int) -> dict[str, float]:
             outbox.append((data, addr))
             return
         try:
-            out.sendto(data, target)
+            out.sendto(data, addr)
         except BlockingIOError:
             pass
 
-    settings = SfuSettings(idle_timeout_s=1e9, consent_timeout_s=1e9, max_peers=viewers + 10)
+    settings = SfuSettings(
+        idle_timeout_s=1e9,
+        consent_timeout_s=1e9,
+        max_peers=viewers + 10,
+        publisher_reserve=0,
+        max_load=1e9,
+        fastpath=mode,
+    )
     core = SfuCore(settings, send, lambda: clock[0])
+    core.udp_fd = out.fileno()
     identity = Identity.create()
     client = ClientPeer(identity)
     pub, _ = core.add_publisher("bench", client.offer(rids=["h", "m", "l"], publish=True))
@@ -173,7 +195,7 @@ def path_cost(viewers: int, packets: int) -> dict[str, float]:
     for i in range(viewers):
         client = ClientPeer(identity)
         peer, _ = core.add_viewer("bench", client.offer())
-        handshake(core, outbox, peer, client, (f"10.1.{i // 250}.{i % 250 + 1}", 6000))
+        handshake(core, outbox, peer, client, sinks[i].getsockname())
     assert srtp is not None
     body = bytes(1100)
     first = srtp.tx.protect(rtp_header(102, 1, 3000, 33, True, "h") + b"\x65" + body)
@@ -190,10 +212,14 @@ def path_cost(viewers: int, packets: int) -> dict[str, float]:
         clock[0] += 0.001
         core.receive_datagram(data, publisher, clock[0])
     cpu = time.process_time() - t0
-    sink.close()
-    out.close()
+    for sink in [*sinks, out]:
+        sink.close()
     delivered = core.delivered - before
-    return {"path_us_per_packet": 1e6 * cpu / delivered, "delivered": float(delivered)}
+    return {
+        "native": float(core.fastpath.native),
+        "path_us_per_packet": 1e6 * cpu / delivered,
+        "delivered": float(delivered),
+    }
 
 
 def relay_cost(packets: int = 20000) -> dict[str, float]:
@@ -262,13 +288,25 @@ def main() -> None:
     parser.add_argument(
         "--path", action="store_true", help="the whole datagram path (SfuCore) instead"
     )
+    parser.add_argument(
+        "--fastpath",
+        choices=[*fastpath.MODES, "both"],
+        default=os.environ.get("SFU_FASTPATH", "auto"),
+        help="the fan-out: native, python, auto (native when built), both (side by side)",
+    )
     args = parser.parse_args()
     if args.relay:
-        figures = relay_cost(args.packets)
-    elif args.path:
-        figures = path_cost(args.viewers, args.packets)
-    else:
-        figures = run(args.viewers, args.packets, args.profile, args.twcc)
+        _print(relay_cost(args.packets))
+        return
+    for mode in ("python", "native") if args.fastpath == "both" else (args.fastpath,):
+        print(f"fan-out: {fastpath.choose(mode).describe()}")
+        if args.path:
+            _print(path_cost(args.viewers, args.packets, mode))
+        else:
+            _print(run(args.viewers, args.packets, args.profile, args.twcc, fastpath.choose(mode)))
+
+
+def _print(figures: dict[str, float]) -> None:
     for k, v in figures.items():
         print(f"{k:22s} {v:6.2f}")
 

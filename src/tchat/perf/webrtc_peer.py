@@ -376,7 +376,9 @@ class ClientPeer(asyncio.DatagramProtocol):
             if self._dtls_ok is not None and not self._dtls_ok.done():
                 if self.dtls.state == DtlsState.CONNECTED:
                     assert self.dtls.srtp is not None
-                    self.tx, self.rx = self.dtls.srtp.tx, self.dtls.srtp.rx
+                    tx = self.dtls.srtp.tx
+                    assert isinstance(tx, pylibsrtp.Session)  # a client's: never native
+                    self.tx, self.rx = tx, self.dtls.srtp.rx
                     self._dtls_ok.set_result(None)
                 elif self.dtls.state == DtlsState.FAILED:
                     self._dtls_ok.set_exception(ConnectionError(self.dtls.error))

@@ -71,7 +71,10 @@ class StreamAllocator:
         ones (a TWCC sequence across them, the video's starting layer and playout delay)."""
         if not any(m.twcc_ext for m in peer.media):
             return
-        state = Adaptive(ViewerAbr(self.config, min(1, peer.max_layer), now), TwccSender())
+        pairs = list(pairs)
+        first = next((dt for m, _, dt in pairs if m.twcc_ext), None)
+        tw = first.new_twcc() if first is not None else TwccSender()  # native or not
+        state = Adaptive(ViewerAbr(self.config, min(1, peer.max_layer), now), tw)
         state.tick = now
         self.viewers[peer] = state
         wired: list[DownTrack] = []

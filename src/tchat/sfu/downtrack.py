@@ -77,6 +77,9 @@ class TwccSender:
         self.seq = 0
         self.sent: list[tuple[int, float, int] | None] = [None] * TWCC_RING
 
+    def note(self, seq: int, now: float, size: int) -> None:
+        self.sent[seq & (TWCC_RING - 1)] = (seq, now, size)
+
     def lookup(self, seq: int) -> tuple[float, int] | None:
         """(send time, size) of transport-wide sequence number `seq`, if still known."""
         entry = self.sent[seq & (TWCC_RING - 1)]
@@ -177,6 +180,16 @@ class DownTrack:
         self.answered: list[tuple[int, float] | None] | None = None
         self.nack_stats = NackStats()
 
+    def new_twcc(self) -> TwccSender:
+        """A transport-wide sequence for this viewer's tracks (native ones keep theirs in
+        a native ring the fan-out writes)."""
+        return TwccSender()
+
+    def route(self, fd: int, addr: tuple[str, int] | None, send: Send) -> None:
+        """Where this viewer's packets go: `send` (the native path sends by `fd` to `addr`
+        instead when both are given, a UDP socket and address)."""
+        self.send = send
+
     def enable_twcc(self, tw: TwccSender, twcc_id: int) -> None:
         """Stamp transport-wide sequence numbers from now on (playout delay once set)."""
         self.tw = tw
@@ -215,7 +228,7 @@ class DownTrack:
         words, idb = self.ext_head
         pkt = _PACK_TW(0x90, marker_pt, seq, ts, ssrc, 0xBEDE, words, idb, s)
         pkt += self.ext_tail + payload
-        tw.sent[s & (TWCC_RING - 1)] = (s, now, len(pkt))
+        tw.note(s, now, len(pkt))
         return pkt
 
     def pad(self, nbytes: int, now: float) -> int:

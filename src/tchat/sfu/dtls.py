@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from types import ModuleType
 
 from aiortc.rtcdtlstransport import (
     SRTP_AEAD_AES_128_GCM,
@@ -44,7 +45,7 @@ class DtlsState(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class SrtpSessions:
     rx: Session  # unprotects what the peer sends
-    tx: Session  # protects what we send
+    tx: Session | NativeTx  # protects what we send
     profile: str
 
 
@@ -83,9 +84,14 @@ def split_records(data: bytes, mtu: int = MTU) -> list[bytes]:
 
 class DtlsEndpoint:
     def __init__(
-        self, ctx: SSL.Context, server: bool, remote_fingerprints: list[tuple[str, str]]
+        self,
+        ctx: SSL.Context,
+        server: bool,
+        remote_fingerprints: list[tuple[str, str]],
+        native: ModuleType | None = None,
     ) -> None:
         self._ssl = SSL.Connection(ctx, None)
+        self._native = native  # SRTP by tchat_fastpath's libsrtp sessions (sfu/fastpath.py)
         if server:
             self._ssl.set_accept_state()
         else:
@@ -157,8 +163,8 @@ class DtlsEndpoint:
         # key/salt 0 belong to the client, 1 to the server (RFC 5764 §4.2)
         tx_idx, rx_idx = (1, 0) if self._server else (0, 1)
         self.srtp = SrtpSessions(
-            rx=_session(profile.get_key_and_salt(material, rx_idx), profile, inbound=True),
-            tx=_session(profile.get_key_and_salt(material, tx_idx), profile, inbound=False),
+            rx=srtp_session(profile.get_key_and_salt(material, rx_idx), profile, True),
+            tx=outbound(profile.get_key_and_salt(material, tx_idx), profile, self._native),
             profile=selected.decode(),
         )
         self.state = DtlsState.CONNECTED
@@ -213,7 +219,29 @@ class _Session(Session):
         self._buffer = ffi.buffer(self._cdata)
 
 
-def _session(key: bytes, profile: SRTPProtectionProfile, inbound: bool) -> Session:
+class NativeTx:
+    """Outbound SRTP whose RTP protection is tchat_fastpath's `SrtpSender` (RustCrypto
+    ciphers, byte for byte libsrtp's output: tests/integration/test_fastpath_diff.py),
+    the one the native fan-out protects with, so each stream keeps one rollover counter;
+    SRTCP stays with libsrtp (a few packets a second)."""
+
+    __slots__ = ("module", "protect", "protect_rtcp", "rtp")
+
+    def __init__(self, module: ModuleType, key: bytes, profile: SRTPProtectionProfile) -> None:
+        self.module = module
+        self.rtp = module.SrtpSender(key, profile.libsrtp_profile)
+        self.protect = self.rtp.protect
+        self.protect_rtcp = srtp_session(key, profile, False).protect_rtcp
+
+
+def outbound(
+    key: bytes, profile: SRTPProtectionProfile, native: ModuleType | None = None
+) -> Session | NativeTx:
+    """What protects what we send: native when the fan-out is (sfu/fastpath.py)."""
+    return srtp_session(key, profile, False) if native is None else NativeTx(native, key, profile)
+
+
+def srtp_session(key: bytes, profile: SRTPProtectionProfile, inbound: bool) -> Session:
     policy = Policy(
         key=key,
         ssrc_type=Policy.SSRC_ANY_INBOUND if inbound else Policy.SSRC_ANY_OUTBOUND,

@@ -66,4 +66,20 @@ def session_stats(s: SfuSessions) -> dict[str, object]:
         + sum(d.rtx_octets for p in peers for _, d in p.downtracks.values()),
         "ice_restarts": s.ice_restarts,
         "drops": dict(s.drops),
+        "fanout": fanout_stats(s),
+    }
+
+
+def fanout_stats(s: SfuSessions) -> dict[str, object]:
+    """Which per-packet path runs (sfu/fastpath.py) and, native, what its sendmmsg calls
+    did for the current rooms' tracks (a refused datagram is dropped and counted)."""
+    fans = [
+        t.fanout for room in s.rooms.values() for t in room.tracks.values() if t.fanout is not None
+    ]
+    return {
+        "path": "native" if s.fastpath.native else "python",
+        "why": s.fastpath.why,
+        "sendmmsg_calls": sum(f.syscalls for f in fans),
+        "datagrams": sum(f.datagrams for f in fans),
+        "send_errors": sum(f.send_errors for f in fans),
     }

@@ -32,6 +32,7 @@ passed in, so unit tests drive it with plain lists and numbers.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from tchat.sfu.downtrack import (
     _PACK,
@@ -47,7 +48,9 @@ from tchat.sfu.downtrack import (
     Send,
     TwccSender,
 )
+from tchat.sfu.fastpath import NativeDownTrack, forward_native
 from tchat.sfu.layer import CACHE_SIZE, Layer, PacketCache
+from tchat.sfu.retransmit import resend
 from tchat.sfu.rtp import HEADER, header_extension, keyframe_detector, payload_bounds
 
 __all__ = [
@@ -69,7 +72,6 @@ __all__ = [
 ]
 PLI_INTERVAL_S = 0.5  # at most one keyframe request per layer this often
 LAYER_STALE_S = 1.5  # a layer silent this long is not offered to viewers
-RTX_OSN = 2  # an RTX payload starts with the original sequence number (RFC 4588)
 
 
 class Track:
@@ -92,7 +94,9 @@ class Track:
         self.is_keyframe_start = keyframe_detector(mime)
         self.layers: list[Layer | None] = [None] * max(1, len(self.rids))
         self.by_ssrc: dict[int, Layer] = {}
-        self.downtracks: list[DownTrack] = []
+        self.downtracks: list[DownTrack] = []  # every viewer's: the policy's list
+        self._python: list[DownTrack] = []  # those this loop sends to
+        self.fanout: Any = None  # the native fan-out of the others (sfu/fastpath.py)
         self.request_keyframe = request_keyframe or (lambda ssrc: None)
         self._pli_at: dict[int, float] = {}
         self.dropped = 0  # packets of unknown layers, malformed, or padding-only
@@ -128,7 +132,9 @@ class Track:
             relay(index, data)
         keyframe = -1
         sent = 0
-        for dt in self.downtracks:
+        if self.fanout is not None:
+            sent = forward_native(self, layer, marker, seq, ts, payload, now)
+        for dt in self._python:
             if dt.current != index:
                 if dt.target != index:
                     continue
@@ -233,58 +239,8 @@ class Track:
         budget: RetransmitBudget | None = None,
         limit: int = NACK_MAX,
     ) -> int:
-        """Resend what a viewer reports lost, from the cache of the layer each packet came
-        from: as RTX (original sequence number first) when negotiated. At most `limit`
-        packets, within `budget`, each sequence number at most once per round trip.
-        Returns packets resent; `dt.nack_stats` says what became of each number."""
-        stats = dt.nack_stats
-        stats.requested += len(lost)
-        sent = 0
-        rtx = dt.rtx_ssrc
-        header = dt.header_size() + (RTX_OSN if rtx else 0)
-        for i, out_seq in enumerate(lost):
-            if sent >= limit:
-                stats.over_limit += len(lost) - i
-                break
-            out_seq &= 0xFFFF
-            seg = dt.segment_of(out_seq)
-            if seg is None:
-                stats.not_cached += 1
-                continue
-            layer = seg[1]
-            if layer is None:
-                # our padding (no RTX): a one-byte padding packet fills the viewer's gap,
-                # else its frame continuity waits for it until the next keyframe
-                ts, marker, payload = seg[3], 0, b""
-            else:
-                entry = layer.cache.get((out_seq - seg[2]) & 0xFFFF)
-                if entry is None:
-                    stats.not_cached += 1
-                    continue
-                _, ts, marker, payload = entry
-                ts = (ts + seg[3]) & 0xFFFFFFFF
-            if dt.resent_recently(out_seq, now):
-                stats.repeated += 1
-                continue
-            if budget is not None and not budget.allow(header + len(payload) + 1, now):
-                stats.over_budget += len(lost) - i
-                break
-            dt.mark_resent(out_seq, now)
-            if rtx:
-                seq = dt.rtx_seq
-                dt.rtx_seq = (seq + 1) & 0xFFFF
-                body = out_seq.to_bytes(2, "big") + payload
-                pkt = dt.packet(marker | dt.rtx_pt, seq, ts, body, now, rtx)
-            elif payload:
-                pkt = dt.packet(marker | dt.pt, out_seq, ts, payload, now)
-            else:
-                pkt = dt.packet(dt.pt, out_seq, ts, b"\x01", now)
-                pkt = bytes([pkt[0] | 0x20]) + pkt[1:]
-            dt.send(dt.protect(pkt))
-            dt.rtx_octets += len(pkt)
-            sent += 1
-        stats.answered += sent
-        return sent
+        """Resend what a viewer reports lost (`retransmit.resend`); packets resent."""
+        return resend(dt, lost, now, budget, limit)
 
     def pad(self, dt: DownTrack, nbytes: int, now: float) -> int:
         """Probe padding for one viewer; on the media stream only at a frame boundary
@@ -319,11 +275,21 @@ class Track:
     # -- per second / membership ---------------------------------------------------
     def add(self, dt: DownTrack, now: float) -> None:
         self.downtracks.append(dt)
+        if isinstance(dt, NativeDownTrack):
+            if self.fanout is None:
+                self.fanout = dt.module.Fanout()
+            self.fanout.add(dt.slot)
+        else:
+            self._python.append(dt)
         self._retarget(dt, now)
 
     def remove(self, dt: DownTrack) -> None:
         if dt in self.downtracks:
             self.downtracks.remove(dt)
+        if isinstance(dt, NativeDownTrack):
+            self.fanout.remove(dt.slot)
+        elif dt in self._python:
+            self._python.remove(dt)
 
     def switch_at_keyframe(self, dt: DownTrack, layer: int, now: float) -> None:
         """Forward nothing more to `dt` until `layer`'s next keyframe, then go on from it

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from tchat.sfu import rtcp, sdp, twcc
-from tchat.sfu.dtls import DtlsEndpoint, DtlsState, SrtpSessions
+from tchat.sfu.dtls import DtlsEndpoint, DtlsState, NativeTx, SrtpSessions
+from tchat.sfu.fastpath import NativeDownTrack
 from tchat.sfu.forwarder import (
     HIGH,
     NACK_MAX,
@@ -25,6 +26,7 @@ from tchat.sfu.forwarder import (
     Track,
 )
 from tchat.sfu.ice import Addr, IceLite
+from tchat.sfu.tcp import is_tcp
 
 Role = Literal["publisher", "viewer"]
 SendTo = Callable[[bytes, Addr], None]
@@ -81,6 +83,7 @@ class Peer:
     nacks: NackStats = field(default_factory=NackStats)
     sent_mark: tuple[float, int] = (0.0, 0)  # (time, bytes sent) at the last second
     resumes: Peer | None = None  # publisher: the lost one whose stream this one continues
+    udp_fd: int = -1  # the SFU's UDP socket, which the native fan-out sends by
 
     def connecting_keys(self) -> list[str]:
         return connecting_keys(self.owner, self.source)
@@ -90,14 +93,21 @@ class Peer:
         self.addr = addr
         self.send = lambda data: sendto(data, addr)
         for _, dt in self.downtracks.values():
-            dt.send = self.send
+            self._route(dt)
 
     def unselect(self) -> None:
         """The selected address is gone (a TCP connection closed): send nothing."""
         self.addr = None
         self.send = _nowhere
         for _, dt in self.downtracks.values():
-            dt.send = _nowhere
+            self._route(dt)
+
+    def _route(self, dt: DownTrack) -> None:
+        """`dt` sends where this peer does; the native fan-out by the UDP socket itself
+        when the address is a UDP one (a TCP link's framing stays in Python)."""
+        addr = self.addr
+        udp = addr is not None and not is_tcp(addr)
+        dt.route(self.udp_fd if udp else -1, addr, self.send)
 
     def follow(self, addr: Addr, sendto: SendTo) -> None:
         """Media goes to the nominated address once it is confirmed; until then it stays
@@ -155,28 +165,32 @@ class Peer:
         """One downtrack per negotiated media the room has, numbered from random points;
         not yet added to its track."""
         assert self.srtp is not None
-        protect = self.srtp.tx.protect
         pairs = []
         for m in self.media:
             track = self.room.tracks.get(m.kind)
             if m.codec is None or track is None:
                 continue
-            dt = DownTrack(
-                ssrc=m.ssrc,
-                pt=m.codec.payload_type,
-                clock_rate=m.codec.clock_rate,
-                protect=protect,
-                send=self.send,
-                max_layer=self.max_layer,
-                first_seq=secrets.randbits(16),
-                first_ts=secrets.randbits(32),
-            )
+            dt = self._new_downtrack(m.ssrc, m.codec.payload_type, m.codec.clock_rate)
             dt.nack_stats = self.nacks  # one tally per viewer
             if m.rtx_pt and m.rtx_ssrc:
                 dt.enable_rtx(m.rtx_ssrc, m.rtx_pt, secrets.randbits(16))
             self.downtracks[m.ssrc] = (track, dt)
             pairs.append((m, track, dt))
         return pairs
+
+    def _new_downtrack(self, ssrc: int, pt: int, clock_rate: int) -> DownTrack:
+        """Native when the SRTP session is (sfu/fastpath.py: the DTLS made it so)."""
+        assert self.srtp is not None
+        tx = self.srtp.tx
+        first = secrets.randbits(16), secrets.randbits(32)
+        if isinstance(tx, NativeTx):
+            dt: DownTrack = NativeDownTrack(
+                tx.module, tx.rtp, ssrc, pt, clock_rate, self.send, self.max_layer, *first
+            )
+        else:
+            dt = DownTrack(ssrc, pt, clock_rate, tx.protect, self.send, self.max_layer, *first)
+        self._route(dt)
+        return dt
 
     def update_resend_budget(self, now: float) -> None:
         """Once a second: the viewer's retransmission budget follows the rate (RTP

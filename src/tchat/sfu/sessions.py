@@ -19,7 +19,7 @@ from typing import Literal, Protocol
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from tchat.rooms import ROOM_RULE, valid_room
-from tchat.sfu import figures, rtcp, sdp, sdpfrag, twcc
+from tchat.sfu import fastpath, figures, rtcp, sdp, sdpfrag, twcc
 from tchat.sfu.admission import SessionError, release
 from tchat.sfu.allocator import StreamAllocator, abr_config
 from tchat.sfu.dtls import DtlsEndpoint, fingerprint, make_context
@@ -54,6 +54,9 @@ class SfuSessions:
     ) -> None:
         self.settings = settings
         self._udp = send
+        # native or Python fan-out (sfu/fastpath.py); the native one sends by udp_fd
+        self.fastpath = fastpath.choose(settings.fastpath)
+        self.udp_fd = -1  # the UDP socket's descriptor once the shell binds one
         # TCP connections (sfu/tcp.py) by their (tagged) address
         self.streams: dict[Addr, Stream] = {}
         self._clock = clock
@@ -140,11 +143,14 @@ class SfuSessions:
             room=room,
             role=role,
             ice=IceLite(ufrag, pwd, neg.remote_ufrag, created_at=now, remote_pwd=neg.remote_pwd),
-            dtls=DtlsEndpoint(self.ctx, server=True, remote_fingerprints=neg.remote_fingerprints),
+            dtls=DtlsEndpoint(
+                self.ctx, True, neg.remote_fingerprints, native=self.fastpath.module
+            ),
             media=neg.media,
             created_at=now,
             owner=owner,
             source=source,
+            udp_fd=self.udp_fd,
         )
         self.peers[peer.id] = peer
         self.by_ufrag[ufrag] = peer

@@ -34,6 +34,7 @@ class SfuSettings:
     join_wait_s: float = _setting("sfu_join_wait")
     publisher_reserve: float = _setting("sfu_publisher_reserve")
     max_load: float = _setting("sfu_max_load")
+    fastpath: str = _setting("sfu_fastpath")
     abr: bool = _setting("sfu_abr")
     abr_up_after_s: float = _setting("sfu_abr_up_after")
     abr_hold_after_down_s: float = _setting("sfu_abr_hold_after_down")

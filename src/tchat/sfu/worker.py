@@ -121,6 +121,7 @@ class SfuWorker(SfuCore, asyncio.DatagramProtocol):
         )
         self.transport = transport
         self.port = transport.get_extra_info("sockname")[1]
+        self.udp_fd = transport.get_extra_info("socket").fileno()
         # a keyframe fanned out to thousands of viewers is one burst: let the kernel
         # queue it rather than drop
         widen_socket_buffers(transport)
@@ -137,10 +138,11 @@ class SfuWorker(SfuCore, asyncio.DatagramProtocol):
             )
             self.tcp_port = self._tcp.sockets[0].getsockname()[1]
         log.info(
-            "sfu listening udp=%s:%d tcp=%s",
+            "sfu listening udp=%s:%d tcp=%s fan-out=%s",
             self.settings.udp_host,
             self.port,
             self.tcp_port or "off",
+            self.fastpath.describe(),
         )
 
     async def stop(self) -> None:

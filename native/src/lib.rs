@@ -1,0 +1,19 @@
+//! tchat's native SFU fast path (docs/sfu.md, "The hot path"): the per-packet fan-out
+//! with SRTP (RustCrypto ciphers) and sendmmsg. Optional: `tchat.sfu.fastpath` falls back to the Python
+//! path, which stays the reference (tests/unit/test_fastpath_diff.py compares the two).
+
+use pyo3::prelude::*;
+
+mod fanout;
+mod net;
+mod srtp;
+
+#[pymodule]
+fn tchat_fastpath(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<srtp::SrtpSender>()?;
+    m.add_class::<fanout::TwccRing>()?;
+    m.add_class::<fanout::Slot>()?;
+    m.add_class::<fanout::Fanout>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
