@@ -384,7 +384,7 @@ class Settings(BaseSettings):
         "auto",
         alias="SFU_FASTPATH",
         description="The per-packet fan-out: native (the tchat_fastpath extension, `make "
-        "native`: rewrite, libsrtp and one sendmmsg per packet for all viewers), python (the "
+        "native`: rewrite, SRTP and one sendmmsg per packet for all viewers), python (the "
         "reference), or auto (native when built; start-up logs which runs).",
     )
     sfu_abr: bool = Field(

@@ -6,6 +6,8 @@ loopback `sendto` per packet (to a socket nobody reads; the kernel drops them).
 µs of CPU per delivered packet, split into protect, sendto and the rest (rewrite);
 `--twcc` stamps transport-wide sequence numbers and playout delay, as for adaptive
 viewers.
+`--nic` sends by a dropping network device (a namespace of its own; root) instead of to a
+loopback socket nobody reads, whose receive path the sender pays too.
 `--fastpath native|python|both` (default `SFU_FASTPATH`, else auto) picks the fan-out
 (sfu/fastpath.py); `both` measures the two side by side in one run.
 `--relay` prints the cluster relay's CPU per relayed packet instead (`relay_cost`);
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import ctypes
 import os
 import pstats
 import socket
 import struct
+import subprocess
 import time
 from typing import Any
 
@@ -53,12 +57,15 @@ def run(
     profile: bool,
     twcc: bool = False,
     path: fastpath.FastPath | None = None,
+    nic: bool = False,
 ) -> dict[str, float]:
+    """µs of CPU per delivered packet of `Track.forward` to `viewers`; `nic`: the
+    datagrams leave by a dummy network device (`dummy_nic`) instead of loopback."""
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     out.setblocking(False)
-    addr = sink.getsockname()
+    addr = (DUMMY_PEER, 9) if nic else sink.getsockname()
 
     def send(data: bytes) -> None:
         try:
@@ -112,7 +119,39 @@ def run(
         "sendto_us": send_us,
         "rewrite_and_loop_us": total - protect_us - send_us,
         "syscalls_per_packet": fan.syscalls / len(pkts) if fan is not None else float(viewers),
+        "send_errors": float(fan.send_errors) if fan is not None else 0.0,
+        "device_took_packets": float(_device_took()) if nic else 0.0,
     }
+
+
+def _device_took() -> int:
+    """Packets the device was handed and dropped (dummy_nic): proof the sends got there."""
+    out = subprocess.run(["ip", "-s", "link", "show", "nic0"], capture_output=True, text=True)
+    lines = out.stdout.splitlines()
+    i = next(n for n, line in enumerate(lines) if line.strip().startswith("TX:"))
+    return int(lines[i + 1].split()[3])  # TX "dropped": a veth whose peer is down
+
+
+DUMMY_PEER = "10.213.0.2"
+
+
+def dummy_nic() -> None:
+    """Move this process into a network namespace of its own with a device that drops
+    what it is given (root): a veth whose peer is down, the peer's MAC address fixed. What
+    is sent to DUMMY_PEER then costs the kernel's whole send path down to the device, as a
+    NIC driver takes it, instead of loopback's send *and* receive (into a socket nobody
+    reads), both charged to the sender. The namespace ends with this process."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) needs root")
+    for cmd in (
+        "ip link set lo up",
+        "ip link add nic0 type veth peer name nic1",
+        "ip addr add 10.213.0.1/16 dev nic0",
+        "ip link set nic0 up",
+        f"ip neigh add {DUMMY_PEER} lladdr 02:00:00:00:00:02 dev nic0 nud permanent",
+    ):
+        subprocess.run(cmd.split(), check=True)
 
 
 def handshake(
@@ -294,7 +333,14 @@ def main() -> None:
         default=os.environ.get("SFU_FASTPATH", "auto"),
         help="the fan-out: native, python, auto (native when built), both (side by side)",
     )
+    parser.add_argument(
+        "--nic",
+        action="store_true",
+        help="send by a network device that drops (a namespace of our own; root), not loopback",
+    )
     args = parser.parse_args()
+    if args.nic:
+        dummy_nic()
     if args.relay:
         _print(relay_cost(args.packets))
         return
@@ -303,7 +349,8 @@ def main() -> None:
         if args.path:
             _print(path_cost(args.viewers, args.packets, mode))
         else:
-            _print(run(args.viewers, args.packets, args.profile, args.twcc, fastpath.choose(mode)))
+            path = fastpath.choose(mode)
+            _print(run(args.viewers, args.packets, args.profile, args.twcc, path, args.nic))
 
 
 def _print(figures: dict[str, float]) -> None:
