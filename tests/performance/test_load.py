@@ -23,10 +23,11 @@ Targets (the guide's: CPU < 70 % and RSS < 4 GB per instance, join < 5 s) are re
 with their verdict; gates (what `make test` enforces, tchat.perf.results) are
 correctness — every viewer connects, sampled payloads intact and in order, no loss,
 every instance serves, no restart — and the SFU's CPU per delivered packet *relative*
-to `sfu_bench` (the forwarding hot path in a tight loop: protect + sendto per viewer)
-run on the same box in the same run, before and after the load (their mean): within
-BENCH_RATIO, whatever the machine's speed (measured 2.5-3x: the whole process adds
-ICE, RTCP, timers and the event loop to the hot path).
+to `sfu_bench` (the forwarding hot path in a tight loop, on the fan-out the SFU runs:
+native, or protect + sendto per viewer) run on the same box in the same run, before
+and after the load (their mean): within BENCH_RATIO, whatever the machine's speed
+(measured 2.5-3x: the whole process adds ICE, RTCP, timers and the event loop to the
+hot path).
 """
 
 from __future__ import annotations

@@ -19,9 +19,12 @@ media stream, only between frames, as libwebrtc does). Each change of the rewrit
 (layer switch, padding) opens a `Segment`, so a NACK for any packet still cached maps
 back to the layer and sequence number it came from.
 
-NACK answers are bounded per viewer (`RetransmitBudget`: retransmitted bytes in any
-1 s ≤ the viewer's delivered rate), per RTCP datagram (`NACK_MAX` packets) and per
-sequence number (answered at most once per round-trip time).
+NACK answers (sfu/retransmit.py) are bounded per viewer (`RetransmitBudget`:
+retransmitted bytes in any 1 s ≤ the viewer's delivered rate), per RTCP datagram
+(`NACK_MAX` packets) and per sequence number (at most once per round-trip time).
+
+Viewers whose `DownTrack` is native (sfu/fastpath.py) are not in this loop: one call to
+the track's native `Fanout` rewrites, protects and sends to all of them at once.
 
 Per second (`Track.tick`) only sets targets: which layer each viewer should get
 and which keyframes to ask the publisher for (rate-limited). Nothing here does I/O
