@@ -234,16 +234,8 @@ class Track:
                 dt.skip()
 
     # -- per viewer feedback ---------------------------------------------------------
-    def nack(
-        self,
-        dt: DownTrack,
-        lost: list[int],
-        now: float = 0.0,
-        budget: RetransmitBudget | None = None,
-        limit: int = NACK_MAX,
-    ) -> int:
-        """Resend what a viewer reports lost (`retransmit.resend`); packets resent."""
-        return resend(dt, lost, now, budget, limit)
+    # what a viewer reports lost, resent (sfu/retransmit.py); packets resent
+    nack = staticmethod(resend)
 
     def pad(self, dt: DownTrack, nbytes: int, now: float) -> int:
         """Probe padding for one viewer; on the media stream only at a frame boundary

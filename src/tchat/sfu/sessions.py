@@ -143,9 +143,7 @@ class SfuSessions:
             room=room,
             role=role,
             ice=IceLite(ufrag, pwd, neg.remote_ufrag, created_at=now, remote_pwd=neg.remote_pwd),
-            dtls=DtlsEndpoint(
-                self.ctx, True, neg.remote_fingerprints, native=self.fastpath.module
-            ),
+            dtls=DtlsEndpoint(self.ctx, True, neg.remote_fingerprints, self.fastpath.module),
             media=neg.media,
             created_at=now,
             owner=owner,
