@@ -134,9 +134,8 @@ class Track:
         for relay in self.relays:
             relay(index, data)
         keyframe = -1
-        sent = 0
-        if self.fanout is not None:
-            sent = forward_native(self, layer, marker, seq, ts, payload, now)
+        fan = self.fanout
+        sent = 0 if fan is None else forward_native(self, layer, marker, seq, ts, payload, now)
         for dt in self._python:
             if dt.current != index:
                 if dt.target != index:
