@@ -111,7 +111,6 @@ class Track:
     # -- per packet ------------------------------------------------------------
     def forward(self, data: bytes, now: float, index_hint: int = -1) -> int:
         """Forward one unprotected RTP packet to every viewer; returns packets sent.
-
         `index_hint` names the layer of a new SSRC when the packet comes from a cluster
         relay (the origin already mapped rid → layer)."""
         start, end = payload_bounds(data)  # raises RtpError on a truncated packet
