@@ -18,6 +18,7 @@ demux, forward; sessions connected in memory: `path_cost`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import ctypes
 import os
@@ -87,12 +88,9 @@ def run(
     pkts = [struct.pack("!BBHII", 0x80, 102, i, i * 3000, 42) + payload for i in range(1, packets)]
     prof = cProfile.Profile() if profile else None
     t0 = time.process_time()
-    if prof:
-        prof.enable()
-    for i, p in enumerate(pkts):
-        track.forward(p, 0.01 * i)
-    if prof:
-        prof.disable()
+    with prof or contextlib.nullcontext():
+        for i, p in enumerate(pkts):
+            track.forward(p, 0.01 * i)
     cpu = time.process_time() - t0
     delivered = viewers * len(pkts)
     protect_us, send_us = _parts(path, payload, send)
