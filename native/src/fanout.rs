@@ -9,10 +9,13 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyTuple};
 
 use crate::net::{Batch, SockAddr};
-use crate::srtp::{srtp_error, SrtpSender, BUF, RTP_TRAILER};
+use crate::srtp::{SrtpSender, BUF, RTP_TRAILER};
+
+/// The longest header extension block a slot takes (ours: TWCC + playout delay, 12).
+const MAX_EXT: usize = 64;
 
 /// One viewer's transport-wide sequence numbers and what was sent under each (shared
 /// by all its tracks); Python's `TwccSender` with the same `seq`, `note`, `lookup`.
@@ -122,7 +125,7 @@ impl Slot {
     /// Stamp transport-wide numbers from `tw`; `ext` is the whole extension block (0xBEDE,
     /// length, the TWCC element with its number zeroed, the rest padded to words).
     fn set_twcc(&mut self, tw: Py<TwccRing>, ext: &[u8]) -> PyResult<()> {
-        if ext.len() < 8 || ext.len() % 4 != 0 || ext[..2] != [0xBE, 0xDE] {
+        if ext.len() < 8 || ext.len() > MAX_EXT || !ext.len().is_multiple_of(4) || ext[..2] != [0xBE, 0xDE] {
             return Err(PyValueError::new_err("not a one-byte header extension block"));
         }
         self.tw = Some(tw);
@@ -130,12 +133,21 @@ impl Slot {
         Ok(())
     }
 
-    /// Where datagrams go: by sendmmsg on `fd` to `addr` when both are given, else
-    /// through `sender(datagram)` (a TCP link; in-memory tests), else nowhere.
+    /// Where datagrams go: by sendmmsg on `fd` to `addr` ((host, port, ...), as asyncio
+    /// gives it) when both are given, else through `sender(datagram)` (a TCP link;
+    /// in-memory tests), else nowhere.
     #[pyo3(signature = (fd, addr, sender))]
-    fn route(&mut self, fd: i32, addr: Option<(String, u16)>, sender: Option<PyObject>) -> PyResult<()> {
+    fn route(
+        &mut self,
+        fd: i32,
+        addr: Option<&Bound<'_, PyTuple>>,
+        sender: Option<PyObject>,
+    ) -> PyResult<()> {
         self.addr = match (fd >= 0, addr) {
-            (true, Some((host, port))) => Some(SockAddr::parse(&host, port)?),
+            (true, Some(a)) => {
+                let host: String = a.get_item(0)?.extract()?;
+                Some(SockAddr::parse(&host, a.get_item(1)?.extract()?)?)
+            }
             _ => None,
         };
         self.fd = if self.addr.is_some() { fd } else { -1 };
@@ -157,6 +169,8 @@ pub struct Fanout {
     send_errors: u64,
     #[pyo3(get)]
     syscalls: u64,
+    #[pyo3(get)]
+    protect_errors: u64,
 }
 
 #[pymethods]
@@ -171,6 +185,7 @@ impl Fanout {
             datagrams: 0,
             send_errors: 0,
             syscalls: 0,
+            protect_errors: 0,
         }
     }
 
@@ -201,7 +216,9 @@ impl Fanout {
     }
 
     /// Forward one packet of layer `index` to every viewer on it; returns packets sent.
+    /// A viewer whose SRTP stream refuses the packet is skipped and counted.
     /// `marker` is 0x80 or 0; `payload` the RTP payload (header, extensions, padding off).
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &mut self,
         py: Python<'_>,
@@ -212,6 +229,10 @@ impl Fanout {
         payload: &[u8],
         now: f64,
     ) -> PyResult<u32> {
+        if 12 + MAX_EXT + payload.len() + RTP_TRAILER > BUF {
+            // refused before any viewer's state moves (real RTP is far smaller: ≤ MTU)
+            return Err(PyValueError::new_err("packet is too long"));
+        }
         let n = self.slots.len();
         if self.buf.len() < n * BUF {
             self.buf.resize(n * BUF, 0);
@@ -225,10 +246,11 @@ impl Fanout {
                 continue;
             }
             let out = &mut self.buf[k * BUF..(k + 1) * BUF];
-            let len = write_packet(py, &mut s, out, marker, seq, ts, payload, now)?;
-            let len = {
-                let mut session = s.session.borrow_mut(py);
-                session.inner.protect(out, len).map_err(|rc| srtp_error(py, rc))?
+            let len = write_packet(py, &mut s, out, marker, seq, ts, payload, now);
+            let protected = s.session.borrow_mut(py).inner.protect(out, len);
+            let Ok(len) = protected else {
+                self.protect_errors += 1; // this viewer's stream refuses it: skip it
+                continue;
             };
             let out_seq = (seq + s.seq_offset) & 0xFFFF;
             if (out_seq.wrapping_sub(s.last_seq) & 0xFFFF) < 0x8000 {
@@ -279,7 +301,8 @@ impl Fanout {
     }
 }
 
-/// The viewer's copy of the packet, plain, into `out`; its length.
+/// The viewer's copy of the packet, plain, into `out` (room checked by the caller);
+/// its length.
 #[allow(clippy::too_many_arguments)]
 fn write_packet(
     py: Python<'_>,
@@ -290,12 +313,9 @@ fn write_packet(
     ts: u32,
     payload: &[u8],
     now: f64,
-) -> PyResult<usize> {
+) -> usize {
     let head = 12 + if s.tw.is_some() { s.ext.len() } else { 0 };
     let len = head + payload.len();
-    if len + RTP_TRAILER > BUF {
-        return Err(PyValueError::new_err("packet is too long"));
-    }
     out[1] = marker | (s.pt as u8 & 0x7F);
     out[2..4].copy_from_slice(&(((seq + s.seq_offset) & 0xFFFF) as u16).to_be_bytes());
     out[4..8].copy_from_slice(&ts.wrapping_add(s.ts_offset).to_be_bytes());
@@ -312,5 +332,5 @@ fn write_packet(
         }
     }
     out[head..len].copy_from_slice(payload);
-    Ok(len)
+    len
 }

@@ -121,11 +121,19 @@ impl Batch {
                 sent.datagrams += rc as u64;
             } else {
                 let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
+                match err.kind() {
+                    std::io::ErrorKind::Interrupted => continue,
+                    std::io::ErrorKind::WouldBlock => {
+                        // the socket's buffer is full: the rest would fail alike
+                        sent.errors += (n - done) as u64;
+                        break;
+                    }
+                    _ => {
+                        // this datagram's destination failed (unreachable, filtered)
+                        sent.errors += 1;
+                        done += 1;
+                    }
                 }
-                sent.errors += 1; // the first datagram failed: drop it, go on
-                done += 1;
             }
         }
         self.items.clear();

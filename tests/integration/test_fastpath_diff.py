@@ -211,3 +211,29 @@ def test_native_fanout_refuses_bad_input_clearly() -> None:
     slot.current = 0
     with pytest.raises(ValueError, match="too long"):
         fan.forward(0, 0, 1, 1, bytes(2000), 0.0)
+
+
+def test_one_viewer_refused_does_not_stop_the_others() -> None:
+    """A viewer's stream that refuses a packet (a send more than the replay window back)
+    is skipped and counted; an address the kernel refuses is counted; the rest go out."""
+    native = _native()
+    gcm = PROFILES[0].libsrtp_profile
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(5)
+    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fan = native.Fanout()
+    slots = [native.Slot(native.SrtpSender(bytes([n]) * 28, gcm), 100 + n, 96) for n in range(3)]
+    for slot in slots:
+        slot.current = 0
+        fan.add(slot)
+    slots[0].route(out.fileno(), rx.getsockname(), None)
+    slots[1].route(out.fileno(), ("127.0.0.1", 9, 0, 0), None)  # asyncio's 4-tuple form
+    slots[2].route(out.fileno(), ("255.255.255.255", 9), None)  # broadcast: EACCES
+    assert fan.forward(0, 0x80, 5000, 1, b"frame", 0.0) == 3
+    slots[0].seq_offset = (65536 - 3000) & 0xFFFF  # its next number is far behind
+    assert fan.forward(0, 0x80, 5001, 2, b"frame", 0.1) == 2
+    assert fan.protect_errors == 1 and fan.send_errors == 2
+    assert len(rx.recv(2048)) == 12 + 5 + 16  # the first packet, protected
+    rx.close()
+    out.close()
