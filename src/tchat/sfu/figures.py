@@ -82,4 +82,5 @@ def fanout_stats(s: SfuSessions) -> dict[str, object]:
         "sendmmsg_calls": sum(f.syscalls for f in fans),
         "datagrams": sum(f.datagrams for f in fans),
         "send_errors": sum(f.send_errors for f in fans),
+        "protect_errors": sum(f.protect_errors for f in fans),
     }
