@@ -14,6 +14,9 @@ use pyo3::types::{PyBytes, PyTuple};
 use crate::net::{Batch, SockAddr};
 use crate::srtp::{SrtpSender, BUF, RTP_TRAILER};
 
+/// Datagrams per sendmmsg: the buffer they wait in is a fixed 128 KiB per track (no
+/// memory per viewer), and a chunk's syscall amortises well past this many.
+const CHUNK: usize = 64;
 /// The longest header extension block a slot takes (ours: TWCC + playout delay, 12).
 const MAX_EXT: usize = 64;
 
@@ -162,7 +165,7 @@ pub struct Fanout {
     slots: Vec<Py<Slot>>,
     buf: Vec<u8>,
     batch: Batch,
-    fallback: Vec<(Py<Slot>, usize, usize)>,
+    fallback: Vec<(Py<Slot>, Vec<u8>)>,
     #[pyo3(get)]
     datagrams: u64,
     #[pyo3(get)]
@@ -179,7 +182,7 @@ impl Fanout {
     fn new() -> Self {
         Fanout {
             slots: Vec::new(),
-            buf: Vec::new(),
+            buf: vec![0; CHUNK * BUF],
             batch: Batch::default(),
             fallback: Vec::new(),
             datagrams: 0,
@@ -233,19 +236,16 @@ impl Fanout {
             // refused before any viewer's state moves (real RTP is far smaller: ≤ MTU)
             return Err(PyValueError::new_err("packet is too long"));
         }
-        let n = self.slots.len();
-        if self.buf.len() < n * BUF {
-            self.buf.resize(n * BUF, 0);
-        }
         let mut sent = 0u32;
         let mut fd = -1;
-        for k in 0..n {
+        let mut used = 0; // datagrams waiting in `buf`
+        for k in 0..self.slots.len() {
             let slot = self.slots[k].bind(py);
             let mut s = slot.borrow_mut();
             if s.current != index {
                 continue;
             }
-            let out = &mut self.buf[k * BUF..(k + 1) * BUF];
+            let out = &mut self.buf[used * BUF..(used + 1) * BUF];
             let len = write_packet(py, &mut s, out, marker, seq, ts, payload, now);
             let protected = s.session.borrow_mut(py).inner.protect(out, len);
             let Ok(len) = protected else {
@@ -265,27 +265,39 @@ impl Fanout {
             }
             sent += 1;
             match s.addr {
-                Some(addr) => {
-                    if s.fd != fd && !self.batch.is_empty() {
-                        self.flush(fd);
-                    }
+                Some(addr) if s.fd == fd || used == 0 => {
                     fd = s.fd;
-                    self.batch.push(k * BUF, len, addr);
+                    self.batch.push(used * BUF, len, addr);
+                    used += 1;
+                }
+                Some(addr) => {
+                    // another socket: what is queued goes first, this one starts a batch
+                    let datagram = self.buf[used * BUF..used * BUF + len].to_vec();
+                    self.flush(fd);
+                    self.buf[..len].copy_from_slice(&datagram);
+                    fd = s.fd;
+                    self.batch.push(0, len, addr);
+                    used = 1;
                 }
                 None if s.sender.is_some() => {
-                    self.fallback.push((self.slots[k].clone_ref(py), k * BUF, len));
+                    let datagram = self.buf[used * BUF..used * BUF + len].to_vec();
+                    self.fallback.push((self.slots[k].clone_ref(py), datagram));
                 }
                 None => {}
             }
+            if used == CHUNK {
+                self.flush(fd);
+                used = 0;
+            }
         }
-        if !self.batch.is_empty() {
+        if used > 0 {
             self.flush(fd);
         }
         // senders run last, with no slot borrowed: they are Python and may look at any
-        for (slot, offset, len) in std::mem::take(&mut self.fallback) {
+        for (slot, datagram) in std::mem::take(&mut self.fallback) {
             let sender = slot.borrow(py).sender.as_ref().map(|f| f.clone_ref(py));
             if let Some(f) = sender {
-                f.call1(py, (PyBytes::new(py, &self.buf[offset..offset + len]),))?;
+                f.call1(py, (PyBytes::new(py, &datagram),))?;
             }
         }
         Ok(sent)

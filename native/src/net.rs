@@ -80,10 +80,6 @@ impl Batch {
         self.items.push((offset, len, addr));
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
     /// Send every datagram by `fd`, from `buf`; a datagram the kernel refuses (a full
     /// buffer, ICMP unreachable reported on the socket) is counted and skipped, as the
     /// Python path's asyncio transport drops it.

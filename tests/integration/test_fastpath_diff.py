@@ -237,3 +237,38 @@ def test_one_viewer_refused_does_not_stop_the_others() -> None:
     assert len(rx.recv(2048)) == 12 + 5 + 16  # the first packet, protected
     rx.close()
     out.close()
+
+
+def test_many_viewers_across_batches_sockets_and_senders() -> None:
+    """150 viewers (past one sendmmsg batch), two sending sockets interleaved and one
+    viewer routed through Python: each gets exactly what libsrtp makes of its packets."""
+    native = _native()
+    profile = PROFILES[0]
+    outs = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    fan = native.Fanout()
+    viewers = []
+    for n in range(150):
+        key = bytes([n]) * 28
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        got: list[bytes] = []
+        slot = native.Slot(native.SrtpSender(key, profile.libsrtp_profile), 0x100 + n, 96)
+        slot.current, slot.seq_offset = 0, n
+        if n == 70:
+            slot.route(-1, None, got.append)
+        else:
+            slot.route(outs[(n // 7) % 2].fileno(), sock.getsockname(), None)
+        fan.add(slot)
+        viewers.append((sock, got, outbound(key, profile)))
+    for i in range(3):
+        assert fan.forward(0, 0x80, 100 + i, 3000 * i, bytes([i]) * 900, 0.0) == 150
+    for n, (sock, got, ref) in enumerate(viewers):
+        for i in range(3):
+            plain = struct.pack("!BBHII", 0x80, 0x80 | 96, 100 + i + n, 3000 * i, 0x100 + n)
+            want = ref.protect(plain + bytes([i]) * 900)
+            assert (got[i] if n == 70 else sock.recv(2048)) == want, (n, i)
+        sock.close()
+    assert fan.send_errors == 0 and fan.datagrams == 3 * 149
+    for out in outs:
+        out.close()

@@ -76,7 +76,11 @@ PER_PROCESS = int(os.environ.get("LOAD_VIEWERS_PER_PROCESS", "1000"))
 SAMPLE_EVERY = int(os.environ.get("LOAD_SAMPLE_EVERY", "10"))
 LAYER = os.environ.get("LOAD_LAYER", "mid")
 CONCURRENCY = int(os.environ.get("LOAD_JOIN_CONCURRENCY", "16"))
-BENCH_RATIO = 4.0  # gate: SFU process CPU per delivered packet <= this x sfu_bench's
+# gate: SFU process CPU per delivered packet <= this x sfu_bench's Python path (the
+# yardstick of the machine's speed), by the fan-out the SFU runs (measured: Python 3.2-4.2
+# and native 1.5-2.0 in the 2 x 100 CI profile: a margin of 1.2-1.5)
+BENCH_RATIO = {"python": 5.0, "native": 3.0}
+NATIVE_TARGET_US = 6.0  # issue 18: the SFU process per delivered packet, native fan-out
 BENCH_PACKETS = 2000
 SECRET = "load-test-secret-0123456789abcdef"
 SAMPLE_S = 0.5
@@ -365,17 +369,20 @@ def TestLoad50KConcurrentViewers(record: perf_results.TestResult, tmp_path: Path
             "viewer_loss_pct": "<= 1",
             "instances_serving_viewers": f">= {INSTANCES}",
             "instance_restarts": "== 0",
-            "sfu_cpu_us_per_packet_vs_bench": f"<= {BENCH_RATIO:g}",
         }
     )
     import uvloop
 
     prepare(MEDIA_CACHE)  # FFmpeg runs once, before anything is timed
-    # the hot path alone on this box, now (quiet CPU) and after the run: the baseline of
-    # the CPU gate, on the fan-out the SFU runs (SFU_FASTPATH, default auto: native if built)
+    # the hot path alone on this box, now (quiet CPU) and after the run: its Python path is
+    # the yardstick of the CPU gate; the fan-out the SFU runs (SFU_FASTPATH, default auto:
+    # native if built) is benched too
     path = fastpath.choose(os.environ.get("SFU_FASTPATH", "auto"))
-    record.metrics["fastpath"] = "native" if path.native else "python"
-    bench_before = bench_run(VIEWERS, BENCH_PACKETS, False, path=path)["us_per_packet"]
+    fan = record.metrics["fastpath"] = "native" if path.native else "python"
+    record.gates["sfu_cpu_us_per_packet_vs_bench"] = f"<= {BENCH_RATIO[fan]:g}"
+    if path.native:
+        record.targets["sfu_cpu_us_per_packet"] = f"<= {NATIVE_TARGET_US:g}"
+    benches = [_benches(path)]
     if INSTANCES > 1:
         # both ends of the relay in this process, before the SFU runs (quiet CPU)
         record.metrics.update(relay_cost(20000))
@@ -391,23 +398,33 @@ def TestLoad50KConcurrentViewers(record: perf_results.TestResult, tmp_path: Path
     }
     with serve_process(tmp_path / "sfu", SECRET, env) as (proc, url):
         run = uvloop.run(_run(url, proc.pid))
-    bench_after = bench_run(VIEWERS, BENCH_PACKETS, False, path=path)["us_per_packet"]
+    benches.append(_benches(path))
     _measure(record, run)
-    bench = (bench_before + bench_after) / 2
-    record.metrics["bench_us_per_packet"] = round(bench, 2)
-    record.metrics["bench_us_per_packet_before"] = round(bench_before, 2)
-    record.metrics["bench_us_per_packet_after"] = round(bench_after, 2)
+    for name in benches[0]:
+        before, after = benches[0][name], benches[1][name]
+        record.metrics[name] = round((before + after) / 2, 2)
+        record.metrics[f"{name}_before"], record.metrics[f"{name}_after"] = before, after
     record.metrics["sfu_cpu_us_per_packet_vs_bench"] = ratio(
-        record.metrics.get("sfu_cpu_us_per_packet"), bench
+        record.metrics.get("sfu_cpu_us_per_packet"), record.metrics["bench_us_per_packet"]
     )
     record.notes.append(
         f"bench = python -m tchat.perf.sfu_bench --viewers {VIEWERS} --packets "
-        f"{BENCH_PACKETS} --fastpath {record.metrics['fastpath']} (the SFU's fan-out) in this "
-        f"process before and after the run (mean); the CI gate is "
-        f"sfu_cpu_us_per_packet (the busiest instance) <= {BENCH_RATIO:g} x bench"
+        f"{BENCH_PACKETS} --fastpath python in this process before and after the run (mean; "
+        "fanout_bench: the same on the SFU's fan-out); the CI gate is sfu_cpu_us_per_packet "
+        f"(the busiest instance) <= {BENCH_RATIO[fan]:g} x bench, the {fan} fan-out running"
     )
     print("\nT068:", json.dumps(record.metrics, default=str))
     assert_targets(record)
+
+
+def _benches(path: fastpath.FastPath) -> dict[str, float]:
+    """µs per delivered packet of the hot path in a tight loop: the Python path (the
+    yardstick) and, when the SFU runs it, the native fan-out."""
+    out = {"bench_us_per_packet": bench_run(VIEWERS, BENCH_PACKETS, False)["us_per_packet"]}
+    if path.native:
+        fanout = bench_run(VIEWERS, BENCH_PACKETS, False, path=path)["us_per_packet"]
+        out["fanout_bench_us_per_packet"] = fanout
+    return out
 
 
 # the scenario is 1,000 joins within 2 s (500 a second); the CI profile keeps that rate
