@@ -26,6 +26,7 @@ from tchat.perf.sfu_load import SyntheticPublisher
 from tchat.perf.sfu_media import PreparedMedia
 from tchat.perf.webrtc_peer import ClientPeer, Identity
 from tchat.sfu.rtp import h264_keyframe_start
+from tests.native import require_native
 
 from .sfu_helpers import (
     SDP,
@@ -35,7 +36,6 @@ from .sfu_helpers import (
     auth,
     eventually,
     join_viewer,
-    require_native,
     wait_for,
 )
 
