@@ -1,6 +1,7 @@
-//! tchat's native SFU fast path (docs/sfu.md, "The hot path"): the per-packet fan-out
-//! with SRTP (RustCrypto ciphers) and sendmmsg. Optional: `tchat.sfu.fastpath` falls back to the Python
-//! path, which stays the reference (tests/unit/test_fastpath_diff.py compares the two).
+//! tchat's native SFU fast path (docs/sfu.md, "The native fan-out"): the per-packet
+//! fan-out with SRTP (ring's and RustCrypto's ciphers) and sendmmsg. Optional:
+//! `tchat.sfu.fastpath` falls back to the Python path, which stays the reference
+//! (tests/integration/test_fastpath_diff.py compares the two).
 
 use pyo3::prelude::*;
 

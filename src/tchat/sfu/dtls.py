@@ -91,7 +91,7 @@ class DtlsEndpoint:
         native: ModuleType | None = None,
     ) -> None:
         self._ssl = SSL.Connection(ctx, None)
-        self._native = native  # SRTP by tchat_fastpath's libsrtp sessions (sfu/fastpath.py)
+        self._native = native  # outbound RTP protected by tchat_fastpath (sfu/fastpath.py)
         if server:
             self._ssl.set_accept_state()
         else:
@@ -220,8 +220,8 @@ class _Session(Session):
 
 
 class NativeTx:
-    """Outbound SRTP whose RTP protection is tchat_fastpath's `SrtpSender` (RustCrypto
-    ciphers, byte for byte libsrtp's output: tests/integration/test_fastpath_diff.py),
+    """Outbound SRTP whose RTP protection is tchat_fastpath's `SrtpSender` (ring's and
+    RustCrypto's ciphers, byte for byte libsrtp's output: test_fastpath_diff.py),
     the one the native fan-out protects with, so each stream keeps one rollover counter;
     SRTCP stays with libsrtp (a few packets a second)."""
 

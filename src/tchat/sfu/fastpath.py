@@ -1,7 +1,7 @@
 """Which per-packet path the SFU runs, and the native one's glue.
 
 The native path is the `tchat_fastpath` extension (native/, Rust + PyO3, built by
-`make native`): for one packet, every viewer's rewrite, libsrtp protect and one
+`make native`): for one packet, every viewer's rewrite, SRTP protect and one
 `sendmmsg` for all the datagrams, in one call (`Fanout.forward`). The Python path —
 forwarder.py's loop, pylibsrtp, one `sendto` per datagram — stays the reference and
 the fallback where no Rust toolchain exists. `SFU_FASTPATH=auto|native|python`
@@ -57,7 +57,7 @@ def choose(mode: str = "auto") -> FastPath:
         if mode == "native":
             raise RuntimeError(
                 f"SFU_FASTPATH=native, but the native fast path is not built ({exc}): "
-                "run `make native` (needs cargo and libsrtp2-dev)"
+                "run `make native` (needs cargo)"
             ) from exc
         return FastPath(None, f"the native fast path is not built: {exc}; `make native`")
     return FastPath(module, f"SFU_FASTPATH={mode}")
@@ -78,8 +78,8 @@ def _on_slot(name: str) -> Any:
 class NativeDownTrack(DownTrack):
     """A `DownTrack` whose per-packet state lives in a native `Slot`: the track's
     `Fanout` sends from it; the Python methods (switch, padding, NACK answers) read and
-    write the same state through these properties and protect with the same libsrtp
-    context (`session`), so each stream has one rollover counter."""
+    write the same state through these properties and protect with the same native
+    SRTP state (`session`), so each stream has one rollover counter."""
 
     __slots__ = ("module", "slot")
 
