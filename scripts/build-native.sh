@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build and install the native SFU fan-out (native/, Rust + PyO3, by maturin) into the
 # venv. Optional: without cargo tchat runs the Python path and says so at start-up
-# (SFU_FASTPATH=auto). Rebuilt only when native/ changed since the last build.
+# (SFU_FASTPATH=auto), as it does if the build fails (said loudly; the tests that need
+# the extension then fail). Rebuilt only when native/ changed since the last build.
 #   scripts/build-native.sh          build if needed
 #   scripts/build-native.sh --force  build anyway
 set -uo pipefail
@@ -22,8 +23,9 @@ echo "native: building the SFU fan-out (cargo $(cargo --version | cut -d' ' -f2)
 if ! VIRTUAL_ENV=$PWD/$VENV "$VENV/bin/maturin" develop --release -q \
       -m native/Cargo.toml >"$VENV/.native-build.log" 2>&1; then
   tail -n 30 "$VENV/.native-build.log" >&2
-  echo "native: build FAILED (log: $VENV/.native-build.log)" >&2
-  exit 1
+  # tchat still runs (the Python fan-out); the tests that need it fail where cargo is
+  echo "native: build FAILED (log: $VENV/.native-build.log); tchat runs its Python fan-out" >&2
+  exit 0
 fi
 touch "$stamp"
 "$VENV/bin/python" -c 'import tchat_fastpath as f; print(f"native: tchat_fastpath {f.__version__} installed")'
