@@ -34,7 +34,7 @@ from aioice import stun
 from tchat.perf.webrtc_peer import ClientPeer, Identity, rtp_header
 from tchat.sfu import fastpath
 from tchat.sfu.core import SfuCore
-from tchat.sfu.dtls import PROFILES, DtlsEndpoint, DtlsState, NativeTx, outbound
+from tchat.sfu.dtls import PROFILES, DtlsEndpoint, DtlsState, outbound
 from tchat.sfu.forwarder import DownTrack, Track
 from tchat.sfu.ice import Addr
 from tchat.sfu.peer import Peer
@@ -45,9 +45,7 @@ from tchat.sfu.tcp import wire_addr
 def _downtrack(path: fastpath.FastPath, n: int, send: Any, fd: int, addr: Addr) -> DownTrack:
     """Viewer n's downtrack with its own AES-128-GCM key, on `path`'s fan-out."""
     tx = outbound(os.urandom(28), PROFILES[0], path.module)
-    if not isinstance(tx, NativeTx):
-        return DownTrack(1000 + n, 96, 90000, tx.protect, send)
-    dt = fastpath.NativeDownTrack(tx.module, tx.rtp, 1000 + n, 96, 90000, send)
+    dt = fastpath.downtrack(tx, 1000 + n, 96, 90000, send)
     dt.route(fd, addr, send)
     return dt
 

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from pylibsrtp import Session
+
 from tchat.sfu.downtrack import HIGH, TWCC_RING, DownTrack, Send, TwccSender
+from tchat.sfu.dtls import NativeTx
 from tchat.sfu.ice import Addr
 
 if TYPE_CHECKING:
@@ -151,3 +154,22 @@ def forward_native(
                 dt.switch_to(layer, seq, ts, now)
     sent: int = fan.forward(index, marker, seq, ts, payload, now)
     return sent
+
+
+def downtrack(
+    tx: Session | NativeTx,
+    ssrc: int,
+    pt: int,
+    clock_rate: int,
+    send: Send,
+    max_layer: int = HIGH,
+    first_seq: int = 0,
+    first_ts: int = 0,
+) -> DownTrack:
+    """A viewer's downtrack protected by `tx`: native when the session is (the DTLS made
+    it so, `dtls.outbound`), else the Python one."""
+    if isinstance(tx, NativeTx):
+        return NativeDownTrack(
+            tx.module, tx.rtp, ssrc, pt, clock_rate, send, max_layer, first_seq, first_ts
+        )
+    return DownTrack(ssrc, pt, clock_rate, tx.protect, send, max_layer, first_seq, first_ts)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from tchat.sfu import rtcp, sdp, twcc
-from tchat.sfu.dtls import DtlsEndpoint, DtlsState, NativeTx, SrtpSessions
-from tchat.sfu.fastpath import NativeDownTrack
+from tchat.sfu.dtls import DtlsEndpoint, DtlsState, SrtpSessions
+from tchat.sfu.fastpath import downtrack
 from tchat.sfu.forwarder import (
     HIGH,
     NACK_MAX,
@@ -179,16 +179,9 @@ class Peer:
         return pairs
 
     def _new_downtrack(self, ssrc: int, pt: int, clock_rate: int) -> DownTrack:
-        """Native when the SRTP session is (sfu/fastpath.py: the DTLS made it so)."""
         assert self.srtp is not None
-        tx = self.srtp.tx
         first = secrets.randbits(16), secrets.randbits(32)
-        if isinstance(tx, NativeTx):
-            dt: DownTrack = NativeDownTrack(
-                tx.module, tx.rtp, ssrc, pt, clock_rate, self.send, self.max_layer, *first
-            )
-        else:
-            dt = DownTrack(ssrc, pt, clock_rate, tx.protect, self.send, self.max_layer, *first)
+        dt = downtrack(self.srtp.tx, ssrc, pt, clock_rate, self.send, self.max_layer, *first)
         self._route(dt)
         return dt
 
