@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -229,15 +230,23 @@ async def test_storage_down_for_good_reports_every_segment(tmp_path: Path) -> No
     await service.close()
 
 
-async def test_stream_without_media_fails_with_reason(tmp_path: Path) -> None:
+async def test_stream_without_media_fails_with_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = load_settings(TCHAT_DATA_DIR=str(tmp_path / "data"), FFMPEG=FFMPEG)
     service = RecordingService(settings, options=replace(OPTIONS, no_media_timeout_s=3.0))
     await service.open(sweep_interval_s=None)
     try:
-        recorder = service.start("silent", UdpMpegTsSource(free_udp_port()))
-        rec = await asyncio.wait_for(recorder.wait(), 60)
+        source = UdpMpegTsSource(free_udp_port())
+        with caplog.at_level(logging.INFO, logger="tchat.recording.recorder"):
+            recorder = service.start("silent", source)
+            rec = await asyncio.wait_for(recorder.wait(), 60)
         assert rec.state == "failed"
         assert rec.detail.startswith("no media received within 3s")
+        # the log says what the source and FFmpeg knew (what to look at when it happens)
+        said = [r.kv for r in caplog.records if r.getMessage() == "no media"]  # type: ignore[attr-defined]
+        assert len(said) == 1 and said[0]["source"] == source.url and said[0]["runs"] >= 1
+        assert said[0]["progress"].startswith(("frame=0", "none written", "empty"))
         assert rec.expires_at is not None and rec.segment_count == 0
         assert service.catalog.get(rec.id).state == "failed"
         assert not recorder.workdir.exists()

@@ -238,6 +238,7 @@ class RecorderSink:
     sent: int = 0
     errors: int = 0
     gaps: int = 0  # holes in the recorded video the SFU could not repair
+    asks: int = 0  # keyframes asked for (each rate-limited by the track)
     enabled_at: float | None = None  # worker clock: FFmpeg listens, media may flow
     media_started: float | None = None  # wall clock of the first packet FFmpeg got
     layers: list[tuple[float, str]] = field(default_factory=list)  # (s since start, rid)
@@ -327,7 +328,11 @@ class RecorderSink:
             )
             video.switch(layer, now)
         else:
-            video.want_keyframe(now)
+            self._ask(video, now)
+
+    def _ask(self, video: Tap, now: float) -> None:
+        self.asks += 1
+        video.want_keyframe(now)
 
     def tick(self, now: float) -> None:
         """Every TICK_S from the publish on: which layers flow; once FFmpeg listens, the
@@ -362,7 +367,7 @@ class RecorderSink:
                 video.switch(layer, now)
                 self._layer_since = now
         if video.target >= 0 and (video.layer < 0 or (self.gate is not None and self.gate.waiting)):
-            video.want_keyframe(now)  # still waiting: ask again (rate-limited)
+            self._ask(video, now)  # still waiting: ask again (rate-limited)
         if not self._audio_open and now - self.enabled_at >= AUDIO_WAIT_S:
             self._audio_open = True  # no video keyframe yet: do not hold the audio back
 
@@ -379,6 +384,28 @@ class RecorderSink:
             return 0.0
         media = (self._ts_last - self._ts_first) / self._clock_rate
         return media + max(0.0, now - self._ts_at - GAP_S)
+
+    def describe(self) -> str:
+        """Where the media stands, for a recording that got none (the recorder logs it)."""
+        now = self.clock()
+        if self.enabled_at is None:
+            return "FFmpeg not listening yet"
+        parts = [f"FFmpeg listening {now - self.enabled_at:.1f}s"]
+        video = self.tracks.get("video")
+        if video is not None:
+            flowing = ",".join(self._rid(i) for i in sorted(self.plan.live_since)) or "none"
+            gate = self.gate
+            parts.append(
+                f"video layers flowing {flowing}, recording {self._rid(self.plan.current)}"
+                f" (tap on {self._rid(video.layer)}, pinned {self._rid(video.target)}),"
+                f" {'sent' if self._ts_first >= 0 else 'none sent'}, {self.gaps} gaps,"
+                f" {gate.dropped if gate else 0} held back"
+                f"{', waiting for a keyframe' if gate and gate.waiting else ''},"
+                f" {self.asks} keyframe asks"
+            )
+        parts.append(f"audio {'open' if self._audio_open else 'held'}")
+        parts.append(f"{self.sent} packets to FFmpeg, {self.errors} send errors")
+        return "; ".join(parts)
 
     def _rid(self, layer: int) -> str:
         return self.rids[layer] if 0 <= layer < len(self.rids) else str(layer)
@@ -401,7 +428,7 @@ class RecorderSink:
             # The numbering is continuous, so a hole is loss upstream that NACKs did not
             # repair: nothing until a keyframe, asked for now.
             self.gaps += 1
-            tap.want_keyframe(self.clock())
+            self._ask(tap, self.clock())
         for pkt in frame:
             self._audio_open = True
             ts = int.from_bytes(pkt[4:8], "big")
@@ -488,6 +515,7 @@ class LiveRecording:
                 codec_args=codec_args(streams),
                 stream_time=lambda: sink.stream_time(worker.now()),
                 on_run=lambda: self._gate(key[0], sink, video_port),
+                describe=sink.describe,
             )
             recorder = self.service.start(peer.room.name, source)
         except Exception:

@@ -65,6 +65,7 @@ class RecorderOptions:
     max_buffer_bytes: int = 256 * 1024 * 1024
 
 
+PROGRESS = "progress.txt"  # FFmpeg's -progress, in the run's directory
 MANIFEST = "segments.jsonl"  # in the recording's working directory (resume.py reads it)
 
 
@@ -102,6 +103,11 @@ def ffmpeg_hls_args(opts: RecorderOptions, source: Source) -> list[str]:
         "-loglevel",
         "warning",
         "-nostdin",
+        # what FFmpeg has read and written, each second (read back when no segment comes)
+        "-progress",
+        PROGRESS,
+        "-stats_period",
+        "1",
         *source.input_args(),
         "-map",
         "0",
@@ -425,14 +431,28 @@ class Recorder:
     async def _record(self) -> str:
         """Run FFmpeg until the stream ends; returns '' or why the recording failed."""
         index = 0
+        said = ""  # FFmpeg's last words over all runs (a new run may not have spoken yet)
         while True:
             run = _Run(index, self.workdir / f"run-{index}")
             try:
                 rc = await self._run_ffmpeg(run)
             except _NoMedia:
-                return f"no media received within {self.opts.no_media_timeout_s:g}s" + (
-                    f" (ffmpeg: {run.stderr[-1]})" if run.stderr else ""
+                said = run.stderr[-1] if run.stderr else said
+                log.warning(
+                    "no media",
+                    extra=kv(
+                        id=self.id,
+                        runs=index + 1,
+                        media_after_s=_since(run.media_at, self.recording.started_at),
+                        source=self.source.describe(),
+                        ffmpeg=" | ".join(run.stderr) or said,
+                        progress=_progress(run.directory / PROGRESS),
+                    ),
                 )
+                return f"no media received within {self.opts.no_media_timeout_s:g}s" + (
+                    f" (ffmpeg: {said})" if said else ""
+                )
+            said = run.stderr[-1] if run.stderr else said
             live = getattr(self.source, "live", False)
             if rc == 0 and live and self.segments and not self._stop.is_set():
                 # a live input went quiet (its publisher stalled or was lost): the stream
@@ -451,6 +471,10 @@ class Recorder:
             if not self.segments:
                 # Nothing arrived yet (FFmpeg gives up on a silent input): keep
                 # waiting until the no-media timeout says otherwise.
+                log.info(
+                    "ffmpeg run ended before any segment",
+                    extra=kv(id=self.id, run=index, exit=describe_exit(rc), ffmpeg=tail),
+                )
                 await asyncio.sleep(0.2)
                 index += 1
                 continue
@@ -557,6 +581,24 @@ class Recorder:
 
 class _NoMedia(Exception):
     pass
+
+
+def _progress(path: Path) -> str:
+    """FFmpeg's last -progress report: frames, output time and size written."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "none written"
+    last: dict[str, str] = {}
+    for line in lines:
+        key, _, value = line.partition("=")
+        last[key] = value
+    keys = ("frame", "out_time", "total_size", "progress")
+    return " ".join(f"{k}={last[k]}" for k in keys if k in last) or "empty"
+
+
+def _since(t: float | None, start: float) -> float | None:
+    return None if t is None else round(t - start, 3)
 
 
 def _read_info(path: Path) -> SegmentInfo | None:

@@ -36,6 +36,10 @@ class Source(Protocol):
         times its keyframe requests by it)."""
         ...
 
+    def describe(self) -> str:
+        """What the source knows of its media so far, for a recording that got none."""
+        ...
+
 
 class UdpMpegTsSource:
     def __init__(self, port: int, *, idle_timeout_s: float = 1.5, host: str = "127.0.0.1") -> None:
@@ -69,6 +73,9 @@ class UdpMpegTsSource:
     def stream_time(self) -> float | None:
         return None
 
+    def describe(self) -> str:
+        return self.url
+
 
 class UrlSource:
     def __init__(self, url: str, *, options: list[str] | None = None) -> None:
@@ -86,6 +93,9 @@ class UrlSource:
 
     def stream_time(self) -> float | None:
         return None
+
+    def describe(self) -> str:
+        return self.url
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +149,7 @@ class SdpSource:
         codec_args: list[str] | None = None,
         stream_time: Callable[[], float | None] | None = None,
         on_run: Callable[[], None] | None = None,
+        describe: Callable[[], str] | None = None,
     ) -> None:
         # absolute: FFmpeg runs in the recording's own directory, not ours
         self.sdp_path = sdp_path.absolute()
@@ -148,6 +159,7 @@ class SdpSource:
         self.keyframe = keyframe
         self._stream_time = stream_time
         self.on_run = on_run
+        self._describe = describe
         self.idle_timeout_s = idle_timeout_s
         self.sdp_path.parent.mkdir(parents=True, exist_ok=True)
         self.sdp_path.write_text(render_sdp(streams))
@@ -178,6 +190,9 @@ class SdpSource:
 
     def stream_time(self) -> float | None:
         return self._stream_time() if self._stream_time is not None else None
+
+    def describe(self) -> str:
+        return self._describe() if self._describe is not None else str(self.sdp_path)
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
