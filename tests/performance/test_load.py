@@ -249,6 +249,10 @@ def _merge_swarms(m: dict[str, Any], swarms: list[dict[str, Any]]) -> dict[str, 
             viewer_pps.append(s["viewer_packets_per_s_avg"])
         for k, v in s["errors"].items():
             errors[k] = errors.get(k, 0) + v
+    # the generator's cost per packet its viewers received (all its threads), per process
+    gen = [s["receive"]["generator_cpu_us_per_packet"] for s in swarms]
+    m["generator_cpu_us_per_packet"] = max((g for g in gen if g is not None), default=None)
+    m["generator_receive_path"] = swarms[0]["receive"]["path"] if swarms else None
     attempted = sum(s["viewers_attempted"] for s in swarms)
     connected = sum(s["viewers_connected"] for s in swarms)
     m["viewers_attempted"] = attempted

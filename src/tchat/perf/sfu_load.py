@@ -6,6 +6,12 @@ WHEP sessions with bounded concurrency; every viewer completes ICE and DTLS and
 receives SRTP, one in `sample_every` also decrypts and verifies. `python -m
 tchat.perf.sfu_load viewers …` runs a swarm in its own process and prints one JSON
 line, so a large run spreads the generator over several processes.
+
+Where the native extension is built (`SFU_FASTPATH`, as the SFU's fan-out), a bulk
+viewer's socket goes, once its media flows, to a `tchat_fastpath.Swarm`: one native
+thread reads every such socket with epoll + recvmmsg and counts what the Python
+viewer counts (tests/integration/test_swarm_receive.py holds the two to the same
+figures). Sampled viewers stay in Python, where their payloads are checked.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import httpx
 from tchat.perf.results import percentile, print_json_line
 from tchat.perf.sfu_media import FPS, OPUS_FRAME_TS, PreparedMedia, prepare
 from tchat.perf.webrtc_peer import ClientPeer, Identity, PeerStats, rtp_header
+from tchat.sfu import fastpath
 from tchat.sfu.rtp import h264_keyframe_start
 
 VIDEO_PT, AUDIO_PT = 102, 111
@@ -273,13 +280,17 @@ async def open_viewer(
     decrypt: bool,
     known: set[int] | None,
     first_media_timeout_s: float,
+    swarm: Any = None,
 ) -> tuple[ClientPeer, ViewerResult]:
+    """`swarm`: a native `Swarm` a bulk (not decrypting) viewer's socket is handed to
+    once its media flows; sampled viewers stay in Python, which checks their payloads."""
     peer = ClientPeer(
         identity, decrypt=decrypt, known_payloads=known, keyframe_test=h264_keyframe_start
     )
     result = ViewerResult(ok=False, sampled=decrypt, stats=peer.stats)
+    native = swarm is not None and not decrypt
     try:
-        await peer.open()
+        await peer.open(own_socket=native)
         start = time.monotonic()
         peer.stats.started = start
         await whep_join(client, room, token, peer, layer, first_media_timeout_s)
@@ -288,6 +299,8 @@ async def open_viewer(
             await asyncio.wait_for(peer.media_started.wait(), max(0.01, remaining))
         except TimeoutError:
             raise TimeoutError("no media within the timeout") from None
+        if native:
+            peer.hand_off(swarm)
         result.ok = True
         result.connect_s = peer.stats.first_media - start
     except Exception as exc:
@@ -307,10 +320,12 @@ async def run_viewers(
     first_media_timeout_s: float = 15.0,
     on_connected: Any = None,
     arrival_span_s: float = 0.0,
+    swarm: Any = None,
 ) -> tuple[list[ViewerResult], dict[str, float]]:
     """Open `count` viewers, hold them `hold_s` after the last joined, close them.
     `arrival_span_s` > 0: viewer i arrives (its WHEP request starts, `concurrency` at most
-    in flight) at i/count of that span after the start, a join storm's arrivals."""
+    in flight) at i/count of that span after the start, a join storm's arrivals.
+    `swarm`: a native `Swarm` that reads the bulk viewers' sockets (`receive_path`)."""
     identity = Identity.create()
     media = prepare(MEDIA_CACHE)
     known = media.known_payloads()
@@ -330,7 +345,7 @@ async def run_viewers(
             async with sem:
                 peer, res = await open_viewer(
                     client, identity, room, token, layer, i % sample_every == 0, known,
-                    first_media_timeout_s,
+                    first_media_timeout_s, swarm,
                 )  # fmt: skip
             peers.append(peer)
             results.append(res)
@@ -340,11 +355,34 @@ async def run_viewers(
         t_joined = time.monotonic()
         if on_connected is not None:
             await on_connected()
+        # the generator's own cost while all watch: CPU of the process (every thread)
+        # over the packets its viewers received meanwhile
+        cpu_joined, packets_joined = time.process_time(), _received(peers)
         await asyncio.sleep(hold_s)
-        marks = {"t_start": t_start, "t_joined": t_joined, "t_end": time.monotonic()}
+        marks = {
+            "t_start": t_start, "t_joined": t_joined, "t_end": time.monotonic(),
+            "cpu_joined": cpu_joined, "cpu_end": time.process_time(),
+            "packets_joined": packets_joined, "packets_end": _received(peers),
+        }  # fmt: skip
         for peer in peers:
             peer.close()
     return results, marks
+
+
+def _received(peers: list[ClientPeer]) -> int:
+    for peer in peers:
+        peer.sync()
+    return sum(s.received for p in peers for s in p.stats.streams.values())
+
+
+def receive_path(mode: str) -> tuple[Any, str]:
+    """The swarm's receive path for `SFU_FASTPATH=mode` (the same extension as the SFU's
+    fan-out): a native `Swarm` (epoll + recvmmsg in a thread of its own, for bulk
+    viewers) or None (each viewer's datagrams through the event loop), and which."""
+    path = fastpath.choose(mode)
+    if path.module is None:
+        return None, path.describe()
+    return path.module.Swarm(), path.describe()
 
 
 def summarize(results: list[ViewerResult], join_span_s: float, t_end: float) -> dict[str, Any]:
@@ -421,17 +459,38 @@ def _main() -> None:
         "--arrival-span", type=float, default=0.0,
         help="spread the viewers' arrivals evenly over this many seconds (a join storm)",
     )  # fmt: skip
+    v.add_argument(
+        "--receive", choices=fastpath.MODES, default=os.environ.get("SFU_FASTPATH", "auto"),
+        help="bulk viewers' receive path: native (recvmmsg, tchat_fastpath) or python"
+        " (default: SFU_FASTPATH, else auto: native when built)",
+    )  # fmt: skip
     args = parser.parse_args()
     import uvloop
 
-    results, marks = uvloop.run(
-        run_viewers(
-            args.url, args.room, args.token, args.count, args.hold,
-            args.sample_every, args.concurrency, args.layer,
-            arrival_span_s=args.arrival_span,
-        )
-    )  # fmt: skip
+    async def run() -> tuple[list[ViewerResult], dict[str, float], dict[str, Any]]:
+        swarm, path = receive_path(args.receive)
+        try:
+            results, marks = await run_viewers(
+                args.url, args.room, args.token, args.count, args.hold,
+                args.sample_every, args.concurrency, args.layer,
+                arrival_span_s=args.arrival_span, swarm=swarm,
+            )  # fmt: skip
+        finally:
+            counts = swarm.counters() if swarm is not None else None
+            if swarm is not None:
+                swarm.close()
+        recv: dict[str, Any] = {"path": path}
+        if counts is not None:
+            recv.update(datagrams=counts[0], recvmmsg_calls=counts[1], read_errors=counts[2])
+        return results, marks, recv
+
+    results, marks, recv = uvloop.run(run())
     out = summarize(results, marks["t_joined"] - marks["t_start"], marks["t_end"])
+    packets = marks["packets_end"] - marks["packets_joined"]
+    recv["generator_cpu_us_per_packet"] = (
+        1e6 * (marks["cpu_end"] - marks["cpu_joined"]) / packets if packets else None
+    )
+    out["receive"] = recv
     out["connect_ms"] = [r.connect_s * 1000 for r in results if r.ok and r.connect_s is not None]
     out["marks"] = marks
     print_json_line(out)

@@ -12,12 +12,14 @@ protects and sends prepared RTP packets. One UDP socket per peer, as a browser.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import socket
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import pylibsrtp
 from aioice import stun
@@ -185,11 +187,45 @@ class ClientPeer(asyncio.DatagramProtocol):
         self._tw_next = -1  # first sequence number not yet reported
         self._tw_count = 0
         self._tw_task: asyncio.Task[None] | None = None
+        self.swarm: Any = None  # the native reader our socket was handed to, if any
+        self._swarm_key = -1
 
     # -- setup ---------------------------------------------------------------------
-    async def open(self, host: str = "127.0.0.1") -> None:
+    async def open(self, host: str = "127.0.0.1", own_socket: bool = False) -> None:
+        """Bind our UDP socket. `own_socket`: read it with an event-loop reader instead of
+        a transport, so that it can be handed to a native `Swarm` later (`hand_off`):
+        uvloop's datagram transports cannot stop reading."""
         loop = asyncio.get_running_loop()
+        if own_socket:
+            self.connection_made(OwnSocket(host, loop, self))  # type: ignore[arg-type]
+            return
         await loop.create_datagram_endpoint(lambda: self, local_addr=(host, 0))
+
+    def hand_off(self, swarm: Any) -> None:
+        """From now on a native `tchat_fastpath.Swarm` reads our socket (a bulk viewer's
+        counting, with recvmmsg); it continues the figures counted here, and `sync`
+        brings them back. Python keeps sending (receiver reports, consent checks)."""
+        own = self.transport
+        assert isinstance(own, OwnSocket) and self.swarm is None and not self.decrypt
+        own.stop_reading()
+        rows = [
+            (ssrc, s.first_seq, s.max_ext_seq, s.received, s.octets)
+            for ssrc, s in self.stats.streams.items()
+        ]
+        self._swarm_key = swarm.add(own.sock.fileno(), rows, self.stats.rtcp_in)
+        self.swarm = swarm
+
+    def sync(self, final: bool = False) -> None:
+        """The native reader's figures into `stats` (`final`: and stop it reading)."""
+        if self.swarm is None:
+            return
+        get = self.swarm.remove if final else self.swarm.stats
+        rows, self.stats.rtcp_in = get(self._swarm_key)
+        for ssrc, first_seq, max_ext, received, octets in rows:
+            s = self.stats.streams.setdefault(ssrc, StreamStats())
+            s.first_seq, s.max_ext_seq, s.received, s.octets = first_seq, max_ext, received, octets
+        if final:
+            self.swarm = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is no subclass
@@ -473,6 +509,7 @@ class ClientPeer(asyncio.DatagramProtocol):
             self._send(self.tx.protect(packet))
 
     def send_receiver_report(self) -> None:
+        self.sync()
         if self.tx is None or not self.stats.streams:
             return
         reports = []
@@ -497,6 +534,7 @@ class ClientPeer(asyncio.DatagramProtocol):
 
     def vanish(self) -> None:
         """Go silent as a killed process does: no DTLS close_notify, no DELETE."""
+        self.sync(final=True)
         self.closed = True
         for task in (self._timer, self._tw_task):
             if task is not None:
@@ -507,6 +545,7 @@ class ClientPeer(asyncio.DatagramProtocol):
     def close(self) -> None:
         if self.closed:
             return
+        self.sync(final=True)  # before the socket closes: the reader lets go of it first
         if self.dtls is not None and self.dtls.state == DtlsState.CONNECTED:
             self.dtls.close()
             self._flush_dtls()
@@ -517,6 +556,48 @@ class ClientPeer(asyncio.DatagramProtocol):
             self._tw_task.cancel()
         if self.transport is not None:
             self.transport.close()
+
+
+class OwnSocket:
+    """A peer's UDP socket read by an event-loop reader, with the parts of a datagram
+    transport `ClientPeer` uses (`sendto`, `close`, `get_extra_info`)."""
+
+    def __init__(self, host: str, loop: asyncio.AbstractEventLoop, peer: ClientPeer) -> None:
+        self.sock = socket.socket(
+            socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM
+        )
+        self.sock.setblocking(False)
+        self.sock.bind((host, 0))
+        self.loop = loop
+        self.peer = peer
+        self.reading = True
+        loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        for _ in range(64):  # then let the loop run others
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error reported on the socket: as a transport ignores it
+            self.peer.datagram_received(data, addr)
+
+    def stop_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.sock.fileno())
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        with contextlib.suppress(OSError):  # a full buffer or unreachable: dropped, as UDP
+            self.sock.sendto(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"socket": self.sock, "sockname": self.sock.getsockname()}.get(name, default)
+
+    def close(self) -> None:
+        self.stop_reading()
+        self.sock.close()
 
 
 def rtp_header(pt: int, seq: int, ts: int, ssrc: int, marker: bool, rid: str = "") -> bytes:
