@@ -76,6 +76,8 @@ PER_PROCESS = int(os.environ.get("LOAD_VIEWERS_PER_PROCESS", "1000"))
 SAMPLE_EVERY = int(os.environ.get("LOAD_SAMPLE_EVERY", "10"))
 LAYER = os.environ.get("LOAD_LAYER", "mid")
 CONCURRENCY = int(os.environ.get("LOAD_JOIN_CONCURRENCY", "16"))
+# the swarms' receive path for bulk viewers (tchat.perf.sfu_load --receive)
+RECEIVE = os.environ.get("LOAD_RECEIVE", os.environ.get("SFU_FASTPATH", "auto"))
 # gate: SFU process CPU per delivered packet <= this x sfu_bench's Python path (the
 # yardstick of the machine's speed), by the fan-out the SFU runs (measured: Python 3.2-4.2
 # and native 1.5-2.0 in the 2 x 100 CI profile: a margin of 1.2-1.5)
@@ -157,7 +159,7 @@ async def _swarm(
         sys.executable, "-m", "tchat.perf.sfu_load", "viewers", "--url", url, "--room", ROOM,
         "--token", token, "--count", str(count), "--hold", str(hold),
         "--sample-every", str(SAMPLE_EVERY), "--concurrency", str(concurrency),
-        "--layer", LAYER, "--arrival-span", str(span),
+        "--layer", LAYER, "--arrival-span", str(span), "--receive", RECEIVE,
     ]  # fmt: skip
     result: dict[str, Any] = await run_helper(args, "viewer swarm")
     return result
