@@ -38,7 +38,8 @@ if ((${#targets[@]} == 0)); then
            tests/integration/test_*interop*.py tests/integration/test_*gst*.py \
            tests/integration/test_cors.py tests/integration/test_recording_layers.py \
            tests/integration/test_shaped_uplink.py tests/integration/test_ice_tcp.py \
-           tests/integration/test_publisher_resume.py; do
+           tests/integration/test_publisher_resume.py tests/integration/test_fastpath_diff.py \
+           tests/integration/test_swarm_receive.py; do
     [[ " ${targets[*]} " == *" $f "* ]] || targets+=("$f")
   done
 fi
