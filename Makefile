@@ -6,13 +6,14 @@ TCHAT := $(VENV)/bin/tchat
 PERF_PROFILE ?= ci
 export PERF_PROFILE
 
-.PHONY: help setup system venv web-deps native run test test-web test-unit test-integration lint perf-ci \
+.PHONY: help setup system venv web-deps native run test test-web test-unit test-integration test-python-path lint perf-ci \
         test-all test-chat test-load test-latency test-recording test-abuse report \
         services-up services-down services-status down clean
 
 help:
 	@echo "make run            set up, then serve tchat on embedded defaults (127.0.0.1:8080)"
 	@echo "make test           set up, start services, lint, unit + integration + CI perf profiles"
+	@echo "make test-python-path  unit + media tests again on the Python fan-out (make test does)"
 	@echo "make test-all       every performance suite (PERF_PROFILE=full for the guide's sizes)"
 	@echo "make test-chat|test-load|test-latency|test-recording|test-abuse   one suite"
 	@echo "make test-web       the pages in headless Chromium (screenshots, web.json)"
@@ -72,8 +73,18 @@ test-unit: venv native
 test-integration: services-up web-deps native
 	$(PY) -m pytest tests/integration -q
 
+# Where the native fan-out is built the tests above ran on it; the unit tests and the
+# media ones (the repeated set: SFU, WebRTC, browsers, recording) run again on the Python
+# path, the reference and the fallback (issue 18). Nothing to repeat where it is not built.
+test-python-path: venv web-deps native
+	@if $(PY) -c 'import tchat_fastpath' 2>/dev/null; then \
+	  echo "tests again on the Python fan-out (SFU_FASTPATH=python)"; \
+	  SFU_FASTPATH=python $(PY) -m pytest tests/unit $$(bash scripts/repeat-tests.sh --list) -q; \
+	else echo "the native fan-out is not built: the tests above ran on the Python path"; fi
+
 test: setup web-deps native lint services-up
 	$(PY) -m pytest tests/unit tests/integration -q
+	@$(MAKE) --no-print-directory test-python-path
 	@rc=0; $(MAKE) --no-print-directory perf-ci || rc=$$?; \
 	  $(MAKE) --no-print-directory report; exit $$rc
 

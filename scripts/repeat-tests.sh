@@ -9,7 +9,8 @@
 # Options: -n RUNS (default 20), --busy (stress-ng --cpu 1; a Python spin loop where
 # stress-ng is missing), --out DIR (default reports/repeat/<UTC time>[-busy]),
 # --run-timeout S (one run's limit, default 1800: a hung run counts as failed), -x/--stop
-# (stop at the first failing run). Targets default to every tests/integration module of
+# (stop at the first failing run), --list (print the targets and exit: make test runs
+# them again on the Python fan-out). Targets default to every tests/integration module of
 # the browser (all that drive Chromium), SFU, WHIP and interop tests that exists. Needs
 # `make venv web-deps` (and nothing of `tchat services up`: these tests start their own
 # servers).
@@ -18,7 +19,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-runs=20 busy=0 out="" run_timeout=1800 stop=0 targets=()
+runs=20 busy=0 out="" run_timeout=1800 stop=0 list=0 targets=()
 while (($#)); do
   case $1 in
     -n) runs=$2; shift 2 ;;
@@ -26,7 +27,8 @@ while (($#)); do
     --out) out=$2; shift 2 ;;
     --run-timeout) run_timeout=$2; shift 2 ;;
     -x|--stop) stop=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --list) list=1; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) targets+=("$1"); shift ;;
   esac
 done
@@ -43,6 +45,7 @@ if ((${#targets[@]} == 0)); then
     [[ " ${targets[*]} " == *" $f "* ]] || targets+=("$f")
   done
 fi
+if ((list)); then echo "${targets[*]}"; exit 0; fi  # the set (make test's Python pass)
 [ -x "$PY" ] || { echo "repeat: $PY missing: run \`make venv web-deps\` first" >&2; exit 1; }
 out=${out:-reports/repeat/$(date -u +%Y%m%dT%H%M%SZ)$( ((busy)) && echo -busy)}
 mkdir -p "$out"

@@ -5,6 +5,7 @@ A plain frozen dataclass so the sans-I/O worker and its tests need no pydantic.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -34,7 +35,13 @@ class SfuSettings:
     join_wait_s: float = _setting("sfu_join_wait")
     publisher_reserve: float = _setting("sfu_publisher_reserve")
     max_load: float = _setting("sfu_max_load")
-    fastpath: str = _setting("sfu_fastpath")
+    # the environment's SFU_FASTPATH, as `tchat serve` would read it: in-process workers
+    # (the unit tests) run on the path `make test`'s Python pass asks for
+    fastpath: str = field(
+        default_factory=lambda: os.environ.get("SFU_FASTPATH")
+        or Settings.model_fields["sfu_fastpath"].default,
+        metadata={"setting": "sfu_fastpath"},
+    )
     abr: bool = _setting("sfu_abr")
     abr_up_after_s: float = _setting("sfu_abr_up_after")
     abr_hold_after_down_s: float = _setting("sfu_abr_hold_after_down")
