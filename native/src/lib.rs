@@ -14,6 +14,7 @@ mod swarm;
 #[pymodule]
 fn tchat_fastpath(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<srtp::SrtpSender>()?;
+    m.add_class::<srtp::SrtpReceiver>()?;
     m.add_class::<fanout::TwccRing>()?;
     m.add_class::<fanout::Slot>()?;
     m.add_class::<fanout::Fanout>()?;

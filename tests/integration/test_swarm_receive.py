@@ -1,15 +1,15 @@
-"""The load generator's native receive path (tchat_fastpath.Swarm: epoll + recvmmsg)
-against the Python one (`ClientPeer.datagram_received`): the same datagrams sent to two
-viewers' real loopback sockets, one read by the event loop throughout and one handed to
-the native reader midway, must give the same figures (packets, octets, first and
-extended highest sequence number per SSRC, RTCP count). Then a real swarm against a
-real server on each path: every bulk viewer counted, nothing lost."""
+"""The load generator's native receive path (tchat_fastpath.Swarm: epoll + recvmmsg,
+SRTP by tchat_fastpath's `Receiver`) against the Python one (`ClientPeer` with
+pylibsrtp): the same datagrams sent to viewers' real loopback sockets — one of each
+pair read by the event loop throughout, the other handed to the native reader midway —
+must give the same figures, a sampled (decrypting) viewer's checks included; the native
+SRTP receiver must accept exactly what libsrtp accepts, with the same plaintext. Then a
+real swarm against a real server on each path: every viewer counted, nothing lost."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import socket
 import struct
@@ -19,49 +19,84 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import pylibsrtp
 import pytest
+from aiortc.rtcdtlstransport import SRTPProtectionProfile
 
 from tchat.auth import issue_token
 from tchat.perf.sfu_load import MEDIA_CACHE, SyntheticPublisher, receive_path
 from tchat.perf.sfu_media import prepare
 from tchat.perf.webrtc_peer import ClientPeer, Identity, rtp_header
+from tchat.sfu import fastpath
+from tchat.sfu.dtls import PROFILES, srtp_session
+from tchat.sfu.rtp import h264_keyframe_start
 from tests.native import require_native
 
 from .sfu_helpers import SECRET, eventually
 
+VIDEO, AUDIO, OTHER = 0x1111, 0x2222, 0x3333
+IDR = b"\x65\x88" + bytes(40)  # an IDR slice: a keyframe start
+KNOWN = [IDR] + [bytes([0x41, i]) + bytes(range(i % 200)) for i in range(60)]  # "sent"
 
-def _datagrams(rng: random.Random) -> list[bytes]:
-    """RTP of two SSRCs (one wrapping its numbers, with gaps, repeats and late
-    packets), RTCP (an 8-byte RR among them), STUN, DTLS-like and short junk."""
+
+HAND_OFF = 500  # the packet before which the native viewers take over
+
+
+def _packets(rng: random.Random) -> list[bytes]:
+    """RTP packets in send order: video from a keyframe on, wrapping its numbers, with
+    gaps, late and repeated sends, padding-only packets and a payload the publisher
+    never sent; audio; an SSRC that starts on a non-keyframe. No late send in the 100
+    after HAND_OFF: the native reader's replay window starts there (docs/sfu.md)."""
     out: list[bytes] = []
-    seqs = {0x1111: 65000, 0x2222: 10}
+    seqs = {VIDEO: 65300, AUDIO: 10, OTHER: 40000}
     for i in range(1500):
-        ssrc = 0x1111 if i % 3 else 0x2222
+        ssrc = (VIDEO, VIDEO, AUDIO, OTHER)[i % 4]
         seq = seqs[ssrc]
         roll = rng.random()
-        if roll < 0.03:
-            seq = (seq - rng.randint(1, 40)) & 0xFFFF  # late or repeated
+        calm = HAND_OFF <= i < HAND_OFF + 100
+        if i > 40 and roll < 0.03 and not calm:
+            seq = (seq - rng.randint(1, 40)) & 0xFFFF  # late, or sent again
         elif roll < 0.06:
             seqs[ssrc] = seq = (seq + rng.randint(2, 30)) & 0xFFFF  # a gap
         else:
             seqs[ssrc] = (seq + 1) & 0xFFFF
-        out.append(
-            rtp_header(102, seq, i * 3000, ssrc, i % 5 == 0) + os.urandom(rng.randint(0, 1100))
-        )
-        if i % 97 == 0:
-            out.append(struct.pack("!BBHI", 0x80, 201, 1, 0x3333))  # an empty RR: 8 bytes
-            out.append(bytes([0x81, 200]) + os.urandom(50))  # an SR-like one
-        if i % 151 == 0:
-            out += [b"\x00\x01" + os.urandom(30), bytes([22]) + os.urandom(40), b"\x80", b""]
-            out.append(bytes([0x80, 0x66]) + os.urandom(5))  # RTP-like, too short to count
+        pt = 111 if ssrc == AUDIO else 102
+        header = rtp_header(pt, seq, i * 3000, ssrc, i % 5 == 0)
+        if ssrc == VIDEO and i > 8 and roll > 0.97:  # padding only: P bit, 200 bytes
+            out.append(bytes([header[0] | 0x20]) + header[1:] + bytes(199) + b"\xc8")
+            continue
+        payload = IDR if i < 4 and ssrc == VIDEO else rng.choice(KNOWN[1:])
+        if roll > 0.995:
+            payload = b"\x41never-sent"
+        out.append(header + payload)
     return out
 
 
-def _figures(peer: ClientPeer) -> dict[int, tuple[int, int, int, int]]:
-    return {
-        ssrc: (s.first_seq, s.max_ext_seq, s.received, s.octets)
-        for ssrc, s in peer.stats.streams.items()
-    }
+def _datagrams(
+    profile: SRTPProtectionProfile, key: bytes, rng: random.Random
+) -> tuple[list[bytes], int]:
+    """What the viewers get: SRTP of `_packets`, some sent twice (a replay), some
+    tampered with, between RTCP (an 8-byte RR among them), STUN, DTLS-like and junk;
+    and the index of the datagram of packet HAND_OFF."""
+    tx = srtp_session(key, profile, False)
+    out: list[bytes] = []
+    hand_off = 0
+    for i, packet in enumerate(_packets(rng)):
+        if i == HAND_OFF:
+            hand_off = len(out)
+        data = tx.protect(packet)
+        out.append(data)
+        if i % 83 == 0:
+            out.append(data)  # the same datagram again: libsrtp refuses the replay
+        if i % 131 == 0:
+            out.append(data[:-3] + bytes([data[-3] ^ 1]) + data[-2:])  # fails authentication
+        if i % 97 == 0:
+            out.append(struct.pack("!BBHI", 0x80, 201, 1, 0x4444))  # an empty RR: 8 bytes
+            out.append(bytes([0x81, 200]) + rng.randbytes(50))  # an SR-like one
+        if i % 151 == 0:
+            out += [b"\x00\x01" + rng.randbytes(30), bytes([22]) + rng.randbytes(40), b"\x80"]
+            out.append(bytes([0x80, 0x66]) + rng.randbytes(5))  # RTP-like, too short
+    return out, hand_off
 
 
 def _counted(d: bytes) -> bool:
@@ -71,19 +106,71 @@ def _counted(d: bytes) -> bool:
     return 192 <= d[1] <= 223 or len(d) >= 12
 
 
-async def test_native_receive_counts_as_the_python_viewer_does() -> None:
+def _figures(peer: ClientPeer) -> dict[str, Any]:
+    st = peer.stats
+    streams = {ssrc: vars(s) for ssrc, s in st.streams.items()}
+    return {"streams": streams, "rtcp": st.rtcp_in, "errors": st.decrypt_errors,
+            "padding": st.padding}  # fmt: skip
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: str(p.libsrtp_profile))
+def test_native_unprotect_accepts_what_libsrtp_accepts(profile: SRTPProtectionProfile) -> None:
+    require_native()
+    module = fastpath.choose("native").module
+    rng = random.Random(11)
+    key = rng.randbytes(profile.key_length + profile.salt_length)
+    ref = srtp_session(key, profile, True)
+    ours = module.SrtpReceiver(key, profile.libsrtp_profile)
+    datagrams = [d for d in _datagrams(profile, key, rng)[0] if len(d) >= 12 and d[1] < 192]
+    datagrams.append(datagrams[0][:13])  # shorter than its tag
+    datagrams.append(b"\x90" + datagrams[5][1:12] + b"\xbe\xde\x00\x09")  # extension past the end
+    outcomes = {"ok": 0, "refused": 0}
+    for i, d in enumerate(datagrams):
+        try:
+            want: bytes | None = ref.unprotect(d)
+        except pylibsrtp.Error:
+            want = None
+        try:
+            got: bytes | None = ours.unprotect(d)
+        except pylibsrtp.Error:
+            got = None
+        assert got == want, f"datagram {i}: native {got!r:.40} libsrtp {want!r:.40}"
+        outcomes["ok" if want is not None else "refused"] += 1
+    assert outcomes["ok"] > 1000 and outcomes["refused"] > 20  # replays, tampering, late
+    with pytest.raises(pylibsrtp.Error):
+        module.SrtpReceiver(b"short", profile.libsrtp_profile)
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: str(p.libsrtp_profile))
+async def test_native_receive_counts_as_the_python_viewer_does(
+    profile: SRTPProtectionProfile,
+) -> None:
+    """Pairs of viewers, bulk and sampled, get the same datagrams: one of each reads them
+    in Python, the other hands its socket to the native reader at packet HAND_OFF."""
     require_native()
     swarm, path = receive_path("native")
     assert swarm is not None and path.startswith("native")
-    py, nat = ClientPeer(Identity.create()), ClientPeer(Identity.create())
-    await py.open()
-    await nat.open(own_socket=True)
-    assert py.transport is not None and nat.transport is not None
-    dests = [py.transport.get_extra_info("sockname"), nat.transport.get_extra_info("sockname")]
+    swarm.know(KNOWN)
+    rng = random.Random(7)
+    key = rng.randbytes(profile.key_length + profile.salt_length)
+    known = {hash(p) for p in KNOWN}
+    peers: list[ClientPeer] = []
+    for sampled in (False, True):
+        for own in (False, True):
+            peer = ClientPeer(
+                Identity.create(), decrypt=sampled, known_payloads=known if sampled else None,
+                keyframe_test=h264_keyframe_start,
+            )  # fmt: skip
+            if sampled:
+                peer.rx, peer.rx_key = srtp_session(key, profile, True), key
+                peer.rx_profile = profile.libsrtp_profile
+            await peer.open(own_socket=own)
+            peers.append(peer)
+    py_bulk, nat_bulk, py_sampled, nat_sampled = peers
+    dests = [p.transport.get_extra_info("sockname") for p in peers if p.transport]
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    datagrams = _datagrams(random.Random(7))
+    datagrams, hand_off = _datagrams(profile, key, rng)
     want = sum(1 for d in datagrams if _counted(d))
-    half = len(datagrams) // 3
 
     def counter(peer: ClientPeer) -> Callable[[], Awaitable[int]]:
         async def total() -> int:
@@ -94,26 +181,37 @@ async def test_native_receive_counts_as_the_python_viewer_does() -> None:
 
     try:
         for i, d in enumerate(datagrams):
-            if i == half:  # what Python counted so far goes on natively
-                await eventually(counter(nat), lambda n: n > 0, what="the first packets")
-                nat.hand_off(swarm)
+            if i == hand_off:  # what Python counted so far goes on natively
+                for peer in (nat_bulk, nat_sampled):
+                    await eventually(counter(peer), lambda n: n > 0, what="the first packets")
+                    peer.hand_off(swarm)
             for dest in dests:
                 sender.sendto(d, dest)
             if i % 20 == 0:
-                await asyncio.sleep(0.005)  # loopback buffers are finite: let both read
-        for peer in (py, nat):
+                await asyncio.sleep(0.005)  # loopback buffers are finite: let all read
+        for peer in peers:
             await eventually(counter(peer), lambda n: n == want, what="every datagram counted")
-        nat.sync(final=True)
-        assert nat.swarm is None
-        assert _figures(nat) == _figures(py)
-        assert nat.stats.rtcp_in == py.stats.rtcp_in > 0
+        for peer in (nat_bulk, nat_sampled):
+            peer.sync(final=True)
+            assert peer.swarm is None
+        assert _figures(nat_bulk) == _figures(py_bulk)
+        assert _figures(nat_sampled) == _figures(py_sampled)
+        # the streams did what the test meant them to
+        video = py_sampled.stats.streams[VIDEO]
+        assert video.max_ext_seq > 65535 and video.gaps > 0 and video.reordered > 0
+        assert (
+            video.keyframe_first is True and py_sampled.stats.streams[OTHER].keyframe_first is False
+        )
+        assert py_sampled.stats.streams[AUDIO].keyframe_first is None
+        streams = py_sampled.stats.streams.values()
+        assert sum(s.bad_payloads for s in streams) > 0 and py_sampled.stats.padding > 0
+        assert py_sampled.stats.decrypt_errors > 20 and py_bulk.stats.rtcp_in > 0
         got, calls, errors = swarm.counters()
-        assert got >= len(datagrams) - half and calls > 0 and errors == 0
-        assert _figures(py)[0x1111][1] > 65535  # its numbers wrapped
+        assert got >= 2 * (len(datagrams) - hand_off) and calls > 0 and errors == 0
     finally:
         sender.close()
-        py.close()
-        nat.close()
+        for peer in peers:
+            peer.close()
         swarm.close()
 
 
@@ -150,9 +248,12 @@ async def test_swarm_on_each_receive_path(server_factory: Any, receive: str) -> 
     assert result["receive"]["path"].startswith(receive)
     assert result["viewer_packets_received"] > 12 * 50
     assert result["viewer_packets_per_s_avg"] > 20  # ~84 packets/s of the mid layer + audio
+    # 3 sampled viewers decrypted and checked every payload (natively after the hand-off)
+    assert result["sampled_viewers"] == 3 and result["sampled_payloads_checked"] > 3 * 50
     assert result["sampled_bad_payloads"] == 0 and result["sampled_decrypt_errors"] == 0
+    assert result["sampled_seq_gaps"] == 0 and result["viewer_loss_pct"] == 0
+    assert result["sampled_video_not_starting_on_keyframe"] == 0
     if receive == "native":
         rx = result["receive"]
         assert rx["read_errors"] == 0 and rx["recvmmsg_calls"] > 0
-        # the 9 bulk viewers' packets after their hand-off came through the native reader
-        assert rx["datagrams"] > 9 * 50
+        assert rx["datagrams"] > 12 * 50  # after each hand-off, through the native reader

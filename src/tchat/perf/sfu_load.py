@@ -7,11 +7,11 @@ receives SRTP, one in `sample_every` also decrypts and verifies. `python -m
 tchat.perf.sfu_load viewers …` runs a swarm in its own process and prints one JSON
 line, so a large run spreads the generator over several processes.
 
-Where the native extension is built (`SFU_FASTPATH`, as the SFU's fan-out), a bulk
+Where the native extension is built (`SFU_FASTPATH`, as the SFU's fan-out), a
 viewer's socket goes, once its media flows, to a `tchat_fastpath.Swarm`: one native
 thread reads every such socket with epoll + recvmmsg and counts what the Python
-viewer counts (tests/integration/test_swarm_receive.py holds the two to the same
-figures). Sampled viewers stay in Python, where their payloads are checked.
+viewer counts — a sampled viewer's SRTP decryption and payload checks included
+(tests/integration/test_swarm_receive.py holds the two to the same figures).
 """
 
 from __future__ import annotations
@@ -282,13 +282,13 @@ async def open_viewer(
     first_media_timeout_s: float,
     swarm: Any = None,
 ) -> tuple[ClientPeer, ViewerResult]:
-    """`swarm`: a native `Swarm` a bulk (not decrypting) viewer's socket is handed to
-    once its media flows; sampled viewers stay in Python, which checks their payloads."""
+    """`swarm`: a native `Swarm` the viewer's socket is handed to once its media flows
+    (a sampled one's decryption and checks go on there too)."""
     peer = ClientPeer(
         identity, decrypt=decrypt, known_payloads=known, keyframe_test=h264_keyframe_start
     )
     result = ViewerResult(ok=False, sampled=decrypt, stats=peer.stats)
-    native = swarm is not None and not decrypt
+    native = swarm is not None
     try:
         await peer.open(own_socket=native)
         start = time.monotonic()
@@ -325,10 +325,12 @@ async def run_viewers(
     """Open `count` viewers, hold them `hold_s` after the last joined, close them.
     `arrival_span_s` > 0: viewer i arrives (its WHEP request starts, `concurrency` at most
     in flight) at i/count of that span after the start, a join storm's arrivals.
-    `swarm`: a native `Swarm` that reads the bulk viewers' sockets (`receive_path`)."""
+    `swarm`: a native `Swarm` that reads the viewers' sockets (`receive_path`)."""
     identity = Identity.create()
     media = prepare(MEDIA_CACHE)
     known = media.known_payloads()
+    if swarm is not None:
+        swarm.know(media.payloads())  # what its sampled viewers check against
     sem = asyncio.Semaphore(concurrency)
     peers: list[ClientPeer] = []
     results: list[ViewerResult] = []
@@ -377,8 +379,9 @@ def _received(peers: list[ClientPeer]) -> int:
 
 def receive_path(mode: str) -> tuple[Any, str]:
     """The swarm's receive path for `SFU_FASTPATH=mode` (the same extension as the SFU's
-    fan-out): a native `Swarm` (epoll + recvmmsg in a thread of its own, for bulk
-    viewers) or None (each viewer's datagrams through the event loop), and which."""
+    fan-out): a native `Swarm` (epoll + recvmmsg in a thread of its own, for every
+    viewer once its media flows) or None (each viewer's datagrams through the event
+    loop), and which."""
     path = fastpath.choose(mode)
     if path.module is None:
         return None, path.describe()
@@ -461,7 +464,7 @@ def _main() -> None:
     )  # fmt: skip
     v.add_argument(
         "--receive", choices=fastpath.MODES, default=os.environ.get("SFU_FASTPATH", "auto"),
-        help="bulk viewers' receive path: native (recvmmsg, tchat_fastpath) or python"
+        help="the viewers' receive path: native (recvmmsg, tchat_fastpath) or python"
         " (default: SFU_FASTPATH, else auto: native when built)",
     )  # fmt: skip
     args = parser.parse_args()

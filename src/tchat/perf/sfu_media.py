@@ -47,10 +47,14 @@ class PreparedMedia:
     video: dict[str, list[Frame]]  # rid → frames in order (frame 0 is an IDR)
     audio: list[bytes]  # Opus packets, 20 ms each
 
+    def payloads(self) -> list[bytes]:
+        """Every payload the publisher can send (sampled viewers check against them)."""
+        video = [p for frames in self.video.values() for f in frames for p in f.payloads]
+        return video + list(self.audio)
+
     def known_payloads(self) -> set[int]:
-        """Hashes of every payload the publisher can send (sampled viewers check against it)."""
-        out = {hash(p) for frames in self.video.values() for f in frames for p in f.payloads}
-        return out | {hash(p) for p in self.audio}
+        """Their hashes, as the Python viewer checks them (a native reader: `Swarm.know`)."""
+        return {hash(p) for p in self.payloads()}
 
 
 def _run(cmd: list[str]) -> None:

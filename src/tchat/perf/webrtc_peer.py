@@ -30,7 +30,13 @@ from OpenSSL import SSL
 
 from tchat.sfu import rtcp, twcc
 from tchat.sfu.dtls import DtlsEndpoint, DtlsState, fingerprint, make_context
-from tchat.sfu.rtp import RtpError, header_extension, is_rtcp, payload_bounds
+from tchat.sfu.rtp import (
+    RtpError,
+    h264_keyframe_start,
+    header_extension,
+    is_rtcp,
+    payload_bounds,
+)
 from tchat.sfu.sdp import PLAYOUT_DELAY_URI, TWCC_URI
 from tchat.sfu.sdpfrag import parse_fragment
 
@@ -171,6 +177,8 @@ class ClientPeer(asyncio.DatagramProtocol):
         self.dtls: DtlsEndpoint | None = None
         self.tx: pylibsrtp.Session | None = None
         self.rx: pylibsrtp.Session | None = None
+        self.rx_key = b""  # its key and libsrtp profile: a native reader decrypts alike
+        self.rx_profile = 0
         self._timer: asyncio.Task[None] | None = None
         self._ssrc = secrets.randbits(32) | 1
         self.closed = False
@@ -202,17 +210,21 @@ class ClientPeer(asyncio.DatagramProtocol):
         await loop.create_datagram_endpoint(lambda: self, local_addr=(host, 0))
 
     def hand_off(self, swarm: Any) -> None:
-        """From now on a native `tchat_fastpath.Swarm` reads our socket (a bulk viewer's
-        counting, with recvmmsg); it continues the figures counted here, and `sync`
-        brings them back. Python keeps sending (receiver reports, consent checks)."""
+        """From now on a native `tchat_fastpath.Swarm` reads our socket with recvmmsg: it
+        counts what `_rtp` counts and, for a decrypting (sampled) viewer, decrypts and
+        checks as `_rtp` does, going on from the figures and sequence numbers counted
+        here; `sync` brings them back. Python keeps sending (reports, consent checks)."""
         own = self.transport
-        assert isinstance(own, OwnSocket) and self.swarm is None and not self.decrypt
+        assert isinstance(own, OwnSocket) and self.swarm is None
+        assert self.lose is None and self.on_media is None and self.packets is None
         own.stop_reading()
-        rows = [
-            (ssrc, s.first_seq, s.max_ext_seq, s.received, s.octets)
-            for ssrc, s in self.stats.streams.items()
-        ]
-        self._swarm_key = swarm.add(own.sock.fileno(), rows, self.stats.rtcp_in)
+        st = self.stats
+        sampled = None
+        if self.decrypt:
+            assert self.rx_key and self.keyframe_test is h264_keyframe_start
+            sampled = (self.rx_key, self.rx_profile, st.decrypt_errors, st.padding)
+        rows = [_row(ssrc, s) for ssrc, s in st.streams.items()]
+        self._swarm_key = swarm.add(own.sock.fileno(), rows, st.rtcp_in, sampled)
         self.swarm = swarm
 
     def sync(self, final: bool = False) -> None:
@@ -220,10 +232,14 @@ class ClientPeer(asyncio.DatagramProtocol):
         if self.swarm is None:
             return
         get = self.swarm.remove if final else self.swarm.stats
-        rows, self.stats.rtcp_in = get(self._swarm_key)
-        for ssrc, first_seq, max_ext, received, octets in rows:
+        rows, self.stats.rtcp_in, errors, padding = get(self._swarm_key)
+        if self.decrypt:
+            self.stats.decrypt_errors, self.stats.padding = errors, padding
+        for ssrc, *figures in rows:
             s = self.stats.streams.setdefault(ssrc, StreamStats())
-            s.first_seq, s.max_ext_seq, s.received, s.octets = first_seq, max_ext, received, octets
+            (s.first_seq, s.max_ext_seq, s.received, s.octets, s.gaps, s.reordered,
+             s.bad_payloads, s.payloads, keyframe_first) = figures  # fmt: skip
+            s.keyframe_first = None if keyframe_first < 0 else bool(keyframe_first)
         if final:
             self.swarm = None
 
@@ -415,6 +431,8 @@ class ClientPeer(asyncio.DatagramProtocol):
                     tx = self.dtls.srtp.tx
                     assert isinstance(tx, pylibsrtp.Session)  # a client's: never native
                     self.tx, self.rx = tx, self.dtls.srtp.rx
+                    self.rx_key = self.dtls.srtp.rx_key  # what `rx` was made from
+                    self.rx_profile = self.dtls.srtp.libsrtp_profile
                     self._dtls_ok.set_result(None)
                 elif self.dtls.state == DtlsState.FAILED:
                     self._dtls_ok.set_exception(ConnectionError(self.dtls.error))
@@ -556,6 +574,13 @@ class ClientPeer(asyncio.DatagramProtocol):
             self._tw_task.cancel()
         if self.transport is not None:
             self.transport.close()
+
+
+def _row(ssrc: int, s: StreamStats) -> tuple[int, ...]:
+    """A stream's figures as the native reader takes them (swarm.rs StreamRow)."""
+    kf = -1 if s.keyframe_first is None else int(s.keyframe_first)
+    return (ssrc, s.first_seq, s.max_ext_seq, s.received, s.octets, s.gaps, s.reordered,
+            s.bad_payloads, s.payloads, kf)  # fmt: skip
 
 
 class OwnSocket:

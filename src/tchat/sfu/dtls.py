@@ -47,6 +47,9 @@ class SrtpSessions:
     rx: Session  # unprotects what the peer sends
     tx: Session | NativeTx  # protects what we send
     profile: str
+    # what `rx` was made from: a load-generator viewer's native reader unprotects alike
+    rx_key: bytes = b""
+    libsrtp_profile: int = 0
 
 
 def make_context(cert: RTCCertificate) -> SSL.Context:
@@ -162,10 +165,13 @@ class DtlsEndpoint:
         )
         # key/salt 0 belong to the client, 1 to the server (RFC 5764 §4.2)
         tx_idx, rx_idx = (1, 0) if self._server else (0, 1)
+        rx_key = profile.get_key_and_salt(material, rx_idx)
         self.srtp = SrtpSessions(
-            rx=srtp_session(profile.get_key_and_salt(material, rx_idx), profile, True),
+            rx=srtp_session(rx_key, profile, True),
             tx=outbound(profile.get_key_and_salt(material, tx_idx), profile, self._native),
             profile=selected.decode(),
+            rx_key=rx_key,
+            libsrtp_profile=profile.libsrtp_profile,
         )
         self.state = DtlsState.CONNECTED
 
