@@ -8,7 +8,8 @@
 //! checks) and reads the figures back (`stats`).
 //!
 //! The thread never touches Python objects: it runs without the GIL, beside the event
-//! loop, and one mutex guards the figures (held per batch of datagrams, and by `stats`).
+//! loop, and one mutex guards the figures (held while one socket is read, and by
+//! `stats`; a socket is only closed after `remove`, under it).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -307,10 +308,12 @@ fn run(shared: Arc<Shared>) {
         if n <= 0 {
             continue; // timeout, or EINTR
         }
-        let mut state = shared.lock();
-        let State { viewers, known } = &mut *state;
         for ev in &events[..n as usize] {
-            let key = ev.u64;
+            let key = ev.u64; // a copy: epoll_event is packed
+            // the lock per socket, not per wake-up: Python's `stats` (each viewer's receiver
+            // report) waits for one socket's datagrams at most
+            let mut state = shared.lock();
+            let State { viewers, known } = &mut *state;
             let Some(viewer) = viewers.get_mut(&key) else {
                 continue;
             };
