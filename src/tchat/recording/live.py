@@ -505,7 +505,7 @@ class LiveRecording:
         if not streams:
             return
         sdp_path = self.service.workdir / f"{peer.id}.sdp"
-        video_port = streams[0].port
+        ports = [st.port for st in streams]
         key = [peer.id]  # the publisher it follows: another one if the stream resumes
         try:
             source = SdpSource(
@@ -514,7 +514,7 @@ class LiveRecording:
                 keyframe=lambda: sink.request_keyframe(worker.now()),
                 codec_args=codec_args(streams),
                 stream_time=lambda: sink.stream_time(worker.now()),
-                on_run=lambda: self._gate(key[0], sink, video_port),
+                on_run=lambda: self._gate(key[0], sink, ports),
                 describe=sink.describe,
             )
             recorder = self.service.start(peer.room.name, source)
@@ -534,22 +534,27 @@ class LiveRecording:
             ",".join(f"{s.kind}:{s.encoding}@{s.port}" for s in streams),
         )
 
-    def _gate(self, peer_id: str, sink: RecorderSink, port: int) -> None:
+    def _gate(self, peer_id: str, sink: RecorderSink, ports: list[int]) -> None:
         """A (new) FFmpeg run started: hold the media until it listens, then let it flow."""
         sink.restart(self.worker.now())
         old = self._tasks.pop(peer_id, None)
         if old is not None:
             old.cancel()
         self._tasks[peer_id] = asyncio.get_running_loop().create_task(
-            self._run_sink(sink, port), name=f"recording-sink-{peer_id}"
+            self._run_sink(sink, ports), name=f"recording-sink-{peer_id}"
         )
 
-    async def _run_sink(self, sink: RecorderSink, port: int) -> None:
+    async def _run_sink(self, sink: RecorderSink, ports: list[int]) -> None:
         ticks = asyncio.create_task(self._tick(sink))  # the layers' history starts now
         try:
-            if not await wait_udp_listener(port, LISTEN_TIMEOUT_S):
-                log.warning("recording room=%s: FFmpeg did not listen on %d", sink.room, port)
-                return  # the recorder's no-media timeout reports it
+            # every stream's port: FFmpeg binds them one after the other (audio first, as
+            # the SDP lists them), and a keyframe sent before the video's is bound is lost
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + LISTEN_TIMEOUT_S
+            for port in ports:
+                if not await wait_udp_listener(port, max(0.0, deadline - loop.time())):
+                    log.warning("recording room=%s: FFmpeg did not listen on %d", sink.room, port)
+                    return  # the recorder's no-media timeout reports it
             sink.enable(self.worker.now())
             await ticks
         finally:
