@@ -412,7 +412,7 @@ impl Receiver {
 
 /// Where the encrypted part of an RTP packet starts: past CSRCs and the extension
 /// block (libsrtp's header checks: None for a header longer than the packet).
-fn payload_start(p: &[u8]) -> Option<usize> {
+pub fn payload_start(p: &[u8]) -> Option<usize> {
     if p.len() < 12 {
         return None;
     }
@@ -448,16 +448,26 @@ impl SrtpSender {
     }
 
     fn protect<'py>(&mut self, py: Python<'py>, packet: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        if packet.len() > BUF - RTP_TRAILER {
-            return Err(PyValueError::new_err("packet is too long"));
-        }
-        self.buf[..packet.len()].copy_from_slice(packet);
-        let n = self
-            .inner
-            .protect(&mut self.buf, packet.len())
-            .map_err(|rc| srtp_error(py, rc))?;
-        Ok(PyBytes::new(py, &self.buf[..n]))
+        let inner = &mut self.inner;
+        in_place(py, &mut self.buf, packet, BUF - RTP_TRAILER, |b, n| inner.protect(b, n))
     }
+}
+
+/// pylibsrtp's calling convention: `packet` (at most `limit` bytes) copied into `buf`,
+/// transformed there by `op` (which returns the new length), errors as pylibsrtp.Error.
+fn in_place<'py>(
+    py: Python<'py>,
+    buf: &mut [u8],
+    packet: &[u8],
+    limit: usize,
+    op: impl FnOnce(&mut [u8], usize) -> Result<usize, i32>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    if packet.len() > limit {
+        return Err(PyValueError::new_err("packet is too long"));
+    }
+    buf[..packet.len()].copy_from_slice(packet);
+    let n = op(buf, packet.len()).map_err(|rc| srtp_error(py, rc))?;
+    Ok(PyBytes::new(py, &buf[..n]))
 }
 
 /// Inbound SRTP for Python: `unprotect` as pylibsrtp's `Session.unprotect` for an inbound
@@ -480,14 +490,7 @@ impl SrtpReceiver {
     }
 
     fn unprotect<'py>(&mut self, py: Python<'py>, packet: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        if packet.len() > BUF {
-            return Err(PyValueError::new_err("packet is too long"));
-        }
-        self.buf[..packet.len()].copy_from_slice(packet);
-        let n = self
-            .inner
-            .unprotect(&mut self.buf, packet.len())
-            .map_err(|rc| srtp_error(py, rc))?;
-        Ok(PyBytes::new(py, &self.buf[..n]))
+        let inner = &mut self.inner;
+        in_place(py, &mut self.buf, packet, BUF, |b, n| inner.unprotect(b, n))
     }
 }

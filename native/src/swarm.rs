@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::srtp::{srtp_error, Receiver};
+use crate::srtp::{payload_start, srtp_error, Receiver};
 
 /// Datagrams per recvmmsg, each into its own slot of a fixed buffer.
 const BATCH: usize = 64;
@@ -137,16 +137,7 @@ fn h264_keyframe_start(p: &[u8]) -> bool {
 
 /// (start, end) of an RTP packet's payload, without padding: tchat.sfu.rtp.payload_bounds.
 fn payload_bounds(d: &[u8]) -> Option<(usize, usize)> {
-    if d.len() < 12 {
-        return None;
-    }
-    let mut start = 12 + 4 * (d[0] & 0x0F) as usize;
-    if d[0] & 0x10 != 0 {
-        if d.len() < start + 4 {
-            return None;
-        }
-        start += 4 + 4 * u16::from_be_bytes([d[start + 2], d[start + 3]]) as usize;
-    }
+    let start = payload_start(d)?;
     let mut end = d.len();
     if d[0] & 0x20 != 0 {
         end = end.checked_sub(d[d.len() - 1] as usize)?;

@@ -357,24 +357,27 @@ async def run_viewers(
         t_joined = time.monotonic()
         if on_connected is not None:
             await on_connected()
-        # the generator's own cost while all watch: CPU of the process (every thread)
-        # over the packets its viewers received meanwhile
-        cpu_joined, packets_joined = time.process_time(), _received(peers)
-        await asyncio.sleep(hold_s)
-        marks = {
-            "t_start": t_start, "t_joined": t_joined, "t_end": time.monotonic(),
-            "cpu_joined": cpu_joined, "cpu_end": time.process_time(),
-            "packets_joined": packets_joined, "packets_end": _received(peers),
-        }  # fmt: skip
+        marks = {"t_start": t_start, "t_joined": t_joined, **await _hold(peers, hold_s)}
         for peer in peers:
             peer.close()
     return results, marks
 
 
-def _received(peers: list[ClientPeer]) -> int:
-    for peer in peers:
-        peer.sync()
-    return sum(s.received for p in peers for s in p.stats.streams.values())
+async def _hold(peers: list[ClientPeer], hold_s: float) -> dict[str, float]:
+    """Hold the viewers `hold_s`; the generator's own cost meanwhile: CPU of the process
+    (every thread) and the packets its viewers received."""
+
+    def received() -> int:
+        for peer in peers:
+            peer.sync()
+        return sum(s.received for p in peers for s in p.stats.streams.values())
+
+    cpu_joined, packets_joined = time.process_time(), received()
+    await asyncio.sleep(hold_s)
+    return {
+        "t_end": time.monotonic(), "cpu_joined": cpu_joined, "cpu_end": time.process_time(),
+        "packets_joined": packets_joined, "packets_end": received(),
+    }  # fmt: skip
 
 
 def receive_path(mode: str) -> tuple[Any, str]:
