@@ -7,7 +7,9 @@ loopback `sendto` per packet (to a socket nobody reads; the kernel drops them).
 `--twcc` stamps transport-wide sequence numbers and playout delay, as for adaptive
 viewers.
 `--nic` sends by a dropping network device (a namespace of its own; root) instead of to a
-loopback socket nobody reads, whose receive path the sender pays too.
+loopback socket nobody reads, whose receive path the sender pays too. `--drain` gives each
+viewer its own socket, read by another process as the load suite's viewers read
+(perf/drain.py); `--rate P` paces the packets at P a second, as a live track does.
 `--fastpath native|python|both` (default `SFU_FASTPATH`, else auto) picks the fan-out
 (sfu/fastpath.py); `both` measures the two side by side in one run.
 `--relay` prints the cluster relay's CPU per relayed packet instead (`relay_cost`);
@@ -31,6 +33,7 @@ from typing import Any
 
 from aioice import stun
 
+from tchat.perf.drain import Drain
 from tchat.perf.webrtc_peer import ClientPeer, Identity, rtp_header
 from tchat.sfu import fastpath
 from tchat.sfu.core import SfuCore
@@ -57,39 +60,55 @@ def run(
     twcc: bool = False,
     path: fastpath.FastPath | None = None,
     nic: bool = False,
+    drain: bool = False,
+    rate: float = 0.0,
 ) -> dict[str, float]:
     """µs of CPU per delivered packet of `Track.forward` to `viewers` (`nic`: sent by a
-    dropping device, `dummy_nic`, not loopback)."""
+    dropping device, `dummy_nic`, not loopback; `drain`: each viewer its own socket,
+    read as the load suite's generator reads, `Drain`; `rate`: packets a second, as a
+    live track paces them, else back to back)."""
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     out.setblocking(False)
     addr = (DUMMY_PEER, 9) if nic else sink.getsockname()
+    readers = Drain(viewers) if drain else None
 
-    def send(data: bytes) -> None:
-        try:
-            out.sendto(data, addr)
-        except BlockingIOError:
-            pass
+    def sender(to: Addr) -> Any:
+        def send(data: bytes) -> None:
+            try:
+                out.sendto(data, to)
+            except BlockingIOError:
+                pass
 
+        return send
+
+    send = sender(addr)
     path = path or fastpath.choose("python")
     track = Track("video", "video/H264", 90000)
     payload = bytes([0x65]) + os.urandom(1100)
     first = struct.pack("!BBHII", 0x80, 102, 0, 0, 42) + payload
     track.forward(first, 0.0)
     for n in range(viewers):
-        dt = _downtrack(path, n, send, out.fileno(), addr)
+        to = readers.addr(n) if readers else addr
+        dt = _downtrack(path, n, sender(to), out.fileno(), to)
         if twcc:
             dt.enable_twcc(dt.new_twcc(), 5)
             dt.set_playout_delay(6, 0, 200)
         track.add(dt, 0.0)
     pkts = [struct.pack("!BBHII", 0x80, 102, i, i * 3000, 42) + payload for i in range(1, packets)]
     prof = cProfile.Profile() if profile else None
+    if readers:
+        readers.start()
+    start = time.monotonic()
     t0 = time.process_time()
     with prof or contextlib.nullcontext():
         for i, p in enumerate(pkts):
+            if rate and (ahead := start + i / rate - time.monotonic()) > 0:
+                time.sleep(ahead)
             track.forward(p, 0.01 * i)
     cpu = time.process_time() - t0
+    read = readers.close() if readers else {}
     delivered = viewers * len(pkts)
     protect_us, send_us = _parts(path, payload, send)
     if prof:
@@ -107,6 +126,18 @@ def run(
         "syscalls_per_packet": fan.syscalls / len(pkts) if fan is not None else float(viewers),
         "send_errors": float(fan.send_errors) if fan is not None else 0.0,
         "device_took_packets": float(_device_took()) if nic else 0.0,
+        **_read_figures(read, delivered),
+    }
+
+
+def _read_figures(read: dict[str, float], delivered: int) -> dict[str, float]:
+    """What the drain's reader got of the `delivered` datagrams, and its CPU for each."""
+    if not read:
+        return {}
+    return {
+        "read_fraction": read["read"] / delivered,
+        "reader_us_per_packet": 1e6 * read["cpu_s"] / max(read["read"], 1),
+        "datagrams_per_recvmmsg": read["read"] / max(read["calls"], 1),
     }
 
 
@@ -342,6 +373,15 @@ def main() -> None:
         action="store_true",
         help="send by a network device that drops (a namespace of our own; root), not loopback",
     )
+    parser.add_argument(
+        "--drain",
+        action="store_true",
+        help="each viewer its own socket, read by a reader process as live viewers read "
+        "(loopback's receive path then costs what it does live; needs the native module)",
+    )
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="packets a second (default: back to back)"
+    )
     args = parser.parse_args()
     if args.nic:
         dummy_nic()
@@ -354,7 +394,18 @@ def main() -> None:
             _print(path_cost(args.viewers, args.packets, mode))
         else:
             path = fastpath.choose(mode)
-            _print(run(args.viewers, args.packets, args.profile, args.twcc, path, args.nic))
+            _print(
+                run(
+                    args.viewers,
+                    args.packets,
+                    args.profile,
+                    args.twcc,
+                    path,
+                    args.nic,
+                    args.drain,
+                    args.rate,
+                )
+            )
 
 
 def _print(figures: dict[str, float]) -> None:
