@@ -75,13 +75,7 @@ def run(
     readers = Drain(viewers) if drain else None
 
     def sender(to: Addr) -> Any:
-        def send(data: bytes) -> None:
-            try:
-                out.sendto(data, to)
-            except BlockingIOError:
-                pass
-
-        return send
+        return lambda data: _send(out, data, to)
 
     send = sender(addr)
     path = path or fastpath.choose("python")
@@ -97,22 +91,12 @@ def run(
             dt.set_playout_delay(6, 0, 200)
         track.add(dt, 0.0)
     pkts = [struct.pack("!BBHII", 0x80, 102, i, i * 3000, 42) + payload for i in range(1, packets)]
-    prof = cProfile.Profile() if profile else None
     if readers:
         readers.start()
-    start = time.monotonic()
-    t0 = time.process_time()
-    with prof or contextlib.nullcontext():
-        for i, p in enumerate(pkts):
-            if rate and (ahead := start + i / rate - time.monotonic()) > 0:
-                time.sleep(ahead)
-            track.forward(p, 0.01 * i)
-    cpu = time.process_time() - t0
+    cpu = _timed(track, pkts, rate, profile)
     read = readers.close() if readers else {}
     delivered = viewers * len(pkts)
     protect_us, send_us = _parts(path, payload, send)
-    if prof:
-        pstats.Stats(prof).sort_stats("tottime").print_stats(8)
     sink.close()
     out.close()
     total = 1e6 * cpu / delivered
@@ -128,6 +112,29 @@ def run(
         "device_took_packets": float(_device_took()) if nic else 0.0,
         **_read_figures(read, delivered),
     }
+
+
+def _send(out: socket.socket, data: bytes, to: Addr) -> None:
+    try:
+        out.sendto(data, to)
+    except BlockingIOError:
+        pass
+
+
+def _timed(track: Track, pkts: list[bytes], rate: float, profile: bool) -> float:
+    """CPU seconds of forwarding `pkts` (paced at `rate` a second, else back to back)."""
+    prof = cProfile.Profile() if profile else None
+    start = time.monotonic()
+    t0 = time.process_time()
+    with prof or contextlib.nullcontext():
+        for i, p in enumerate(pkts):
+            if rate and (ahead := start + i / rate - time.monotonic()) > 0:
+                time.sleep(ahead)
+            track.forward(p, 0.01 * i)
+    cpu = time.process_time() - t0
+    if prof:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(8)
+    return cpu
 
 
 def _read_figures(read: dict[str, float], delivered: int) -> dict[str, float]:
