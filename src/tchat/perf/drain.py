@@ -61,21 +61,25 @@ class Drain:
         for s in self.socks:
             swarm.add(s.fileno(), [], 0)
         os.write(out_w, b"r")
-        os.read(stop_r, 1)
-        last = (-1, 0, 0)
-        while (now := swarm.counters()) != last:  # what is still in flight, then quiet
-            last = now
-            time.sleep(0.05)
+        expected = int(os.read(stop_r, 32) or b"0")
+        # what is still in flight: until all `expected` are read, or nothing came for 2 s
+        # (a reader thread starved on a busy box catches up within that)
+        last, quiet_since = swarm.counters(), time.monotonic()
+        while last[0] < expected and time.monotonic() - quiet_since < 2.0:
+            time.sleep(0.01)
+            if (now := swarm.counters()) != last:
+                last, quiet_since = now, time.monotonic()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         figures = {"read": last[0], "calls": last[1], "cpu_s": usage.ru_utime + usage.ru_stime}
         os.write(out_w, json.dumps(figures).encode())
         swarm.close()
 
-    def close(self) -> dict[str, float]:
-        """Stop the reader: datagrams it read, its recvmmsg calls, its CPU seconds."""
+    def close(self, expected: int = 0) -> dict[str, float]:
+        """Stop the reader once it has read the `expected` datagrams sent (or heard nothing
+        for 2 s): datagrams it read, its recvmmsg calls, its CPU seconds."""
         figures: dict[str, float] = {}
         if self.pid:
-            os.write(self._stop, b"s")
+            os.write(self._stop, str(expected).encode())
             figures = json.loads(os.read(self._figures, 4096))
             os.waitpid(self.pid, 0)
             os.close(self._stop)

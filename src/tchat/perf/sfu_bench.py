@@ -94,8 +94,8 @@ def run(
     if readers:
         readers.start()
     cpu = _timed(track, pkts, rate, profile)
-    read = readers.close() if readers else {}
     delivered = viewers * len(pkts)
+    read = readers.close(delivered) if readers else {}
     protect_us, send_us = _parts(path, payload, send)
     sink.close()
     out.close()
