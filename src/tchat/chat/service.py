@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from tchat.aio import cancel_and_wait
 from tchat.bus import Bus, BusUnavailable
@@ -33,6 +34,14 @@ log = logging.getLogger("tchat.chat")
 
 QUEUE_FRAMES = 1024
 ID_ATTEMPTS = 3  # a fresh id after a collision; three in a row means something is wrong
+
+
+@dataclass
+class _Settling:
+    """A room's subscription lock, kept while any caller holds or awaits it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 class Listener:
@@ -85,6 +94,8 @@ class ChatService:
         self.ids = IdGenerator(node_id)
         self.limiter = RateLimiter(rate_per_s, burst, clock)
         self._rooms: dict[str, set[Listener]] = {}
+        self._subscribed: set[str] = set()  # rooms the bus delivers to this instance
+        self._settling: dict[str, _Settling] = {}
         self.shared: Shared = shared or MemoryShared()
         # moderation=False only for measuring what the checks cost (tests/performance)
         self.moderation: Moderation | None = (
@@ -173,11 +184,11 @@ class ChatService:
         raise ProtocolError("store_unavailable", "message ids keep colliding; retry")
 
     async def join(self, room: str, listener: Listener) -> None:
-        listeners = self._rooms.setdefault(room, set())
-        if not listeners:
-            await self.bus.subscribe(room)
-        listeners.add(listener)
+        # The room's membership changes before any await, so a join racing a leave
+        # can neither land in a set the leave then drops nor be left unsubscribed.
+        self._rooms.setdefault(room, set()).add(listener)
         CHAT_LISTENERS.inc()
+        await self._settle(room)
 
     async def leave(self, room: str, listener: Listener) -> None:
         listeners = self._rooms.get(room)
@@ -185,10 +196,32 @@ class ChatService:
             return
         listeners.discard(listener)
         CHAT_LISTENERS.dec()
-        await listener.close()
         if not listeners:
             del self._rooms[room]
-            await self.bus.unsubscribe(room)
+        await listener.close()
+        await self._settle(room)
+
+    async def _settle(self, room: str) -> None:
+        """Subscribe the bus to a room while anyone here listens to it, else not.
+
+        One change per room at a time, each reading membership once it holds the
+        room's lock: whatever joins and leaves interleave, the last to settle
+        leaves the subscription matching the room as it then is."""
+        entry = self._settling.setdefault(room, _Settling())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                wanted = room in self._rooms
+                if wanted and room not in self._subscribed:
+                    await self.bus.subscribe(room)
+                    self._subscribed.add(room)
+                elif not wanted and room in self._subscribed:
+                    self._subscribed.discard(room)
+                    await self.bus.unsubscribe(room)
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._settling[room]
 
     def listener_counts(self) -> dict[str, int]:
         return {room: len(listeners) for room, listeners in self._rooms.items()}
