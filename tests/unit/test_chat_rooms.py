@@ -19,7 +19,8 @@ ROOM = "r1"
 
 
 class YieldingBus:
-    """MemoryBus's contract, with a few loop turns inside subscribe/unsubscribe."""
+    """RedisBus's order: the channel is wanted (or dropped) at once, then a few loop
+    turns pass inside the call (Redis confirming)."""
 
     name = "yielding"
 
@@ -38,13 +39,12 @@ class YieldingBus:
     async def publish(self, channel: str, payload: str) -> None: ...
 
     async def subscribe(self, channel: str) -> None:
-        await self._turns()
         self.channels.add(channel)
         await self._turns()
 
     async def unsubscribe(self, channel: str) -> None:
-        await self._turns()
         self.channels.discard(channel)
+        await self._turns()
 
 
 def service(bus: YieldingBus) -> ChatService:
@@ -113,3 +113,19 @@ async def test_any_interleaving_ends_subscribed_exactly_where_someone_listens() 
         assert all(counts.values()), (seed, counts)
         assert bus.channels == set(counts), (seed, bus.channels, counts)
         assert chat._settling == {}, seed
+
+
+async def test_a_join_cancelled_while_subscribing_is_undone_by_its_leave() -> None:
+    rng = random.Random(3)
+    bus = YieldingBus(rng)
+    bus._turns = lambda: asyncio.sleep(3600)  # type: ignore[method-assign]  # never confirmed
+    chat = service(bus)
+    made = listener([], rng)
+    joining = asyncio.create_task(chat.join(ROOM, made))
+    await asyncio.sleep(0)
+    assert bus.channels == {ROOM}
+    joining.cancel()  # the socket's task, gone while Redis had not confirmed
+    await asyncio.gather(joining, return_exceptions=True)
+    bus._turns = YieldingBus._turns.__get__(bus)  # type: ignore[method-assign]
+    await chat.leave(ROOM, made)  # what RoomSocket's finally does
+    assert chat.listener_counts() == {} and bus.channels == set()

@@ -198,8 +198,10 @@ class ChatService:
         CHAT_LISTENERS.dec()
         if not listeners:
             del self._rooms[room]
-        await listener.close()
-        await self._settle(room)
+        try:
+            await listener.close()
+        finally:
+            await self._settle(room)
 
     async def _settle(self, room: str) -> None:
         """Subscribe the bus to a room while anyone here listens to it, else not.
@@ -213,8 +215,13 @@ class ChatService:
             async with entry.lock:
                 wanted = room in self._rooms
                 if wanted and room not in self._subscribed:
-                    await self.bus.subscribe(room)
+                    # marked first: a join cancelled mid-subscribe is undone by the last leave
                     self._subscribed.add(room)
+                    try:
+                        await self.bus.subscribe(room)
+                    except Exception:
+                        self._subscribed.discard(room)
+                        raise
                 elif not wanted and room in self._subscribed:
                     self._subscribed.discard(room)
                     await self.bus.unsubscribe(room)
