@@ -23,9 +23,11 @@ class Bus(Protocol):
     async def publish(self, channel: str, payload: str) -> None:
         """Deliver to every subscriber of `channel`, this instance included."""
 
-    async def subscribe(self, channel: str) -> None: ...
+    async def subscribe(self, channel: str) -> None:
+        """Deliver `channel` here from now on; idempotent (a subscribed channel stays so)."""
 
-    async def unsubscribe(self, channel: str) -> None: ...
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop delivering `channel` here; idempotent."""
 
     async def allocate_node(self) -> int | None:
         """A node number no other live instance on this bus holds, if the bus can tell."""

@@ -94,7 +94,6 @@ class ChatService:
         self.ids = IdGenerator(node_id)
         self.limiter = RateLimiter(rate_per_s, burst, clock)
         self._rooms: dict[str, set[Listener]] = {}
-        self._subscribed: set[str] = set()  # rooms the bus delivers to this instance
         self._settling: dict[str, _Settling] = {}
         self.shared: Shared = shared or MemoryShared()
         # moderation=False only for measuring what the checks cost (tests/performance)
@@ -213,17 +212,10 @@ class ChatService:
         entry.users += 1
         try:
             async with entry.lock:
-                wanted = room in self._rooms
-                if wanted and room not in self._subscribed:
-                    # marked first: a join cancelled mid-subscribe is undone by the last leave
-                    self._subscribed.add(room)
-                    try:
-                        await self.bus.subscribe(room)
-                    except Exception:
-                        self._subscribed.discard(room)
-                        raise
-                elif not wanted and room in self._subscribed:
-                    self._subscribed.discard(room)
+                # both idempotent: the bus's own channel set is the one record of it
+                if room in self._rooms:
+                    await self.bus.subscribe(room)
+                else:
                     await self.bus.unsubscribe(room)
         finally:
             entry.users -= 1
